@@ -1,0 +1,44 @@
+# The two commands: `make run` and `make test`. Everything else is a helper for them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-sqlite test-postgres lint typecheck openapi check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: install, migrate the embedded SQLite database, serve on 127.0.0.1:8000
+run: $(STAMP)
+	$(BIN)/backinstock serve --host 127.0.0.1 --port 8000
+
+## test: the whole suite on SQLite + in-process broker, then on PostgreSQL + Redis
+test: test-sqlite test-postgres
+
+test-sqlite: $(STAMP)
+	BACKINSTOCK_TEST_BACKEND=sqlite $(BIN)/python -m pytest -q
+
+test-postgres: $(STAMP)
+	BACKINSTOCK_TEST_BACKEND=postgres $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench alembic
+	$(BIN)/ruff format --check src tests bench alembic
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
+openapi: $(STAMP)
+	$(BIN)/python -m backinstock.openapi > openapi.yaml
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from backinstock.cli import app
+
+app(prog_name="backinstock")

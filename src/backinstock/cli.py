@@ -1,0 +1,174 @@
+"""The ``backinstock`` command: serve, migrate and manage keys."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock import db, keyops, migrations
+from backinstock.auth import service as auth
+from backinstock.auth.service import Scope
+from backinstock.config import Settings
+from backinstock.crypto import KeyConfigError, load_keys
+from backinstock.errors import ApiError
+from backinstock.ops.logging import configure_logging
+
+app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+@app.callback()
+def _main() -> None:
+    # Logs go to stderr so that stdout carries only what a command prints (a new key, say).
+    configure_logging("WARNING", json=False, stream=sys.stderr)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _ensure_schema(settings: Settings) -> None:
+    # The embedded database migrates itself; production runs `backinstock migrate` on deploy.
+    if settings.core.is_sqlite:
+        migrations.upgrade(settings.core.database_url)
+
+
+def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        try:
+            async with db.transaction(db.sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Migrate if needed and serve the API."""
+    import uvicorn
+
+    settings = _settings()
+    try:
+        load_keys(settings.crypto, production=not settings.core.is_sqlite)
+    except KeyConfigError as exc:
+        err.print(f"[red]Refusing to start:[/red] {exc}")
+        raise typer.Exit(2) from None
+    migrations.upgrade(settings.core.database_url)
+    _banner(settings, host, port)
+    uvicorn.run(
+        "backinstock.main:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.core.forwarded_allow_ips,
+        access_log=False,
+        log_config=None,
+    )
+
+
+def _banner(settings: Settings, host: str, port: int) -> None:
+    base = f"http://{host}:{port}"
+    mode = "embedded (SQLite, in-process broker)" if settings.core.is_sqlite else "production"
+    err.print(f"[bold]backinstock[/bold] on {base} — {mode}")
+    err.print("  create a key:  backinstock keys create --name storefront --scope subscribe")
+    err.print(f"  API docs:      {base}/docs    contract: openapi.yaml")
+    err.print(f"  health:        {base}/healthz  {base}/readyz  {base}/metrics")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations to BACKINSTOCK_DATABASE_URL."""
+    settings = _settings()
+    migrations.upgrade(settings.core.database_url)
+    err.print("[green]database is up to date[/green]")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A unique name, e.g. 'storefront'.")],
+    scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
+) -> None:
+    """Create an API key; the key is printed once, alone on the last line."""
+    settings = _settings()
+    _ensure_schema(settings)
+    secret = _with_session(settings, lambda s: auth.create_key(s, name, scope))
+    err.print(f"created key '{name}' with scopes: {' '.join(sorted(s.value for s in scope))}")
+    err.print("store it now: it cannot be shown again")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never their secrets)."""
+    settings = _settings()
+    _ensure_schema(settings)
+
+    async def rows(session: AsyncSession) -> list[tuple[str, ...]]:
+        return [
+            (
+                k.name,
+                k.prefix + "…",
+                k.scopes,
+                k.created_at.isoformat(timespec="seconds"),
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+            )
+            for k in await auth.list_keys(session)
+        ]
+
+    table = Table("name", "prefix", "scopes", "created", "revoked")
+    for row in _with_session(settings, rows):
+        table.add_row(*row)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke an API key (it stops working within seconds on every API process)."""
+    settings = _settings()
+    _ensure_schema(settings)
+    _with_session(settings, lambda s: auth.revoke_key(s, name))
+    err.print(f"revoked '{name}'")
+
+
+@keys_app.command("rotate-data")
+def keys_rotate_data() -> None:
+    """Re-encrypt every stored contact under the newest data key and re-index it."""
+    settings = _settings()
+    _ensure_schema(settings)
+    keys = load_keys(settings.crypto, production=not settings.core.is_sqlite)
+
+    async def run() -> int:
+        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        sessions = db.sessionmaker(engine)
+        try:
+            total = await keyops.count_sealed_rows(sessions)
+            with Progress(console=err) as progress:
+                task = progress.add_task("re-encrypting", total=total)
+                return await keyops.rotate_data(sessions, keys, lambda n: progress.advance(task, n))
+        finally:
+            await engine.dispose()
+
+    done = asyncio.run(run())
+    err.print(f"[green]re-encrypted {done} rows under key '{keys.cipher.newest_key_id}'[/green]")

@@ -1,0 +1,204 @@
+"""Settings from ``BACKINSTOCK_*`` environment variables (and an optional ``.env`` file).
+
+One small class per concern; :class:`Settings` bundles them. Every setting has a default that
+is safe for the embedded mode; production mode (a PostgreSQL URL) refuses insecure ones.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import time
+from functools import cached_property
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PREFIX = "BACKINSTOCK_"
+
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class CoreSettings(_Section):
+    database_url: str = "sqlite+aiosqlite:///./backinstock.db"
+    redis_url: str = ""
+    public_base_url: str = "http://127.0.0.1:8000"
+    allowed_link_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_level: str = "INFO"
+    log_json: bool = True
+    db_pool_size: int = Field(default=10, ge=1)
+    forwarded_allow_ips: str = "127.0.0.1"
+    default_phone_region: str = "CN"
+
+    _split_hosts = field_validator("allowed_link_hosts", mode="before")(_split_csv)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded_broker(self) -> bool:
+        """No Redis URL: the broker, rate limits and caches live in this process."""
+        return not self.redis_url
+
+
+class CryptoSettings(_Section):
+    encryption_keys: str = ""
+    blind_index_key: str = ""
+    token_key: str = ""
+    key_file: str = "./backinstock.keys.json"
+    allow_generated_keys: bool = False
+
+
+class WaveSettings(_Section):
+    batch_multiplier: float = Field(default=1.0, gt=0)
+    batch_interval_seconds: float = Field(default=600, gt=0)
+    max_notifications: int = Field(default=3, ge=1)
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``N/unit``: at most ``limit`` events per fixed window of ``window_seconds``."""
+
+    limit: int
+    window_seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate | None:
+        if not text.strip():
+            return None
+        match = _RATE.match(text)
+        if not match:
+            raise ValueError(f"rate must look like '300/minute', got {text!r}")
+        return cls(int(match.group(1)), _UNIT_SECONDS[match.group(2)])
+
+
+class RateLimitSettings(_Section):
+    rate_limit_per_ip: str = "300/minute"
+    rate_limit_per_contact: str = "10/hour"
+
+    @field_validator("rate_limit_per_ip", "rate_limit_per_contact")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        Rate.parse(value)
+        return value
+
+    @cached_property
+    def per_ip(self) -> Rate | None:
+        return Rate.parse(self.rate_limit_per_ip)
+
+    @cached_property
+    def per_contact(self) -> Rate | None:
+        return Rate.parse(self.rate_limit_per_contact)
+
+
+_HOURS = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+
+
+class QuietHoursSettings(_Section):
+    quiet_hours: str = "21:00-09:00"
+    default_timezone: str = "Asia/Shanghai"
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _valid_window(cls, value: str) -> str:
+        if value.strip() and not _HOURS.match(value.strip()):
+            raise ValueError("quiet hours must look like '21:00-09:00' or be empty")
+        return value.strip()
+
+    @property
+    def window(self) -> tuple[time, time] | None:
+        match = _HOURS.match(self.quiet_hours)
+        if not match:
+            return None
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        return time(h1, m1), time(h2, m2)
+
+
+class ConversionSettings(_Section):
+    followup_after_seconds: int = Field(default=259_200, ge=0)
+    attribution_window_seconds: int = Field(default=604_800, ge=0)
+    coupon_prefix: str = "BIS-"
+    retention_days: int = Field(default=180, ge=1)
+
+
+class TwilioSettings(_Section):
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from: str = ""
+    twilio_messaging_service_sid: str = ""
+    twilio_api_base: str = "https://api.twilio.com"
+
+    @property
+    def configured(self) -> bool:
+        has_sender = bool(self.twilio_from or self.twilio_messaging_service_sid)
+        return bool(self.twilio_account_sid and self.twilio_auth_token and has_sender)
+
+
+class SmtpSettings(_Section):
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = True
+    smtp_from: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.smtp_host and self.smtp_from)
+
+
+class WeChatSettings(_Section):
+    wechat_app_id: str = ""
+    wechat_app_secret: str = ""
+    wechat_template_id: str = ""
+    wechat_page: str = "pages/product/index"
+    wechat_miniprogram_state: str = "formal"
+    wechat_api_base: str = "https://api.weixin.qq.com"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.wechat_app_id and self.wechat_app_secret and self.wechat_template_id)
+
+
+@dataclass(frozen=True)
+class Settings:
+    core: CoreSettings
+    crypto: CryptoSettings
+    waves: WaveSettings
+    rate_limits: RateLimitSettings
+    quiet_hours: QuietHoursSettings
+    conversion: ConversionSettings
+    twilio: TwilioSettings
+    smtp: SmtpSettings
+    wechat: WeChatSettings
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            core=CoreSettings(),
+            crypto=CryptoSettings(),
+            waves=WaveSettings(),
+            rate_limits=RateLimitSettings(),
+            quiet_hours=QuietHoursSettings(),
+            conversion=ConversionSettings(),
+            twilio=TwilioSettings(),
+            smtp=SmtpSettings(),
+            wechat=WeChatSettings(),
+        )

@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the runtime, a committing session, and scope-checked API keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock import db
+from backinstock.auth.service import KeyCache, Principal, Scope, authenticate
+from backinstock.errors import Forbidden, Unauthorized
+from backinstock.runtime import Runtime
+
+
+async def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    async with db.transaction(runtime.sessions) as session:
+        yield session
+
+
+# scope="function": commit before the response is sent, so a 201 means the row is durable.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+_bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer bis_...`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
+
+
+def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(
+        request: Request, session: SessionDep, credentials: BearerDep
+    ) -> Principal:
+        if credentials is None or not credentials.credentials.strip():
+            raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
+        secret = credentials.credentials.strip()
+        cache: KeyCache = request.app.state.key_cache
+        principal = await authenticate(session, secret, cache)
+        if principal is None:
+            raise Unauthorized("The API key is unknown or revoked.")
+        if scope.value not in principal.scopes:
+            raise Forbidden(f"This API key lacks the '{scope.value}' scope.")
+        return principal
+
+    return dependency
+
+
+SubscribeKey = Annotated[Principal, Depends(require_scope(Scope.SUBSCRIBE))]
+InventoryKey = Annotated[Principal, Depends(require_scope(Scope.INVENTORY))]
+StatsKey = Annotated[Principal, Depends(require_scope(Scope.STATS))]
+AdminKey = Annotated[Principal, Depends(require_scope(Scope.ADMIN))]

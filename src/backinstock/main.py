@@ -1,0 +1,94 @@
+"""create_app(): routers, middleware, error handlers and the process's runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from backinstock import __version__
+from backinstock.auth.service import KeyCache
+from backinstock.config import Settings
+from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
+from backinstock.ops.logging import configure_logging
+from backinstock.ops.middleware import RequestContextMiddleware
+from backinstock.ops.router import router as ops_router
+from backinstock.privacy.router import router as privacy_router
+from backinstock.runtime import Runtime
+from backinstock.subscriptions.router import router as subscriptions_router
+
+DESCRIPTION = """Back-in-stock notifications: shoppers subscribe to a sold-out SKU; restocks
+notify them fairly (VIPs first, then registration order) in batches sized to the stock."""
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = runtime is None
+        app.state.runtime = runtime or Runtime.create(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.runtime.close()
+
+    app = FastAPI(
+        title="backinstock",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+    )
+    app.state.key_cache = KeyCache()
+    if runtime is not None:
+        app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.core.max_body_bytes)
+    for router in (subscriptions_router, privacy_router, ops_router):
+        app.include_router(router)
+    app.openapi = _openapi_with_one_error_shape(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_one_error_shape(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents validation errors as its own HTTPValidationError; ours answer in
+    the one error shape, so the published contract says so."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                separate_input_output_schemas=False,
+            )
+            text = json.dumps(schema).replace(
+                "#/components/schemas/HTTPValidationError", "#/components/schemas/ErrorResponse"
+            )
+            schema = json.loads(text)
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    response = operation.get("responses", {}).get("422")
+                    if response and response.get("description") == "Validation Error":
+                        response["description"] = ERROR_DESCRIPTIONS[422]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory used by ``backinstock serve``."""
+    settings = Settings.from_env()
+    configure_logging(settings.core.log_level, settings.core.log_json)
+    return create_app(settings)

@@ -1,0 +1,8 @@
+"""Every domain's tables, imported once so that ``Base.metadata`` is complete."""
+
+from backinstock.auth.models import ApiKey
+from backinstock.catalog.models import Product
+from backinstock.db import Base
+from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+
+__all__ = ["ApiKey", "Base", "Product", "Subscription", "SubscriptionFallback"]

@@ -1,0 +1,18 @@
+"""Prometheus metrics. Labels are routes, methods, statuses and channels: never contacts."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS = Counter(
+    "backinstock_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "backinstock_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+SUBSCRIPTIONS_CREATED = Counter(
+    "backinstock_subscriptions_created_total", "Subscriptions created", ["channel"]
+)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from backinstock.db import Base, UTCDateTime, new_id, utcnow
+
+
+class Status(enum.StrEnum):
+    WAITING = "waiting"
+    NOTIFIED = "notified"
+    CONVERTED = "converted"
+    UNSUBSCRIBED = "unsubscribed"
+    EXPIRED = "expired"
+
+
+class Priority(enum.StrEnum):
+    VIP = "vip"
+    STANDARD = "standard"
+
+
+PRIORITY_RANK = {Priority.VIP: 0, Priority.STANDARD: 1}
+
+# Still in the SKU's queue: notified-but-not-converted shoppers keep their place.
+IN_QUEUE = (Status.WAITING.value, Status.NOTIFIED.value)
+IN_QUEUE_PREDICATE = text("status IN ('waiting', 'notified')")
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    sku: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(16))
+    # The contact, sealed (AES-256-GCM) and blind-indexed; NULL once erased by retention.
+    contact_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    contact_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    contact_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    # Name and consent IP, sealed together as JSON.
+    profile_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    profile_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    locale: Mapped[str] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    customer_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    priority: Mapped[str] = mapped_column(String(16))
+    priority_rank: Mapped[int] = mapped_column(SmallInteger)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    consent_text_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=Status.WAITING.value)
+    notification_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    fallbacks: Mapped[list[SubscriptionFallback]] = relationship(
+        back_populates="subscription",
+        order_by="SubscriptionFallback.rank",
+        cascade="all, delete-orphan",
+        lazy="raise",
+    )
+
+    __table_args__ = (
+        # One waiting subscription per SKU and contact: the database, not luck, dedupes.
+        Index(
+            "uq_subscriptions_waiting_contact",
+            "sku",
+            "contact_index",
+            unique=True,
+            postgresql_where=IN_QUEUE_PREDICATE,
+            sqlite_where=IN_QUEUE_PREDICATE,
+        ),
+        # The queue order: VIPs first, then registration order.
+        Index(
+            "ix_subscriptions_queue",
+            "sku",
+            "priority_rank",
+            "created_at",
+            "id",
+            postgresql_where=IN_QUEUE_PREDICATE,
+            sqlite_where=IN_QUEUE_PREDICATE,
+        ),
+        Index("ix_subscriptions_contact_index", "contact_index"),
+        Index("ix_subscriptions_customer_id", "customer_id"),
+    )
+
+
+class SubscriptionFallback(Base):
+    """A further contact to try when the primary one fails permanently."""
+
+    __tablename__ = "subscription_fallbacks"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    rank: Mapped[int] = mapped_column(SmallInteger)
+    channel: Mapped[str] = mapped_column(String(16))
+    contact_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    contact_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    contact_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+    subscription: Mapped[Subscription] = relationship(back_populates="fallbacks")
+
+    __table_args__ = (Index("ix_subscription_fallbacks_contact_index", "contact_index"),)

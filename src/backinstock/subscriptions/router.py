@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey
+from backinstock.errors import NotFound, RateLimited, error_response, error_responses
+from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
+from backinstock.subscriptions import pages
+from backinstock.subscriptions import service as subscriptions
+from backinstock.subscriptions.schemas import SubscriptionCreate, SubscriptionOut
+
+router = APIRouter(tags=["subscriptions"])
+
+
+@router.post(
+    "/v1/subscriptions",
+    operation_id="createSubscription",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SubscriptionOut,
+    responses={
+        200: {"model": SubscriptionOut, "description": "Already waiting: the same one"},
+        **error_responses(400, 401, 403, 413, 422, 429),
+    },
+)
+async def create_subscription(
+    payload: SubscriptionCreate,
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    principal: SubscribeKey,
+) -> Response:
+    rate = runtime.settings.rate_limits.per_ip
+    if rate is not None:
+        client_ip = request.client.host if request.client else "unknown"
+        retry_after = await runtime.limiter.hit(f"ip:{principal.key_id}:{client_ip}", rate)
+        if retry_after is not None:
+            raise RateLimited("Too many requests from this client; slow down.", retry_after)
+    out, created = await subscriptions.subscribe(
+        session, runtime.settings, runtime.keys, runtime.limiter, runtime.products, payload
+    )
+    if created:
+        SUBSCRIPTIONS_CREATED.labels(channel=out.channel.value).inc()
+    return JSONResponse(
+        out.model_dump(mode="json"),
+        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+    )
+
+
+@router.get(
+    "/v1/subscriptions/{subscription_id}",
+    operation_id="getSubscription",
+    response_model=SubscriptionOut,
+    responses=error_responses(401, 403, 404),
+)
+async def get_subscription(
+    subscription_id: str, session: SessionDep, runtime: RuntimeDep, _: SubscribeKey
+) -> SubscriptionOut:
+    sub_id = subscriptions.parse_id(subscription_id)
+    out = await subscriptions.get(session, runtime.keys, sub_id) if sub_id else None
+    if out is None:
+        raise NotFound("No such subscription.")
+    return out
+
+
+@router.delete(
+    "/v1/subscriptions/{subscription_id}",
+    operation_id="deleteSubscription",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404),
+)
+async def delete_subscription(
+    subscription_id: str, session: SessionDep, _: SubscribeKey
+) -> Response:
+    sub_id = subscriptions.parse_id(subscription_id)
+    if sub_id is None or not await subscriptions.unsubscribe(session, sub_id):
+        raise NotFound("No such subscription.")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _unknown_link(request: Request) -> Response:
+    if _wants_json(request):
+        return error_response(404, "not_found", "This unsubscribe link is not valid.")
+    return HTMLResponse(pages.invalid_link(), status_code=404)
+
+
+@router.get(
+    "/u/{token}",
+    operation_id="showUnsubscribe",
+    tags=["shoppers"],
+    response_class=HTMLResponse,
+    responses={
+        404: {
+            "description": "Unknown or forged token (HTML, or the error shape "
+            "when only JSON is accepted)"
+        }
+    },
+)
+async def show_unsubscribe(token: str, request: Request, runtime: RuntimeDep) -> Response:
+    """A page with one button. GET alone changes nothing, because mail scanners and link
+    previews fetch links that nobody clicked; the button (or an RFC 8058 POST) unsubscribes."""
+    if runtime.keys.tokens.verify(subscriptions.UNSUBSCRIBE_TOKEN, token) is None:
+        return _unknown_link(request)
+    return HTMLResponse(pages.confirm_unsubscribe(str(request.url.path)))
+
+
+@router.post(
+    "/u/{token}",
+    operation_id="unsubscribeByToken",
+    tags=["shoppers"],
+    response_class=HTMLResponse,
+    responses={
+        404: {
+            "description": "Unknown or forged token (HTML, or the error shape "
+            "when only JSON is accepted)"
+        }
+    },
+)
+async def unsubscribe_by_token(
+    token: str,
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> Response:
+    """One-click unsubscribe. Mail clients POST ``List-Unsubscribe=One-Click`` (RFC 8058);
+    any body, or none, is accepted: the signed token alone names the subscription."""
+    sub_id = runtime.keys.tokens.verify(subscriptions.UNSUBSCRIBE_TOKEN, token)
+    if sub_id is None or not await subscriptions.unsubscribe(session, sub_id):
+        return _unknown_link(request)
+    if _wants_json(request):
+        return JSONResponse({"status": "unsubscribed"})
+    return HTMLResponse(pages.unsubscribed())

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import available_timezones
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
+
+from backinstock.contacts import Channel
+from backinstock.subscriptions.models import Priority, Status
+
+Sku = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]+$",
+        description="Printable ASCII without spaces.",
+        examples=["TSHIRT-RED-M"],
+    ),
+]
+Contact = Annotated[str, Field(min_length=1, max_length=320)]
+_TIMEZONES = frozenset(available_timezones())
+
+
+class ProductIn(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=300)
+    url: str | None = Field(default=None, max_length=2048)
+    image_url: str | None = Field(default=None, max_length=2048)
+
+
+class ConsentIn(BaseModel):
+    text_version: str = Field(min_length=1, max_length=64)
+    ip: IPvAnyAddress | None = None
+
+
+class FallbackIn(BaseModel):
+    channel: Channel
+    contact: Contact
+
+
+class SubscriptionCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sku": "TSHIRT-RED-M",
+                    "channel": "sms",
+                    "contact": "+8613800138000",
+                    "fallbacks": [{"channel": "email", "contact": "a@b.cn"}],
+                    "locale": "zh-CN",
+                    "timezone": "Asia/Shanghai",
+                    "priority": "standard",
+                    "product": {"name": "红色T恤 M", "url": "https://shop.example/p/123"},
+                }
+            ]
+        }
+    )
+
+    sku: Sku
+    channel: Channel
+    contact: Contact
+    fallbacks: list[FallbackIn] = Field(default_factory=list, max_length=3)
+    locale: str = Field(
+        default="zh-CN", max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"
+    )
+    timezone: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, max_length=100)
+    customer_id: str | None = Field(default=None, min_length=1, max_length=128)
+    priority: Priority = Priority.STANDARD
+    source: str | None = Field(default=None, max_length=64)
+    product: ProductIn | None = None
+    consent: ConsentIn | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value not in _TIMEZONES:
+            raise ValueError("must be an IANA time zone such as 'Asia/Shanghai'")
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _canonical_locale(cls, value: str) -> str:
+        return value.replace("_", "-")
+
+
+class FallbackOut(BaseModel):
+    channel: Channel
+    contact_masked: str | None
+
+
+class SubscriptionOut(BaseModel):
+    id: uuid.UUID
+    sku: str
+    channel: Channel
+    contact_masked: str | None = Field(
+        description="The contact with its middle hidden; null once erased."
+    )
+    fallbacks: list[FallbackOut]
+    status: Status
+    position: int | None = Field(
+        description="1-based place in the SKU's queue; null when no longer waiting."
+    )
+    priority: Priority
+    locale: str
+    timezone: str | None
+    customer_id: str | None
+    source: str | None
+    notification_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class EraseRequest(BaseModel):
+    contact: Contact
+    channel: Channel | None = Field(
+        default=None, description="Narrows the match; by default every channel is searched."
+    )
+
+
+class EraseResult(BaseModel):
+    erased: int = Field(description="How many subscriptions were deleted.")

@@ -1,0 +1,362 @@
+"""Subscribing, reading, unsubscribing and erasing shoppers' subscriptions.
+
+Contacts are sealed before they reach the database and opened only to mask them for a
+response (or, later, to send); lookups go through the blind index.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from backinstock import contacts
+from backinstock.catalog import service as catalog
+from backinstock.config import Settings
+from backinstock.contacts import Channel, InvalidContact
+from backinstock.crypto import Keys, Sealed
+from backinstock.db import new_id, utcnow
+from backinstock.errors import Conflict, InvalidField, RateLimited
+from backinstock.ratelimit import RateLimiter
+from backinstock.subscriptions.models import (
+    IN_QUEUE,
+    PRIORITY_RANK,
+    Status,
+    Subscription,
+    SubscriptionFallback,
+)
+from backinstock.subscriptions.schemas import (
+    FallbackOut,
+    SubscriptionCreate,
+    SubscriptionOut,
+)
+from backinstock.subscriptions.statements import COUNT_AHEAD, INSERT_WAITING
+
+UNSUBSCRIBE_TOKEN = "unsubscribe"  # noqa: S105 - a token purpose, not a secret
+
+
+def contact_aad(row_id: uuid.UUID) -> bytes:
+    """Binds a contact ciphertext to its row: copied elsewhere, it does not open."""
+    return b"contact:" + row_id.bytes
+
+
+def profile_aad(row_id: uuid.UUID) -> bytes:
+    return b"profile:" + row_id.bytes
+
+
+@dataclass(frozen=True)
+class NormalizedContact:
+    channel: Channel
+    value: str
+
+    @property
+    def index_form(self) -> str:
+        return contacts.index_form(self.channel, self.value)
+
+
+def normalize_contact(
+    settings: Settings, field: str, channel: Channel, raw: str
+) -> NormalizedContact:
+    try:
+        value = contacts.normalize(channel, raw, settings.core.default_phone_region)
+    except InvalidContact as exc:
+        raise InvalidField(field, f"{exc} for channel '{channel.value}'") from None
+    return NormalizedContact(channel, value)
+
+
+def _normalized_fallbacks(
+    settings: Settings, payload: SubscriptionCreate, primary: NormalizedContact
+) -> list[NormalizedContact]:
+    result: list[NormalizedContact] = []
+    for i, fallback in enumerate(payload.fallbacks):
+        contact = normalize_contact(
+            settings, f"fallbacks.{i}.contact", fallback.channel, fallback.contact
+        )
+        if contact.index_form in {primary.index_form, *(c.index_form for c in result)}:
+            raise InvalidField(f"fallbacks.{i}.contact", "repeats another contact")
+        result.append(contact)
+    return result
+
+
+async def subscribe(
+    session: AsyncSession,
+    settings: Settings,
+    keys: Keys,
+    limiter: RateLimiter,
+    products: catalog.ProductCache,
+    payload: SubscriptionCreate,
+) -> tuple[SubscriptionOut, bool]:
+    """Create the subscription, or return the waiting one for the same SKU and contact.
+
+    Returns the subscription and whether it was created. The contact rate limit counts only
+    creations: repeating a request is free and idempotent. A new subscription costs one
+    INSERT (whose ON CONFLICT does the dedupe) and one COUNT for its queue position.
+    """
+    primary = normalize_contact(settings, "contact", payload.channel, payload.contact)
+    fallbacks = _normalized_fallbacks(settings, payload, primary)
+    product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
+    catalog.check_product(settings.core, product)
+
+    candidates = keys.blind_index.candidates(primary.index_form)
+    new = _NewSubscription.build(keys, payload, primary, candidates[0])
+    inserted = await session.scalar(INSERT_WAITING, new.params)
+    if inserted is None:  # already waiting, under this or an older index key
+        existing = await _waiting_for_contact(session, payload.sku, candidates)
+        if existing is None:  # stopped waiting between the two statements: a rare race
+            raise Conflict("The subscription changed meanwhile; retry the request.")
+        return await _present(session, keys, existing), False
+
+    await _check_contact_rate(settings, limiter, candidates[0])
+    if not product.is_empty():
+        await products.upsert(session, payload.sku, product)
+    out = new.present(fallbacks)
+    if fallbacks:
+        _add_fallbacks(session, keys, new.id, fallbacks)
+        await session.flush()
+    out.position = await _count_ahead(session, payload.sku, new.rank, new.created_at, new.id) + 1
+    return out, True
+
+
+@dataclass(frozen=True)
+class _NewSubscription:
+    id: uuid.UUID
+    rank: int
+    created_at: datetime
+    params: dict[str, Any]
+    payload: SubscriptionCreate
+    primary: NormalizedContact
+
+    @classmethod
+    def build(
+        cls,
+        keys: Keys,
+        payload: SubscriptionCreate,
+        primary: NormalizedContact,
+        index: bytes,
+    ) -> _NewSubscription:
+        sub_id, now = new_id(), utcnow()
+        sealed = keys.cipher.seal(primary.value, contact_aad(sub_id))
+        profile = _seal_profile(keys, sub_id, payload)
+        rank = PRIORITY_RANK[payload.priority]
+        params = {
+            "id": sub_id,
+            "sku": payload.sku,
+            "channel": primary.channel.value,
+            "contact_key_id": sealed.key_id,
+            "contact_blob": sealed.blob,
+            "contact_index": index,
+            "profile_key_id": profile.key_id if profile else None,
+            "profile_blob": profile.blob if profile else None,
+            "locale": payload.locale,
+            "timezone": payload.timezone,
+            "customer_id": payload.customer_id,
+            "priority": payload.priority.value,
+            "priority_rank": rank,
+            "source": payload.source,
+            "consent_text_version": payload.consent.text_version if payload.consent else None,
+            "created_at": now,
+        }
+        return cls(sub_id, rank, now, params, payload, primary)
+
+    def present(self, fallbacks: list[NormalizedContact]) -> SubscriptionOut:
+        """The response, from what was just written: no re-read, no decryption."""
+        return SubscriptionOut(
+            id=self.id,
+            sku=self.payload.sku,
+            channel=self.primary.channel,
+            contact_masked=contacts.mask(self.primary.channel, self.primary.value),
+            fallbacks=[
+                FallbackOut(channel=f.channel, contact_masked=contacts.mask(f.channel, f.value))
+                for f in fallbacks
+            ],
+            status=Status.WAITING,
+            position=None,
+            priority=self.payload.priority,
+            locale=self.payload.locale,
+            timezone=self.payload.timezone,
+            customer_id=self.payload.customer_id,
+            source=self.payload.source,
+            notification_count=0,
+            created_at=self.created_at,
+            updated_at=self.created_at,
+        )
+
+
+async def _count_ahead(
+    session: AsyncSession, sku: str, rank: int, created_at: datetime, sub_id: uuid.UUID
+) -> int:
+    params = {"sku": sku, "priority_rank": rank, "created_at": created_at, "id": sub_id}
+    return int(await session.scalar(COUNT_AHEAD, params) or 0)
+
+
+async def _check_contact_rate(settings: Settings, limiter: RateLimiter, index: bytes) -> None:
+    rate = settings.rate_limits.per_contact
+    if rate is None:
+        return
+    retry_after = await limiter.hit("contact:" + index.hex(), rate)
+    if retry_after is not None:
+        raise RateLimited("Too many subscriptions for this contact; try again later.", retry_after)
+
+
+def _seal_profile(keys: Keys, sub_id: uuid.UUID, payload: SubscriptionCreate) -> Sealed | None:
+    profile = {
+        "name": payload.name,
+        "consent_ip": str(payload.consent.ip) if payload.consent and payload.consent.ip else None,
+    }
+    if not any(profile.values()):
+        return None
+    return keys.cipher.seal(json.dumps(profile, ensure_ascii=False), profile_aad(sub_id))
+
+
+def _add_fallbacks(
+    session: AsyncSession, keys: Keys, sub_id: uuid.UUID, fallbacks: list[NormalizedContact]
+) -> None:
+    for rank, contact in enumerate(fallbacks, start=1):
+        row_id = new_id()
+        sealed = keys.cipher.seal(contact.value, contact_aad(row_id))
+        session.add(
+            SubscriptionFallback(
+                id=row_id,
+                subscription_id=sub_id,
+                rank=rank,
+                channel=contact.channel.value,
+                contact_key_id=sealed.key_id,
+                contact_blob=sealed.blob,
+                contact_index=keys.blind_index.digest(contact.index_form),
+                status="active",
+            )
+        )
+
+
+async def _waiting_for_contact(
+    session: AsyncSession, sku: str, candidates: list[bytes]
+) -> Subscription | None:
+    stmt = (
+        select(Subscription)
+        .where(
+            Subscription.sku == sku,
+            Subscription.contact_index.in_(candidates),
+            Subscription.status.in_(IN_QUEUE),
+        )
+        .options(selectinload(Subscription.fallbacks))
+    )
+    return await session.scalar(stmt)
+
+
+async def _load(session: AsyncSession, sub_id: uuid.UUID) -> Subscription | None:
+    stmt = (
+        select(Subscription)
+        .where(Subscription.id == sub_id)
+        .options(selectinload(Subscription.fallbacks))
+        .execution_options(populate_existing=True)
+    )
+    return await session.scalar(stmt)
+
+
+async def queue_position(session: AsyncSession, sub: Subscription) -> int | None:
+    """1-based place in the SKU's queue: VIPs first, then registration order."""
+    if sub.status not in IN_QUEUE:
+        return None
+    return await _count_ahead(session, sub.sku, sub.priority_rank, sub.created_at, sub.id) + 1
+
+
+def open_contact(
+    keys: Keys, row_id: uuid.UUID, key_id: str | None, blob: bytes | None
+) -> str | None:
+    if key_id is None or blob is None:
+        return None
+    return keys.cipher.open(Sealed(key_id, blob), contact_aad(row_id))
+
+
+def _masked(
+    keys: Keys, channel: str, row_id: uuid.UUID, key_id: str | None, blob: bytes | None
+) -> str | None:
+    value = open_contact(keys, row_id, key_id, blob)
+    return contacts.mask(Channel(channel), value) if value is not None else None
+
+
+async def _present(session: AsyncSession, keys: Keys, sub: Subscription) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=sub.id,
+        sku=sub.sku,
+        channel=Channel(sub.channel),
+        contact_masked=_masked(keys, sub.channel, sub.id, sub.contact_key_id, sub.contact_blob),
+        fallbacks=[
+            FallbackOut(
+                channel=Channel(f.channel),
+                contact_masked=_masked(keys, f.channel, f.id, f.contact_key_id, f.contact_blob),
+            )
+            for f in sub.fallbacks
+        ],
+        status=Status(sub.status),
+        position=await queue_position(session, sub),
+        priority=sub.priority,
+        locale=sub.locale,
+        timezone=sub.timezone,
+        customer_id=sub.customer_id,
+        source=sub.source,
+        notification_count=sub.notification_count,
+        created_at=sub.created_at,
+        updated_at=sub.updated_at,
+    )
+
+
+def parse_id(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+async def get(session: AsyncSession, keys: Keys, sub_id: uuid.UUID) -> SubscriptionOut | None:
+    sub = await _load(session, sub_id)
+    return await _present(session, keys, sub) if sub else None
+
+
+async def unsubscribe(session: AsyncSession, sub_id: uuid.UUID) -> bool:
+    """Stop a subscription waiting; False when there is no such subscription."""
+    sub = await session.get(Subscription, sub_id)
+    if sub is None:
+        return False
+    if sub.status in IN_QUEUE:
+        now = utcnow()
+        sub.status, sub.stopped_at, sub.updated_at = Status.UNSUBSCRIBED.value, now, now
+    return True
+
+
+async def unsubscribe_by_contact(session: AsyncSession, candidates: list[bytes]) -> int:
+    """Every queued subscription of a contact stops waiting (an SMS 'STOP', say)."""
+    now = utcnow()
+    result = await session.execute(
+        update(Subscription)
+        .where(Subscription.contact_index.in_(candidates), Subscription.status.in_(IN_QUEUE))
+        .values(status=Status.UNSUBSCRIBED.value, stopped_at=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def delete_by_contact(session: AsyncSession, candidates: list[bytes]) -> int:
+    """Delete every subscription the contact is the primary or a fallback contact of."""
+    via_fallback = select(SubscriptionFallback.subscription_id).where(
+        SubscriptionFallback.contact_index.in_(candidates)
+    )
+    ids = set(
+        await session.scalars(
+            select(Subscription.id).where(
+                Subscription.contact_index.in_(candidates) | Subscription.id.in_(via_fallback)
+            )
+        )
+    )
+    if not ids:
+        return 0
+    await session.execute(
+        delete(SubscriptionFallback).where(SubscriptionFallback.subscription_id.in_(ids))
+    )
+    await session.execute(delete(Subscription).where(Subscription.id.in_(ids)))
+    return len(ids)

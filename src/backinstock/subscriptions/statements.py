@@ -1,0 +1,52 @@
+"""The subscribe hot path's SQL, built once.
+
+Building a Core statement per request (``insert().values(...)``) costs more CPU than the
+database round trip itself; these textual statements with typed parameters compile once
+and run unchanged on PostgreSQL and SQLite (both know partial-index ON CONFLICT, RETURNING
+and row-value comparison).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import LargeBinary, SmallInteger, String, Uuid, bindparam, text
+
+from backinstock.db import UTCDateTime
+
+INSERT_WAITING = (
+    text(
+        "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "
+        "contact_index, profile_key_id, profile_blob, locale, timezone, customer_id, priority, "
+        "priority_rank, source, consent_text_version, status, notification_count, created_at, "
+        "updated_at) VALUES ("
+        ":id, :sku, :channel, :contact_key_id, :contact_blob, :contact_index, :profile_key_id, "
+        ":profile_blob, :locale, :timezone, :customer_id, :priority, :priority_rank, :source, "
+        ":consent_text_version, 'waiting', 0, :created_at, :created_at) "
+        "ON CONFLICT (sku, contact_index) WHERE status IN ('waiting', 'notified') DO NOTHING "
+        "RETURNING id"
+    )
+    .bindparams(
+        bindparam("id", type_=Uuid()),
+        bindparam("contact_blob", type_=LargeBinary()),
+        bindparam("contact_index", type_=LargeBinary()),
+        bindparam("profile_blob", type_=LargeBinary()),
+        bindparam("priority_rank", type_=SmallInteger()),
+        bindparam("created_at", type_=UTCDateTime()),
+        bindparam("timezone", type_=String()),
+        bindparam("customer_id", type_=String()),
+        bindparam("source", type_=String()),
+        bindparam("profile_key_id", type_=String()),
+        bindparam("consent_text_version", type_=String()),
+    )
+    .columns(id=Uuid())
+)
+
+# How many queued subscriptions of the SKU come before (rank, created_at, id).
+COUNT_AHEAD = text(
+    "SELECT count(*) FROM subscriptions "
+    "WHERE sku = :sku AND status IN ('waiting', 'notified') "
+    "AND (priority_rank, created_at, id) < (:priority_rank, :created_at, :id)"
+).bindparams(
+    bindparam("priority_rank", type_=SmallInteger()),
+    bindparam("created_at", type_=UTCDateTime()),
+    bindparam("id", type_=Uuid()),
+)

@@ -1,0 +1,161 @@
+"""Test fixtures: the same suite runs on SQLite with the in-process broker (default) and on
+PostgreSQL + Redis (``BACKINSTOCK_TEST_BACKEND=postgres``), always through the Alembic
+migrations and real connections."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock import db, migrations
+from backinstock.auth import service as auth
+from backinstock.auth.service import Scope
+from backinstock.catalog.service import ProductCache
+from backinstock.config import Settings
+from backinstock.crypto import new_key_spec
+from backinstock.main import create_app
+from backinstock.models import Base
+from backinstock.ratelimit import MemoryRateLimiter
+from backinstock.runtime import Runtime
+
+BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
+PG_ADMIN_URL = os.environ.get("BACKINSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+PG_DATABASE = "backinstock_test"
+REDIS_URL = os.environ.get("BACKINSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/15")
+_WORKDIR = Path(tempfile.mkdtemp(prefix="backinstock-tests-"))
+
+
+def _database_url() -> str:
+    if BACKEND == "postgres":
+        return f"{PG_ADMIN_URL.replace('postgresql://', 'postgresql+asyncpg://')}/{PG_DATABASE}"
+    return f"sqlite+aiosqlite:///{_WORKDIR / 'test.db'}"
+
+
+def _configure_environment() -> None:
+    os.environ.update(
+        {
+            "BACKINSTOCK_DATABASE_URL": _database_url(),
+            "BACKINSTOCK_REDIS_URL": REDIS_URL if BACKEND == "postgres" else "",
+            "BACKINSTOCK_ENCRYPTION_KEYS": new_key_spec("t1"),
+            "BACKINSTOCK_BLIND_INDEX_KEY": new_key_spec("t1"),
+            "BACKINSTOCK_TOKEN_KEY": new_key_spec("t1"),
+            "BACKINSTOCK_ALLOWED_LINK_HOSTS": "shop.example,.example.com",
+            "BACKINSTOCK_KEY_FILE": str(_WORKDIR / "keys.json"),
+            "BACKINSTOCK_LOG_JSON": "true",
+        }
+    )
+
+
+_configure_environment()
+
+
+def _recreate_postgres_database() -> None:
+    engine = create_sync_engine(
+        f"{PG_ADMIN_URL.replace('postgresql://', 'postgresql+psycopg2://')}/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    with engine.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)"))
+        connection.execute(text(f"CREATE DATABASE {PG_DATABASE}"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Settings) -> str:
+    if BACKEND == "postgres":
+        _recreate_postgres_database()
+    migrations.upgrade(settings.core.database_url)
+    return settings.core.database_url
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings: Settings, migrated: str) -> AsyncIterator[Runtime]:
+    rt = Runtime.create(settings)
+    yield rt
+    await rt.close()
+
+
+_TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]
+
+
+@pytest.fixture(autouse=True)
+async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every test starts from empty tables and an empty Redis database."""
+    if "runtime" not in request.fixturenames:
+        yield
+        return
+    rt: Runtime = request.getfixturevalue("runtime")
+    async with rt.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(text(f"TRUNCATE {', '.join(_TABLES)} CASCADE"))
+        else:
+            for table in _TABLES:
+                await connection.execute(text(f"DELETE FROM {table}"))
+    if rt.redis is not None:
+        await rt.redis.flushdb()
+    else:
+        rt.limiter = MemoryRateLimiter()
+    rt.products = ProductCache()
+    yield
+
+
+@pytest.fixture
+async def session(runtime: Runtime) -> AsyncIterator[AsyncSession]:
+    async with db.transaction(runtime.sessions) as s:
+        yield s
+
+
+ClientFactory = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+async def make_client(runtime: Runtime) -> AsyncIterator[ClientFactory]:
+    """Clients for the app; pass settings sections to override, e.g. rate_limits=..."""
+    clients: list[httpx.AsyncClient] = []
+
+    def factory(**sections: Any) -> httpx.AsyncClient:
+        rt = dataclasses.replace(
+            runtime, settings=dataclasses.replace(runtime.settings, **sections)
+        )
+        app = create_app(runtime=rt)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("198.51.100.7", 40000)),
+            base_url="http://testserver",
+        )
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> httpx.AsyncClient:
+    return make_client()
+
+
+@pytest.fixture
+async def api_keys(runtime: Runtime) -> dict[str, str]:
+    """One key per scope, plus 'all' with every scope."""
+    async with db.transaction(runtime.sessions) as s:
+        keys = {
+            scope.value: await auth.create_key(s, f"k-{scope.value}", [scope]) for scope in Scope
+        }
+        keys["all"] = await auth.create_key(s, "k-all", list(Scope))
+    return keys

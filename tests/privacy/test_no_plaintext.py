@@ -1,0 +1,113 @@
+"""After 1,000 subscriptions through a real server, no contact is readable in a database
+dump or in the server's logs."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.conftest import BACKEND, PG_DATABASE
+from tests.helpers import bearer, subscription_body
+from tests.server import ServerProcess
+
+from backinstock.config import Settings
+
+pytestmark = pytest.mark.asyncio
+
+N = 1000
+
+
+def _contacts(i: int) -> tuple[str, str, str]:
+    phone_digits = f"139{i:08d}"
+    return f"+86{phone_digits}", f"shopper{i:05d}@mailbox.example", phone_digits
+
+
+def _body(i: int) -> dict[str, object]:
+    phone, email, _ = _contacts(i)
+    channel = ("sms", "email", "wechat")[i % 3]
+    contact = {"sms": phone, "email": email, "wechat": f"oOpenId{i:020d}"}[channel]
+    return subscription_body(
+        sku=f"SKU-{i % 17}",
+        channel=channel,
+        contact=contact,
+        name=f"Shopper Name {i:05d}",
+        fallbacks=[{"channel": "email", "contact": email}] if channel == "sms" else [],
+        consent={"text_version": "2026-01", "ip": f"203.0.113.{i % 250}"},
+    )
+
+
+def _secrets(i: int) -> list[str]:
+    phone, email, digits = _contacts(i)
+    return [phone, digits, email, f"oOpenId{i:020d}", f"Shopper Name {i:05d}"]
+
+
+def _database_dump(settings: Settings) -> str:
+    if BACKEND == "postgres":
+        pg_dump = shutil.which("pg_dump")
+        assert pg_dump, "pg_dump is needed for this test"
+        return subprocess.run(
+            [pg_dump, "-h", "127.0.0.1", "-U", "postgres", "--inserts", PG_DATABASE],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    path = settings.core.database_url.split("///", 1)[1]
+    # Read the files from another process: closing any descriptor of a file drops every
+    # POSIX lock this process holds on it, including those of the suite's own connection.
+    result = subprocess.run(
+        [sys.executable, "-c", _SQLITE_DUMP, path], check=True, capture_output=True
+    )
+    return result.stdout.decode("latin-1")
+
+
+# The SQL dump plus the raw bytes of the database, WAL and shared-memory files.
+_SQLITE_DUMP = """
+import glob, sqlite3, sys
+path = sys.argv[1]
+connection = sqlite3.connect(path)
+sys.stdout.buffer.write("\\n".join(connection.iterdump()).encode())
+connection.close()
+for name in glob.glob(glob.escape(path) + "*"):
+    sys.stdout.buffer.write(open(name, "rb").read())
+"""
+
+
+async def test_no_contact_in_database_dump_or_logs(
+    settings: Settings, api_keys: dict[str, str], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "server.log"
+    with ServerProcess(
+        {"BACKINSTOCK_LOG_LEVEL": "DEBUG", "BACKINSTOCK_RATE_LIMIT_PER_IP": ""}, log_path
+    ) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            headers = bearer(api_keys["subscribe"])
+            semaphore = asyncio.Semaphore(16)
+
+            async def post(i: int) -> int:
+                async with semaphore:
+                    response = await client.post(
+                        "/v1/subscriptions", json=_body(i), headers=headers
+                    )
+                    return response.status_code
+
+            codes = await asyncio.gather(*(post(i) for i in range(N)))
+            assert codes.count(201) == N
+            # Failing requests too: a rejected contact must not be echoed or logged.
+            bad = subscription_body(channel="email", contact="not-valid-" + _contacts(0)[2])
+            rejected = await client.post("/v1/subscriptions", json=bad, headers=headers)
+            assert rejected.status_code == 422
+            assert _contacts(0)[2] not in rejected.text
+
+    dump = _database_dump(settings)
+    logs = log_path.read_text()
+    assert dump.count("subscriptions") > 0 and len(logs) > 0
+    assert logs.count('"route": "/v1/subscriptions"') >= N
+    for i in range(N):
+        for secret in _secrets(i):
+            assert secret not in dump, f"plaintext contact #{i} in the database dump"
+            assert secret not in logs, f"plaintext contact #{i} in the server log"
