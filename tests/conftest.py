@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from backinstock.config import Settings
 from backinstock.crypto import new_key_spec
 from backinstock.main import create_app
 from backinstock.models import Base
+from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import MemoryRateLimiter
 from backinstock.runtime import Runtime
 
@@ -57,6 +58,7 @@ def _configure_environment() -> None:
 
 
 _configure_environment()
+configure_logging("WARNING", json=False)
 
 
 def _recreate_postgres_database() -> None:
@@ -118,6 +120,28 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
 async def session(runtime: Runtime) -> AsyncIterator[AsyncSession]:
     async with db.transaction(runtime.sessions) as s:
         yield s
+
+
+WorkerStarter = Callable[..., None]
+
+
+@pytest.fixture
+def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerStarter]:
+    """Start in-process Dramatiq workers (with the sweeper) on the suite's broker; settings
+    given as keyword arguments apply to them, e.g. batch_interval_seconds=2."""
+    from backinstock import worker as worker_module
+
+    started: list[Any] = []
+
+    def start(threads: int = 4, **settings: Any) -> None:
+        for name, value in settings.items():
+            monkeypatch.setenv(f"BACKINSTOCK_{name.upper()}", str(value))
+        started.append(worker_module.start_embedded_worker(threads))
+
+    yield start
+    for worker in started:
+        worker.stop()
+    worker_module.broker.flush_all()
 
 
 ClientFactory = Callable[..., httpx.AsyncClient]

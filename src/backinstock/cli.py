@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -95,6 +96,38 @@ def _banner(settings: Settings, host: str, port: int) -> None:
     err.print("  create a key:  backinstock keys create --name storefront --scope subscribe")
     err.print(f"  API docs:      {base}/docs    contract: openapi.yaml")
     err.print(f"  health:        {base}/healthz  {base}/readyz  {base}/metrics")
+
+
+@app.command()
+def worker(
+    processes: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads per process.")] = 8,
+) -> None:
+    """Dramatiq workers, each with the sweeper and wave scheduler (production mode)."""
+    settings = _settings()
+    if not settings.core.redis_url:
+        err.print(
+            "[red]backinstock worker needs BACKINSTOCK_REDIS_URL[/red]; without it, "
+            "`backinstock serve` runs the workers in-process."
+        )
+        raise typer.Exit(2)
+    try:
+        load_keys(settings.crypto, production=not settings.core.is_sqlite)
+    except KeyConfigError as exc:
+        err.print(f"[red]Refusing to start:[/red] {exc}")
+        raise typer.Exit(2) from None
+    migrations.upgrade(settings.core.database_url)
+    args = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "backinstock.worker",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
+    os.execv(sys.executable, args)  # noqa: S606 - dramatiq's supervisor handles signals
 
 
 @app.command()

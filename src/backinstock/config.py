@@ -66,6 +66,11 @@ class WaveSettings(_Section):
     batch_multiplier: float = Field(default=1.0, gt=0)
     batch_interval_seconds: float = Field(default=600, gt=0)
     max_notifications: int = Field(default=3, ge=1)
+    # How often each worker process looks for lost or due work (waves, expired claims).
+    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    # Pending notifications unclaimed for this long get a drain wake-up.
+    stale_after_seconds: float = Field(default=3.0, gt=0)
+    embedded_worker_threads: int = Field(default=4, ge=1)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")

@@ -13,11 +13,13 @@ from fastapi.openapi.utils import get_openapi
 from backinstock import __version__
 from backinstock.auth.service import KeyCache
 from backinstock.config import Settings
+from backinstock.dispatch.router import router as outbox_router
 from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
 from backinstock.ops.logging import configure_logging
 from backinstock.ops.middleware import RequestContextMiddleware
 from backinstock.ops.router import router as ops_router
 from backinstock.privacy.router import router as privacy_router
+from backinstock.restocks.router import router as restocks_router
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.router import router as subscriptions_router
 
@@ -32,9 +34,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
         app.state.runtime = runtime or Runtime.create(settings)
+        embedded = None
+        if owned and settings.core.embedded_broker:
+            from backinstock.worker import start_embedded_worker
+
+            embedded = start_embedded_worker(settings.waves.embedded_worker_threads)
         try:
             yield
         finally:
+            if embedded is not None:
+                embedded.stop()
             if owned:
                 await app.state.runtime.close()
 
@@ -50,7 +59,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.core.max_body_bytes)
-    for router in (subscriptions_router, privacy_router, ops_router):
+    routers = (subscriptions_router, restocks_router, privacy_router, outbox_router, ops_router)
+    for router in routers:
         app.include_router(router)
     app.openapi = _openapi_with_one_error_shape(app)  # type: ignore[method-assign]
     return app

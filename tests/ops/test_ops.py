@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from tests.helpers import bearer, subscription_body
 
 pytestmark = pytest.mark.asyncio

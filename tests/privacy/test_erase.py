@@ -4,9 +4,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from tests.helpers import bearer, phone, subscription_body
 
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+from tests.helpers import bearer, phone, subscription_body
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from backinstock.config import Settings
 from tests.conftest import BACKEND, PG_DATABASE
 from tests.helpers import bearer, subscription_body
 from tests.server import ServerProcess
-
-from backinstock.config import Settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -4,10 +4,10 @@ import asyncio
 
 import httpx
 import pytest
-from tests.conftest import ClientFactory
-from tests.helpers import bearer, phone, subscription_body
 
 from backinstock.config import RateLimitSettings
+from tests.conftest import ClientFactory
+from tests.helpers import bearer, phone, subscription_body
 
 pytestmark = pytest.mark.asyncio
 

@@ -4,10 +4,10 @@ import uuid
 
 import httpx
 import pytest
-from tests.helpers import bearer, subscription_body
 
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN
+from tests.helpers import bearer, subscription_body
 
 pytestmark = pytest.mark.asyncio
 

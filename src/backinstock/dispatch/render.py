@@ -1,0 +1,86 @@
+"""Messages from the templates under ``channels/<channel>/<locale>.*.j2``.
+
+A sandboxed Jinja2 environment: templates are editable by people who are not developers,
+and must not reach into Python. HTML templates are autoescaped; text ones are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+
+from backinstock.resources import resource_dir
+
+DEFAULT_LOCALE = "zh-CN"
+
+
+@dataclass(frozen=True)
+class MessageContext:
+    name: str | None
+    product_name: str
+    link: str
+    unsubscribe_url: str
+    level: int
+    queue_size: int
+
+    @property
+    def scarce(self) -> bool:
+        """Scarcity copy ("only N left") when fewer units than waiting shoppers."""
+        return 0 < self.level < self.queue_size
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    subject: str | None = None
+    html: str | None = None
+
+
+@lru_cache(maxsize=1)
+def _environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(str(resource_dir("channels"))),
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+        trim_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def _locale_chain(locale: str) -> list[str]:
+    language = locale.split("-")[0]
+    chain = [locale, language, "en" if language == "en" else DEFAULT_LOCALE, DEFAULT_LOCALE]
+    return list(dict.fromkeys(chain))
+
+
+def _render(channel: str, locale: str, part: str, context: MessageContext) -> str | None:
+    values = {
+        "name": context.name,
+        "product_name": context.product_name,
+        "link": context.link,
+        "unsubscribe_url": context.unsubscribe_url,
+        "scarce": context.scarce,
+        "left": context.level,
+    }
+    for candidate in _locale_chain(locale):
+        try:
+            template = _environment().get_template(f"{channel}/{candidate}.{part}.j2")
+        except TemplateNotFound:
+            continue
+        return template.render(values).strip()
+    return None
+
+
+def render(channel: str, locale: str, context: MessageContext) -> Rendered:
+    text = _render(channel, locale, "txt", context)
+    if text is None:
+        raise LookupError(f"no text template for channel {channel!r}")
+    if channel != "email":
+        return Rendered(text=text)
+    return Rendered(
+        text=text,
+        subject=_render(channel, locale, "subject", context),
+        html=_render(channel, locale, "html", context),
+    )

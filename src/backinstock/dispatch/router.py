@@ -1,0 +1,83 @@
+"""The dev outbox: what would have been sent on channels with no provider configured."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from backinstock.deps import AdminKey, SessionDep
+from backinstock.dispatch.models import DevOutboxMessage
+from backinstock.errors import InvalidField, error_responses
+
+router = APIRouter(tags=["operations"])
+
+
+class OutboxItem(BaseModel):
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    channel: str
+    to: str  # masked
+    subject: str | None
+    body: str
+    created_at: datetime
+
+
+class OutboxPage(BaseModel):
+    items: list[OutboxItem]
+    next_cursor: str | None
+
+
+def _decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        raise InvalidField("cursor", "is not a cursor this endpoint returned") from None
+
+
+def _encode_cursor(row_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(row_id.bytes).rstrip(b"=").decode()
+
+
+@router.get(
+    "/v1/dev/outbox",
+    operation_id="listDevOutbox",
+    response_model=OutboxPage,
+    responses=error_responses(401, 403, 422),
+)
+async def list_dev_outbox(
+    session: SessionDep,
+    _: AdminKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    channel: Annotated[str | None, Query(max_length=16)] = None,
+) -> OutboxPage:
+    """Newest first. Recipients are masked; nothing here was sent to anyone."""
+    query = select(DevOutboxMessage).order_by(DevOutboxMessage.id.desc()).limit(limit + 1)
+    if cursor:
+        query = query.where(DevOutboxMessage.id < _decode_cursor(cursor))
+    if channel:
+        query = query.where(DevOutboxMessage.channel == channel)
+    rows = list(await session.scalars(query))
+    page, more = rows[:limit], len(rows) > limit
+    return OutboxPage(
+        items=[
+            OutboxItem(
+                id=r.id,
+                notification_id=r.notification_id,
+                channel=r.channel,
+                to=r.recipient_masked,
+                subject=r.subject,
+                body=r.body,
+                created_at=r.created_at,
+            )
+            for r in page
+        ],
+        next_cursor=_encode_cursor(page[-1].id) if more else None,
+    )

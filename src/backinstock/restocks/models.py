@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint, Uuid, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from backinstock.db import Base, UTCDateTime, new_id, utcnow
+
+
+class StockLevel(Base):
+    """The latest stock level of a SKU at one location (by the event's ``occurred_at``)."""
+
+    __tablename__ = "stock_levels"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    location: Mapped[str] = mapped_column(String(64), primary_key=True)
+    available: Mapped[int] = mapped_column(Integer)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    restock_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+
+
+class RestockEvent(Base):
+    """Every stock event received, applied or not (late ones are kept and ignored)."""
+
+    __tablename__ = "restock_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    location: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(128))
+    sku: Mapped[str] = mapped_column(String(128), index=True)
+    available: Mapped[int] = mapped_column(Integer)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    applied: Mapped[bool] = mapped_column(Boolean)
+    level_after: Mapped[int] = mapped_column(Integer)
+    waiting: Mapped[int] = mapped_column(Integer)
+    first_wave: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (UniqueConstraint("location", "event_id"),)
+
+
+class Wave(Base):
+    """One restock's notification campaign for a SKU, from level > 0 until it sells out.
+
+    ``target`` is how many shoppers the wave means to have told by the end of its current
+    step and ``planned`` how many notifications it has written; a step is resumable because
+    both live here, not in a worker's memory.
+    """
+
+    __tablename__ = "waves"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    sku: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    restock_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    target: Mapped[int] = mapped_column(Integer, default=0)
+    planned: Mapped[int] = mapped_column(Integer, default=0)
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    next_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index(
+            "uq_waves_open_sku",
+            "sku",
+            unique=True,
+            postgresql_where=text("status = 'open'"),
+            sqlite_where=text("status = 'open'"),
+        ),
+        Index("ix_waves_due", "status", "next_step_at"),
+    )

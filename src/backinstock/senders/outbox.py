@@ -1,0 +1,58 @@
+"""The dev outbox: for channels without a provider, messages are stored, never sent.
+
+Writing the message is idempotent per notification (a unique key), so a worker killed
+between writing and recording the result cannot produce a second message.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backinstock.crypto import FieldCipher
+from backinstock.db import insert_for, new_id, transaction
+from backinstock.dispatch.models import DevOutboxMessage
+from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+
+
+def outbox_aad(row_id: bytes) -> bytes:
+    return b"outbox:" + row_id
+
+
+class DevOutboxSender:
+    idempotent = True
+
+    def __init__(
+        self, channel: str, sessions: async_sessionmaker[AsyncSession], cipher: FieldCipher
+    ) -> None:
+        self.channel = channel
+        self._sessions = sessions
+        self._cipher = cipher
+
+    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+        if not messages:
+            return []
+        rows = []
+        for message in messages:
+            row_id = new_id()
+            sealed = self._cipher.seal(message.to, outbox_aad(row_id.bytes))
+            rows.append(
+                {
+                    "id": row_id,
+                    "notification_id": message.notification_id,
+                    "channel": message.channel,
+                    "recipient_masked": message.to_masked,
+                    "recipient_key_id": sealed.key_id,
+                    "recipient_blob": sealed.blob,
+                    "subject": message.subject,
+                    "body": message.text,
+                }
+            )
+        async with transaction(self._sessions) as session:
+            stmt = insert_for(session, DevOutboxMessage).on_conflict_do_nothing(
+                index_elements=[DevOutboxMessage.notification_id]
+            )
+            await session.execute(stmt, rows)
+        return [
+            SendResult(m.notification_id, Outcome.SENT, provider_id=f"outbox:{m.notification_id}")
+            for m in messages
+        ]

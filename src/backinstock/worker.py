@@ -1,0 +1,174 @@
+"""Dramatiq: the broker (Redis in production, in-process when embedded), the actors, the
+context they share in a process, and the sweeper that makes the broker optional.
+
+Actors take ids and open their own sessions; messages only say "look at this". The sweeper
+runs in every worker process (and in ``serve`` when embedded): every second it wakes due
+waves, returns expired claims to the queue and drains pending work nobody picked up, so a
+flushed broker or a killed worker delays messages by seconds and loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AsyncIO, Middleware
+
+from backinstock import db
+from backinstock.config import Settings
+from backinstock.dispatch import service as dispatch
+from backinstock.restocks import waves
+from backinstock.runtime import Runtime
+from backinstock.senders.base import Sender
+from backinstock.senders.registry import build_senders
+
+log = structlog.get_logger(__name__)
+DRAIN_FANOUT = 4
+
+
+class Sweeper(Middleware):
+    """Starts the sweep loop on the worker's event loop once the worker has booted."""
+
+    def __init__(self) -> None:
+        self._future: Any = None
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        thread = get_event_loop_thread()
+        if thread is not None:
+            self._future = asyncio.run_coroutine_threadsafe(sweep_forever(), thread.loop)
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        if self._future is not None:
+            self._future.cancel()
+        thread = get_event_loop_thread()
+        if thread is not None:
+            asyncio.run_coroutine_threadsafe(_close_context(), thread.loop).result(timeout=10)
+
+
+def _make_broker(settings: Settings) -> dramatiq.Broker:
+    broker: dramatiq.Broker
+    if settings.core.redis_url:
+        broker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=settings.core.redis_url, namespace="backinstock"
+        )
+    else:
+        broker = StubBroker()
+    broker.add_middleware(AsyncIO())
+    broker.add_middleware(Sweeper())
+    return broker
+
+
+broker = _make_broker(Settings.from_env())
+dramatiq.set_broker(broker)
+
+
+@dataclass
+class WorkerContext:
+    runtime: Runtime
+    senders: dict[str, Sender]
+
+
+_contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
+
+
+async def context() -> WorkerContext:
+    """One runtime per event loop: connections belong to the loop that opened them."""
+    loop = asyncio.get_running_loop()
+    if loop not in _contexts:
+        runtime = Runtime.create(Settings.from_env())
+        senders = build_senders(runtime.settings, runtime.sessions, runtime.keys)
+        _contexts[loop] = WorkerContext(runtime, senders)
+    return _contexts[loop]
+
+
+async def _close_context() -> None:
+    ctx = _contexts.pop(asyncio.get_running_loop(), None)
+    if ctx is not None:
+        await ctx.runtime.close()
+
+
+@dramatiq.actor(actor_name="waves.run", queue_name="waves", max_retries=10, min_backoff=500)
+async def run_wave(wave_id: str) -> None:
+    ctx = await context()
+    await waves.run(ctx.runtime.sessions, ctx.runtime.settings, uuid.UUID(wave_id), wake_senders)
+
+
+@dramatiq.actor(actor_name="dispatch.send", queue_name="dispatch", max_retries=10, min_backoff=500)
+async def send_notifications(ids: list[str]) -> None:
+    ctx = await context()
+    rt = ctx.runtime
+    await dispatch.deliver(
+        rt.sessions, rt.settings, rt.keys, ctx.senders, [uuid.UUID(i) for i in ids]
+    )
+
+
+@dramatiq.actor(actor_name="dispatch.drain", queue_name="dispatch", max_retries=10, min_backoff=500)
+async def drain() -> None:
+    """Send due pending notifications, whoever planned them, until there are none."""
+    ctx = await context()
+    rt = ctx.runtime
+    while await dispatch.deliver(rt.sessions, rt.settings, rt.keys, ctx.senders, None):
+        pass
+
+
+def _enqueue(actor: Any, *args: Any) -> None:
+    # Called after commit: the database already holds the work. If the broker is down the
+    # sweeper finds the work within seconds, so the request that caused it still succeeds.
+    try:
+        actor.send(*args)
+    except Exception as exc:
+        log.warning("enqueue_failed", actor=actor.actor_name, error_type=type(exc).__name__)
+
+
+def wake_wave(wave_id: uuid.UUID) -> None:
+    _enqueue(run_wave, str(wave_id))
+
+
+def wake_senders(ids: Sequence[uuid.UUID]) -> None:
+    for start in range(0, len(ids), dispatch.BATCH):
+        _enqueue(send_notifications, [str(i) for i in ids[start : start + dispatch.BATCH]])
+
+
+async def sweep_once(ctx: WorkerContext) -> None:
+    rt = ctx.runtime
+    idempotent = [channel for channel, sender in ctx.senders.items() if sender.idempotent]
+    stale_after = rt.settings.waves.stale_after_seconds
+    async with db.transaction(rt.sessions) as session:
+        due_waves = await waves.due(session)
+        recovered = await dispatch.recover_expired(session, idempotent)
+        stale = await dispatch.stale_pending(session, timedelta(seconds=stale_after))
+    for wave_id in due_waves:
+        wake_wave(wave_id)
+    drains = min(DRAIN_FANOUT, math.ceil((stale + recovered) / dispatch.BATCH))
+    for _ in range(drains):
+        _enqueue(drain)
+
+
+async def sweep_forever() -> None:
+    ctx = await context()
+    interval = ctx.runtime.settings.waves.sweep_interval_seconds
+    while True:
+        try:
+            await sweep_once(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database may be restarting: try again next tick
+            log.warning("sweep_failed", error_type=type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+def start_embedded_worker(threads: int) -> dramatiq.Worker:
+    """The embedded mode's workers: the same actors and sweeper, inside this process."""
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker.start()
+    return worker
