@@ -1,8 +1,11 @@
-"""Run the real ``backinstock`` command as a subprocess, for tests that need a real server."""
+"""Run the real ``backinstock`` command as a subprocess, for tests that need a real server
+or worker, including ones that kill it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,34 +21,72 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+class BackinstockProcess:
+    """``python -m backinstock <args>`` in its own process group, so that a kill takes its
+    children (dramatiq's worker processes) with it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
         self.log_path = log_path
         self._env = {**os.environ, **env}
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> ServerProcess:
-        log = self.log_path.open("wb")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "backinstock", "serve", "--port", str(self.port)],
-            env=self._env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "backinstock", *self.args],
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown hooks, no cleanup."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait(timeout=15)
+        self._proc = None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            self._proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            self.kill()
+        self._proc = None
+
+
+class ServerProcess(BackinstockProcess):
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", "--port", str(self.port)], env, log_path)
+
+    def start(self) -> None:
+        super().start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if not self.running:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError("server did not start")
 
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
     def __exit__(self, *_: object) -> None:
-        assert self._proc is not None
-        self._proc.terminate()
-        self._proc.wait(timeout=15)
+        self.stop()

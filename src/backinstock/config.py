@@ -71,6 +71,8 @@ class WaveSettings(_Section):
     # Pending notifications unclaimed for this long get a drain wake-up.
     stale_after_seconds: float = Field(default=3.0, gt=0)
     embedded_worker_threads: int = Field(default=4, ge=1)
+    # A claimed batch or wave step not finished within this is taken over by another worker.
+    claim_lease_seconds: float = Field(default=15.0, gt=0)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")

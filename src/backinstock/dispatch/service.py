@@ -1,7 +1,8 @@
 """Sending notifications: claim under a lease, render, hand to the channel's sender, record.
 
 Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has one writer), so any number
-of workers on any number of hosts take disjoint batches. A claim expires after ``LEASE``;
+of workers on any number of hosts take disjoint batches. A claim expires after
+``CLAIM_LEASE_SECONDS``;
 the sweeper then returns the work to the queue when the sender is idempotent, and marks it
 failed (``in_doubt``) when a retry could send a second message.
 """
@@ -31,14 +32,13 @@ from backinstock.senders.base import Outcome, OutgoingMessage, Sender, SendResul
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 
-LEASE = timedelta(seconds=15)
 BATCH = 200
 MAX_ATTEMPTS = 6
 CLICK_TOKEN = "click"  # noqa: S105 - a token purpose, not a secret
 
 
 async def claim(
-    session: AsyncSession, ids: list[uuid.UUID] | None, limit: int = BATCH
+    session: AsyncSession, ids: list[uuid.UUID] | None, lease: timedelta, limit: int = BATCH
 ) -> list[uuid.UUID]:
     """Take up to ``limit`` due pending notifications (among ``ids`` when given)."""
     now = utcnow()
@@ -54,7 +54,7 @@ async def claim(
     stmt = (
         update(Notification)
         .where(Notification.id.in_(due.scalar_subquery()))
-        .values(status="sending", lease_until=now + LEASE, attempts=Notification.attempts + 1)
+        .values(status="sending", lease_until=now + lease, attempts=Notification.attempts + 1)
         .returning(Notification.id)
     )
     return list(await session.scalars(stmt))
@@ -138,7 +138,8 @@ async def deliver(
 ) -> int:
     """Claim, send and record one batch; returns how many were claimed."""
     async with db.transaction(sessions) as session:
-        claimed = await claim(session, ids)
+        lease = timedelta(seconds=settings.waves.claim_lease_seconds)
+        claimed = await claim(session, ids, lease)
     if not claimed:
         return 0
     async with sessions() as session:

@@ -22,7 +22,6 @@ from backinstock.restocks.models import StockLevel, Wave
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription
 
 CHUNK = 500  # notifications written per transaction and carried per broker message
-LEASE = timedelta(seconds=30)
 QueueKey = tuple[int, datetime, uuid.UUID]
 Candidate = tuple[int, datetime, uuid.UUID, str]  # the queue key, then the channel
 
@@ -93,6 +92,10 @@ def _status_after_withdrawal() -> ColumnElement[str]:
     )
 
 
+def _lease(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.waves.claim_lease_seconds)
+
+
 async def _claim(session: AsyncSession, settings: Settings, wave_id: uuid.UUID) -> Wave | None:
     """Take the wave's lease if it has work: a due step, or a step not fully written."""
     now = utcnow()
@@ -104,7 +107,7 @@ async def _claim(session: AsyncSession, settings: Settings, wave_id: uuid.UUID) 
             or_(Wave.lease_until.is_(None), Wave.lease_until < now),
             or_(Wave.next_step_at <= now, Wave.planned < Wave.target),
         )
-        .values(lease_until=now + LEASE)
+        .values(lease_until=now + _lease(settings))
         .returning(Wave.id)
     )
     if claimed is None:
@@ -179,7 +182,7 @@ async def _write_chunk(
         await session.execute(
             update(Wave)
             .where(Wave.id == wave_id, Wave.status == "open")
-            .values(lease_until=now + LEASE)
+            .values(lease_until=now + _lease(settings))
             .returning(Wave.sku, Wave.step, Wave.level, Wave.planned, Wave.target)
         )
     ).one_or_none()

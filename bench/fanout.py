@@ -1,0 +1,760 @@
+"""Restock fan-out on PostgreSQL + Redis: one POST /v1/restocks to N waiting shoppers.
+
+Per round: a fresh database, N waiting SMS shoppers on one SKU seeded straight into it
+(sealed and blind-indexed by the project's own code), the API and ONE worker host
+(`backinstock worker`) started, then one restock covering everyone. From the 202 it times
+the first and the last dev-outbox message, samples the worker processes' RSS, and checks
+that every shopper got exactly one message. The services are then stopped and a bare
+script loop sends the same messages again (decrypt, render, seal, insert in batches of
+200; no broker, no claiming) for a baseline; its bodies must equal the worker's.
+
+    .venv/bin/python bench/fanout.py --sizes 10000,100000 --rounds 3 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg2
+import redis
+
+from backinstock import contacts
+from backinstock.config import CryptoSettings, Settings
+from backinstock.contacts import Channel
+from backinstock.crypto import Keys, Sealed, load_keys, new_key_spec
+from backinstock.db import new_id
+from backinstock.dispatch.render import MessageContext, render
+from backinstock.dispatch.service import CLICK_TOKEN
+from backinstock.senders.outbox import outbox_aad
+from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"  # service logs (git-ignored)
+RESULTS = BENCH / "RESULTS.md"
+DATABASE = "backinstock_fanout"
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
+REDIS_URL = "redis://127.0.0.1:6379/12"  # flushed before every round
+BACKINSTOCK = str(Path(sys.executable).parent / "backinstock")  # the venv's console script
+SKU = "FANOUT-RED-TEE-M"
+PRODUCT = ("红色T恤 M", "https://shop.example/p/red-tee-m")
+SEED_BATCH = 20_000
+BARE_BATCH = 200  # = dispatch.BATCH
+FIRST_TARGET_S = 1.0
+LAST_TARGET_S, LAST_TARGET_N = 30.0, 100_000
+RSS_TARGET_MB, RSS_FLAT = 250.0, 1.2  # "flat": largest size's peak <= 1.2x the smallest's
+
+SUB_COLUMNS = [
+    "id", "sku", "channel", "contact_key_id", "contact_blob", "contact_index",
+    "profile_key_id", "profile_blob", "locale", "timezone", "customer_id", "priority",
+    "priority_rank", "source", "consent_text_version", "status", "notification_count",
+    "created_at", "updated_at",
+]  # fmt: skip
+
+
+@dataclass
+class Round:
+    size: int
+    index: int
+    seed_s: float = 0.0
+    post_ms: float = 0.0  # the POST's own latency, request to 202
+    first_s: float = 0.0  # 202 -> first dev_outbox row
+    last_s: float = 0.0  # 202 -> last (N-th) dev_outbox row
+    recorded_s: float = 0.0  # 202 -> last notification recorded 'sent'
+    planned_first_s: float = 0.0  # 202 -> first notification row (the wave's first chunk)
+    planned_last_s: float = 0.0  # 202 -> last notification row (the wave fully written)
+    rss_idle_mb: list[float] = field(default_factory=list)  # per worker process, before POST
+    rss_peak_mb: list[float] = field(default_factory=list)  # per worker process, VmHWM
+    worker_cpu_s: float = 0.0  # user+system CPU of the worker processes, 202 -> last
+    api_cpu_s: float = 0.0
+    pg_cpu_s: float = 0.0  # all postgres processes
+    load_before: float = 0.0  # 1-minute load average before the POST (other work on the host)
+    host_busy: float = 0.0  # share of all cores busy, 202 -> last
+    bare_s: float = 0.0
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.size / self.last_s
+
+    @property
+    def ratio(self) -> float:
+        return self.last_s / self.bare_s
+
+    @property
+    def rss_max(self) -> float:
+        return max(self.rss_peak_mb)
+
+    @property
+    def rss_sum(self) -> float:
+        return sum(self.rss_peak_mb)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def fresh_database() -> dict[str, str]:
+    conn = psycopg2.connect(dbname="postgres", **PG)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {DATABASE}")
+        info = {}
+        for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
+            cur.execute(f"SHOW {name}")
+            info[name] = cur.fetchone()[0]
+    conn.close()
+    return info
+
+
+def service_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKINSTOCK_")}
+    env.update(
+        BACKINSTOCK_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}",
+        BACKINSTOCK_REDIS_URL=REDIS_URL,
+        BACKINSTOCK_ENCRYPTION_KEYS=new_key_spec("b1"),
+        BACKINSTOCK_BLIND_INDEX_KEY=new_key_spec("b1"),
+        BACKINSTOCK_TOKEN_KEY=new_key_spec("b1"),
+        BACKINSTOCK_ALLOWED_LINK_HOSTS="shop.example",
+        BACKINSTOCK_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def cli(env: dict[str, str], *argv: str) -> str:
+    done = subprocess.run([BACKINSTOCK, *argv], env=env, cwd=OUT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"backinstock {' '.join(argv)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def flush_redis() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    client.close()
+
+
+def phone(i: int) -> str:
+    return f"+86138{i:08d}"  # E.164, as contacts.normalize writes it (checked in seed)
+
+
+async def seed(keys: Keys, size: int) -> float:
+    """N waiting SMS shoppers on SKU, built as _NewSubscription.build builds them."""
+    assert contacts.normalize(Channel.SMS, "138 0000 0007") == phone(7)
+    started = time.perf_counter()
+    base = datetime.now(UTC) - timedelta(days=1)
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(
+            "INSERT INTO products (sku, name, url, image_url, updated_at) "
+            "VALUES ($1, $2, $3, NULL, now())",
+            SKU, *PRODUCT,
+        )  # fmt: skip
+        for start in range(0, size, SEED_BATCH):
+            rows = []
+            for i in range(start, min(size, start + SEED_BATCH)):
+                sub_id, value = new_id(), phone(i)
+                sealed = keys.cipher.seal(value, contact_aad(sub_id))
+                index = keys.blind_index.digest(contacts.index_form(Channel.SMS, value))
+                profile = json.dumps({"name": f"顾客{i}", "consent_ip": None}, ensure_ascii=False)
+                prof = keys.cipher.seal(profile, profile_aad(sub_id))
+                created = base + timedelta(microseconds=i)  # strictly increasing: queue order
+                rows.append((
+                    sub_id, SKU, Channel.SMS.value, sealed.key_id, sealed.blob, index,
+                    prof.key_id, prof.blob, "zh-CN", "Asia/Shanghai", None, "standard", 1,
+                    "bench", "v1", "waiting", 0, created, created,
+                ))  # fmt: skip
+            await conn.copy_records_to_table("subscriptions", records=rows, columns=SUB_COLUMNS)
+        await conn.execute("VACUUM ANALYZE subscriptions")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str]) -> Service:
+    log = OUT / f"fanout-{name}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=OUT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Service(name, proc, log)
+
+
+def stop(service: Service) -> None:
+    """SIGTERM the service's process group, SIGKILL it if it lingers."""
+    if service.proc.poll() is None:
+        try:
+            os.killpg(service.proc.pid, signal.SIGTERM)
+            service.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(service.proc.pid, signal.SIGKILL)
+            service.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    with contextlib.suppress(ProcessLookupError):  # leftovers (a child outliving its parent)
+        os.killpg(service.proc.pid, signal.SIGKILL)
+
+
+def fail(service: Service, why: str) -> None:
+    tail = service.log.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"{service.name}: {why}\n--- {service.log} (tail) ---\n{tail}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_api(api: Service, port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if api.proc.poll() is not None:
+            fail(api, "exited during startup")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    fail(api, "not ready (/readyz) within 60 s")
+
+
+def wait_worker(worker: Service, processes: int) -> list[int]:
+    """Until every dramatiq worker process has logged that it is ready for action."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if worker.proc.poll() is not None:
+            fail(worker, "exited during startup")
+        ready = worker.log.read_text(errors="replace").count("is ready for action")
+        kids = children(worker.proc.pid)
+        if ready >= processes and len(kids) >= processes:
+            return kids
+        time.sleep(0.2)
+    fail(worker, "worker processes not ready within 60 s")
+    raise AssertionError  # unreachable
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return sorted(kids)
+
+
+def status_mb(pid: int, field_name: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(field_name)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every postgres process (server and backends) by pid."""
+    result = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    result[int(entry.name)] = cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return result
+
+
+def host_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+# ---------------------------------------------------------------- the fan-out
+
+
+def post_restock(port: int, key: str, size: int, event_id: str) -> tuple[float, float]:
+    """POST the restock; returns (wall-clock time of the 202, request latency in ms)."""
+    body = {"event_id": event_id, "sku": SKU, "available": size, "location": "main"}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/restocks",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            status, answer = resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"restock answered {exc.code}: {exc.read()[:500]!r}") from None
+    at = time.time()
+    latency = 1000 * (time.perf_counter() - started)
+    if status != 202 or answer["first_wave"] != size or answer["waiting"] != size:
+        raise RuntimeError(f"restock answered {status}: {answer}")
+    return at, latency
+
+
+def measure(
+    rnd: Round, cur: Any, worker: Service, api: Service, port: int, key: str, timeout: float
+) -> None:
+    kids = children(worker.proc.pid)
+    rnd.rss_idle_mb = [status_mb(pid, "VmRSS") for pid in kids]
+    cpu0 = sum(cpu_seconds(pid) for pid in kids), cpu_seconds(api.proc.pid)
+    host0, pg0 = host_ticks(), postgres_cpu()
+    rnd.load_before = os.getloadavg()[0]
+    at, rnd.post_ms = post_restock(port, key, rnd.size, f"r-{rnd.size}-{rnd.index}")
+    deadline = time.monotonic() + timeout
+    first = None
+    while first is None:  # cheap while the table is empty: poll every 50 ms
+        cur.execute("SELECT min(created_at) FROM dev_outbox")
+        first = cur.fetchone()[0]
+        check_alive(worker, api, deadline, rnd)
+        time.sleep(0.05)
+    count = 0
+    while count < rnd.size:  # count(*) costs more: every 250 ms (the figure comes from rows)
+        time.sleep(0.25)
+        cur.execute("SELECT count(*) FROM dev_outbox")
+        count = cur.fetchone()[0]
+        check_alive(worker, api, deadline, rnd, count)
+    host1, pg1 = host_ticks(), postgres_cpu()
+    rnd.pg_cpu_s = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
+    rnd.worker_cpu_s = sum(cpu_seconds(pid) for pid in kids) - cpu0[0]
+    rnd.api_cpu_s = cpu_seconds(api.proc.pid) - cpu0[1]
+    rnd.host_busy = (host1[0] - host0[0]) / max(host1[1] - host0[1], 1)
+    pending = 1
+    while pending:
+        cur.execute("SELECT count(*) FROM notifications WHERE status <> 'sent'")
+        pending = cur.fetchone()[0]
+        check_alive(worker, api, deadline, rnd)
+        time.sleep(0.1)
+    rnd.rss_peak_mb = [status_mb(pid, "VmHWM") for pid in kids]
+    cur.execute("SELECT max(created_at) FROM dev_outbox")
+    rnd.first_s = first.timestamp() - at
+    rnd.last_s = cur.fetchone()[0].timestamp() - at
+    cur.execute("SELECT max(sent_at), min(created_at), max(created_at) FROM notifications")
+    recorded, planned_first, planned_last = cur.fetchone()
+    rnd.recorded_s = recorded.timestamp() - at
+    rnd.planned_first_s = planned_first.timestamp() - at
+    rnd.planned_last_s = planned_last.timestamp() - at
+
+
+def check_alive(worker: Service, api: Service, deadline: float, rnd: Round, n: int = 0) -> None:
+    for service in (worker, api):
+        if service.proc.poll() is not None:
+            fail(service, "exited during the fan-out")
+    if time.monotonic() > deadline:
+        fail(worker, f"N={rnd.size}: only {n} messages before the timeout")
+
+
+def check(cur: Any, size: int) -> dict[str, Any]:
+    cur.execute("SELECT count(*), count(DISTINCT notification_id) FROM dev_outbox")
+    rows, distinct = cur.fetchone()
+    cur.execute("SELECT status, count(*) FROM notifications GROUP BY status ORDER BY status")
+    statuses = dict(cur.fetchall())
+    cur.execute("SELECT count(DISTINCT subscription_id) FROM notifications")
+    shoppers = cur.fetchone()[0]
+    cur.execute(
+        "SELECT count(*) FROM subscriptions WHERE status = 'notified' AND notification_count = 1"
+    )
+    notified = cur.fetchone()[0]
+    result = {
+        "outbox_rows": rows,
+        "distinct_notifications": distinct,
+        "statuses": statuses,
+        "shoppers_told": shoppers,
+        "subscriptions_notified": notified,
+    }
+    result["ok"] = rows == distinct == shoppers == notified == size and statuses == {"sent": size}
+    return result
+
+
+# ---------------------------------------------------------------- the bare loop
+
+
+BARE_READ = """
+SELECT n.id, n.level, n.queue_size, s.id, s.sku, s.channel, s.locale,
+       s.contact_key_id, s.contact_blob, s.profile_key_id, s.profile_blob, p.name, p.url
+FROM notifications n
+JOIN subscriptions s ON s.id = n.subscription_id
+LEFT JOIN products p ON p.sku = n.sku
+WHERE n.id > $1
+ORDER BY n.id
+LIMIT $2
+"""
+BARE_INSERT = """
+INSERT INTO dev_outbox (id, notification_id, channel, recipient_masked, recipient_key_id,
+                        recipient_blob, subject, body, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+
+async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
+    """The same messages, one process, no broker, no claims: read 200, decrypt, render,
+    seal, insert 200. Returns (seconds, rows written)."""
+    conn = await asyncpg.connect(DSN)
+    base = base_url.rstrip("/")
+    written = 0
+    after = uuid.UUID(int=0)
+    try:
+        started = time.perf_counter()
+        while True:
+            batch = await conn.fetch(BARE_READ, after, BARE_BATCH)
+            if not batch:
+                break
+            rows = []
+            for nid, level, queue_size, sid, sku, channel, locale, ckid, cblob, pkid, pblob, \
+                    pname, _url in batch:  # fmt: skip
+                to = keys.cipher.open(Sealed(ckid, cblob), contact_aad(sid))
+                name = None
+                if pblob is not None:
+                    name = json.loads(keys.cipher.open(Sealed(pkid, pblob), profile_aad(sid)))
+                    name = name.get("name") or None
+                context = MessageContext(
+                    name=name,
+                    product_name=pname or sku,
+                    link=f"{base}/r/{keys.tokens.sign(CLICK_TOKEN, nid)}",
+                    unsubscribe_url=f"{base}/u/{keys.tokens.sign(UNSUBSCRIBE_TOKEN, sid)}",
+                    level=level,
+                    queue_size=queue_size,
+                )
+                rendered = render(channel, locale, context)
+                row_id = new_id()
+                sealed = keys.cipher.seal(to, outbox_aad(row_id.bytes))
+                masked = contacts.mask(Channel(channel), to)
+                rows.append((
+                    row_id, nid, channel, masked, sealed.key_id, sealed.blob, rendered.subject,
+                    rendered.text, datetime.now(UTC),
+                ))  # fmt: skip
+            await conn.executemany(BARE_INSERT, rows)
+            written += len(rows)
+            after = batch[-1][0]
+        return time.perf_counter() - started, written
+    finally:
+        await conn.close()
+
+
+def keep_worker_bodies(cur: Any) -> None:
+    cur.execute("DROP TABLE IF EXISTS bench_worker_outbox")
+    cur.execute(
+        "CREATE TABLE bench_worker_outbox AS SELECT notification_id, recipient_masked, body "
+        "FROM dev_outbox"
+    )
+    cur.execute("TRUNCATE dev_outbox")
+    cur.execute("VACUUM ANALYZE dev_outbox")
+
+
+def same_messages(cur: Any) -> int:
+    cur.execute(
+        "SELECT count(*) FROM dev_outbox d JOIN bench_worker_outbox w USING (notification_id) "
+        "WHERE d.body = w.body AND d.recipient_masked = w.recipient_masked"
+    )
+    return int(cur.fetchone()[0])
+
+
+# ---------------------------------------------------------------- one round
+
+
+def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> None:
+    pg_info.update(fresh_database())
+    env = service_env()
+    os.environ.update(env)  # this process seals, opens and signs with the same keys
+    keys = load_keys(CryptoSettings(), production=True)
+    cli(env, "migrate")
+    key = cli(env, "keys", "create", "--name", "bench", "--scope", "inventory", "--scope",
+              "admin").strip().splitlines()[-1]  # fmt: skip
+    flush_redis()
+    rnd.seed_s = asyncio.run(seed(keys, rnd.size))
+    port = free_port()
+    services: list[Service] = []
+    conn = psycopg2.connect(dbname=DATABASE, **PG)
+    conn.autocommit = True
+    try:
+        api = spawn("api", [BACKINSTOCK, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
+        services.append(api)
+        worker_argv = [BACKINSTOCK, "worker", "--processes", str(args.processes),
+                       "--threads", str(args.threads)]  # fmt: skip
+        worker_env = dict(env)
+        if args.idle_poll_ms:
+            worker_env["dramatiq_worker_timeout"] = str(args.idle_poll_ms)
+        worker = spawn("worker", worker_argv, worker_env)
+        services.append(worker)
+        wait_api(api, port)
+        wait_worker(worker, args.processes)
+        time.sleep(1.0)  # let the sweepers' first ticks and the imports settle
+        with conn.cursor() as cur:
+            measure(rnd, cur, worker, api, port, key, args.timeout)
+    finally:
+        for service in reversed(services):
+            stop(service)
+    with conn.cursor() as cur:
+        rnd.checks = check(cur, rnd.size)
+        keep_worker_bodies(cur)
+    rnd.bare_s, written = asyncio.run(bare_loop(keys, Settings.from_env().core.public_base_url))
+    with conn.cursor() as cur:
+        rnd.checks["bare_rows"] = written
+        rnd.checks["bare_same_bodies"] = same_messages(cur)
+    conn.close()
+    checks = rnd.checks
+    checks["ok"] = checks["ok"] and written == checks["bare_same_bodies"] == rnd.size
+
+
+# ---------------------------------------------------------------- report
+
+
+def mb(values: list[float]) -> str:
+    return "+".join(f"{v:.0f}" for v in values)
+
+
+def round_table(rounds: list[Round]) -> list[str]:
+    lines = [
+        "| N | round | seed s | POST ms | wave start s | wave written s | first msg s "
+        "| last msg s | msgs/s | all recorded s "
+        "| worker RSS idle MB | worker RSS peak MB | worker CPU s | API CPU s | PG CPU s "
+        "| host busy | load1 before "
+        "| bare loop s | fan-out / bare | checks |",
+        "|" + "---:|" * 19 + "---|",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r.size} | {r.index} | {r.seed_s:.1f} | {r.post_ms:.0f} "
+            f"| {r.planned_first_s:.2f} | {r.planned_last_s:.2f} | {r.first_s:.2f} "
+            f"| {r.last_s:.2f} | {r.rate:.0f} | {r.recorded_s:.2f} | {mb(r.rss_idle_mb)} "
+            f"| {mb(r.rss_peak_mb)} | {r.worker_cpu_s:.1f} | {r.api_cpu_s:.2f} "
+            f"| {r.pg_cpu_s:.1f} | {100 * r.host_busy:.0f}% | {r.load_before:.2f} "
+            f"| {r.bare_s:.2f} | {r.ratio:.2f} "
+            f"| {'ok' if r.checks['ok'] else 'FAILED'} |"
+        )
+    return lines
+
+
+def medians(rounds: list[Round]) -> dict[int, dict[str, float]]:
+    result: dict[int, dict[str, float]] = {}
+    for size in sorted({r.size for r in rounds}):
+        rs = [r for r in rounds if r.size == size]
+
+        def med(get: Any, rs: list[Round] = rs) -> float:
+            return float(statistics.median(get(r) for r in rs))
+
+        result[size] = {
+            "planned_first_s": med(lambda r: r.planned_first_s),
+            "planned_last_s": med(lambda r: r.planned_last_s),
+            "first_s": med(lambda r: r.first_s),
+            "last_s": med(lambda r: r.last_s),
+            "rate": med(lambda r: r.rate),
+            "recorded_s": med(lambda r: r.recorded_s),
+            "rss_max": med(lambda r: r.rss_max),
+            "rss_sum": med(lambda r: r.rss_sum),
+            "cpu_ms_per_msg": med(lambda r: 1000 * r.worker_cpu_s / r.size),
+            "pg_ms_per_msg": med(lambda r: 1000 * r.pg_cpu_s / r.size),
+            "bare_s": med(lambda r: r.bare_s),
+            "bare_rate": med(lambda r: r.size / r.bare_s),
+            "ratio": med(lambda r: r.ratio),
+        }
+    return result
+
+
+def median_table(meds: dict[int, dict[str, float]]) -> list[str]:
+    lines = [
+        "| N | wave start s | wave written s | first msg s | last msg s | msgs/s "
+        "| all recorded s | peak RSS / process MB "
+        "| peak RSS, all workers MB | worker CPU ms/msg | PG CPU ms/msg | bare loop s "
+        "| bare msgs/s "
+        "| fan-out / bare |",
+        "|" + "---:|" * 14,
+    ]
+    for size, m in meds.items():
+        lines.append(
+            f"| {size} | {m['planned_first_s']:.2f} | {m['planned_last_s']:.2f} "
+            f"| **{m['first_s']:.2f}** | **{m['last_s']:.2f}** | **{m['rate']:.0f}** "
+            f"| {m['recorded_s']:.2f} | **{m['rss_max']:.0f}** | {m['rss_sum']:.0f} "
+            f"| {m['cpu_ms_per_msg']:.2f} | {m['pg_ms_per_msg']:.2f} | {m['bare_s']:.2f} "
+            f"| {m['bare_rate']:.0f} "
+            f"| **{m['ratio']:.2f}** |"
+        )
+    return lines
+
+
+def verdicts(meds: dict[int, dict[str, float]]) -> list[str]:
+    def word(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    sizes = sorted(meds)
+    firsts = ", ".join(f"{meds[s]['first_s']:.2f} s at {s}" for s in sizes)
+    lines = [
+        f"- first message < {FIRST_TARGET_S:.0f} s after the 202 (median, every size): "
+        f"{firsts} → **{word(all(meds[s]['first_s'] < FIRST_TARGET_S for s in sizes))}**"
+    ]
+    if LAST_TARGET_N in meds:
+        last = meds[LAST_TARGET_N]["last_s"]
+        lines.append(
+            f"- {LAST_TARGET_N} messages in <= {LAST_TARGET_S:.0f} s from one worker "
+            f"host: {last:.1f} s → **{word(last <= LAST_TARGET_S)}**"
+        )
+    else:
+        lines.append(f"- {LAST_TARGET_N} in <= {LAST_TARGET_S:.0f} s: not measured this run")
+    small, large = meds[sizes[0]]["rss_max"], meds[sizes[-1]]["rss_max"]
+    flat = large <= RSS_FLAT * small
+    below = all(meds[s]["rss_max"] < RSS_TARGET_MB for s in sizes)
+    lines.append(
+        f"- worker RSS flat from {sizes[0]} to {sizes[-1]} (peak per process {small:.0f} → "
+        f"{large:.0f} MB, flat = at most {RSS_FLAT:.1f}x) and < {RSS_TARGET_MB:.0f} MB: "
+        f"flat **{word(flat)}**, < {RSS_TARGET_MB:.0f} MB **{word(below)}** (all worker "
+        f"processes together: {meds[sizes[-1]]['rss_sum']:.0f} MB at {sizes[-1]})"
+    )  # fmt: skip
+    return lines
+
+
+def source_state() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=BENCH,
+                           capture_output=True, text=True).stdout.split()  # fmt: skip
+    changed = [p for p in dirty if p.startswith("src/")]
+    return f"{head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def section(args: argparse.Namespace, pg: dict[str, str], lines: list[str]) -> str:
+    now = datetime.now(UTC)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                .splitlines() if ln.startswith("model name")), "?")  # fmt: skip
+    waves = Settings.from_env().waves
+    return "\n".join([
+        f"## {now:%Y-%m-%d} — restock fan-out (PostgreSQL + Redis)", "",
+        f"- command: `{shlex.join(['.venv/bin/python', 'bench/fanout.py', *sys.argv[1:]])}`",
+        f"- date: {now:%Y-%m-%d %H:%M} UTC; source: {source_state()}",
+        f"- machine: nproc={os.cpu_count()}, {cpu}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}",
+        f"- PostgreSQL {pg['server_version']} (synchronous_commit={pg['synchronous_commit']}, "
+        f"fsync={pg['fsync']}, shared_buffers={pg['shared_buffers']}); Redis broker on "
+        f"{REDIS_URL} (flushed per round); all on this host",
+        f"- services: `backinstock serve` (1 uvicorn process) and ONE worker host "
+        f"`backinstock worker --processes {args.processes} --threads {args.threads}`"
+        + (f" with dramatiq_worker_timeout={args.idle_poll_ms}" if args.idle_poll_ms else "")
+        + " (dramatiq's idle Redis poll: every 0.5-1x worker_timeout, default 1000 ms); defaults "
+        f"otherwise (db_pool_size=10, sweep every {waves.sweep_interval_seconds:g} s, "
+        f"stale_after {waves.stale_after_seconds:g} s, batch_multiplier "
+        f"{waves.batch_multiplier:g}), BACKINSTOCK_LOG_LEVEL=WARNING, dev outbox sender "
+        "(no provider configured)",
+        "- per round: fresh database, migrate, key (inventory+admin), N waiting SMS shoppers "
+        "on one SKU seeded by COPY (sealed contact + sealed name, blind index, strictly "
+        "increasing created_at, then VACUUM ANALYZE), services started, one "
+        "`POST /v1/restocks` with available=N (first_wave = N)",
+        "- times are from the 202 to: the first / last notification row's created_at "
+        "(\"wave start\" / \"wave written\": the wave's first and last chunk), the first / "
+        "N-th dev_outbox row's created_at (first / last msg), and the last notification's "
+        "sent_at (\"all recorded\"); msgs/s = N / last msg s",
+        "- worker RSS: VmRSS before the POST and VmHWM at the end of each dramatiq worker "
+        "process (children of the worker host's pid), in MB; worker/API CPU = user+system "
+        "seconds, 202 → last message; PG CPU = all postgres processes, same span; host "
+        "busy = all cores, same span (other engineers' jobs share this host: see load1)",
+        f"- bare loop: after the services stop, this script reads the same notifications "
+        f"(200 per query, joined to subscription and product), decrypts contact and name, "
+        f"renders with backinstock.dispatch.render, seals the recipient and inserts the "
+        f"dev_outbox rows with asyncpg executemany per {BARE_BATCH}; single process, no "
+        "broker, no claims, no status writes. Its bodies are compared with the worker's "
+        "(must be identical)",
+        "", "Per round:", "", *lines, "",
+    ])  # fmt: skip
+
+
+def write_results(text: str) -> None:
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
+    heading = text.splitlines()[0]
+    parts = re.split(r"(?m)^(?=## )", old)
+    kept = [p for p in parts if p.splitlines()[:1] != [heading]]
+    RESULTS.write_text("".join(kept).rstrip("\n") + "\n\n" + text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated N")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per size")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument(
+        "--idle-poll-ms",
+        type=int,
+        help="dramatiq_worker_timeout for the worker host: an idle consumer polls Redis "
+        "every 0.5-1x this (dramatiq's default: 1000)",
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per fan-out")
+    parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    OUT.mkdir(exist_ok=True)
+    pg: dict[str, str] = {}
+    rounds: list[Round] = []
+    for size in sizes:
+        for i in range(1, args.rounds + 1):
+            rnd = Round(size, i)
+            one_round(rnd, args, pg)
+            rounds.append(rnd)
+            print(
+                f"N={size} round {i}: first {rnd.first_s:.2f} s, last {rnd.last_s:.2f} s "
+                f"({rnd.rate:.0f} msg/s), wave written {rnd.planned_last_s:.2f} s, PG CPU "
+                f"{rnd.pg_cpu_s:.1f} s, RSS peak "
+                f"{mb(rnd.rss_peak_mb)} MB, worker CPU {rnd.worker_cpu_s:.1f} s, host busy "
+                f"{100 * rnd.host_busy:.0f}%; bare {rnd.bare_s:.2f} s "
+                f"(x{rnd.ratio:.2f}); checks {rnd.checks}",
+                flush=True,
+            )
+    meds = medians(rounds)
+    lines = [*round_table(rounds), "", "Medians:", "", *median_table(meds), "",
+             "Targets:", "", *verdicts(meds)]  # fmt: skip
+    print("\n" + "\n".join(lines))
+    if not all(r.checks["ok"] for r in rounds):
+        print("\nCORRECTNESS CHECK FAILED", file=sys.stderr)
+    if args.write:
+        write_results(section(args, pg, lines))
+        print(f"written to {RESULTS}")
+    if not all(r.checks["ok"] for r in rounds):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Many waiting shoppers, written straight into the database through the service's own
+row builder (the API would take minutes for thousands)."""
+
+from __future__ import annotations
+
+import uuid
+
+from backinstock import db
+from backinstock.contacts import Channel
+from backinstock.runtime import Runtime
+from backinstock.subscriptions.schemas import SubscriptionCreate
+from backinstock.subscriptions.service import NormalizedContact, _NewSubscription
+from backinstock.subscriptions.statements import INSERT_WAITING
+from tests.helpers import phone
+
+
+async def seed_waiting(runtime: Runtime, n: int, sku: str = "SKU-1") -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    async with db.transaction(runtime.sessions) as session:
+        for i in range(n):
+            contact = NormalizedContact(Channel.SMS, phone(i))
+            payload = SubscriptionCreate(sku=sku, channel=Channel.SMS, contact=contact.value)
+            index = runtime.keys.blind_index.digest(contact.index_form)
+            row = _NewSubscription.build(runtime.keys, payload, contact, index)
+            await session.execute(INSERT_WAITING, row.params)
+            ids.append(row.id)
+    return ids

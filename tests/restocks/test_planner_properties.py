@@ -1,0 +1,166 @@
+"""Property tests of the wave planner on the real database code: whatever the shoppers and
+the sequence of stock levels, steps notify the queue's head in order (VIPs first, then
+registration order), each step's size follows the level, nobody is told twice in a wave,
+and a sell-out ends the wave."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import uuid
+from datetime import timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select, text, update
+
+from backinstock import db
+from backinstock.config import Settings, WaveSettings
+from backinstock.contacts import Channel
+from backinstock.dispatch.models import Notification
+from backinstock.models import Base
+from backinstock.restocks import service as restocks
+from backinstock.restocks import waves
+from backinstock.restocks.models import Wave
+from backinstock.restocks.schemas import RestockIn
+from backinstock.runtime import Runtime
+from backinstock.subscriptions.models import Priority, Subscription
+from backinstock.subscriptions.schemas import SubscriptionCreate
+from backinstock.subscriptions.service import NormalizedContact, _NewSubscription
+from backinstock.subscriptions.statements import INSERT_WAITING
+from tests.helpers import phone
+
+Action = tuple[str, int]  # ("level", n) or ("tick", 0)
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("level"), st.integers(min_value=1, max_value=12)),
+        st.tuples(st.just("tick"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+async def _reset(runtime: Runtime) -> None:
+    async with runtime.engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(text(f"DELETE FROM {table.name}"))
+
+
+async def _seed(runtime: Runtime, vip_flags: list[bool]) -> list[uuid.UUID]:
+    """Shoppers in registration order; returns their ids in expected queue order."""
+    rows = []
+    async with db.transaction(runtime.sessions) as session:
+        for i, vip in enumerate(vip_flags):
+            contact = NormalizedContact(Channel.SMS, phone(i))
+            priority = Priority.VIP if vip else Priority.STANDARD
+            payload = SubscriptionCreate(
+                sku="P", channel=Channel.SMS, contact=contact.value, priority=priority
+            )
+            index = runtime.keys.blind_index.digest(contact.index_form)
+            row = _NewSubscription.build(runtime.keys, payload, contact, index)
+            await session.execute(INSERT_WAITING, row.params)
+            rows.append((0 if vip else 1, i, row.id))
+    return [sub_id for _, _, sub_id in sorted(rows)]
+
+
+async def _told(runtime: Runtime) -> list[uuid.UUID]:
+    """Who was told, step by step; within a step (one batch) in queue order."""
+    async with runtime.sessions() as session:
+        return list(
+            await session.scalars(
+                select(Notification.subscription_id)
+                .join(Subscription, Subscription.id == Notification.subscription_id)
+                .order_by(
+                    Notification.step,
+                    Subscription.priority_rank,
+                    Subscription.created_at,
+                    Subscription.id,
+                )
+            )
+        )
+
+
+async def _post(runtime: Runtime, level: int, occurred: int) -> uuid.UUID | None:
+    payload = RestockIn(
+        event_id=f"e{occurred}",
+        sku="P",
+        available=level,
+        occurred_at=restocks.utcnow() + timedelta(seconds=occurred),
+    )
+    async with db.transaction(runtime.sessions) as session:
+        outcome = await restocks.record(session, runtime.settings, payload)
+    return outcome.wave_due
+
+
+async def _run(runtime: Runtime, wave_id: uuid.UUID) -> None:
+    await waves.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
+
+
+async def _tick(runtime: Runtime) -> None:
+    """The interval elapses: the wave's next step is due now."""
+    async with db.transaction(runtime.sessions) as session:
+        await session.execute(
+            update(Wave)
+            .where(Wave.status == "open")
+            .values(next_step_at=restocks.utcnow() - timedelta(seconds=1))
+        )
+        wave_id = await session.scalar(select(Wave.id).where(Wave.status == "open"))
+    if wave_id is not None:
+        await _run(runtime, wave_id)
+
+
+async def _scenario(
+    base: Settings, vip_flags: list[bool], steps: list[Action], multiplier: float
+) -> None:
+    wave_settings = WaveSettings(batch_multiplier=multiplier, max_notifications=10)
+    runtime = Runtime.create(dataclasses.replace(base, waves=wave_settings))
+    try:
+        await _reset(runtime)
+        queue = await _seed(runtime, vip_flags)
+        level, expected = 0, 0
+        for occurred, (kind, value) in enumerate(steps, start=1):
+            if kind == "level":
+                due = await _post(runtime, value, occurred)
+                if value > level:
+                    expected += math.ceil(value * multiplier)
+                    assert due is not None
+                    await _run(runtime, due)
+                else:
+                    assert due is None
+                level = value
+            else:
+                await _tick(runtime)
+                expected += math.ceil(level * multiplier)
+            told = await _told(runtime)
+            assert told == queue[: min(expected, len(queue))]  # order, sizes, never twice
+        await _post(runtime, 0, len(steps) + 1)  # sold out
+        before = await _told(runtime)
+        await _tick(runtime)
+        async with runtime.sessions() as session:
+            open_waves = await session.scalar(
+                select(func.count()).select_from(Wave).where(Wave.status == "open")
+            )
+        assert open_waves == 0
+        assert len(await _told(runtime)) == len(before), "no step after a sell-out"
+    finally:
+        await _reset(runtime)
+        await runtime.close()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    vip_flags=st.lists(st.booleans(), min_size=0, max_size=25),
+    steps=actions,
+    multiplier=st.sampled_from([0.5, 1.0, 1.5]),
+)
+def test_planner_properties(
+    migrated: str, settings: Settings, vip_flags: list[bool], steps: list[Action], multiplier: float
+) -> None:
+    asyncio.run(_scenario(settings, vip_flags, steps, multiplier))
