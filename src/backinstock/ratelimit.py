@@ -35,15 +35,21 @@ class MemoryRateLimiter:
         return retry_after if count > rate.limit else None
 
 
+# INCR and set the expiry on first use, in one round trip and one command (a pipeline
+# costs the client more CPU than the server spends on both).
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
 class RedisRateLimiter:
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+        self._hit = redis.register_script(_HIT)
 
     async def hit(self, key: str, rate: Rate) -> int | None:
         index, retry_after = _window(rate, time.time())
         name = f"bis:rl:{key}:{index}"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, rate.window_seconds + 1)
-            count, _ = await pipe.execute()
+        count = await self._hit(keys=[name], args=[rate.window_seconds + 1])
         return retry_after if int(count) > rate.limit else None
