@@ -53,6 +53,8 @@ def _configure_environment() -> None:
             "BACKINSTOCK_ALLOWED_LINK_HOSTS": "shop.example,.example.com",
             "BACKINSTOCK_KEY_FILE": str(_WORKDIR / "keys.json"),
             "BACKINSTOCK_LOG_JSON": "true",
+            # Quiet hours depend on the wall clock; tests about them turn them on.
+            "BACKINSTOCK_QUIET_HOURS": "",
         }
     )
 
@@ -122,7 +124,7 @@ async def session(runtime: Runtime) -> AsyncIterator[AsyncSession]:
         yield s
 
 
-WorkerStarter = Callable[..., None]
+WorkerStarter = Callable[..., Any]
 
 
 @pytest.fixture
@@ -133,10 +135,12 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
     started: list[Any] = []
 
-    def start(threads: int = 4, **settings: Any) -> None:
+    def start(threads: int = 4, **settings: Any) -> Any:
         for name, value in settings.items():
             monkeypatch.setenv(f"BACKINSTOCK_{name.upper()}", str(value))
-        started.append(worker_module.start_embedded_worker(threads))
+        worker = worker_module.start_embedded_worker(threads)
+        started.append(worker)
+        return worker
 
     yield start
     for worker in started:

@@ -25,7 +25,7 @@ async def subscribe_many(
 ) -> list[str]:
     ids = []
     for i in range(start, start + n):
-        body = subscription_body(sku=sku, contact=phone(i), **kw)
+        body = subscription_body(sku=sku, **{"contact": phone(i), **kw})
         response = await client.post("/v1/subscriptions", json=body, headers=bearer(key))
         assert response.status_code == 201, response.text
         ids.append(response.json()["id"])

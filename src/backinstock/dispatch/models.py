@@ -28,6 +28,8 @@ class Notification(Base):
     level: Mapped[int] = mapped_column(Integer)  # stock level when planned, for scarcity copy
     queue_size: Mapped[int] = mapped_column(Integer)
     channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Which of the shopper's contacts to use: 0 the primary, n the fallback of rank n.
+    contact_rank: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

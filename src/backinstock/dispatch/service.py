@@ -9,12 +9,13 @@ failed (``in_doubt``) when a retry could send a second message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -27,9 +28,10 @@ from backinstock.contacts import Channel
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import utcnow
 from backinstock.dispatch.models import Notification
+from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.senders.base import Outcome, OutgoingMessage, Sender, SendResult
-from backinstock.subscriptions.models import IN_QUEUE, Subscription
+from backinstock.subscriptions.models import IN_QUEUE, Subscription, SubscriptionFallback
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 
 BATCH = 200
@@ -61,27 +63,87 @@ async def claim(
 
 
 @dataclass(frozen=True)
+class Contact:
+    rank: int  # 0 the primary contact, n the fallback of rank n
+    channel: str
+    key_id: str
+    blob: bytes
+    row_id: uuid.UUID  # the row whose id the ciphertext is bound to
+
+
+@dataclass(frozen=True)
 class Delivery:
-    """What one claimed notification needs to become a message."""
+    """What became of one claimed notification before any provider was called."""
 
     notification_id: uuid.UUID
+    subscription_id: uuid.UUID
     attempts: int
-    message: OutgoingMessage | None  # None: nobody to send to any more (unsubscribed, erased)
+    contact: Contact | None  # None: nobody to send to (unsubscribed, erased, all failed)
+    message: OutgoingMessage | None = None
+    held_until: datetime | None = None  # quiet hours: send when they end
+    skip: str | None = None  # why nothing is sent: "not_waiting" or "no_contact"
+
+
+def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> list[Contact]:
+    """The shopper's usable contacts in the order to try them."""
+    found: list[Contact] = []
+    if sub.contact_failed_at is None and sub.contact_blob and sub.contact_key_id:
+        found.append(Contact(0, sub.channel, sub.contact_key_id, sub.contact_blob, sub.id))
+    for f in sorted(fallbacks, key=lambda f: f.rank):
+        if f.status == "active" and f.contact_blob and f.contact_key_id:
+            found.append(Contact(f.rank, f.channel, f.contact_key_id, f.contact_blob, f.id))
+    return found
 
 
 async def prepare(
     session: AsyncSession, settings: Settings, keys: Keys, ids: list[uuid.UUID]
 ) -> list[Delivery]:
-    rows = await session.execute(
-        select(Notification, Subscription, Product.name, Product.url)
-        .join(Subscription, Subscription.id == Notification.subscription_id)
-        .outerjoin(Product, Product.sku == Notification.sku)
-        .where(Notification.id.in_(ids))
+    rows = list(
+        await session.execute(
+            select(Notification, Subscription, Product.name, Product.url)
+            .join(Subscription, Subscription.id == Notification.subscription_id)
+            .outerjoin(Product, Product.sku == Notification.sku)
+            .where(Notification.id.in_(ids))
+        )
     )
+    fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
+    for fallback in await session.scalars(
+        select(SubscriptionFallback).where(
+            SubscriptionFallback.subscription_id.in_([s.id for _, s, _, _ in rows])
+        )
+    ):
+        fallbacks[fallback.subscription_id].append(fallback)
+    now = utcnow()
     return [
-        Delivery(n.id, n.attempts, _message(settings, keys, n, s, name, url))
-        for n, s, name, url in rows
+        _delivery(settings, keys, n, s, name, url, fallbacks[s.id], now) for n, s, name, url in rows
     ]
+
+
+def _delivery(
+    settings: Settings,
+    keys: Keys,
+    notification: Notification,
+    sub: Subscription,
+    product_name: str | None,
+    product_url: str | None,
+    fallbacks: list[SubscriptionFallback],
+    now: datetime,
+) -> Delivery:
+    base = Delivery(notification.id, sub.id, notification.attempts, None)
+    if sub.status not in IN_QUEUE:
+        return dataclasses.replace(base, skip="not_waiting")
+    usable = [c for c in contacts_from(sub, fallbacks) if c.rank >= notification.contact_rank]
+    if not usable:
+        return dataclasses.replace(base, skip="no_contact")
+    contact = usable[0]
+    base = dataclasses.replace(base, contact=contact)
+    if contact.channel == Channel.SMS.value:
+        zone = sub.timezone or settings.quiet_hours.default_timezone
+        held = hold_until(now, zone, settings.quiet_hours.window)
+        if held is not None:
+            return dataclasses.replace(base, held_until=held)
+    message = _message(settings, keys, notification, sub, contact, product_name, product_url)
+    return dataclasses.replace(base, message=message)
 
 
 def _message(
@@ -89,12 +151,11 @@ def _message(
     keys: Keys,
     notification: Notification,
     sub: Subscription,
+    contact: Contact,
     product_name: str | None,
     product_url: str | None,
-) -> OutgoingMessage | None:
-    if sub.status not in IN_QUEUE or sub.contact_blob is None or sub.contact_key_id is None:
-        return None
-    to = keys.cipher.open(Sealed(sub.contact_key_id, sub.contact_blob), contact_aad(sub.id))
+) -> OutgoingMessage:
+    to = keys.cipher.open(Sealed(contact.key_id, contact.blob), contact_aad(contact.row_id))
     base = settings.core.public_base_url.rstrip("/")
     context = MessageContext(
         name=_name(keys, sub),
@@ -104,18 +165,22 @@ def _message(
         level=notification.level,
         queue_size=notification.queue_size,
     )
-    rendered = render(sub.channel, sub.locale, context)
+    rendered = render(contact.channel, sub.locale, context)
     return OutgoingMessage(
         notification_id=notification.id,
-        channel=sub.channel,
+        channel=contact.channel,
         to=to,
-        to_masked=contacts.mask(Channel(sub.channel), to),
+        to_masked=contacts.mask(Channel(contact.channel), to),
         text=rendered.text,
         subject=rendered.subject,
         html=rendered.html,
         link=context.link,
         unsubscribe_url=context.unsubscribe_url,
-        data={"product_url": product_url, "locale": sub.locale},
+        data={
+            "product_url": product_url,
+            "product_name": context.product_name,
+            "locale": sub.locale,
+        },
     )
 
 
@@ -145,10 +210,8 @@ async def deliver(
     async with sessions() as session:
         deliveries = await prepare(session, settings, keys, claimed)
     results = await _send(senders, [d.message for d in deliveries if d.message is not None])
-    attempts = {d.notification_id: d.attempts for d in deliveries}
-    skipped = [d.notification_id for d in deliveries if d.message is None]
     async with db.transaction(sessions) as session:
-        await record(session, results, attempts, skipped)
+        await record(session, deliveries, results)
     return len(claimed)
 
 
@@ -169,18 +232,24 @@ def backoff(attempts: int) -> timedelta:
 
 
 async def record(
-    session: AsyncSession,
-    results: list[SendResult],
-    attempts: dict[uuid.UUID, int],
-    skipped: list[uuid.UUID],
+    session: AsyncSession, deliveries: list[Delivery], results: list[SendResult]
 ) -> None:
     now = utcnow()
-    if skipped:
-        await session.execute(
-            update(Notification)
-            .where(Notification.id.in_(skipped))
-            .values(status="cancelled", error="not_waiting", lease_until=None)
-        )
+    by_id = {d.notification_id: d for d in deliveries}
+    for delivery in deliveries:
+        if delivery.skip == "not_waiting":
+            await _set(session, delivery.notification_id, status="cancelled", error=delivery.skip)
+        elif delivery.skip == "no_contact":  # every contact failed for good
+            await _set(session, delivery.notification_id, status="failed", error=delivery.skip)
+        elif delivery.held_until is not None:  # not an attempt: the provider was not called
+            await _set(
+                session,
+                delivery.notification_id,
+                status="pending",
+                next_attempt_at=delivery.held_until,
+                attempts=delivery.attempts - 1,
+                error="quiet_hours",
+            )
     sent = [r for r in results if r.outcome is Outcome.SENT]
     if sent:
         await session.execute(
@@ -191,27 +260,71 @@ async def record(
                     "status": "sent",
                     "sent_at": now,
                     "provider_id": r.provider_id,
+                    "channel": by_id[r.notification_id].contact.channel,  # type: ignore[union-attr]
+                    "contact_rank": by_id[r.notification_id].contact.rank,  # type: ignore[union-attr]
                     "lease_until": None,
+                    "error": None,
                 }
                 for r in sent
             ],
         )
     for result in results:
-        if result.outcome is Outcome.SENT:
-            continue
-        retry = result.outcome is Outcome.TRANSIENT and attempts[result.notification_id] < (
-            MAX_ATTEMPTS
+        delivery = by_id[result.notification_id]
+        if result.outcome is Outcome.TRANSIENT:
+            await _retry_or_fail(session, delivery, result, now)
+        elif result.outcome is Outcome.PERMANENT:
+            await _fall_back(session, delivery, result, now)
+
+
+async def _set(session: AsyncSession, notification_id: uuid.UUID, **values: Any) -> None:
+    values.setdefault("lease_until", None)
+    await session.execute(
+        update(Notification).where(Notification.id == notification_id).values(**values)
+    )
+
+
+async def _retry_or_fail(
+    session: AsyncSession, delivery: Delivery, result: SendResult, now: datetime
+) -> None:
+    if delivery.attempts < MAX_ATTEMPTS:
+        await _set(
+            session,
+            delivery.notification_id,
+            status="pending",
+            next_attempt_at=now + backoff(delivery.attempts),
+            error=result.error,
         )
+    else:
+        await _set(session, delivery.notification_id, status="failed", error=result.error)
+
+
+async def _fall_back(
+    session: AsyncSession, delivery: Delivery, result: SendResult, now: datetime
+) -> None:
+    """The contact will never work: remember that, and try the shopper's next contact."""
+    contact = delivery.contact
+    assert contact is not None
+    if contact.rank == 0:
         await session.execute(
-            update(Notification)
-            .where(Notification.id == result.notification_id)
-            .values(
-                status="pending" if retry else "failed",
-                next_attempt_at=now + backoff(attempts[result.notification_id]) if retry else now,
-                error=result.error,
-                lease_until=None,
-            )
+            update(Subscription)
+            .where(Subscription.id == delivery.subscription_id)
+            .values(contact_failed_at=now)
         )
+    else:
+        await session.execute(
+            update(SubscriptionFallback)
+            .where(SubscriptionFallback.id == contact.row_id)
+            .values(status="failed")
+        )
+    await _set(
+        session,
+        delivery.notification_id,
+        status="pending",  # the next claim picks the next usable contact, or cancels
+        contact_rank=contact.rank + 1,
+        attempts=0,
+        next_attempt_at=now,
+        error=result.error,
+    )
 
 
 async def recover_expired(session: AsyncSession, idempotent_channels: list[str]) -> int:

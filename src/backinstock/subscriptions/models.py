@@ -49,6 +49,8 @@ class Subscription(Base):
     contact_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contact_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     contact_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    # Set when a provider rejected the primary contact for good (invalid, opted out).
+    contact_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Name and consent IP, sealed together as JSON.
     profile_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     profile_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

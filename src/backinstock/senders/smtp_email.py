@@ -1,0 +1,324 @@
+"""Email through an SMTP relay, with aiosmtplib.
+
+A small pool of SMTP connections is kept open across batches: opening one costs a TCP and
+TLS handshake plus AUTH, more than sending a message. Each connection serves one message
+at a time; a batch is spread over the pool.
+
+SMTP has no idempotency key, hence ``idempotent = False``. Within a send, a connection that
+drops before DATA is retried once on a fresh connection (the relay cannot have the message
+yet); a drop during DATA is not retried, because the relay may already have queued it.
+
+Addresses and bodies stay out of results and logs, and so do the relay's reply texts,
+which usually quote the recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import ssl
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+
+import aiosmtplib
+import structlog
+
+from backinstock.config import SmtpSettings
+from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TIMEOUT = 10.0  # per SMTP command; a batch must finish well within its claim lease
+
+# Parts are encoded to 7 bits (quoted-printable or base64) when built, so any relay takes
+# them without BODY=8BITMIME; the wire policies add CRLF line endings, and raw UTF-8
+# headers only when the envelope needs SMTPUTF8 anyway.
+_BUILD_POLICY = policy.default.clone(cte_type="7bit")
+_WIRE_POLICY = policy.SMTP
+_WIRE_POLICY_UTF8 = policy.SMTPUTF8
+
+# Replies about our account, never about the shopper: 530 authentication required,
+# 534 mechanism too weak, 535 bad credentials, 538 encryption required for AUTH.
+_ACCOUNT_CODES = frozenset({530, 534, 535, 538})
+# RFC 3463 class 5.7 (security or policy: relaying denied, sender not authorized, our IP
+# blocklisted) is about us too, even when it comes as the reply to RCPT.
+_POLICY_STATUS = re.compile(r"^\s*5\.7\.\d{1,3}\b")
+
+
+class Stage(enum.Enum):
+    CONNECT = "connect"  # connect, EHLO, STARTTLS, AUTH: about the relay and our account
+    MAIL = "mail"  # MAIL FROM: about our sender address
+    RCPT = "rcpt"  # RCPT TO: about the shopper's address
+    DATA = "data"  # the message itself, past the point where a resend is safe
+
+
+class StageError(Exception):
+    """A failed SMTP step, with the stage it failed at (classification depends on it)."""
+
+    def __init__(self, stage: Stage, cause: Exception) -> None:
+        super().__init__(stage.value, type(cause).__name__)
+        self.stage = stage
+        self.cause = cause
+
+    @property
+    def retryable(self) -> bool:
+        # Before DATA the relay holds at most a half-built envelope, so resending cannot
+        # deliver twice; a drop during DATA may come after the relay queued the message.
+        dropped = isinstance(self.cause, aiosmtplib.SMTPServerDisconnected)
+        return dropped and self.stage is not Stage.DATA
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    to: str
+    data: bytes
+    utf8: bool  # a non-ASCII address needs SMTPUTF8 (RFC 6531)
+
+    @property
+    def options(self) -> list[str]:
+        return ["SMTPUTF8"] if self.utf8 else []
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8" if self.utf8 else "ascii"
+
+
+@dataclass
+class _Batch:
+    # A failure to connect (relay down, wrong password, bad certificate) would hit every
+    # message: the rest of the batch gets the same result instead of hammering the relay,
+    # or locking the account with a burst of bad AUTH attempts.
+    relay_failure: StageError | None = None
+
+
+class SmtpEmailSender:
+    channel = "email"
+    idempotent = False  # SMTP cannot deduplicate a message sent twice
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        pool_size: int = 4,
+        tls_context: ssl.SSLContext | None = None,
+        use_tls: bool = False,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        envelope_from = parseaddr(settings.smtp_from)[1]
+        if not settings.smtp_host or "@" not in envelope_from:
+            raise ValueError("SMTP needs smtp_host and an smtp_from address")
+        self._settings = settings
+        self._pool_size = pool_size
+        self._tls_context = tls_context
+        self._use_tls = use_tls
+        self._timeout = timeout
+        self._envelope_from = envelope_from
+        self._msgid_domain = envelope_from.rpartition("@")[2].encode("idna").decode("ascii")
+        self._clients: list[aiosmtplib.SMTP] = []
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+        if not messages:
+            return []
+        idle, batch = self._pool_for_running_loop(), _Batch()
+        return list(await asyncio.gather(*(self._send(idle, batch, m) for m in messages)))
+
+    async def close(self) -> None:
+        """QUIT the pooled connections; call once no batch is in flight."""
+        clients, loop = self._clients, self._loop
+        self._clients, self._idle, self._loop = [], None, None
+        # Connections left on another loop cannot be used from this one; they are dropped.
+        if loop is asyncio.get_running_loop():
+            await asyncio.gather(*(_quit(c) for c in clients if c.is_connected))
+
+    def _pool_for_running_loop(self) -> asyncio.Queue[aiosmtplib.SMTP]:
+        """One pool per event loop, built lazily: connections and the queue belong to the
+        loop they were made on."""
+        loop = asyncio.get_running_loop()
+        if self._idle is None or self._loop is not loop:
+            self._clients = [self._new_client() for _ in range(self._pool_size)]
+            # Last in, first out: the warmest connection goes first, so a small batch
+            # reuses one connection instead of opening a new one on every slot.
+            self._idle = asyncio.LifoQueue()
+            for client in self._clients:
+                self._idle.put_nowait(client)
+            self._loop = loop
+        return self._idle
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            username=s.smtp_username or None,
+            password=s.smtp_password if s.smtp_username else None,
+            use_tls=self._use_tls,
+            # True, not None: a relay (or a man in the middle) that stops offering STARTTLS
+            # must not get our password and the shoppers' addresses in plaintext.
+            start_tls=s.smtp_starttls and not self._use_tls,
+            tls_context=self._tls_context,
+            timeout=self._timeout,
+        )
+
+    async def _send(
+        self, idle: asyncio.Queue[aiosmtplib.SMTP], batch: _Batch, message: OutgoingMessage
+    ) -> SendResult:
+        try:
+            email = build_email(message, self._settings.smtp_from, self._msgid_domain)
+            envelope = _envelope(message.to, self._envelope_from, email)
+        except ValueError as exc:  # e.g. a line break in a header: the same on every retry
+            return _failed(message, Outcome.PERMANENT, "smtp:invalid-message", exc)
+        client = await idle.get()
+        try:
+            await self._deliver(client, batch, envelope)
+        except StageError as failure:
+            if failure.stage is Stage.CONNECT:
+                batch.relay_failure = failure
+            return _failed(message, *classify(failure), failure)
+        except asyncio.CancelledError:
+            client.close()  # stopped mid-transaction: the connection's state is unknown
+            raise
+        finally:
+            idle.put_nowait(client)
+        return SendResult(message.notification_id, Outcome.SENT, provider_id=email["Message-ID"])
+
+    async def _deliver(self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope) -> None:
+        # Only a message that would need a new connection gets the batch's connect failure:
+        # connections already open keep working (say the relay refused just one more).
+        if batch.relay_failure is not None and not client.is_connected:
+            raise StageError(Stage.CONNECT, batch.relay_failure.cause)
+        try:
+            await self._transaction(client, envelope)
+        except StageError as failure:
+            if not failure.retryable:
+                raise
+            # Typically a pooled connection the relay closed while idle (a restart, an
+            # idle timeout) before we noticed: reconnect once.
+            await self._transaction(client, envelope)
+
+    async def _transaction(self, client: aiosmtplib.SMTP, envelope: _Envelope) -> None:
+        await _step(Stage.CONNECT, client, _connect(client))
+        mail = client.mail(
+            self._envelope_from, options=envelope.options, encoding=envelope.encoding
+        )
+        await _step(Stage.MAIL, client, mail)
+        await _step(Stage.RCPT, client, client.rcpt(envelope.to, encoding=envelope.encoding))
+        await _step(Stage.DATA, client, client.data(envelope.data))
+
+
+def build_email(message: OutgoingMessage, from_header: str, msgid_domain: str) -> EmailMessage:
+    """The MIME message: text, plus an HTML alternative when there is one."""
+    email = EmailMessage(policy=_BUILD_POLICY)
+    email["From"] = from_header
+    email["To"] = message.to
+    if message.subject is not None:
+        # A product name with a line break must not fail (or inject) the header.
+        email["Subject"] = " ".join(message.subject.split())
+    email["Date"] = formatdate(usegmt=True)
+    email["Message-ID"] = make_msgid(domain=msgid_domain)
+    if message.unsubscribe_url:
+        # RFC 8058 one-click unsubscribe; mailbox providers require it for bulk senders.
+        email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    email.set_content(message.text)
+    if message.html is not None:
+        email.add_alternative(message.html, subtype="html")
+    return email
+
+
+def _envelope(to: str, envelope_from: str, email: EmailMessage) -> _Envelope:
+    utf8 = not (to.isascii() and envelope_from.isascii())
+    data = email.as_bytes(policy=_WIRE_POLICY_UTF8 if utf8 else _WIRE_POLICY)
+    return _Envelope(to=to, data=data, utf8=utf8)
+
+
+def classify(failure: StageError) -> tuple[Outcome, str]:
+    """The outcome and the ``error`` for a failed send; never mentions the recipient."""
+    exc = failure.cause
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        exc = exc.recipients[0]  # one recipient per message: its refusal is the answer
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _classify_reply(failure.stage, exc.code, exc.message), f"smtp:{exc.code}"
+    if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts subclass it
+        return Outcome.TRANSIENT, "smtp:timeout"
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return Outcome.TRANSIENT, "smtp:tls"  # a certificate problem is ours to fix
+    if isinstance(exc, OSError):  # refused, reset, dropped (SMTPServerDisconnected too)
+        return Outcome.TRANSIENT, "smtp:connection"
+    if isinstance(exc, aiosmtplib.SMTPException):  # e.g. STARTTLS required but not offered
+        return Outcome.TRANSIENT, "smtp:protocol"
+    # Anything else: retrying is bounded by the dispatcher's attempt limit; giving up would
+    # drop a shopper for our own fault.
+    return Outcome.TRANSIENT, "smtp:unexpected"
+
+
+def _classify_reply(stage: Stage, code: int, text: str) -> Outcome:
+    # Only a 5xx answer about the recipient or the message is final: failures before RCPT,
+    # account codes and policy refusals mean a misconfiguration on our side, which must
+    # not burn the contacts of every shopper in the wave.
+    final = 500 <= code < 600 and stage in (Stage.RCPT, Stage.DATA)
+    if final and code not in _ACCOUNT_CODES and not _POLICY_STATUS.match(text):
+        return Outcome.PERMANENT
+    return Outcome.TRANSIENT
+
+
+async def _step(stage: Stage, client: aiosmtplib.SMTP, action: Awaitable[object]) -> None:
+    try:
+        await action
+    except Exception as exc:
+        await _recover(stage, client, exc)
+        raise StageError(stage, exc) from exc
+
+
+async def _recover(stage: Stage, client: aiosmtplib.SMTP, exc: Exception) -> None:
+    """Leave the connection ready for the next message, or closed (to be reopened)."""
+    refused = isinstance(exc, aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused)
+    # After a refusal the relay may still hold our envelope; a MAIL FROM on top of it
+    # would be answered 503, so clear it (RFC 5321 4.1.1.5).
+    if refused and stage is not Stage.CONNECT and client.is_connected and await _reset(client):
+        return
+    client.close()
+
+
+async def _connect(client: aiosmtplib.SMTP) -> None:
+    if not client.is_connected:
+        await client.connect()
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        return False
+    return True
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        pass  # already gone; closing below is all that is left to do
+    finally:
+        client.close()
+
+
+def _failed(message: OutgoingMessage, outcome: Outcome, error: str, exc: Exception) -> SendResult:
+    # Only our own identifiers and the reply code: never the address, body or reply text.
+    stage = exc.stage.value if isinstance(exc, StageError) else None
+    cause = exc.cause if isinstance(exc, StageError) else exc
+    log.warning(
+        "smtp_send_failed",
+        notification_id=str(message.notification_id),
+        outcome=outcome.value,
+        error=error,
+        stage=stage,
+        exc_type=type(cause).__name__,
+    )
+    return SendResult(message.notification_id, outcome, error=error)
