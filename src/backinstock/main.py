@@ -19,6 +19,7 @@ from backinstock.ops.logging import configure_logging
 from backinstock.ops.middleware import RequestContextMiddleware
 from backinstock.ops.router import router as ops_router
 from backinstock.privacy.router import router as privacy_router
+from backinstock.providers.router import router as providers_router
 from backinstock.restocks.router import router as restocks_router
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.router import router as subscriptions_router
@@ -59,7 +60,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.core.max_body_bytes)
-    routers = (subscriptions_router, restocks_router, privacy_router, outbox_router, ops_router)
+    routers = (
+        subscriptions_router,
+        restocks_router,
+        privacy_router,
+        providers_router,
+        outbox_router,
+        ops_router,
+    )
     for router in routers:
         app.include_router(router)
     app.openapi = _openapi_with_one_error_shape(app)  # type: ignore[method-assign]

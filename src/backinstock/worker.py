@@ -30,7 +30,7 @@ from backinstock.dispatch import service as dispatch
 from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
-from backinstock.senders.registry import build_senders
+from backinstock.senders.registry import build_senders, close_senders
 
 log = structlog.get_logger(__name__)
 DRAIN_FANOUT = 4
@@ -86,7 +86,7 @@ async def context() -> WorkerContext:
     loop = asyncio.get_running_loop()
     if loop not in _contexts:
         runtime = Runtime.create(Settings.from_env())
-        senders = build_senders(runtime.settings, runtime.sessions, runtime.keys)
+        senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
         _contexts[loop] = WorkerContext(runtime, senders)
     return _contexts[loop]
 
@@ -94,6 +94,7 @@ async def context() -> WorkerContext:
 async def _close_context() -> None:
     ctx = _contexts.pop(asyncio.get_running_loop(), None)
     if ctx is not None:
+        await close_senders(ctx.senders)
         await ctx.runtime.close()
 
 

@@ -36,7 +36,10 @@ class Notification(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    # What the provider later reported: delivered | undelivered | failed (None: no report).
+    delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     __table_args__ = (

@@ -9,6 +9,7 @@ failed (``in_doubt``) when a retry could send a second message.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import random
@@ -209,10 +210,30 @@ async def deliver(
         return 0
     async with sessions() as session:
         deliveries = await prepare(session, settings, keys, claimed)
-    results = await _send(senders, [d.message for d in deliveries if d.message is not None])
+    messages = [d.message for d in deliveries if d.message is not None]
+    renewal = asyncio.create_task(_keep_claimed(sessions, claimed, lease))
+    try:
+        results = await _send(senders, messages)
+    finally:
+        renewal.cancel()
     async with db.transaction(sessions) as session:
         await record(session, deliveries, results)
     return len(claimed)
+
+
+async def _keep_claimed(
+    sessions: async_sessionmaker[AsyncSession], ids: list[uuid.UUID], lease: timedelta
+) -> None:
+    """Renew the claim while a slow provider works through the batch: the lease can stay
+    short (fast takeover after a crash) without expiring under a live worker."""
+    while True:
+        await asyncio.sleep(lease.total_seconds() / 3)
+        async with db.transaction(sessions) as session:
+            await session.execute(
+                update(Notification)
+                .where(Notification.id.in_(ids), Notification.status == "sending")
+                .values(lease_until=utcnow() + lease)
+            )
 
 
 async def _send(senders: dict[str, Sender], messages: list[OutgoingMessage]) -> list[SendResult]:

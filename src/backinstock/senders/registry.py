@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.config import Settings
@@ -9,12 +10,35 @@ from backinstock.contacts import Channel
 from backinstock.crypto import Keys
 from backinstock.senders.base import Sender
 from backinstock.senders.outbox import DevOutboxSender
+from backinstock.senders.smtp_email import SmtpEmailSender
+from backinstock.senders.twilio_sms import TwilioSmsSender
+from backinstock.senders.wechat import AccessTokenCache, WeChatSender
+
+TWILIO_STATUS_PATH = "/v1/providers/twilio/status"
 
 
 def build_senders(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], keys: Keys
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    keys: Keys,
+    redis: Redis | None = None,
 ) -> dict[str, Sender]:
-    # Provider senders (Twilio, SMTP, WeChat) plug in here when their settings are present.
-    return {
+    senders: dict[str, Sender] = {
         channel.value: DevOutboxSender(channel.value, sessions, keys.cipher) for channel in Channel
     }
+    if settings.twilio.configured:
+        callback = settings.core.public_base_url.rstrip("/") + TWILIO_STATUS_PATH
+        senders[Channel.SMS.value] = TwilioSmsSender(settings.twilio, callback)
+    if settings.smtp.configured:
+        senders[Channel.EMAIL.value] = SmtpEmailSender(settings.smtp)
+    if settings.wechat.configured:
+        tokens = AccessTokenCache(settings.wechat, redis)
+        senders[Channel.WECHAT.value] = WeChatSender(settings.wechat, tokens)
+    return senders
+
+
+async def close_senders(senders: dict[str, Sender]) -> None:
+    for sender in senders.values():
+        close = getattr(sender, "close", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,67 @@
+"""Provider callbacks, authenticated by the provider's signature rather than an API key."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from twilio.request_validator import RequestValidator
+
+from backinstock.deps import RuntimeDep, SessionDep
+from backinstock.errors import Forbidden, NotFound, error_responses
+from backinstock.providers import service as providers
+from backinstock.runtime import Runtime
+
+router = APIRouter(tags=["providers"])
+log = structlog.get_logger(__name__)
+_EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+async def _verified_form(request: Request, runtime: Runtime) -> dict[str, str]:
+    """The callback's form fields, once X-Twilio-Signature proves Twilio sent them."""
+    token = runtime.settings.twilio.twilio_auth_token
+    if not token:
+        raise NotFound("Twilio is not configured.")
+    params = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    # Twilio signs the URL it called: our public URL, not the one a proxy forwarded to us.
+    url = runtime.settings.core.public_base_url.rstrip("/") + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    signature = request.headers.get("x-twilio-signature", "")
+    if not RequestValidator(token).validate(url, params, signature):
+        raise Forbidden("The X-Twilio-Signature does not match.")
+    return params
+
+
+@router.post(
+    "/v1/providers/twilio/status",
+    operation_id="twilioStatusCallback",
+    status_code=204,
+    responses=error_responses(403, 404),
+)
+async def twilio_status(request: Request, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Delivery reports for SMS (Twilio's StatusCallback, form-encoded)."""
+    form = await _verified_form(request, runtime)
+    known = await providers.record_twilio_status(
+        session, form.get("MessageSid", ""), form.get("MessageStatus", ""), form.get("ErrorCode")
+    )
+    if not known:
+        log.info("twilio_status_unknown_message")
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/providers/twilio/inbound",
+    operation_id="twilioInboundMessage",
+    responses={200: {"content": {"application/xml": {}}}, **error_responses(403, 404)},
+)
+async def twilio_inbound(request: Request, session: SessionDep, runtime: RuntimeDep) -> Response:
+    """Inbound SMS: STOP, UNSUBSCRIBE or 退订 unsubscribes every subscription of the number."""
+    form = await _verified_form(request, runtime)
+    if providers.is_stop(form.get("Body", "")):
+        stopped = await providers.opt_out_phone(
+            session, runtime.settings, runtime.keys, form.get("From", "")
+        )
+        log.info("sms_opt_out", subscriptions=stopped)
+    return Response(_EMPTY_TWIML, media_type="application/xml")

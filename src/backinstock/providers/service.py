@@ -1,0 +1,59 @@
+"""What providers tell us afterwards: delivery reports and inbound opt-outs."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock import contacts
+from backinstock.config import Settings
+from backinstock.contacts import Channel, InvalidContact
+from backinstock.crypto import Keys
+from backinstock.db import utcnow
+from backinstock.dispatch.models import Notification
+from backinstock.subscriptions import service as subscriptions
+from backinstock.subscriptions.models import SubscriptionFallback
+
+# Twilio's final statuses; "queued", "sending", "sent" are steps on the way.
+_FINAL = {"delivered", "undelivered", "failed"}
+# Keywords carriers and Twilio treat as opt-out, plus the Chinese 退订 ("unsubscribe") and TD.
+STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
+
+
+async def record_twilio_status(
+    session: AsyncSession, message_sid: str, status: str, error_code: str | None
+) -> bool:
+    """Record a final delivery report; False when the message is not ours."""
+    status = status.lower()
+    if status not in _FINAL:
+        return True  # progress report: nothing to record
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.provider_id == message_sid)
+        .values(
+            delivery_status=status,
+            delivered_at=utcnow() if status == "delivered" else None,
+            error=f"twilio:{error_code}" if error_code else Notification.error,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def is_stop(body: str) -> bool:
+    return body.strip().upper() in STOP_WORDS
+
+
+async def opt_out_phone(session: AsyncSession, settings: Settings, keys: Keys, raw: str) -> int:
+    """Every subscription of the number stops waiting; the number stops being a fallback."""
+    try:
+        phone = contacts.normalize(Channel.SMS, raw, settings.core.default_phone_region)
+    except InvalidContact:
+        return 0
+    candidates = keys.blind_index.candidates(contacts.index_form(Channel.SMS, phone))
+    stopped = await subscriptions.unsubscribe_by_contact(session, candidates)
+    await session.execute(
+        update(SubscriptionFallback)
+        .where(SubscriptionFallback.contact_index.in_(candidates))
+        .values(status="failed")
+    )
+    return stopped

@@ -1,0 +1,188 @@
+"""A restock reaches SMS, email and WeChat shoppers through the real clients (twilio SDK,
+aiosmtplib, httpx) against local fake providers, with failures injected."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from backinstock.dispatch.models import Notification
+from backinstock.runtime import Runtime
+from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN
+from tests.conftest import WorkerStarter
+from tests.fakes.smtp import FakeSMTP
+from tests.fakes.twilio import FakeTwilio
+from tests.fakes.wechat import FakeWeChat
+from tests.helpers import bearer, phone, subscription_body
+from tests.restocks.helpers import post_level
+
+SID, TOKEN, APPID, SECRET = "AC" + "0" * 32, "twilio-token", "wx-app", "wx-secret"
+REFUSED = "oRefusedUser0000000000000"
+
+
+@pytest.fixture
+def providers() -> Iterator[dict[str, Any]]:
+    twilio = FakeTwilio(account_sid=SID, auth_token=TOKEN, invalid_numbers=[phone(3)], seed=42)
+    smtp = FakeSMTP(seed=42)
+    wechat = FakeWeChat(appid=APPID, secret=SECRET, refused_users=[REFUSED], seed=42)
+    for fake in (twilio, smtp, wechat):
+        fake.start()
+    yield {"twilio": twilio, "smtp": smtp, "wechat": wechat}
+    for fake in (twilio, smtp, wechat):
+        fake.stop()
+
+
+def provider_settings(p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "twilio_account_sid": SID,
+        "twilio_auth_token": TOKEN,
+        "twilio_from": "+15005550006",
+        "twilio_api_base": p["twilio"].base_url,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": p["smtp"].port,
+        "smtp_starttls": "false",
+        "smtp_from": "shop@shop.example",
+        "wechat_app_id": APPID,
+        "wechat_app_secret": SECRET,
+        "wechat_template_id": "TPL-restock",
+        "wechat_api_base": p["wechat"].base_url,
+        "claim_lease_seconds": 5,
+        "stale_after_seconds": 1,
+    }
+
+
+async def _until(check: Any, within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def _subscribe(client: httpx.AsyncClient, key: str, **body: Any) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/subscriptions", json=subscription_body(**{"sku": "SKU-1", **body}), headers=bearer(key)
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def test_every_channel_through_the_real_clients_with_fallbacks(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    providers: dict[str, Any],
+) -> None:
+    key = api_keys["all"]
+    await _subscribe(client, key, channel="sms", contact=phone(1), locale="en")
+    await _subscribe(client, key, channel="email", contact="ann@mailbox.example", locale="en")
+    await _subscribe(client, key, channel="wechat", contact="oGoodUser00000000000000000")
+    # An SMS number the provider rejects, and a WeChat user who refused: both have email.
+    await _subscribe(
+        client,
+        key,
+        channel="sms",
+        contact=phone(3),
+        fallbacks=[{"channel": "email", "contact": "bad-number@mailbox.example"}],
+    )
+    await _subscribe(
+        client,
+        key,
+        channel="wechat",
+        contact=REFUSED,
+        fallbacks=[{"channel": "email", "contact": "refused@mailbox.example"}],
+    )
+    start_worker(**provider_settings(providers))
+    assert (await post_level(client, key, 50)).status_code == 202
+
+    twilio, smtp, wechat = providers["twilio"], providers["smtp"], providers["wechat"]
+    await _until(lambda: len(smtp.messages) == 3 and twilio.messages and wechat.messages)
+    sms = twilio.messages[0]
+    assert sms.to == phone(1) and "红色T恤 M" in sms.body and "/r/" in sms.body
+    assert sms.status_callback.endswith("/v1/providers/twilio/status")
+    assert [m.touser for m in wechat.messages] == ["oGoodUser00000000000000000"]
+    assert "bis_token=" in (wechat.messages[0].page or "")
+    emails = {next(iter(m.rcpt_tos)): m.message for m in smtp.messages}
+    assert set(emails) == {
+        "ann@mailbox.example",
+        "bad-number@mailbox.example",
+        "refused@mailbox.example",
+    }
+    mail = emails["ann@mailbox.example"]
+    assert (
+        mail["List-Unsubscribe"].strip().startswith("<http") and "/u/" in mail["List-Unsubscribe"]
+    )
+    assert mail["List-Unsubscribe-Post"].strip() == "List-Unsubscribe=One-Click"
+    assert "红色T恤 M" in mail["Subject"]
+
+    async with runtime.sessions() as session:
+        sent = await session.scalar(select(func.count()).where(Notification.status == "sent"))
+    assert sent == 5
+
+
+async def test_one_click_unsubscribe_means_not_told_again(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    providers: dict[str, Any],
+) -> None:
+    key = api_keys["all"]
+    leaving = await _subscribe(client, key, channel="email", contact="leaving@mailbox.example")
+    await _subscribe(client, key, channel="email", contact="staying@mailbox.example")
+    start_worker(**provider_settings(providers))
+    await post_level(client, key, 5, occurred=0)
+    smtp = providers["smtp"]
+    await _until(lambda: len(smtp.messages) == 2)
+    message = next(m.message for m in smtp.messages if "leaving@" in m.rcpt_tos[0])
+    url = message["List-Unsubscribe"].strip().strip("<>")
+    token = url.rsplit("/u/", 1)[1]
+    assert runtime.keys.tokens.verify(UNSUBSCRIBE_TOKEN, token) == uuid.UUID(leaving["id"])
+    one_click = await client.post(
+        f"/u/{token}",
+        content=message["List-Unsubscribe-Post"].encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200
+
+    await post_level(client, key, 0, occurred=10)
+    await post_level(client, key, 5, occurred=20)  # the next restock
+    await _until(lambda: len(smtp.messages) == 3)
+    await asyncio.sleep(1.0)
+    recipients = [m.rcpt_tos[0] for m in smtp.messages]
+    assert recipients.count("leaving@mailbox.example") == 1
+    assert recipients.count("staying@mailbox.example") == 2
+
+
+async def test_transient_errors_still_reach_everyone_exactly_once(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    providers: dict[str, Any],
+) -> None:
+    key = api_keys["all"]
+    twilio, smtp, wechat = providers["twilio"], providers["smtp"], providers["wechat"]
+    twilio.transient_error_rate = smtp.transient_error_rate = wechat.transient_error_rate = 0.2
+    for i in range(20):
+        await _subscribe(client, key, channel="sms", contact=phone(100 + i))
+        await _subscribe(client, key, channel="email", contact=f"s{i}@mailbox.example")
+        await _subscribe(client, key, channel="wechat", contact=f"oTransient{i:016d}")
+    start_worker(**provider_settings(providers))
+    await post_level(client, key, 100)
+    await _until(
+        lambda: (len(twilio.messages), len(smtp.messages), len(wechat.messages)) == (20, 20, 20),
+        within=90,
+    )
+    await asyncio.sleep(1.0)
+    assert len({m.to for m in twilio.messages}) == 20
+    assert len({m.rcpt_tos[0] for m in smtp.messages}) == 20
+    assert len({m.touser for m in wechat.messages}) == 20
+    for fake in (twilio, smtp, wechat):
+        assert sum(fake.error_counts.values()) > 0, "the fakes did inject failures"
