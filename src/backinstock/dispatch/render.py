@@ -45,6 +45,7 @@ def _environment() -> SandboxedEnvironment:
         loader=FileSystemLoader(str(resource_dir("channels"))),
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
         trim_blocks=True,
+        auto_reload=False,  # templates change with a deploy; no stat() per message
         keep_trailing_newline=False,
     )
 

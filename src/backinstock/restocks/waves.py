@@ -263,13 +263,14 @@ async def _insert_notifications(
         }
         for _, _, sub_id, channel in candidates
     ]
+    # Rows as parameters (executemany with RETURNING), not .values(rows): the statement
+    # then compiles once and is cached, instead of a 500-row statement built per chunk.
     stmt = (
         insert_for(session, Notification)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=[Notification.subscription_id, Notification.wave_id])
         .returning(Notification.id, Notification.subscription_id)
     )
-    return [(r[0], r[1]) for r in await session.execute(stmt)]
+    return [(r[0], r[1]) for r in await session.execute(stmt, rows)]
 
 
 async def due(session: AsyncSession, limit: int = 1000) -> list[uuid.UUID]:
