@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shlex
 import signal
 import socket
@@ -283,6 +282,17 @@ def children(pid: int) -> list[int]:
     return sorted(kids)
 
 
+POLL_SEEN: set[str] = set()  # dramatiq_worker_timeout in the worker processes' environments
+
+
+def worker_timeout_of(pid: int) -> str:
+    """The dramatiq_worker_timeout a worker process started with ("unset": dramatiq's 1000)."""
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"dramatiq_worker_timeout="):
+            return item.split(b"=", 1)[1].decode()
+    return "unset"
+
+
 def status_mb(pid: int, field_name: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
@@ -541,13 +551,13 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
         services.append(api)
         worker_argv = [BACKINSTOCK, "worker", "--processes", str(args.processes),
                        "--threads", str(args.threads)]  # fmt: skip
-        worker_env = dict(env)
-        if args.idle_poll_ms:
-            worker_env["dramatiq_worker_timeout"] = str(args.idle_poll_ms)
-        worker = spawn("worker", worker_argv, worker_env)
+        if args.idle_poll_ms:  # the CLI sets dramatiq_worker_timeout from --poll-ms itself
+            worker_argv += ["--poll-ms", str(args.idle_poll_ms)]
+        worker = spawn("worker", worker_argv, env)
         services.append(worker)
         wait_api(api, port)
-        wait_worker(worker, args.processes)
+        for pid in wait_worker(worker, args.processes):
+            POLL_SEEN.add(worker_timeout_of(pid))
         time.sleep(1.0)  # let the sweepers' first ticks and the imports settle
         with conn.cursor() as cur:
             timeout = args.timeout or 120 + rnd.size / 250  # fails below ~250 msg/s
@@ -699,7 +709,8 @@ def section(
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
                 .splitlines() if ln.startswith("model name")), "?")  # fmt: skip
     waves = Settings.from_env().waves
-    variant = f", dramatiq_worker_timeout={args.idle_poll_ms}" if args.idle_poll_ms else ""
+    variant = f", --poll-ms {args.idle_poll_ms}" if args.idle_poll_ms else ""
+    poll = ", ".join(sorted(POLL_SEEN)) or "?"
     return "\n".join([
         f"## {now:%Y-%m-%d} — restock fan-out (PostgreSQL + Redis{variant})", "",
         f"- command: `{shlex.join(['.venv/bin/python', 'bench/fanout.py', *sys.argv[1:]])}`",
@@ -712,8 +723,10 @@ def section(
         f"{REDIS_URL} (flushed per round); all on this host",
         f"- services: `backinstock serve` (1 uvicorn process) and ONE worker host "
         f"`backinstock worker --processes {args.processes} --threads {args.threads}`"
-        + (f" with dramatiq_worker_timeout={args.idle_poll_ms}" if args.idle_poll_ms else "")
-        + " (dramatiq's idle Redis poll: every 0.5-1x worker_timeout, default 1000 ms); defaults "
+        + (f" --poll-ms {args.idle_poll_ms}" if args.idle_poll_ms else "")
+        + " (dramatiq's idle Redis poll: every 0.5-1x worker_timeout; `backinstock worker` "
+        f"sets it from --poll-ms, default 100 ms; seen in the worker processes' environment: "
+        f"dramatiq_worker_timeout={poll}); defaults "
         f"otherwise (db_pool_size=10, sweep every {waves.sweep_interval_seconds:g} s, "
         f"stale_after {waves.stale_after_seconds:g} s, batch_multiplier "
         f"{waves.batch_multiplier:g}), BACKINSTOCK_LOG_LEVEL=WARNING, "
@@ -743,11 +756,9 @@ def section(
 
 
 def write_results(text: str) -> None:
+    """Append a new section; earlier sections (even with the same heading) are kept."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    heading = text.splitlines()[0]
-    parts = re.split(r"(?m)^(?=## )", old)
-    kept = [p for p in parts if p.splitlines()[:1] != [heading]]
-    RESULTS.write_text("".join(kept).rstrip("\n") + "\n\n" + text)
+    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:
@@ -759,8 +770,8 @@ def main() -> None:
     parser.add_argument(
         "--idle-poll-ms",
         type=int,
-        help="dramatiq_worker_timeout for the worker host: an idle consumer polls Redis "
-        "every 0.5-1x this (dramatiq's default: 1000)",
+        help="passed as `backinstock worker --poll-ms`: an idle consumer polls Redis every "
+        "0.5-1x this (default: the CLI's own, 100 ms)",
     )
     parser.add_argument("--timeout", type=float, help="seconds per fan-out (default: 120 + N/250)")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")

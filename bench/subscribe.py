@@ -207,11 +207,9 @@ def section(args: argparse.Namespace, pg: dict[str, str], lines: list[str], rows
 
 
 def write_results(text: str) -> None:
+    """Append a new section; earlier sections (even with the same heading) are kept."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    heading = text.splitlines()[0]
-    parts = re.split(r"(?m)^(?=## )", old)
-    kept = [p for p in parts if p.splitlines()[:1] != [heading]]
-    RESULTS.write_text("".join(kept).rstrip("\n") + "\n\n" + text)
+    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:

@@ -151,6 +151,8 @@ class TwilioSettings(_Section):
     twilio_from: str = ""
     twilio_messaging_service_sid: str = ""
     twilio_api_base: str = "https://api.twilio.com"
+    # Messages per second across all workers (your account's or sender's limit); 0: none.
+    twilio_rate_per_second: float = Field(default=0, ge=0)
 
     @property
     def configured(self) -> bool:
@@ -165,6 +167,7 @@ class SmtpSettings(_Section):
     smtp_password: str = ""
     smtp_starttls: bool = True
     smtp_from: str = ""
+    smtp_rate_per_second: float = Field(default=0, ge=0)
 
     @property
     def configured(self) -> bool:
@@ -178,6 +181,7 @@ class WeChatSettings(_Section):
     wechat_page: str = "pages/product/index"
     wechat_miniprogram_state: str = "formal"
     wechat_api_base: str = "https://api.weixin.qq.com"
+    wechat_rate_per_second: float = Field(default=0, ge=0)
 
     @property
     def configured(self) -> bool:

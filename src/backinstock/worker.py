@@ -27,6 +27,7 @@ from dramatiq.middleware import AsyncIO, Middleware
 from backinstock import db
 from backinstock.config import Settings
 from backinstock.dispatch import service as dispatch
+from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
@@ -76,6 +77,7 @@ dramatiq.set_broker(broker)
 class WorkerContext:
     runtime: Runtime
     senders: dict[str, Sender]
+    throttle: Throttle
 
 
 _contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
@@ -87,7 +89,8 @@ async def context() -> WorkerContext:
     if loop not in _contexts:
         runtime = Runtime.create(Settings.from_env())
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
-        _contexts[loop] = WorkerContext(runtime, senders)
+        throttle: Throttle = RedisThrottle(runtime.redis) if runtime.redis else MemoryThrottle()
+        _contexts[loop] = WorkerContext(runtime, senders, throttle)
     return _contexts[loop]
 
 
@@ -109,7 +112,7 @@ async def send_notifications(ids: list[str]) -> None:
     ctx = await context()
     rt = ctx.runtime
     await dispatch.deliver(
-        rt.sessions, rt.settings, rt.keys, ctx.senders, [uuid.UUID(i) for i in ids]
+        rt.sessions, rt.settings, rt.keys, ctx.senders, [uuid.UUID(i) for i in ids], ctx.throttle
     )
 
 
@@ -118,7 +121,9 @@ async def drain() -> None:
     """Send due pending notifications, whoever planned them, until there are none."""
     ctx = await context()
     rt = ctx.runtime
-    while await dispatch.deliver(rt.sessions, rt.settings, rt.keys, ctx.senders, None):
+    while await dispatch.deliver(
+        rt.sessions, rt.settings, rt.keys, ctx.senders, None, ctx.throttle
+    ):
         pass
 
 

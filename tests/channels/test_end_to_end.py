@@ -186,3 +186,27 @@ async def test_transient_errors_still_reach_everyone_exactly_once(
     assert len({m.touser for m in wechat.messages}) == 20
     for fake in (twilio, smtp, wechat):
         assert sum(fake.error_counts.values()) > 0, "the fakes did inject failures"
+
+
+async def test_provider_rate_limit_is_never_exceeded(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    providers: dict[str, Any],
+) -> None:
+    key = api_keys["all"]
+    twilio = providers["twilio"]
+    twilio.rate = type(twilio.rate)(10, 10)  # the provider allows 10/s with a burst of 10
+    for i in range(40):
+        await _subscribe(client, key, channel="sms", contact=phone(200 + i))
+    # Two worker pools, as if on two hosts: the bucket is shared, not per worker.
+    settings = {**provider_settings(providers), "twilio_rate_per_second": 10}
+    start_worker(**settings)
+    start_worker(**settings)
+    started = asyncio.get_running_loop().time()
+    await post_level(client, key, 100)
+    await _until(lambda: len(twilio.messages) == 40, within=60)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert twilio.error_counts[20429] == 0, "the provider never had to refuse us"
+    assert elapsed >= 2.5, "40 messages at 10/s after a burst of 10 take about 3 s"

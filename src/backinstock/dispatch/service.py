@@ -31,6 +31,7 @@ from backinstock.db import utcnow
 from backinstock.dispatch.models import Notification
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
+from backinstock.dispatch.throttle import Throttle
 from backinstock.senders.base import Outcome, OutgoingMessage, Sender, SendResult
 from backinstock.subscriptions.models import IN_QUEUE, Subscription, SubscriptionFallback
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
@@ -201,6 +202,7 @@ async def deliver(
     keys: Keys,
     senders: dict[str, Sender],
     ids: list[uuid.UUID] | None,
+    throttle: Throttle | None = None,
 ) -> int:
     """Claim, send and record one batch; returns how many were claimed."""
     async with db.transaction(sessions) as session:
@@ -213,7 +215,7 @@ async def deliver(
     messages = [d.message for d in deliveries if d.message is not None]
     renewal = asyncio.create_task(_keep_claimed(sessions, claimed, lease))
     try:
-        results = await _send(senders, messages)
+        results = await _send(settings, senders, throttle, messages)
     finally:
         renewal.cancel()
     async with db.transaction(sessions) as session:
@@ -236,13 +238,39 @@ async def _keep_claimed(
             )
 
 
-async def _send(senders: dict[str, Sender], messages: list[OutgoingMessage]) -> list[SendResult]:
+def channel_rate(settings: Settings, channel: str) -> float:
+    """The provider's messages-per-second limit for the channel; 0 for none (dev outbox)."""
+    if channel == Channel.SMS.value and settings.twilio.configured:
+        return settings.twilio.twilio_rate_per_second
+    if channel == Channel.EMAIL.value and settings.smtp.configured:
+        return settings.smtp.smtp_rate_per_second
+    if channel == Channel.WECHAT.value and settings.wechat.configured:
+        return settings.wechat.wechat_rate_per_second
+    return 0.0
+
+
+async def _send(
+    settings: Settings,
+    senders: dict[str, Sender],
+    throttle: Throttle | None,
+    messages: list[OutgoingMessage],
+) -> list[SendResult]:
     by_channel: dict[str, list[OutgoingMessage]] = defaultdict(list)
     for message in messages:
         by_channel[message.channel].append(message)
     results: list[SendResult] = []
     for channel, batch in by_channel.items():
-        results += await senders[channel].send_batch(batch)
+        rate = channel_rate(settings, channel)
+        if throttle is None or rate <= 0:
+            results += await senders[channel].send_batch(batch)
+            continue
+        while batch:  # the claim is renewed meanwhile, so waiting for tokens is safe
+            grant = await throttle.take(channel, len(batch), rate)
+            if grant.granted:
+                results += await senders[channel].send_batch(batch[: grant.granted])
+                batch = batch[grant.granted :]
+            if batch:
+                await asyncio.sleep(max(grant.retry_after, 1 / rate))
     return results
 
 
