@@ -32,9 +32,14 @@ def upgrade() -> None:
     op.add_column(
         "subscriptions", sa.Column("contact_failed_at", sa.DateTime(timezone=True), nullable=True)
     )
+    op.add_column(
+        "subscriptions",
+        sa.Column("wechat_consents", sa.Integer(), server_default="1", nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("subscriptions", "wechat_consents")
     op.drop_column("subscriptions", "contact_failed_at")
     op.drop_index(op.f("ix_notifications_provider_id"), table_name="notifications")
     op.drop_column("notifications", "delivered_at")

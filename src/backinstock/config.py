@@ -153,6 +153,8 @@ class TwilioSettings(_Section):
     twilio_api_base: str = "https://api.twilio.com"
     # Messages per second across all workers (your account's or sender's limit); 0: none.
     twilio_rate_per_second: float = Field(default=0, ge=0)
+    # Restock SMS are kept within this many segments by shortening the product name.
+    sms_max_segments: int = Field(default=3, ge=1, le=10)
 
     @property
     def configured(self) -> bool:
@@ -182,6 +184,9 @@ class WeChatSettings(_Section):
     wechat_miniprogram_state: str = "formal"
     wechat_api_base: str = "https://api.weixin.qq.com"
     wechat_rate_per_second: float = Field(default=0, ge=0)
+    # Template keys -> value sources (product_name, status, text, data.<key>), as JSON,
+    # e.g. {"thing1": "product_name", "phrase2": "status"}; empty: the sender's default.
+    wechat_field_map: dict[str, str] = Field(default_factory=dict)
 
     @property
     def configured(self) -> bool:

@@ -210,3 +210,30 @@ async def test_provider_rate_limit_is_never_exceeded(
     elapsed = asyncio.get_running_loop().time() - started
     assert twilio.error_counts[20429] == 0, "the provider never had to refuse us"
     assert elapsed >= 2.5, "40 messages at 10/s after a burst of 10 take about 3 s"
+
+
+async def test_wechat_consents_are_spent_one_per_message_then_email_takes_over(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    providers: dict[str, Any],
+) -> None:
+    key = api_keys["all"]
+    await _subscribe(
+        client,
+        key,
+        channel="wechat",
+        contact="oOneConsent000000000000000",
+        consent={"text_version": "2026-01", "wechat_messages": 1},
+        fallbacks=[{"channel": "email", "contact": "one-consent@mailbox.example"}],
+    )
+    start_worker(**provider_settings(providers))
+    wechat, smtp = providers["wechat"], providers["smtp"]
+    await post_level(client, key, 5, occurred=0)
+    await _until(lambda: len(wechat.messages) == 1)
+    await post_level(client, key, 0, occurred=10)
+    await post_level(client, key, 5, occurred=20)  # the next restock: no consent left
+    await _until(lambda: len(smtp.messages) == 1)
+    await asyncio.sleep(1.0)
+    assert len(wechat.messages) == 1, "a consent is never spent twice"

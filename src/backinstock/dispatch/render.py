@@ -6,12 +6,14 @@ and must not reach into Python. HTML templates are autoescaped; text ones are no
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
 from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from backinstock.dispatch.sms import segments
 from backinstock.resources import resource_dir
 
 DEFAULT_LOCALE = "zh-CN"
@@ -50,6 +52,20 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
+def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int) -> str:
+    """Shorten the product name (then drop the shopper's name) until the SMS fits: links
+    and the unsubscribe URL must survive whole, and long names are what grows."""
+    name = context.product_name
+    while segments(text) > max_segments and len(name) > 4:
+        name = name[: max(4, len(name) * 3 // 4)]
+        shorter = dataclasses.replace(context, product_name=name.rstrip() + "…")
+        text = _render("sms", locale, "txt", shorter) or text
+    if segments(text) > max_segments and context.name:
+        shorter = dataclasses.replace(context, name=None, product_name=name.rstrip() + "…")
+        text = _render("sms", locale, "txt", shorter) or text
+    return text
+
+
 def _locale_chain(locale: str) -> list[str]:
     language = locale.split("-")[0]
     chain = [locale, language, "en" if language == "en" else DEFAULT_LOCALE, DEFAULT_LOCALE]
@@ -74,10 +90,14 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
     return None
 
 
-def render(channel: str, locale: str, context: MessageContext) -> Rendered:
+def render(
+    channel: str, locale: str, context: MessageContext, sms_max_segments: int = 3
+) -> Rendered:
     text = _render(channel, locale, "txt", context)
     if text is None:
         raise LookupError(f"no text template for channel {channel!r}")
+    if channel == "sms":
+        return Rendered(text=_fit_sms(locale, context, text, sms_max_segments))
     if channel != "email":
         return Rendered(text=text)
     return Rendered(

@@ -89,7 +89,9 @@ class Delivery:
 def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> list[Contact]:
     """The shopper's usable contacts in the order to try them."""
     found: list[Contact] = []
-    if sub.contact_failed_at is None and sub.contact_blob and sub.contact_key_id:
+    # A WeChat subscribe message spends one of the shopper's consents; none left, no message.
+    consented = sub.channel != Channel.WECHAT.value or sub.wechat_consents > 0
+    if consented and sub.contact_failed_at is None and sub.contact_blob and sub.contact_key_id:
         found.append(Contact(0, sub.channel, sub.contact_key_id, sub.contact_blob, sub.id))
     for f in sorted(fallbacks, key=lambda f: f.rank):
         if f.status == "active" and f.contact_blob and f.contact_key_id:
@@ -167,7 +169,7 @@ def _message(
         level=notification.level,
         queue_size=notification.queue_size,
     )
-    rendered = render(contact.channel, sub.locale, context)
+    rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(
         notification_id=notification.id,
         channel=contact.channel,
@@ -317,12 +319,29 @@ async def record(
                 for r in sent
             ],
         )
+    await _spend_wechat_consents(session, [by_id[r.notification_id] for r in sent])
     for result in results:
         delivery = by_id[result.notification_id]
         if result.outcome is Outcome.TRANSIENT:
             await _retry_or_fail(session, delivery, result, now)
         elif result.outcome is Outcome.PERMANENT:
             await _fall_back(session, delivery, result, now)
+
+
+async def _spend_wechat_consents(session: AsyncSession, sent: list[Delivery]) -> None:
+    spent = [
+        d.subscription_id
+        for d in sent
+        if d.contact is not None
+        and d.contact.rank == 0
+        and d.contact.channel == Channel.WECHAT.value
+    ]
+    if spent:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(spent))
+            .values(wechat_consents=Subscription.wechat_consents - 1)
+        )
 
 
 async def _set(session: AsyncSession, notification_id: uuid.UUID, **values: Any) -> None:

@@ -33,7 +33,8 @@ def build_senders(
         senders[Channel.EMAIL.value] = SmtpEmailSender(settings.smtp)
     if settings.wechat.configured:
         tokens = AccessTokenCache(settings.wechat, redis)
-        senders[Channel.WECHAT.value] = WeChatSender(settings.wechat, tokens)
+        field_map = settings.wechat.wechat_field_map or None
+        senders[Channel.WECHAT.value] = WeChatSender(settings.wechat, tokens, field_map=field_map)
     return senders
 
 

@@ -51,6 +51,8 @@ class Subscription(Base):
     contact_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
     # Set when a provider rejected the primary contact for good (invalid, opted out).
     contact_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # WeChat subscribe messages: each consent the shopper gave allows exactly one message.
+    wechat_consents: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # Name and consent IP, sealed together as JSON.
     profile_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     profile_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

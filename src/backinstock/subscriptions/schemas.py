@@ -33,6 +33,13 @@ class ProductIn(BaseModel):
 class ConsentIn(BaseModel):
     text_version: str = Field(min_length=1, max_length=64)
     ip: IPvAnyAddress | None = None
+    wechat_messages: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="WeChat only: how many subscribe-message consents the shopper granted "
+        "(wx.requestSubscribeMessage); each allows one message.",
+    )
 
 
 class FallbackIn(BaseModel):

@@ -160,6 +160,7 @@ class _NewSubscription:
             "priority_rank": rank,
             "source": payload.source,
             "consent_text_version": payload.consent.text_version if payload.consent else None,
+            "wechat_consents": payload.consent.wechat_messages if payload.consent else 1,
             "created_at": now,
         }
         return cls(sub_id, rank, now, params, payload, primary)

@@ -17,10 +17,10 @@ INSERT_WAITING = (
         "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "
         "contact_index, profile_key_id, profile_blob, locale, timezone, customer_id, priority, "
         "priority_rank, source, consent_text_version, status, notification_count, created_at, "
-        "updated_at) VALUES ("
+        "updated_at, wechat_consents) VALUES ("
         ":id, :sku, :channel, :contact_key_id, :contact_blob, :contact_index, :profile_key_id, "
         ":profile_blob, :locale, :timezone, :customer_id, :priority, :priority_rank, :source, "
-        ":consent_text_version, 'waiting', 0, :created_at, :created_at) "
+        ":consent_text_version, 'waiting', 0, :created_at, :created_at, :wechat_consents) "
         "ON CONFLICT (sku, contact_index) WHERE status IN ('waiting', 'notified') DO NOTHING "
         "RETURNING id"
     )

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from backinstock.dispatch.render import MessageContext, render
+from backinstock.dispatch.sms import is_gsm7, segments
+
+LINK = "https://shop.example/r/AQGiAJGYWHaXqXfdeRWLBYzg7hsIaEXx9nEe_EqY9Awp"
+STOP = "https://shop.example/u/AQGiAJGYWHaXqXfdeRWLBYzg7hsIaEXx9nEe_EqY9Awp"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello", 1),
+        ("a" * 160, 1),
+        ("a" * 161, 2),
+        ("a" * 306, 2),
+        ("a" * 307, 3),
+        ("€" * 80, 1),  # extension characters take two septets
+        ("€" * 81, 2),
+        ("你" * 70, 1),
+        ("你" * 71, 2),
+        ("你" * 134, 2),
+        ("你" * 135, 3),
+        ("a" * 100 + "你", 2),  # one non-GSM character makes the whole text UCS-2
+    ],
+)
+def test_segments_count_gsm7_and_ucs2(text: str, expected: int) -> None:
+    assert segments(text) == expected
+
+
+def test_gsm7_detection() -> None:
+    assert is_gsm7("Only 3 left! Buy: https://x.example/r/abc_-")
+    assert not is_gsm7("红色T恤")
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en"])
+@pytest.mark.parametrize("max_segments", [3, 4])
+def test_restock_sms_stays_within_the_stated_segments(locale: str, max_segments: int) -> None:
+    # Two tracked links alone fill two UCS-2 segments, so three is the useful floor in Chinese.
+    context = MessageContext(
+        name="张女士",
+        product_name="超长商品名称" * 40,
+        link=LINK,
+        unsubscribe_url=STOP,
+        level=2,
+        queue_size=50,
+    )
+    text = render("sms", locale, context, max_segments).text
+    assert segments(text) <= max_segments
+    assert LINK in text and STOP in text, "links are never cut"
+    assert "超长商品名称" in text
+
+
+def test_short_messages_are_untouched() -> None:
+    context = MessageContext("Ann", "Red T-shirt", LINK, STOP, level=5, queue_size=3)
+    text = render("sms", "en", context).text
+    assert text.startswith("Ann, Red T-shirt is back in stock!")
+    assert segments(text) == 2 and is_gsm7(text)
