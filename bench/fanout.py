@@ -326,7 +326,7 @@ def own_cpu() -> float:
 
 def wait_quiet(limit: float = 180, busy_max: float = 0.3) -> float:
     """Wait (up to ``limit`` s) until under ``busy_max`` of the host's CPU is busy over 2 s:
-    other engineers' test runs share this host. Returns the seconds waited."""
+    other jobs share this host. Returns the seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
         t0 = host_ticks()
@@ -743,7 +743,7 @@ def section(
         "process (children of the worker host's pid), in MB; worker/API CPU = user+system "
         "seconds, 202 → last message; PG CPU = all postgres processes, same span; host "
         "busy = all cores, same span; other CPU = host busy - (worker + API + PG + this "
-        "script): other engineers' jobs share this host. Before each POST the script waits "
+        "script): other jobs share this host. Before each POST the script waits "
         "(up to 180 s) for the host to be under 30% busy over 2 s",
         f"- bare loop: after the services stop, this script reads the same notifications "
         f"(200 per query, joined to subscription and product), decrypts contact and name, "
