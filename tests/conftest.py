@@ -138,6 +138,11 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     def start(threads: int = 4, **settings: Any) -> Any:
         for name, value in settings.items():
             monkeypatch.setenv(f"BACKINSTOCK_{name.upper()}", str(value))
+        # Dramatiq's AsyncIO middleware keeps one event-loop thread per process: a second
+        # running worker would replace it and leave the first one's loop (and sweeper) behind.
+        from dramatiq.asyncio import get_event_loop_thread
+
+        assert get_event_loop_thread() is None, "stop the running worker first"
         worker = worker_module.start_embedded_worker(threads)
         started.append(worker)
         return worker

@@ -41,16 +41,18 @@ class Sweeper(Middleware):
     """Starts the sweep loop on the worker's event loop once the worker has booted."""
 
     def __init__(self) -> None:
-        self._future: Any = None
+        self._futures: dict[int, Any] = {}  # per worker: one broker may run several
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         thread = get_event_loop_thread()
         if thread is not None:
-            self._future = asyncio.run_coroutine_threadsafe(sweep_forever(), thread.loop)
+            future = asyncio.run_coroutine_threadsafe(sweep_forever(), thread.loop)
+            self._futures[id(worker)] = future
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        if self._future is not None:
-            self._future.cancel()
+        future = self._futures.pop(id(worker), None)
+        if future is not None:
+            future.cancel()
         thread = get_event_loop_thread()
         if thread is not None:
             asyncio.run_coroutine_threadsafe(_close_context(), thread.loop).result(timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,30 @@ FAST = {
 
 
 async def _wait_until(runtime: Runtime, at_least: int, within: float = 120) -> int:
-    return await wait_for_outbox(runtime, at_least, within=within)
+    count = await wait_for_outbox(runtime, at_least, within=within)
+    if count < at_least:
+        print("STALLED", await _state(runtime))
+    return count
+
+
+async def _state(runtime: Runtime) -> str:
+    """What the database says when a wait times out: notification states and the waves."""
+    from backinstock.restocks.models import Wave
+
+    async with runtime.sessions() as session:
+        by_status = list(
+            await session.execute(
+                select(Notification.status, Notification.error, func.count()).group_by(
+                    Notification.status, Notification.error
+                )
+            )
+        )
+        waves = list(
+            await session.execute(
+                select(Wave.status, Wave.step, Wave.planned, Wave.target, Wave.lease_until)
+            )
+        )
+    return f"notifications={by_status} waves={waves} now={datetime.now(UTC)}"
 
 
 async def _assert_exactly_once(runtime: Runtime, shoppers: int) -> None:
