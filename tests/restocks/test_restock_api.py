@@ -74,3 +74,15 @@ async def test_dev_outbox_needs_admin_and_rejects_bad_cursors(
     assert bad.status_code == 422
     empty = await client.get("/v1/dev/outbox", headers=bearer(api_keys["admin"]))
     assert empty.json() == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("field", ["event_id", "location"])
+async def test_nul_characters_get_422_not_a_database_error(
+    client: httpx.AsyncClient, api_keys: dict[str, str], field: str
+) -> None:
+    payload = {"event_id": "e1", "sku": "S", "available": 1, field: "a\u0000b"}
+    response = await client.post(
+        "/v1/restocks", json=payload, headers=bearer(api_keys["inventory"])
+    )
+    assert response.status_code == 422
+    assert field in [d["field"] for d in response.json()["error"]["details"]]

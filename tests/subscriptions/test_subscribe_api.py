@@ -107,6 +107,8 @@ async def test_fallbacks_are_stored_masked(
         ({"product": {"url": "https://evil.example.org/p"}}, "product.url"),
         ({"product": {"url": "javascript:alert(1)"}}, "product.url"),
         ({"consent": {"text_version": "v1", "ip": "999.1.1.1"}}, "consent.ip"),
+        ({"source": "pdp\u0000button"}, "source"),
+        ({"product": {"name": "T\u0000shirt"}}, "product.name"),
     ],
 )
 async def test_invalid_input_gives_422_naming_the_field(

@@ -56,7 +56,7 @@ async def list_dev_outbox(
     _: AdminKey,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
-    channel: Annotated[str | None, Query(max_length=16)] = None,
+    channel: Annotated[str | None, Query(max_length=16, pattern="^[a-z]+$")] = None,
 ) -> OutboxPage:
     """Newest first. Recipients are masked; nothing here was sent to anyone."""
     query = select(DevOutboxMessage).order_by(DevOutboxMessage.id.desc()).limit(limit + 1)

@@ -4,16 +4,16 @@ import uuid
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from backinstock.subscriptions.schemas import ProductIn, Sku
+from backinstock.subscriptions.schemas import ProductIn, Sku, Text
 
 
 class RestockIn(BaseModel):
-    event_id: str = Field(min_length=1, max_length=128, description="Unique per location.")
+    event_id: Text = Field(min_length=1, max_length=128, description="Unique per location.")
     sku: Sku
     available: int = Field(
         ge=0, le=1_000_000_000, description="Absolute sellable quantity at this location."
     )
-    location: str = Field(default="default", min_length=1, max_length=64)
+    location: Text = Field(default="default", min_length=1, max_length=64)
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When the level was true; defaults to the time received."
     )

@@ -5,7 +5,14 @@ from datetime import datetime
 from typing import Annotated
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    field_validator,
+)
 
 from backinstock.contacts import Channel
 from backinstock.subscriptions.models import Priority, Status
@@ -20,18 +27,28 @@ Sku = Annotated[
         examples=["TSHIRT-RED-M"],
     ),
 ]
-Contact = Annotated[str, Field(min_length=1, max_length=320)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Contact = Annotated[Text, Field(min_length=1, max_length=320)]
 _TIMEZONES = frozenset(available_timezones())
 
 
 class ProductIn(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=300)
-    url: str | None = Field(default=None, max_length=2048)
-    image_url: str | None = Field(default=None, max_length=2048)
+    name: Text | None = Field(default=None, min_length=1, max_length=300)
+    url: Text | None = Field(default=None, max_length=2048)
+    image_url: Text | None = Field(default=None, max_length=2048)
 
 
 class ConsentIn(BaseModel):
-    text_version: str = Field(min_length=1, max_length=64)
+    text_version: Text = Field(min_length=1, max_length=64)
     ip: IPvAnyAddress | None = None
     wechat_messages: int = Field(
         default=1,
@@ -73,10 +90,10 @@ class SubscriptionCreate(BaseModel):
         default="zh-CN", max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"
     )
     timezone: str | None = Field(default=None, max_length=64)
-    name: str | None = Field(default=None, max_length=100)
-    customer_id: str | None = Field(default=None, min_length=1, max_length=128)
+    name: Text | None = Field(default=None, max_length=100)
+    customer_id: Text | None = Field(default=None, min_length=1, max_length=128)
     priority: Priority = Priority.STANDARD
-    source: str | None = Field(default=None, max_length=64)
+    source: Text | None = Field(default=None, max_length=64)
     product: ProductIn | None = None
     consent: ConsentIn | None = None
 
