@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import service as catalog
@@ -22,8 +22,7 @@ from backinstock.db import insert_for, new_id, utcnow
 from backinstock.restocks import waves
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
 from backinstock.restocks.schemas import RestockIn, RestockOut
-from backinstock.restocks.waves import current_level
-from backinstock.subscriptions.models import IN_QUEUE, Subscription
+from backinstock.restocks.waves import current_level, queue_length
 
 
 @dataclass(frozen=True)
@@ -122,15 +121,6 @@ async def _apply_level(
         .on_conflict_do_update(index_elements=[StockLevel.sku, StockLevel.location], set_=values)
     )
     return True
-
-
-async def queue_length(session: AsyncSession, sku: str) -> int:
-    count = await session.scalar(
-        select(func.count())
-        .select_from(Subscription)
-        .where(Subscription.sku == sku, Subscription.status.in_(IN_QUEUE))
-    )
-    return int(count or 0)
 
 
 def step_size(settings: Settings, level: int) -> int:

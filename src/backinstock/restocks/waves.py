@@ -139,13 +139,14 @@ async def run(
             wave = await _claim(session, settings, wave_id)
             if wave is None:
                 return written
-            queue_size = await _queue_size(session, wave.sku)
+            queue_size = await queue_length(session, wave.sku)
         written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders)
         async with db.transaction(sessions) as session:
             await session.execute(update(Wave).where(Wave.id == wave_id).values(lease_until=None))
 
 
-async def _queue_size(session: AsyncSession, sku: str) -> int:
+async def queue_length(session: AsyncSession, sku: str) -> int:
+    """Shoppers in the SKU's queue (waiting, or notified and not yet converted)."""
     query = select(func.count()).where(Subscription.sku == sku, Subscription.status.in_(IN_QUEUE))
     return int(await session.scalar(query) or 0)
 
