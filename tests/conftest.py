@@ -31,7 +31,7 @@ from backinstock.runtime import Runtime
 
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
 PG_ADMIN_URL = os.environ.get("BACKINSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-PG_DATABASE = "backinstock_test"
+PG_DATABASE = os.environ.get("BACKINSTOCK_TEST_PG_DATABASE", "backinstock_test")
 REDIS_URL = os.environ.get("BACKINSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/15")
 _WORKDIR = Path(tempfile.mkdtemp(prefix="backinstock-tests-"))
 

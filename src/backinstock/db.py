@@ -14,9 +14,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import BigInteger, DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -57,6 +58,31 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact amount, stored as an integer of ten-thousandths on every backend.
+
+    SQLite has no exact decimal type; scaled integers keep sums exact in the database on
+    both backends (``SUM`` over a Money column comes back as a Money, so as a Decimal).
+    """
+
+    impl = BigInteger
+    cache_ok = True
+    SCALE = 4
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        scaled = Decimal(value).scaleb(self.SCALE)
+        if scaled != scaled.to_integral_value():
+            raise ValueError("amount has more than four decimal places")
+        return int(scaled)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(int(value)).scaleb(-self.SCALE)
 
 
 def utcnow() -> datetime:

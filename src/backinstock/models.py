@@ -2,6 +2,8 @@
 
 from backinstock.auth.models import ApiKey
 from backinstock.catalog.models import Product
+from backinstock.conversions.models import Conversion, Order
+from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.db import Base
 from backinstock.dispatch.models import DevOutboxMessage, Notification
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
@@ -10,8 +12,12 @@ from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 __all__ = [
     "ApiKey",
     "Base",
+    "Conversion",
+    "Coupon",
+    "CouponPool",
     "DevOutboxMessage",
     "Notification",
+    "Order",
     "Product",
     "RestockEvent",
     "StockLevel",

@@ -3,16 +3,35 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, new_id, utcnow
 
 
+FOLLOWUP_PENDING = "kind = 'restock' AND status = 'sent' AND followed_up_at IS NULL"
+
+
+class Kind:
+    RESTOCK = "restock"  # "it's back": planned by a wave step
+    FOLLOWUP = "followup"  # the coupon nudge, FOLLOWUP_AFTER_SECONDS later
+
+
 class Notification(Base):
     """One message to one shopper for one wave: the unit of work (the outbox row).
 
-    The unique (subscription, wave) key makes a second message per wave impossible.
+    The unique (subscription, wave, kind) key makes a second restock message per wave, or a
+    second follow-up, impossible.
     Status: pending -> sending (claimed under a lease) -> sent | failed | cancelled.
     """
 
@@ -24,6 +43,7 @@ class Notification(Base):
     )
     wave_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("waves.id", ondelete="CASCADE"))
     sku: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default=Kind.RESTOCK, server_default=Kind.RESTOCK)
     step: Mapped[int] = mapped_column(Integer)
     level: Mapped[int] = mapped_column(Integer)  # stock level when planned, for scarcity copy
     queue_size: Mapped[int] = mapped_column(Integer)
@@ -41,11 +61,26 @@ class Notification(Base):
     delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The tracked link: first click and how many.
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    click_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the follow-up for this restock message was decided (sent or skipped).
+    followed_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
-        UniqueConstraint("subscription_id", "wave_id"),
+        UniqueConstraint("subscription_id", "wave_id", "kind"),
         Index("ix_notifications_work", "status", "next_attempt_at"),
         Index("ix_notifications_wave", "wave_id"),
+        # Figures filter on when messages left, overall and per SKU.
+        Index("ix_notifications_sent_at", "sent_at"),
+        Index("ix_notifications_sku_sent_at", "sku", "sent_at"),
+        # Restock messages still owed a follow-up decision, oldest first.
+        Index(
+            "ix_notifications_followup_due",
+            "sent_at",
+            postgresql_where=text(FOLLOWUP_PENDING),
+            sqlite_where=text(FOLLOWUP_PENDING),
+        ),
     )
 
 

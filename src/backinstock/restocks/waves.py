@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from backinstock import db
 from backinstock.config import Settings
 from backinstock.db import insert_for, new_id, utcnow
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Kind, Notification
 from backinstock.restocks.models import StockLevel, Wave
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription
 
@@ -66,7 +66,11 @@ async def close(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> Non
     cancelled = list(
         await session.scalars(
             update(Notification)
-            .where(Notification.wave_id == wave_id, Notification.status == "pending")
+            .where(
+                Notification.wave_id == wave_id,
+                Notification.kind == Kind.RESTOCK,
+                Notification.status == "pending",
+            )
             .values(status="cancelled", error="sold_out")
             .returning(Notification.subscription_id)
         )
@@ -268,7 +272,9 @@ async def _insert_notifications(
     # then compiles once and is cached, instead of a 500-row statement built per chunk.
     stmt = (
         insert_for(session, Notification)
-        .on_conflict_do_nothing(index_elements=[Notification.subscription_id, Notification.wave_id])
+        .on_conflict_do_nothing(
+            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
+        )
         .returning(Notification.id, Notification.subscription_id)
     )
     return [(r[0], r[1]) for r in await session.execute(stmt, rows)]
