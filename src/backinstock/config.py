@@ -143,6 +143,13 @@ class ConversionSettings(_Section):
     attribution_window_seconds: int = Field(default=604_800, ge=0)
     coupon_prefix: str = "BIS-"
     retention_days: int = Field(default=180, ge=1)
+    # Follow-up decisions taken per sweeper tick (each a short transaction).
+    followup_batch: int = Field(default=200, ge=1)
+
+
+class DashboardSettings(_Section):
+    # How long a dashboard sign-in lasts before the stats key must be entered again.
+    dashboard_session_seconds: int = Field(default=28_800, ge=60)
 
 
 class TwilioSettings(_Section):
@@ -201,6 +208,7 @@ class Settings:
     rate_limits: RateLimitSettings
     quiet_hours: QuietHoursSettings
     conversion: ConversionSettings
+    dashboard: DashboardSettings
     twilio: TwilioSettings
     smtp: SmtpSettings
     wechat: WeChatSettings
@@ -214,6 +222,7 @@ class Settings:
             rate_limits=RateLimitSettings(),
             quiet_hours=QuietHoursSettings(),
             conversion=ConversionSettings(),
+            dashboard=DashboardSettings(),
             twilio=TwilioSettings(),
             smtp=SmtpSettings(),
             wechat=WeChatSettings(),

@@ -156,6 +156,24 @@ class TokenSigner:
                 return uuid.UUID(bytes=payload[1:])
         return None
 
+    def sign_text(self, purpose: str, text: str) -> str:
+        """``text.mac``: for small signed values such as a session cookie."""
+        mac = self._mac(self._keys[0], purpose, text.encode())
+        return f"{text}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+    def verify_text(self, purpose: str, signed: str) -> str | None:
+        text, _, mac_text = signed.rpartition(".")
+        if not text or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", mac_text):
+            return None
+        try:
+            mac = base64.urlsafe_b64decode(mac_text + "==")
+        except ValueError:
+            return None
+        for key in self._keys:
+            if hmac.compare_digest(mac, self._mac(key, purpose, text.encode())):
+                return text
+        return None
+
     @staticmethod
     def _mac(key: bytes, purpose: str, payload: bytes) -> bytes:
         return _hmac(key, purpose.encode() + b"\x00" + payload)[:_MAC_BYTES]

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, new_id, utcnow
 
-
 FOLLOWUP_PENDING = "kind = 'restock' AND status = 'sent' AND followed_up_at IS NULL"
 
 
