@@ -13,6 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from backinstock import __version__
 from backinstock.auth.service import KeyCache
 from backinstock.config import Settings
+from backinstock.conversions.router import router as conversions_router
+from backinstock.coupons.router import router as coupons_router
 from backinstock.dispatch.router import router as outbox_router
 from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
 from backinstock.ops.logging import configure_logging
@@ -63,6 +65,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     routers = (
         subscriptions_router,
         restocks_router,
+        conversions_router,
+        coupons_router,
         privacy_router,
         providers_router,
         outbox_router,

@@ -26,6 +26,7 @@ from dramatiq.middleware import AsyncIO, Middleware
 
 from backinstock import db
 from backinstock.config import Settings
+from backinstock.coupons import followups
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.restocks import waves
@@ -157,6 +158,7 @@ async def sweep_once(ctx: WorkerContext) -> None:
         stale = await dispatch.stale_pending(session, timedelta(seconds=stale_after))
     for wave_id in due_waves:
         wake_wave(wave_id)
+    wake_senders(await followups.plan_due(rt.sessions, rt.settings))
     drains = min(DRAIN_FANOUT, math.ceil((stale + recovered) / dispatch.BATCH))
     for _ in range(drains):
         _enqueue(drain)

@@ -27,6 +27,9 @@ class MessageContext:
     unsubscribe_url: str
     level: int
     queue_size: int
+    kind: str = "restock"  # or "followup": the coupon nudge, from <locale>.followup.*.j2
+    coupon_code: str | None = None
+    coupon_description: str | None = None
 
     @property
     def scarce(self) -> bool:
@@ -80,10 +83,13 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "unsubscribe_url": context.unsubscribe_url,
         "scarce": context.scarce,
         "left": context.level,
+        "coupon_code": context.coupon_code,
+        "coupon_description": context.coupon_description,
     }
+    prefix = "" if context.kind == "restock" else f"{context.kind}."
     for candidate in _locale_chain(locale):
         try:
-            template = _environment().get_template(f"{channel}/{candidate}.{part}.j2")
+            template = _environment().get_template(f"{channel}/{candidate}.{prefix}{part}.j2")
         except TemplateNotFound:
             continue
         return template.render(values).strip()

@@ -26,9 +26,10 @@ from backinstock import contacts, db
 from backinstock.catalog.models import Product
 from backinstock.config import Settings
 from backinstock.contacts import Channel
+from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import utcnow
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Kind, Notification
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.dispatch.throttle import Throttle
@@ -110,6 +111,7 @@ async def prepare(
             .where(Notification.id.in_(ids))
         )
     )
+    coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind == Kind.FOLLOWUP])
     fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
     for fallback in await session.scalars(
         select(SubscriptionFallback).where(
@@ -119,8 +121,23 @@ async def prepare(
         fallbacks[fallback.subscription_id].append(fallback)
     now = utcnow()
     return [
-        _delivery(settings, keys, n, s, name, url, fallbacks[s.id], now) for n, s, name, url in rows
+        _delivery(settings, keys, n, s, name, url, fallbacks[s.id], now, coupons.get(n.id))
+        for n, s, name, url in rows
     ]
+
+
+async def _coupons_of(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, str | None]]:
+    """The coupon (code, description) each follow-up message carries."""
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(Coupon.notification_id, Coupon.code, CouponPool.description)
+        .outerjoin(CouponPool, CouponPool.id == Coupon.pool_id)
+        .where(Coupon.notification_id.in_(ids))
+    )
+    return {row[0]: (row[1], row[2]) for row in rows if row[0] is not None}
 
 
 def _delivery(
@@ -132,10 +149,13 @@ def _delivery(
     product_url: str | None,
     fallbacks: list[SubscriptionFallback],
     now: datetime,
+    coupon: tuple[str, str | None] | None = None,
 ) -> Delivery:
     base = Delivery(notification.id, sub.id, notification.attempts, None)
     if sub.status not in IN_QUEUE:
         return dataclasses.replace(base, skip="not_waiting")
+    if notification.kind == Kind.FOLLOWUP and coupon is None:
+        return dataclasses.replace(base, skip="no_coupon")  # the shopper was erased meanwhile
     usable = [c for c in contacts_from(sub, fallbacks) if c.rank >= notification.contact_rank]
     if not usable:
         return dataclasses.replace(base, skip="no_contact")
@@ -146,7 +166,9 @@ def _delivery(
         held = hold_until(now, zone, settings.quiet_hours.window)
         if held is not None:
             return dataclasses.replace(base, held_until=held)
-    message = _message(settings, keys, notification, sub, contact, product_name, product_url)
+    message = _message(
+        settings, keys, notification, sub, contact, product_name, product_url, coupon
+    )
     return dataclasses.replace(base, message=message)
 
 
@@ -158,6 +180,7 @@ def _message(
     contact: Contact,
     product_name: str | None,
     product_url: str | None,
+    coupon: tuple[str, str | None] | None,
 ) -> OutgoingMessage:
     to = keys.cipher.open(Sealed(contact.key_id, contact.blob), contact_aad(contact.row_id))
     base = settings.core.public_base_url.rstrip("/")
@@ -168,6 +191,9 @@ def _message(
         unsubscribe_url=f"{base}/u/{keys.tokens.sign(UNSUBSCRIBE_TOKEN, sub.id)}",
         level=notification.level,
         queue_size=notification.queue_size,
+        kind=notification.kind,
+        coupon_code=coupon[0] if coupon else None,
+        coupon_description=coupon[1] if coupon else None,
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(
@@ -184,6 +210,8 @@ def _message(
             "product_url": product_url,
             "product_name": context.product_name,
             "locale": sub.locale,
+            "kind": notification.kind,
+            "coupon_code": context.coupon_code,
         },
     )
 
@@ -288,7 +316,7 @@ async def record(
     now = utcnow()
     by_id = {d.notification_id: d for d in deliveries}
     for delivery in deliveries:
-        if delivery.skip == "not_waiting":
+        if delivery.skip in ("not_waiting", "no_coupon"):
             await _set(session, delivery.notification_id, status="cancelled", error=delivery.skip)
         elif delivery.skip == "no_contact":  # every contact failed for good
             await _set(session, delivery.notification_id, status="failed", error=delivery.skip)

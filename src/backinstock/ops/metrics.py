@@ -16,3 +16,8 @@ HTTP_LATENCY = Histogram(
 SUBSCRIPTIONS_CREATED = Counter(
     "backinstock_subscriptions_created_total", "Subscriptions created", ["channel"]
 )
+CLICKS = Counter("backinstock_clicks_total", "Tracked links followed", ["channel"])
+CONVERSIONS = Counter(
+    "backinstock_conversions_total", "Order lines attributed to a message", ["channel", "method"]
+)
+COUPONS_REDEEMED = Counter("backinstock_coupons_redeemed_total", "Coupons used in an order")

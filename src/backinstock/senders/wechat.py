@@ -60,6 +60,7 @@ DEFAULT_FIELD_MAP: dict[str, str] = {
 }
 _SOURCES = frozenset({"product_name", "status", "text"})
 _STATUS = {"zh": "到货", "en": "In stock"}
+_FOLLOWUP_STATUS = {"zh": "优惠", "en": "Coupon"}
 
 # WeChat's per-type limits in characters (docs: subscribeMessage.send, "参数值限制").
 _LIMITS = {
@@ -111,7 +112,8 @@ def _source_value(message: OutgoingMessage, source: str) -> str:
     if source == "product_name":
         return str(message.data.get("product_name") or message.text)
     if source == "status":
-        return _STATUS["zh" if _is_zh(message) else "en"]
+        statuses = _FOLLOWUP_STATUS if message.data.get("kind") == "followup" else _STATUS
+        return statuses["zh" if _is_zh(message) else "en"]
     if source == "text":
         return message.text
     value = message.data.get(source.removeprefix("data."))

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
+
+from backinstock.subscriptions.schemas import Sku, Text
+
+Amount = Annotated[
+    Decimal,
+    Field(ge=0, le=Decimal("1e12"), decimal_places=4, description="A decimal string: '99.00'."),
+    PlainSerializer(lambda v: f"{v:.2f}", return_type=str),
+]
+Currency = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case: CNY, USD, EUR.")
+]
+
+
+class OrderItem(BaseModel):
+    sku: Sku
+    quantity: int = Field(ge=1, le=1_000_000)
+    unit_price: Amount
+
+
+class OrderCustomer(BaseModel):
+    """Who bought: any of these finds the shopper's subscriptions (contacts by their blind
+    index, never stored in the order). Values that are not a valid phone, email or openid are
+    ignored for matching rather than refused: the order itself is still recorded."""
+
+    email: Text | None = Field(default=None, max_length=320)
+    phone: Text | None = Field(default=None, max_length=64)
+    wechat_openid: Text | None = Field(default=None, max_length=64)
+    customer_id: Text | None = Field(default=None, min_length=1, max_length=128)
+
+
+class OrderIn(BaseModel):
+    order_id: Text = Field(min_length=1, max_length=128, description="The shop's id; idempotent.")
+    items: list[OrderItem] = Field(min_length=1, max_length=500)
+    currency: Currency
+    customer: OrderCustomer | None = None
+    coupon_code: Text | None = Field(default=None, min_length=1, max_length=64)
+    notification_token: Text | None = Field(
+        default=None,
+        max_length=128,
+        description="The bis_token the tracked link carried to the product page.",
+    )
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When the order was placed; defaults to the time received."
+    )
+
+
+class ConversionOut(BaseModel):
+    sku: str
+    subscription_id: uuid.UUID | None
+    notification_id: uuid.UUID | None
+    channel: str | None
+    method: Literal["token", "coupon", "contact", "customer_id"] = Field(
+        description="How the order was tied to the shopper."
+    )
+    revenue: str = Field(description="This SKU's lines of the order, a decimal string.")
+
+
+class CouponUse(BaseModel):
+    code: str
+    status: Literal["redeemed", "already_redeemed", "not_issued", "unknown"]
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    received_at: datetime
+    occurred_at: datetime
+    total: str = Field(description="Sum of quantity × unit price, a decimal string.")
+    currency: str
+    conversions: list[ConversionOut] = Field(
+        description="The SKUs of the order attributed to a back-in-stock message or coupon."
+    )
+    coupon: CouponUse | None

@@ -1,0 +1,144 @@
+"""Follow-ups: FOLLOWUP_AFTER_SECONDS after a restock message, a shopper who has not bought
+while the SKU is still in stock gets one coupon, in one follow-up message, ever.
+
+The sweeper calls :func:`plan_due` every tick. Each restock message is decided once
+(``followed_up_at``), under ``FOR UPDATE SKIP LOCKED`` so that any number of workers split
+the due messages between them. The follow-up itself is an outbox row like any other
+message (kind ``followup``), so it is sent, retried, held in quiet hours and recovered the
+same way; the coupon it carries is issued in the same transaction that plans it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import exists, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backinstock import db
+from backinstock.config import Settings
+from backinstock.coupons import service as coupons
+from backinstock.coupons.models import Coupon
+from backinstock.db import utcnow
+from backinstock.dispatch.models import Kind, Notification
+from backinstock.restocks.waves import current_level
+from backinstock.subscriptions.models import Status, Subscription
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Due:
+    notification_id: uuid.UUID
+    subscription_id: uuid.UUID
+    wave_id: uuid.UUID
+    sku: str
+    step: int
+    queue_size: int
+    channel: str | None
+    status: str  # the subscription's
+    has_coupon: bool
+
+
+async def plan_due(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> list[uuid.UUID]:
+    """Decide the due restock messages; returns the follow-up messages planned."""
+    try:
+        async with db.transaction(sessions) as session:
+            return await _plan(session, settings, utcnow())
+    except IntegrityError:
+        # Two restock messages of one shopper decided at once by two workers: the coupon's
+        # unique subscription refused the second. The next tick sees the coupon and skips.
+        log.info("followup_race_retried")
+        return []
+
+
+async def _plan(session: AsyncSession, settings: Settings, now: datetime) -> list[uuid.UUID]:
+    cutoff = now - timedelta(seconds=settings.conversion.followup_after_seconds)
+    due = await _due(session, cutoff, settings.conversion.followup_batch)
+    planned: list[uuid.UUID] = []
+    levels: dict[str, int] = {}
+    served: set[uuid.UUID] = set()  # a shopper told in two waves is due twice in one batch
+    for item in due:
+        if item.sku not in levels:
+            levels[item.sku] = await current_level(session, item.sku)
+        if _wanted(item, levels[item.sku]) and item.subscription_id not in served:
+            served.add(item.subscription_id)
+            planned.append(await _plan_one(session, settings, item, levels[item.sku], now))
+    if due:
+        await session.execute(
+            update(Notification)
+            .where(Notification.id.in_([d.notification_id for d in due]))
+            .values(followed_up_at=now)
+        )
+    return planned
+
+
+def _wanted(item: Due, level: int) -> bool:
+    # Converted, unsubscribed or erased shoppers get nothing; nor does anyone while the SKU
+    # is sold out (a coupon for what cannot be bought only annoys).
+    return item.status == Status.NOTIFIED.value and not item.has_coupon and level > 0
+
+
+async def _due(session: AsyncSession, cutoff: datetime, limit: int) -> list[Due]:
+    has_coupon = exists().where(Coupon.subscription_id == Notification.subscription_id)
+    rows = await session.execute(
+        select(
+            Notification.id,
+            Notification.subscription_id,
+            Notification.wave_id,
+            Notification.sku,
+            Notification.step,
+            Notification.queue_size,
+            Notification.channel,
+            Subscription.status,
+            has_coupon,
+        )
+        .join(Subscription, Subscription.id == Notification.subscription_id)
+        .where(
+            Notification.kind == Kind.RESTOCK,
+            Notification.status == "sent",
+            Notification.followed_up_at.is_(None),
+            Notification.sent_at <= cutoff,
+        )
+        .order_by(Notification.sent_at)
+        .limit(limit)
+        .with_for_update(of=Notification, skip_locked=True)
+    )
+    return [Due(*row) for row in rows]
+
+
+async def _plan_one(
+    session: AsyncSession, settings: Settings, item: Due, level: int, now: datetime
+) -> uuid.UUID:
+    followup = Notification(
+        id=db.new_id(),
+        subscription_id=item.subscription_id,
+        wave_id=item.wave_id,
+        sku=item.sku,
+        kind=Kind.FOLLOWUP,
+        step=item.step,
+        level=level,
+        queue_size=item.queue_size,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(followup)
+    await session.flush()
+    await coupons.issue(
+        session,
+        settings.conversion.coupon_prefix,
+        subscription_id=item.subscription_id,
+        notification_id=followup.id,
+        sku=item.sku,
+        channel=item.channel,
+        now=now,
+    )
+    return followup.id
