@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -134,6 +134,53 @@ def worker(
     # "first message within a second" budget twice (the wave, then the first send batch).
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112 - dramatiq reads this name
     os.execv(sys.executable, args)  # noqa: S606 - dramatiq's supervisor handles signals
+
+
+@app.command()
+def demo() -> None:
+    """Fill the embedded instance with sample shoppers, a restock, clicks, orders and
+    coupons (dev outbox only, never a real provider), and show where to look."""
+    from backinstock import demo as demo_module
+
+    demo_module.prepare_environment()
+    settings = _settings()
+    if not settings.core.is_sqlite or settings.core.redis_url:
+        err.print("[red]backinstock demo fills the embedded (SQLite) instance only[/red]")
+        raise typer.Exit(2)
+    migrations.upgrade(settings.core.database_url)
+    with Progress(console=err) as progress:
+        task = progress.add_task("demo", total=demo_module.steps())
+
+        def advance(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        try:
+            result = asyncio.run(demo_module.run(settings, advance))
+        except demo_module.DemoRefused as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    _demo_summary(settings, result)
+
+
+def _demo_summary(settings: Settings, result: Any) -> None:
+    base = settings.core.public_base_url.rstrip("/")
+    console = Console(soft_wrap=True)  # keys and URLs must stay whole for copy and paste
+    console.print(
+        f"[green]demo ready[/green]: {result.notified} notified, {result.clicks} clicks, "
+        f"{result.orders} orders, {result.coupons} follow-up coupons"
+    )
+    console.print("start the service:   backinstock serve")
+    console.print(f"dashboard:           {base}/dashboard  (sign in with the stats key below)")
+    console.print(
+        f"dev outbox:          curl -H 'Authorization: Bearer {result.admin_key}' "
+        f"{base}/v1/dev/outbox"
+    )
+    console.print(
+        f"funnel:              curl -H 'Authorization: Bearer {result.stats_key}' "
+        f"{base}/v1/stats/funnel"
+    )
+    console.print("stats key:")
+    typer.echo(result.stats_key)
 
 
 @app.command()
