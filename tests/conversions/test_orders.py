@@ -157,6 +157,7 @@ async def test_bad_orders_get_422_in_the_one_error_shape_and_write_nothing(
         {**order_body("o"), "items": [{"sku": SKU, "quantity": 0, "unit_price": "1"}]},
         {**order_body("o"), "order_id": "a\x00b"},
         {**order_body("o"), "occurred_at": "2026-11-21T10:00:00"},
+        {**order_body("o"), "items": [{"sku": SKU, "quantity": 10_000, "unit_price": "1e9"}]},
     ]
     for body in bad:
         response = await post_order(client, key, body)

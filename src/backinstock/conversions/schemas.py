@@ -5,15 +5,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer, model_validator
 
 from backinstock.subscriptions.schemas import Sku, Text
 
 Amount = Annotated[
     Decimal,
-    Field(ge=0, le=Decimal("1e12"), decimal_places=4, description="A decimal string: '99.00'."),
+    Field(ge=0, le=Decimal("1e9"), decimal_places=4, description="A decimal string: '99.00'."),
     PlainSerializer(lambda v: f"{v:.2f}", return_type=str),
 ]
+MAX_ORDER_TOTAL = Decimal("1e12")
 Currency = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case: CNY, USD, EUR.")
 ]
@@ -50,6 +51,13 @@ class OrderIn(BaseModel):
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When the order was placed; defaults to the time received."
     )
+
+    @model_validator(mode="after")
+    def _total_fits(self) -> OrderIn:
+        # Amounts are stored exactly as 64-bit ten-thousandths: about 9.2e14 at most.
+        if sum(item.unit_price * item.quantity for item in self.items) > MAX_ORDER_TOTAL:
+            raise ValueError(f"the order total must not exceed {MAX_ORDER_TOTAL}")
+        return self
 
 
 class ConversionOut(BaseModel):
