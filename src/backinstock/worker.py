@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from backinstock.config import Settings
 from backinstock.coupons import followups
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
+from backinstock.privacy import retention
 from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
@@ -36,6 +39,8 @@ from backinstock.senders.registry import build_senders, close_senders
 
 log = structlog.get_logger(__name__)
 DRAIN_FANOUT = 4
+# Retention work is slow-moving (days); once a minute per worker, at a random phase, is plenty.
+RETENTION_EVERY_SECONDS = 60
 
 
 class Sweeper(Middleware):
@@ -164,12 +169,25 @@ async def sweep_once(ctx: WorkerContext) -> None:
         _enqueue(drain)
 
 
+async def retain_once(ctx: WorkerContext) -> None:
+    """Expire exhausted subscriptions and erase stopped ones' contacts (a batch of each)."""
+    rt = ctx.runtime
+    async with db.transaction(rt.sessions) as session:
+        now = db.utcnow()
+        await retention.expire_exhausted(session, rt.settings, now)
+        await retention.erase_stopped(session, rt.settings, now)
+
+
 async def sweep_forever() -> None:
     ctx = await context()
     interval = ctx.runtime.settings.waves.sweep_interval_seconds
+    next_retention = time.monotonic() + RETENTION_EVERY_SECONDS * random.random()
     while True:
         try:
             await sweep_once(ctx)
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + RETENTION_EVERY_SECONDS
+                await retain_once(ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database may be restarting: try again next tick

@@ -1,0 +1,98 @@
+"""Data minimisation: what a stopped subscription no longer needs is erased.
+
+Two steps, run by every worker's sweeper about once a minute, in small batches:
+
+* **Expiry.** A subscription that has had its ``MAX_NOTIFICATIONS`` messages can never be
+  told again. Once its last message is older than the attribution window (so an order can no
+  longer convert it) it becomes ``expired`` and leaves the queue and the "waiting" figures.
+* **Erasure.** ``RETENTION_DAYS`` after a subscription stopped waiting (converted,
+  unsubscribed, expired), its contacts, name and consent IP are erased: ciphertext and blind
+  index set to NULL, fallback contacts too, and its dev-outbox copies deleted. The row stays,
+  contact-free, so the figures (funnel, demand, revenue) keep counting it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock.config import Settings
+from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.subscriptions.models import Status, Subscription, SubscriptionFallback
+
+BATCH = 500
+STOPPED = (Status.CONVERTED.value, Status.UNSUBSCRIBED.value, Status.EXPIRED.value)
+# Shared with the migration that indexes the rows these steps look for.
+EXPIRY_CANDIDATE = "status = 'notified'"
+ERASURE_CANDIDATE = (
+    "contact_blob IS NOT NULL AND status IN ('converted', 'unsubscribed', 'expired')"
+)
+
+
+async def expire_exhausted(session: AsyncSession, settings: Settings, now: datetime) -> int:
+    cutoff = now - timedelta(seconds=settings.conversion.attribution_window_seconds)
+    ids = list(
+        await session.scalars(
+            select(Subscription.id)
+            .where(
+                Subscription.status == Status.NOTIFIED.value,
+                Subscription.notification_count >= settings.waves.max_notifications,
+                Subscription.last_notified_at < cutoff,
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(ids))
+            .values(status=Status.EXPIRED.value, stopped_at=now, updated_at=now)
+        )
+    return len(ids)
+
+
+async def erase_stopped(session: AsyncSession, settings: Settings, now: datetime) -> int:
+    cutoff = now - timedelta(days=settings.conversion.retention_days)
+    ids = list(
+        await session.scalars(
+            select(Subscription.id)
+            .where(
+                Subscription.status.in_(STOPPED),
+                Subscription.contact_blob.is_not(None),
+                Subscription.stopped_at < cutoff,
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        await _erase(session, ids, now)
+    return len(ids)
+
+
+async def _erase(session: AsyncSession, ids: list[uuid.UUID], now: datetime) -> None:
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id.in_(ids))
+        .values(
+            contact_key_id=None,
+            contact_blob=None,
+            contact_index=None,
+            profile_key_id=None,
+            profile_blob=None,
+            updated_at=now,
+        )
+    )
+    await session.execute(
+        update(SubscriptionFallback)
+        .where(SubscriptionFallback.subscription_id.in_(ids))
+        .values(contact_key_id=None, contact_blob=None, contact_index=None)
+    )
+    their_messages = select(Notification.id).where(Notification.subscription_id.in_(ids))
+    await session.execute(
+        delete(DevOutboxMessage).where(DevOutboxMessage.notification_id.in_(their_messages))
+    )
