@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from backinstock import __version__
 from backinstock.auth.service import KeyCache
 from backinstock.config import Settings
+from backinstock.dashboard import router as dashboard
 from backinstock.dispatch.router import router as outbox_router
 from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
 from backinstock.ops.logging import configure_logging
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     for router in routers:
         app.include_router(router)
+    dashboard.install(app)
     app.openapi = _openapi_with_one_error_shape(app)  # type: ignore[method-assign]
     return app
 
