@@ -27,7 +27,9 @@
   const HOUR_MS = 3600000;
   const DEMAND_PAGE = 50;
 
-  const state = { interval: "day", demandCursor: null, demandRank: 0 };
+  const HOURLY_SPAN_MS = 48 * HOUR_MS;
+
+  const state = { interval: "day", demandCursor: null, demandRank: 0, currency: null };
   const numberFormat = new Intl.NumberFormat(undefined);
   const percentFormat = new Intl.NumberFormat(undefined, {
     style: "percent",
@@ -56,22 +58,17 @@
     }
   }
 
-  // revenue_by_currency may be {"CNY": "297.00"} or [{"currency": "CNY", "revenue": "297.00"}].
-  function revenueText(funnel) {
-    const byCurrency = funnel.revenue_by_currency;
-    let parts = [];
-    if (Array.isArray(byCurrency)) {
-      parts = byCurrency.map((row) => [row.currency, row.revenue ?? row.amount]);
-    } else if (byCurrency && typeof byCurrency === "object") {
-      parts = Object.entries(byCurrency);
-    }
+  // Revenue in its currency; several currencies are listed, never added up. A funnel without
+  // revenue has no currency of its own, so it borrows the overall one (0.00 rather than 0).
+  function revenueText(funnel, fallbackCurrency) {
+    const parts = Object.entries(funnel.revenue_by_currency || {});
     if (parts.length > 1) return parts.map(([cur, amount]) => money(amount, cur)).join(" + ");
-    if (!funnel.currency && Number(funnel.revenue || 0) === 0) return money(0, null);
-    return money(funnel.revenue, funnel.currency);
+    return money(funnel.revenue, funnel.currency || fallbackCurrency || null);
   }
 
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "–";
+    if (Number(seconds) < 1) return "under 1 s";
     let s = Math.round(Number(seconds));
     if (s < 60) return s + " s";
     const units = [
@@ -267,6 +264,7 @@
   async function loadFunnel(f) {
     const params = { sku: f.sku, channel: f.channel, since: f.since, until: f.until };
     const funnel = await getJSON("/v1/stats/funnel", params);
+    state.currency = funnel.currency;
     document.getElementById("csv-funnel").href = csvHref("/v1/stats/funnel", params);
     for (const el of document.querySelectorAll("#funnel .scope")) el.textContent = describeScope(f);
     for (const el of document.querySelectorAll("#funnel .period")) {
@@ -347,17 +345,17 @@
       }
       cell(row, percent(funnel.click_rate), true);
       cell(row, percent(funnel.conversion_rate), true);
-      cell(row, revenueText(funnel), true);
+      cell(row, revenueText(funnel, state.currency), true);
       tbody.appendChild(row);
     });
   }
 
   function timeseriesWindow(f) {
     if (state.interval !== "hour") return { since: f.since, until: f.until };
-    // Hourly buckets: at most the last 7 days of the period, and none in the future.
+    // Hourly buckets: at most the last 48 hours of the period, and none in the future.
     const nextHour = Math.ceil(Date.now() / HOUR_MS) * HOUR_MS;
     const until = Math.min(new Date(f.until).getTime(), nextHour);
-    const since = Math.max(f.since ? new Date(f.since).getTime() : 0, until - 7 * DAY_MS);
+    const since = Math.max(f.since ? new Date(f.since).getTime() : 0, until - HOURLY_SPAN_MS);
     const iso = (ms) => new Date(ms).toISOString().replace(".000Z", "Z");
     return { since: iso(since), until: iso(until) };
   }
@@ -403,7 +401,10 @@
         interaction: { mode: "index", intersect: false },
         plugins: { legend: { position: "bottom" } },
         scales: {
-          x: { title: axisTitle(state.interval === "hour" ? "hour (UTC)" : "day (UTC)") },
+          x: {
+            title: axisTitle(state.interval === "hour" ? "hour (UTC)" : "day (UTC)"),
+            ticks: { maxRotation: 0, autoSkipPadding: 16 },
+          },
           y: { beginAtZero: true, title: axisTitle("shoppers " + unit), ticks: { precision: 0 } },
         },
       },
@@ -523,7 +524,9 @@
   function refresh() {
     rememberFilters();
     const f = filters();
-    return run(() => Promise.all([loadFunnel(f), loadChannels(f), loadTimeseries(f), loadDemand()]));
+    // The overall funnel first: the per-channel table borrows its currency.
+    const channels = loadFunnel(f).then(() => loadChannels(f));
+    return run(() => Promise.all([channels, loadTimeseries(f), loadDemand()]));
   }
 
   function start() {
