@@ -168,12 +168,13 @@ async def test_a_tampered_cookie_is_refused(
     }[tamper]
     client.cookies.set(dashboard_session.COOKIE_NAME, bad)
 
-    page = await client.get("/dashboard")
-    assert page.status_code == 303
-    assert page.headers["location"] == "/dashboard/login"
     api = await client.get("/v1/stats/funnel")
     assert api.status_code == 401
     assert api.json()["error"]["code"] == "unauthorized"
+    page = await client.get("/dashboard")
+    assert page.status_code == 303
+    assert page.headers["location"] == "/dashboard/login"
+    assert "max-age=0" in page.headers["set-cookie"].lower(), "the bad cookie is dropped"
 
 
 async def test_an_expired_cookie_is_refused(

@@ -159,7 +159,12 @@ async def dashboard(
         tokens = runtime.keys.tokens
         found = await dashboard_session.principal_from_cookie(session, tokens, cookie)
         if found is None:
-            return _redirect(LOGIN_PATH)
+            response = _redirect(LOGIN_PATH)
+            if cookie:  # expired, tampered or of a revoked key: drop it
+                response.delete_cookie(
+                    dashboard_session.COOKIE_NAME, **_cookie_options(runtime.settings)
+                )
+            return response
         principal = found
     return _page(pages.dashboard(principal.name))
 
