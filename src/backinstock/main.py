@@ -23,6 +23,7 @@ from backinstock.privacy.router import router as privacy_router
 from backinstock.providers.router import router as providers_router
 from backinstock.restocks.router import router as restocks_router
 from backinstock.runtime import Runtime
+from backinstock.stats.router import router as stats_router
 from backinstock.subscriptions.router import router as subscriptions_router
 
 DESCRIPTION = """Back-in-stock notifications: shoppers subscribe to a sold-out SKU; restocks
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         restocks_router,
         privacy_router,
         providers_router,
+        stats_router,
         outbox_router,
         ops_router,
     )

@@ -1,0 +1,42 @@
+"""What every figure is narrowed by: a SKU, a channel and a period ``[since, until)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, SQLColumnExpression
+
+_CENTS = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Filters:
+    until: datetime
+    since: datetime | None = None
+    sku: str | None = None
+    channel: str | None = None
+
+    def period(self, moment: SQLColumnExpression[Any]) -> list[ColumnElement[bool]]:
+        """``since <= moment < until``; a NULL moment is never in a period."""
+        clauses = [moment < self.until]
+        if self.since is not None:
+            clauses.append(moment >= self.since)
+        return clauses
+
+    def narrow(
+        self, sku: SQLColumnExpression[Any], channel: SQLColumnExpression[Any]
+    ) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if self.sku is not None:
+            clauses.append(sku == self.sku)
+        if self.channel is not None:
+            clauses.append(channel == self.channel)
+        return clauses
+
+
+def money(amount: Decimal | None) -> str:
+    """A decimal string with two places ("297.00"), as the API writes money."""
+    return format((amount or Decimal(0)).quantize(_CENTS, ROUND_HALF_UP), "f")

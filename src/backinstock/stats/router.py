@@ -1,0 +1,220 @@
+"""GET /v1/stats/funnel, /demand and /timeseries: JSON, or CSV on request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import AwareDatetime
+
+from backinstock.contacts import Channel
+from backinstock.db import utcnow
+from backinstock.deps import SessionDep, StatsReader
+from backinstock.errors import InvalidField, error_responses
+from backinstock.stats import csv_export, series, service
+from backinstock.stats.filters import Filters
+from backinstock.stats.schemas import (
+    DemandItem,
+    DemandPage,
+    Format,
+    Funnel,
+    Interval,
+    Metric,
+    Series,
+)
+
+router = APIRouter(tags=["figures"])
+
+SkuQuery = Annotated[
+    str | None,
+    Query(min_length=1, max_length=128, pattern=r"^[!-~]+$", description="Only this SKU."),
+]
+ChannelQuery = Annotated[Channel | None, Query(description="Only this channel.")]
+SinceQuery = Annotated[
+    AwareDatetime | None,
+    Query(description="Start of the period, inclusive (RFC 3339 with an offset, e.g. `Z`)."),
+]
+UntilQuery = Annotated[
+    AwareDatetime | None, Query(description="End of the period, exclusive; default now.")
+]
+CurrencyQuery = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code of the revenue; default the one with the most revenue.",
+    ),
+]
+FormatQuery = Annotated[
+    Format | None,
+    Query(alias="format", description="`csv` for CSV; the same as `Accept: text/csv`."),
+]
+
+FUNNEL_CSV = (
+    "subscribed,waiting,notified,delivered,failed,clicked,converted,revenue,currency,"
+    "coupons_issued,coupons_redeemed,click_rate,conversion_rate,"
+    "median_seconds_restock_to_send,since,until\r\n"
+    "120,80,100,97,3,41,12,1188.00,CNY,30,4,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
+    "2026-11-22T00:00:00Z\r\n"
+)
+DEMAND_CSV = """sku,product_name,waiting,oldest_waiting_since,restocks,last_restock_at\r
+TSHIRT-RED-M,红色T恤 M,312,2026-10-02T08:14:03Z,2,2026-11-21T10:00:00Z\r
+"""
+SERIES_CSV = """t,value\r
+2026-11-21T00:00:00Z,12\r
+2026-11-22T00:00:00Z,0\r
+"""
+FUNNEL_DOC = """The marketer's funnel. Every figure counts by its own timestamp in `[since, until)`
+(`since` absent: all time; `until` absent: now); `sku` and `channel` narrow every figure.
+
+- `subscribed`: subscriptions created in the period; `waiting`: of those, the ones still
+  in the queue now (waiting or notified).
+- `notified`: restock messages sent, by `sent_at`; `delivered`: of those, the ones with no
+  negative delivery report (SMS has delivery reports; email and WeChat count as delivered
+  once the provider accepted them); `clicked`: of those, the ones whose link was followed.
+- `failed`: restock messages that failed (by `created_at`) plus sent ones later reported
+  undelivered or failed (by `sent_at`).
+- `converted`: distinct subscriptions with a conversion, by `converted_at`; `revenue`: the
+  sum of those conversions in `currency` (the `currency` asked for, else the one with the
+  most revenue; null when none); `revenue_by_currency` has every currency.
+- `coupons_issued` / `coupons_redeemed`: coupons by `issued_at` / `redeemed_at`.
+- `click_rate` = clicked / notified, `conversion_rate` = converted / notified (4 places,
+  0.0 when nothing was notified).
+- `median_seconds_restock_to_send`: median of `sent_at - created_at` over the notified
+  messages (`created_at` is when the wave step that chose the shopper ran: the restock
+  webhook for a wave's first step); null when none.
+
+CSV (`Accept: text/csv` or `?format=csv`): a header row and one row."""
+
+
+def wants_csv(request: Request, fmt: Format | None) -> bool:
+    if fmt is not None:
+        return fmt is Format.CSV
+    return "text/csv" in request.headers.get("accept", "")
+
+
+# Figures start with the epoch; far-off dates would overflow the arithmetic on periods.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc(field: str, value: datetime) -> datetime:
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidField(field, "is out of range") from None
+    if moment < EARLIEST:
+        raise InvalidField(field, "must be 1970-01-01T00:00:00Z or later")
+    return moment
+
+
+def period_filters(
+    sku: SkuQuery = None,
+    channel: ChannelQuery = None,
+    since: SinceQuery = None,
+    until: UntilQuery = None,
+) -> Filters:
+    end = utc("until", until) if until else utcnow()
+    start = utc("since", since) if since else None
+    if start is not None and start >= end:
+        raise InvalidField("since", "must be before until")
+    return Filters(until=end, since=start, sku=sku, channel=channel.value if channel else None)
+
+
+FiltersDep = Annotated[Filters, Depends(period_filters)]
+
+
+@router.get(
+    "/v1/stats/funnel",
+    operation_id="getFunnel",
+    response_model=Funnel,
+    description=FUNNEL_DOC,
+    responses={**csv_export.openapi(FUNNEL_CSV), **error_responses(401, 403, 422)},
+)
+async def get_funnel(
+    request: Request,
+    session: SessionDep,
+    _: StatsReader,
+    filters: FiltersDep,
+    currency: CurrencyQuery = None,
+    fmt: FormatQuery = None,
+) -> Funnel | Response:
+    funnel = await service.funnel(session, filters, currency)
+    if not wants_csv(request, fmt):
+        return funnel
+    values = funnel.model_dump()
+    values["revenue"] = Decimal(funnel.revenue)  # a number, not text, in a spreadsheet
+    header = [name for name in Funnel.model_fields if name != "revenue_by_currency"]
+    return csv_export.response("funnel", header, [[values[name] for name in header]])
+
+
+@router.get(
+    "/v1/stats/demand",
+    operation_id="getDemand",
+    response_model=DemandPage,
+    responses={**csv_export.openapi(DEMAND_CSV), **error_responses(401, 403, 422)},
+)
+async def get_demand(
+    request: Request,
+    session: SessionDep,
+    _: StatsReader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    fmt: FormatQuery = None,
+) -> DemandPage | Response:
+    """SKUs with at least one shopper in the queue (waiting or notified), most waiting first,
+    then by SKU. `restocks` counts the waves ever opened for the SKU.
+
+    CSV: one row per SKU of this page; the next page's cursor is in the `X-Next-Cursor`
+    header and as a `Link: <...>; rel="next"` URL (both absent on the last page)."""
+    page = await service.demand(session, limit, cursor)
+    if not wants_csv(request, fmt):
+        return page
+    header = list(DemandItem.model_fields)
+    rows = [[getattr(item, name) for name in header] for item in page.items]
+    headers = {}
+    if page.next_cursor:
+        next_url = request.url.include_query_params(cursor=page.next_cursor)
+        headers = {"X-Next-Cursor": page.next_cursor, "Link": f'<{next_url}>; rel="next"'}
+    return csv_export.response("demand", header, rows, headers)
+
+
+@router.get(
+    "/v1/stats/timeseries",
+    operation_id="getTimeseries",
+    response_model=Series,
+    response_model_exclude_none=True,
+    responses={**csv_export.openapi(SERIES_CSV), **error_responses(401, 403, 422)},
+)
+async def get_timeseries(
+    request: Request,
+    session: SessionDep,
+    _: StatsReader,
+    metric: Metric,
+    interval: Interval = Interval.DAY,
+    sku: SkuQuery = None,
+    channel: ChannelQuery = None,
+    since: SinceQuery = None,
+    until: UntilQuery = None,
+    currency: CurrencyQuery = None,
+    fmt: FormatQuery = None,
+) -> Series | Response:
+    """One funnel figure per UTC day or hour over `[since, until)`, zero-filled and in order;
+    each point counts what the funnel counts for its bucket, so the points add up to the
+    funnel over the same period (the first and last buckets may be partial). Defaults:
+    `until` now, `since` 30 days (day) or 48 hours (hour) before it; at most 2000 buckets.
+    `revenue` values are decimal strings in `currency` (as in the funnel).
+
+    CSV: `t,value` rows."""
+    end = utc("until", until) if until else utcnow()
+    start = utc("since", since) if since else end - series.DEFAULT_SPAN[interval]
+    filters = period_filters(sku, channel, start, end)
+    result = await series.timeseries(session, metric, interval, filters, currency)
+    if not wants_csv(request, fmt):
+        return result
+    rows = [[point.t, _series_cell(point.value)] for point in result.points]
+    return csv_export.response(f"timeseries-{metric.value}", ["t", "value"], rows)
+
+
+def _series_cell(value: int | str) -> int | Decimal:
+    return Decimal(value) if isinstance(value, str) else value

@@ -1,0 +1,159 @@
+"""Time series: one figure of the funnel per UTC day or hour, zero-filled.
+
+Each point counts what the funnel would count for its bucket (the same predicates, on the
+same timestamps), so the points of a series add up to the funnel over the same period. The
+database groups by bucket (``date_trunc`` on PostgreSQL, ``strftime`` on SQLite); Python only
+lays the at most ``MAX_BUCKETS`` sums onto the calendar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock.conversions.models import Conversion
+from backinstock.coupons.models import Coupon
+from backinstock.db import dialect_name
+from backinstock.dispatch.models import Notification
+from backinstock.errors import InvalidField
+from backinstock.stats import service
+from backinstock.stats.filters import Filters, money
+from backinstock.stats.schemas import Interval, Metric, Point, Series
+from backinstock.subscriptions.models import Subscription
+
+MAX_BUCKETS = 2000
+STEP = {Interval.DAY: timedelta(days=1), Interval.HOUR: timedelta(hours=1)}
+DEFAULT_SPAN = {Interval.DAY: timedelta(days=30), Interval.HOUR: timedelta(hours=48)}
+_SQLITE_FORMAT = {Interval.DAY: "%Y-%m-%d 00:00:00", Interval.HOUR: "%Y-%m-%d %H:00:00"}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a metric counts: the timestamp it is bucketed by, the aggregate, the rows."""
+
+    moment: SQLColumnExpression[Any]
+    value: ColumnElement[Any]
+    where: list[ColumnElement[bool]]
+
+
+def floor(moment: datetime, interval: Interval) -> datetime:
+    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if interval is Interval.DAY else moment
+
+
+def bucket_starts(since: datetime, until: datetime, interval: Interval) -> list[datetime]:
+    """Every bucket that overlaps ``[since, until)``; the first and last may be partial."""
+    first, step = floor(since, interval), STEP[interval]
+    count = -(-(until - first) // step)  # ceiling division of timedeltas
+    if count > MAX_BUCKETS:
+        raise InvalidField(
+            "since", f"the period spans {count} {interval.value}s; at most {MAX_BUCKETS}"
+        )
+    return [first + i * step for i in range(count)]
+
+
+async def timeseries(
+    session: AsyncSession, metric: Metric, interval: Interval, f: Filters, currency: str | None
+) -> Series:
+    assert f.since is not None
+    starts = bucket_starts(f.since, f.until, interval)
+    chosen = None
+    if metric is Metric.REVENUE:
+        chosen = currency or service.pick_currency(await service.revenue_by_currency(session, f))
+    source = _SOURCES[metric](f, chosen)
+    bucket = _bucket(session, source.moment, interval)
+    query = select(bucket, source.value).where(*source.where).group_by(bucket)
+    sums = {_moment(t): value for t, value in (await session.execute(query)).all()}
+    present = money if metric is Metric.REVENUE else _count
+    return Series(
+        metric=metric,
+        interval=interval,
+        since=f.since,
+        until=f.until,
+        currency=chosen,
+        points=[Point(t=t, value=present(sums.get(t))) for t in starts],
+    )
+
+
+def _count(value: Any) -> int:
+    return int(value or 0)
+
+
+def _bucket(session: AsyncSession, moment: SQLColumnExpression[Any], interval: Interval) -> Any:
+    # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression and the
+    # selected one as the same expression.
+    if dialect_name(session) == "postgresql":
+        unit: ColumnElement[str] = literal_column(f"'{interval.value}'")
+        return func.date_trunc(unit, moment, literal_column("'UTC'"))
+    return func.strftime(literal_column(f"'{_SQLITE_FORMAT[interval]}'"), moment)
+
+
+def _moment(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite: "2026-11-21 10:00:00"
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- metric sources
+
+
+def _subscribed(f: Filters, _: str | None) -> _Source:
+    s = Subscription
+    where = [*f.period(s.created_at), *f.narrow(s.sku, s.channel)]
+    return _Source(s.created_at, func.count(), where)
+
+
+def _sent(*extra: ColumnElement[bool]) -> Callable[[Filters, str | None], _Source]:
+    def source(f: Filters, _: str | None) -> _Source:
+        where = [*service.restock_messages(f), service.sent_in_period(f), *extra]
+        return _Source(Notification.sent_at, func.count(), where)
+
+    return source
+
+
+def _failed(f: Filters, _: str | None) -> _Source:
+    # Never-sent failures count when created, undelivered ones when sent (as in the funnel).
+    n = Notification
+    moment = case((n.status == "failed", n.created_at), else_=n.sent_at)
+    where = [*service.restock_messages(f), service.failed_in_period(f)]
+    return _Source(moment, func.count(), where)
+
+
+def _converted(f: Filters, _: str | None) -> _Source:
+    c = Conversion
+    where = [*f.period(c.converted_at), *f.narrow(c.sku, c.channel)]
+    return _Source(c.converted_at, func.count(c.subscription_id.distinct()), where)
+
+
+def _revenue(f: Filters, currency: str | None) -> _Source:
+    c = Conversion
+    where = [*f.period(c.converted_at), *f.narrow(c.sku, c.channel), c.currency == currency]
+    return _Source(c.converted_at, func.sum(c.revenue), where)
+
+
+def _coupons(column: str) -> Callable[[Filters, str | None], _Source]:
+    def source(f: Filters, _: str | None) -> _Source:
+        moment = getattr(Coupon, column)
+        return _Source(
+            moment, func.count(), [*f.period(moment), *f.narrow(Coupon.sku, Coupon.channel)]
+        )
+
+    return source
+
+
+_SOURCES: dict[Metric, Callable[[Filters, str | None], _Source]] = {
+    Metric.SUBSCRIBED: _subscribed,
+    Metric.NOTIFIED: _sent(),
+    Metric.DELIVERED: _sent(service.delivered()),
+    Metric.FAILED: _failed,
+    Metric.CLICKED: _sent(Notification.clicked_at.is_not(None)),
+    Metric.CONVERTED: _converted,
+    Metric.REVENUE: _revenue,
+    Metric.COUPONS_ISSUED: _coupons("issued_at"),
+    Metric.COUPONS_REDEEMED: _coupons("redeemed_at"),
+}

@@ -1,0 +1,269 @@
+"""The funnel and the demand ranking, aggregated in the database.
+
+Every figure is one pass of conditional aggregates (``count(*) FILTER (WHERE ...)``) over
+its own table, narrowed by the indexes on the timestamp it is counted by; no row comes back
+to Python. The same statements run on PostgreSQL and SQLite (3.30+ knows FILTER); only the
+median differs (PostgreSQL's ``percentile_cont``, SQLite's ORDER BY/OFFSET).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock.catalog.models import Product
+from backinstock.conversions.models import Conversion
+from backinstock.coupons.models import Coupon
+from backinstock.db import dialect_name
+from backinstock.dispatch.models import Kind, Notification
+from backinstock.errors import InvalidField
+from backinstock.restocks.models import Wave
+from backinstock.stats.filters import Filters, money
+from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
+from backinstock.subscriptions.models import IN_QUEUE, Subscription
+
+# Reported by the provider after it had accepted the message.
+REPORTED_UNDELIVERED = ("undelivered", "failed")
+_SKU = re.compile(r"[!-~]{1,128}")
+
+
+@dataclass(frozen=True)
+class _Messages:
+    notified: int
+    delivered: int
+    failed: int
+    clicked: int
+    median_seconds: float | None
+
+
+# ---------------------------------------------------------------- message predicates
+
+
+def sent_in_period(f: Filters) -> ColumnElement[bool]:
+    return and_(Notification.status == "sent", *f.period(Notification.sent_at))
+
+
+def failed_in_period(f: Filters) -> ColumnElement[bool]:
+    """Never sent (by created_at), or sent and then reported undelivered (by sent_at)."""
+    never_sent = and_(Notification.status == "failed", *f.period(Notification.created_at))
+    undelivered = and_(sent_in_period(f), Notification.delivery_status.in_(REPORTED_UNDELIVERED))
+    return or_(never_sent, undelivered)
+
+
+def delivered() -> ColumnElement[bool]:
+    # Email and WeChat have no delivery reports: accepted by the provider counts.
+    return or_(Notification.delivery_status.is_(None), Notification.delivery_status == "delivered")
+
+
+def restock_messages(f: Filters) -> list[ColumnElement[bool]]:
+    return [Notification.kind == Kind.RESTOCK, *f.narrow(Notification.sku, Notification.channel)]
+
+
+def seconds_to_send(session: AsyncSession) -> ColumnElement[Any]:
+    if dialect_name(session) == "postgresql":
+        return func.extract("epoch", Notification.sent_at - Notification.created_at)
+    # SQLite keeps UTC timestamps as text; julianday reads them (to ~50 microseconds).
+    days = func.julianday(Notification.sent_at) - func.julianday(Notification.created_at)
+    return days * 86400.0
+
+
+# ---------------------------------------------------------------- funnel
+
+
+async def funnel(session: AsyncSession, f: Filters, currency: str | None) -> Funnel:
+    subscribed, waiting = await _subscriptions(session, f)
+    messages = await _messages(session, f)
+    converted = await _converted(session, f)
+    by_currency = await revenue_by_currency(session, f)
+    chosen = currency or pick_currency(by_currency)
+    issued, redeemed = await _coupons(session, f)
+    return Funnel(
+        subscribed=subscribed,
+        waiting=waiting,
+        notified=messages.notified,
+        delivered=messages.delivered,
+        failed=messages.failed,
+        clicked=messages.clicked,
+        converted=converted,
+        revenue=money(by_currency.get(chosen) if chosen else None),
+        currency=chosen,
+        revenue_by_currency={code: money(amount) for code, amount in by_currency.items()},
+        coupons_issued=issued,
+        coupons_redeemed=redeemed,
+        click_rate=_rate(messages.clicked, messages.notified),
+        conversion_rate=_rate(converted, messages.notified),
+        median_seconds_restock_to_send=messages.median_seconds,
+        since=f.since,
+        until=f.until,
+    )
+
+
+def _rate(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+async def _subscriptions(session: AsyncSession, f: Filters) -> tuple[int, int]:
+    s = Subscription
+    row = (
+        await session.execute(
+            select(func.count(), func.count().filter(s.status.in_(IN_QUEUE))).where(
+                *f.period(s.created_at), *f.narrow(s.sku, s.channel)
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def _messages(session: AsyncSession, f: Filters) -> _Messages:
+    n, sent = Notification, sent_in_period(f)
+    columns: list[ColumnElement[Any]] = [
+        func.count().filter(sent),
+        func.count().filter(and_(sent, delivered())),
+        func.count().filter(failed_in_period(f)),
+        func.count().filter(and_(sent, n.clicked_at.is_not(None))),
+    ]
+    postgres = dialect_name(session) == "postgresql"
+    if postgres:
+        median = func.percentile_cont(0.5).within_group(seconds_to_send(session)).filter(sent)
+        columns.append(median)
+    query = select(*columns).where(*restock_messages(f), or_(sent, failed_in_period(f)))
+    row = (await session.execute(query)).one()
+    notified = int(row[0])
+    if postgres:
+        median_seconds = None if row[4] is None else float(row[4])
+    else:
+        median_seconds = await _median_by_offset(session, f, notified)
+    return _Messages(
+        notified=notified,
+        delivered=int(row[1]),
+        failed=int(row[2]),
+        clicked=int(row[3]),
+        median_seconds=None if median_seconds is None else round(median_seconds, 3),
+    )
+
+
+async def _median_by_offset(session: AsyncSession, f: Filters, count: int) -> float | None:
+    """The middle one (odd count) or the mean of the middle two (even), as percentile_cont."""
+    if count == 0:
+        return None
+    seconds = seconds_to_send(session).label("seconds")
+    middle = (
+        select(seconds)
+        .where(*restock_messages(f), sent_in_period(f))
+        .order_by(seconds)
+        .limit(2 - count % 2)
+        .offset((count - 1) // 2)
+        .subquery()
+    )
+    value = await session.scalar(select(func.avg(middle.c.seconds)))
+    return None if value is None else float(value)
+
+
+async def _converted(session: AsyncSession, f: Filters) -> int:
+    c = Conversion
+    query = select(func.count(c.subscription_id.distinct())).where(
+        *f.period(c.converted_at), *f.narrow(c.sku, c.channel)
+    )
+    return int(await session.scalar(query) or 0)
+
+
+async def revenue_by_currency(session: AsyncSession, f: Filters) -> dict[str, Decimal]:
+    c = Conversion
+    query = (
+        select(c.currency, func.sum(c.revenue))
+        .where(*f.period(c.converted_at), *f.narrow(c.sku, c.channel))
+        .group_by(c.currency)
+        .order_by(c.currency)
+    )
+    return {code: amount for code, amount in (await session.execute(query)).all()}
+
+
+def pick_currency(by_currency: dict[str, Decimal]) -> str | None:
+    """The currency with the most revenue (ties: the first in alphabetical order)."""
+    if not by_currency:
+        return None
+    return min(by_currency, key=lambda code: (-by_currency[code], code))
+
+
+async def _coupons(session: AsyncSession, f: Filters) -> tuple[int, int]:
+    c = Coupon
+    issued, redeemed = and_(*f.period(c.issued_at)), and_(*f.period(c.redeemed_at))
+    query = select(func.count().filter(issued), func.count().filter(redeemed)).where(
+        or_(issued, redeemed), *f.narrow(c.sku, c.channel)
+    )
+    row = (await session.execute(query)).one()
+    return int(row[0]), int(row[1])
+
+
+# ---------------------------------------------------------------- demand
+
+
+async def demand(session: AsyncSession, limit: int, cursor: str | None) -> DemandPage:
+    """SKUs with shoppers in the queue, most waiting first (then by SKU), a page at a time."""
+    s = Subscription
+    queued = (
+        select(
+            s.sku.label("sku"),
+            func.count().label("waiting"),
+            func.min(s.created_at).label("oldest"),
+        )
+        .where(s.status.in_(IN_QUEUE))
+        .group_by(s.sku)
+        .subquery()
+    )
+    page_query = select(queued).order_by(queued.c.waiting.desc(), queued.c.sku).limit(limit + 1)
+    if cursor:
+        waiting, sku = decode_cursor(cursor)
+        page_query = page_query.where(
+            or_(queued.c.waiting < waiting, and_(queued.c.waiting == waiting, queued.c.sku > sku))
+        )
+    page = page_query.subquery()
+    # Waves and names are looked up for the page's SKUs only, not for every SKU in the queue.
+    restocks = select(func.count()).where(Wave.sku == page.c.sku).scalar_subquery()
+    last_restock = select(func.max(Wave.opened_at)).where(Wave.sku == page.c.sku).scalar_subquery()
+    query = (
+        select(page, Product.name, restocks, last_restock)
+        .outerjoin(Product, Product.sku == page.c.sku)
+        .order_by(page.c.waiting.desc(), page.c.sku)
+    )
+    rows = (await session.execute(query)).all()
+    items = [
+        DemandItem(
+            sku=row[0],
+            waiting=int(row[1]),
+            oldest_waiting_since=row[2],
+            product_name=row[3],
+            restocks=int(row[4]),
+            last_restock_at=row[5],
+        )
+        for row in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return DemandPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
+
+
+def encode_cursor(last: DemandItem) -> str:
+    raw = json.dumps([last.waiting, last.sku], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        waiting, sku = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidField("cursor", "is not a cursor this endpoint returned") from None
+    # Checked as strictly as the values it stands for: a forged one must not reach the database.
+    if not (isinstance(waiting, int) and 0 < waiting < 2**63):
+        raise InvalidField("cursor", "is not a cursor this endpoint returned")
+    if not (isinstance(sku, str) and _SKU.fullmatch(sku)):
+        raise InvalidField("cursor", "is not a cursor this endpoint returned")
+    return waiting, sku
