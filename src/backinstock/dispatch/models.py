@@ -73,6 +73,13 @@ class Notification(Base):
         # Figures filter on when messages left, overall and per SKU.
         Index("ix_notifications_sent_at", "sent_at"),
         Index("ix_notifications_sku_sent_at", "sku", "sent_at"),
+        # Messages that never left count by created_at: a period reads only its own ones.
+        Index(
+            "ix_notifications_failed_created_at",
+            "created_at",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
         # Restock messages still owed a follow-up decision, oldest first.
         Index(
             "ix_notifications_followup_due",
