@@ -22,6 +22,7 @@ from tests.conversions.helpers import (
     total,
     tracked_token,
 )
+from tests.helpers import bearer
 from tests.restocks.helpers import post_level, wait_for_outbox
 
 
@@ -77,6 +78,10 @@ async def test_three_orders_by_email_convert_three_and_a_replay_changes_nothing(
 
     assert await _count(runtime, Order) == 3
     assert await _count(runtime, Conversion) == 3
+    funnel = (await client.get("/v1/stats/funnel", headers=bearer(key))).json()
+    assert (funnel["notified"], funnel["converted"]) == (20, 3)
+    assert (funnel["revenue"], funnel["currency"]) == ("297.00", "CNY")
+    assert funnel["conversion_rate"] == 0.15
     statuses = await _statuses(runtime)
     assert [statuses[i] for i in ids[:3]] == ["converted"] * 3
     assert {statuses[i] for i in ids[3:]} == {"notified"}

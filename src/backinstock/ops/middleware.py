@@ -49,7 +49,7 @@ class RequestContextMiddleware:
         except TooLarge:
             await _send_too_large(send_with_id, self.max_body_bytes)
         else:
-            await self.app(scope, _replay(body), send_with_id)
+            await self.app(scope, _replay(body, receive), send_with_id)
         finally:
             self._observe(scope, status, time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id")
@@ -92,15 +92,17 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _replay(messages: list[Message]) -> Receive:
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """The buffered body first, then the server's own receive: streamed responses (files,
+    CSV) wait on it for a real disconnect, so a made-up one would cut them short."""
     pending = list(messages)
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         if pending:
             return pending.pop(0)
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 async def _send_too_large(send: Send, limit: int) -> None:

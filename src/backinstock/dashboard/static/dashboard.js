@@ -1,0 +1,557 @@
+// The dashboard's charts. Every figure comes from the /v1/stats/* endpoints, read with the
+// session cookie; this file only fetches, formats and draws. Chart is the global that
+// vendor/chart.umd.js defines.
+(function () {
+  "use strict";
+
+  const CHANNELS = [
+    ["sms", "SMS"],
+    ["email", "Email"],
+    ["wechat", "WeChat"],
+  ];
+  const FUNNEL_STEPS = [
+    ["subscribed", "Subscribed"],
+    ["notified", "Notified"],
+    ["delivered", "Delivered"],
+    ["clicked", "Clicked"],
+    ["converted", "Converted"],
+  ];
+  const SERIES = [
+    ["notified", "Notifications sent", "#2f6fde"],
+    ["clicked", "Clicks", "#e8912d"],
+    ["converted", "Conversions", "#2e9d5b"],
+  ];
+  const CHANNEL_COLORS = { sms: "#2f6fde", email: "#e8912d", wechat: "#2e9d5b" };
+  const FUNNEL_COLOR = "#2f6fde";
+  const DAY_MS = 86400000;
+  const HOUR_MS = 3600000;
+  const DEMAND_PAGE = 50;
+
+  const HOURLY_SPAN_MS = 48 * HOUR_MS;
+
+  const state = { interval: "day", demandCursor: null, demandRank: 0, currency: null };
+  const numberFormat = new Intl.NumberFormat(undefined);
+  const percentFormat = new Intl.NumberFormat(undefined, {
+    style: "percent",
+    maximumFractionDigits: 1,
+  });
+
+  // ---- formatting -------------------------------------------------------------------------
+
+  function count(value) {
+    return value === null || value === undefined ? "–" : numberFormat.format(Number(value));
+  }
+
+  function percent(value) {
+    return value === null || value === undefined ? "–" : percentFormat.format(Number(value));
+  }
+
+  function money(amount, currency) {
+    if (amount === null || amount === undefined) return "–";
+    if (!currency) return numberFormat.format(Number(amount));
+    try {
+      return new Intl.NumberFormat(undefined, { style: "currency", currency: currency }).format(
+        Number(amount),
+      );
+    } catch (_) {
+      return amount + " " + currency;
+    }
+  }
+
+  // Revenue in its currency; several currencies are listed, never added up. A funnel without
+  // revenue has no currency of its own, so it borrows the overall one (0.00 rather than 0).
+  function revenueText(funnel, fallbackCurrency) {
+    const parts = Object.entries(funnel.revenue_by_currency || {});
+    if (parts.length > 1) return parts.map(([cur, amount]) => money(amount, cur)).join(" + ");
+    return money(funnel.revenue, funnel.currency || fallbackCurrency || null);
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (Number(seconds) < 1) return "under 1 s";
+    let s = Math.round(Number(seconds));
+    if (s < 60) return s + " s";
+    const units = [
+      [86400, "d"],
+      [3600, "h"],
+      [60, "min"],
+      [1, "s"],
+    ];
+    const parts = [];
+    for (const [size, unit] of units) {
+      if (s >= size && parts.length < 2) {
+        parts.push(Math.floor(s / size) + " " + unit);
+        s %= size;
+      }
+    }
+    return parts.join(" ");
+  }
+
+  function dateTime(iso) {
+    if (!iso) return "–";
+    return new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function bucketLabel(iso, interval) {
+    const d = new Date(iso);
+    const pad = (n) => String(n).padStart(2, "0");
+    const day = d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate());
+    return interval === "hour" ? day + " " + pad(d.getUTCHours()) + ":00" : day;
+  }
+
+  // ---- filters ----------------------------------------------------------------------------
+
+  function utcMidnight(date) {
+    return new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()));
+  }
+
+  function fromDateInput(value) {
+    return value ? new Date(value + "T00:00:00Z") : null;
+  }
+
+  // The period as [since, until): whole UTC days, today included.
+  function period(form) {
+    const choice = form.elements.period.value;
+    const tomorrow = new Date(utcMidnight(new Date()).getTime() + DAY_MS);
+    if (choice === "custom") {
+      const since = fromDateInput(form.elements.since.value);
+      const last = fromDateInput(form.elements.until.value);
+      return { since: since, until: last ? new Date(last.getTime() + DAY_MS) : tomorrow };
+    }
+    return { since: new Date(tomorrow.getTime() - Number(choice) * DAY_MS), until: tomorrow };
+  }
+
+  function filters() {
+    const form = document.getElementById("filters");
+    const p = period(form);
+    return {
+      sku: form.elements.sku.value.trim(),
+      channel: form.elements.channel.value,
+      since: p.since ? p.since.toISOString().replace(".000Z", "Z") : "",
+      until: p.until ? p.until.toISOString().replace(".000Z", "Z") : "",
+    };
+  }
+
+  function query(params) {
+    const q = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== "" && value !== null && value !== undefined) q.set(name, value);
+    }
+    return q.toString();
+  }
+
+  function describeScope(f) {
+    const channel = CHANNELS.find(([value]) => value === f.channel);
+    const sku = f.sku ? "SKU " + f.sku : "all SKUs";
+    return sku + ", " + (channel ? channel[1] + " only" : "all channels");
+  }
+
+  function describePeriod(f) {
+    if (!f.since) return "since the start";
+    const last = new Date(new Date(f.until).getTime() - DAY_MS);
+    return "from " + bucketLabel(f.since, "day") + " to " + bucketLabel(last, "day") + " (UTC)";
+  }
+
+  // Filters live in the page's address too, so a view can be bookmarked or shared.
+  function restoreFilters() {
+    const form = document.getElementById("filters");
+    const params = new URLSearchParams(window.location.search);
+    for (const name of ["sku", "channel", "period", "since", "until"]) {
+      if (params.has(name) && form.elements[name]) form.elements[name].value = params.get(name);
+    }
+    if (params.get("interval") === "hour") state.interval = "hour";
+    showCustomDates(form);
+  }
+
+  function rememberFilters() {
+    const form = document.getElementById("filters");
+    const params = {
+      sku: form.elements.sku.value.trim(),
+      channel: form.elements.channel.value,
+      period: form.elements.period.value === "30" ? "" : form.elements.period.value,
+      interval: state.interval === "day" ? "" : state.interval,
+    };
+    if (form.elements.period.value === "custom") {
+      params.since = form.elements.since.value;
+      params.until = form.elements.until.value;
+    }
+    const q = query(params);
+    window.history.replaceState(null, "", window.location.pathname + (q ? "?" + q : ""));
+  }
+
+  function showCustomDates(form) {
+    const custom = form.elements.period.value === "custom";
+    for (const label of form.querySelectorAll(".custom-date")) label.hidden = !custom;
+  }
+
+  // ---- fetching ---------------------------------------------------------------------------
+
+  async function getJSON(path, params) {
+    const response = await fetch(path + "?" + query(params), {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { Accept: "application/json" },
+    });
+    if (response.status === 401) {
+      window.location.assign("/dashboard/login");
+      throw new Error("The session has ended; sign in again.");
+    }
+    if (!response.ok) {
+      let message = response.status + " " + response.statusText;
+      try {
+        const body = await response.json();
+        if (body && body.error && body.error.message) message = body.error.message;
+      } catch (_) {
+        // not the error shape: keep the status line
+      }
+      throw new Error(path + ": " + message);
+    }
+    return response.json();
+  }
+
+  function csvHref(path, params) {
+    return path + "?" + query({ ...params, format: "csv" });
+  }
+
+  // ---- drawing ----------------------------------------------------------------------------
+
+  function draw(id, config) {
+    const canvas = document.getElementById(id);
+    const previous = Chart.getChart(canvas);
+    if (previous) previous.destroy();
+    return new Chart(canvas, config);
+  }
+
+  function axisTitle(text) {
+    return { display: true, text: text };
+  }
+
+  function barOptions(yTitle, extra) {
+    return {
+      plugins: { legend: { display: false } },
+      scales: {
+        y: { beginAtZero: true, title: axisTitle(yTitle), ticks: { precision: 0 } },
+      },
+      ...extra,
+    };
+  }
+
+  function setFigures(container, values) {
+    for (const dd of container.querySelectorAll("dd[data-figure]")) {
+      const name = dd.dataset.figure;
+      if (name in values) dd.textContent = values[name];
+    }
+  }
+
+  function cell(row, text, numeric) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (numeric) td.className = "num";
+    row.appendChild(td);
+    return td;
+  }
+
+  function emptyRow(tbody, columns, text) {
+    const row = document.createElement("tr");
+    const td = cell(row, text, false);
+    td.colSpan = columns;
+    td.className = "empty";
+    tbody.appendChild(row);
+  }
+
+  // ---- sections ---------------------------------------------------------------------------
+
+  async function loadFunnel(f) {
+    const params = { sku: f.sku, channel: f.channel, since: f.since, until: f.until };
+    const funnel = await getJSON("/v1/stats/funnel", params);
+    state.currency = funnel.currency;
+    document.getElementById("csv-funnel").href = csvHref("/v1/stats/funnel", params);
+    for (const el of document.querySelectorAll("#funnel .scope")) el.textContent = describeScope(f);
+    for (const el of document.querySelectorAll("#funnel .period")) {
+      el.textContent = describePeriod(f);
+    }
+    setFigures(document.getElementById("funnel-figures"), {
+      subscribed: count(funnel.subscribed),
+      waiting: count(funnel.waiting),
+      notified: count(funnel.notified),
+      delivered: count(funnel.delivered),
+      failed: count(funnel.failed),
+      clicked: count(funnel.clicked),
+      converted: count(funnel.converted),
+      revenue: revenueText(funnel),
+      click_rate: percent(funnel.click_rate),
+      conversion_rate: percent(funnel.conversion_rate),
+      median_seconds_restock_to_send: duration(funnel.median_seconds_restock_to_send),
+    });
+    const subscribed = Number(funnel.subscribed) || 0;
+    draw("chart-funnel", {
+      type: "bar",
+      data: {
+        labels: FUNNEL_STEPS.map(([, label]) => label),
+        datasets: [
+          {
+            label: "Shoppers",
+            data: FUNNEL_STEPS.map(([key]) => Number(funnel[key]) || 0),
+            backgroundColor: FUNNEL_COLOR,
+          },
+        ],
+      },
+      options: barOptions("shoppers", {
+        plugins: {
+          legend: { display: false },
+          tooltip: {
+            callbacks: {
+              afterLabel: (item) =>
+                subscribed ? percentFormat.format(item.raw / subscribed) + " of subscribed" : "",
+            },
+          },
+        },
+      }),
+    });
+    loadCoupons(funnel);
+  }
+
+  async function loadChannels(f) {
+    const base = { sku: f.sku, since: f.since, until: f.until };
+    const funnels = await Promise.all(
+      CHANNELS.map(([channel]) => getJSON("/v1/stats/funnel", { ...base, channel: channel })),
+    );
+    for (const link of document.querySelectorAll("#channels a[data-channel]")) {
+      link.href = csvHref("/v1/stats/funnel", { ...base, channel: link.dataset.channel });
+    }
+    draw("chart-channels", {
+      type: "bar",
+      data: {
+        labels: FUNNEL_STEPS.map(([, label]) => label),
+        datasets: CHANNELS.map(([channel, label], i) => ({
+          label: label,
+          data: FUNNEL_STEPS.map(([key]) => Number(funnels[i][key]) || 0),
+          backgroundColor: CHANNEL_COLORS[channel],
+        })),
+      },
+      options: barOptions("shoppers", { plugins: { legend: { position: "bottom" } } }),
+    });
+    const tbody = document.querySelector("#channel-table tbody");
+    tbody.replaceChildren();
+    CHANNELS.forEach(([, label], i) => {
+      const funnel = funnels[i];
+      const row = document.createElement("tr");
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = label;
+      row.appendChild(th);
+      for (const key of ["subscribed", "notified", "delivered", "failed", "clicked", "converted"]) {
+        cell(row, count(funnel[key]), true);
+      }
+      cell(row, percent(funnel.click_rate), true);
+      cell(row, percent(funnel.conversion_rate), true);
+      cell(row, revenueText(funnel, state.currency), true);
+      tbody.appendChild(row);
+    });
+  }
+
+  function timeseriesWindow(f) {
+    if (state.interval !== "hour") return { since: f.since, until: f.until };
+    // Hourly buckets: at most the last 48 hours of the period, and none in the future.
+    const nextHour = Math.ceil(Date.now() / HOUR_MS) * HOUR_MS;
+    const until = Math.min(new Date(f.until).getTime(), nextHour);
+    const since = Math.max(f.since ? new Date(f.since).getTime() : 0, until - HOURLY_SPAN_MS);
+    const iso = (ms) => new Date(ms).toISOString().replace(".000Z", "Z");
+    return { since: iso(since), until: iso(until) };
+  }
+
+  async function loadTimeseries(f) {
+    const span = timeseriesWindow(f);
+    const base = {
+      interval: state.interval,
+      sku: f.sku,
+      channel: f.channel,
+      since: span.since,
+      until: span.until,
+    };
+    const results = await Promise.all(
+      SERIES.map(([metric]) => getJSON("/v1/stats/timeseries", { ...base, metric: metric })),
+    );
+    for (const link of document.querySelectorAll("#timeseries a[data-metric]")) {
+      link.href = csvHref("/v1/stats/timeseries", { ...base, metric: link.dataset.metric });
+    }
+    for (const link of document.querySelectorAll("#coupons a[data-metric]")) {
+      link.href = csvHref("/v1/stats/timeseries", { ...base, metric: link.dataset.metric });
+    }
+    const unit = state.interval === "hour" ? "per hour" : "per day";
+    document.querySelector("#timeseries .interval-label").textContent = unit;
+    document.querySelector("#timeseries .hour-note").hidden = state.interval !== "hour";
+    for (const button of document.querySelectorAll("#timeseries [data-interval]")) {
+      button.setAttribute("aria-pressed", String(button.dataset.interval === state.interval));
+    }
+    draw("chart-timeseries", {
+      type: "line",
+      data: {
+        labels: results[0].points.map((p) => bucketLabel(p.t, state.interval)),
+        datasets: SERIES.map(([, label, color], i) => ({
+          label: label,
+          data: results[i].points.map((p) => Number(p.value) || 0),
+          borderColor: color,
+          backgroundColor: color,
+          tension: 0.2,
+          pointRadius: results[i].points.length > 60 ? 0 : 3,
+        })),
+      },
+      options: {
+        interaction: { mode: "index", intersect: false },
+        plugins: { legend: { position: "bottom" } },
+        scales: {
+          x: {
+            title: axisTitle(state.interval === "hour" ? "hour (UTC)" : "day (UTC)"),
+            ticks: { maxRotation: 0, autoSkipPadding: 16 },
+          },
+          y: { beginAtZero: true, title: axisTitle("shoppers " + unit), ticks: { precision: 0 } },
+        },
+      },
+    });
+  }
+
+  function appendDemand(items) {
+    const tbody = document.querySelector("#demand-table tbody");
+    for (const item of items) {
+      state.demandRank += 1;
+      const row = document.createElement("tr");
+      cell(row, String(state.demandRank), true);
+      cell(row, item.sku, false);
+      cell(row, item.product_name || "–", false);
+      cell(row, count(item.waiting), true);
+      cell(row, dateTime(item.oldest_waiting_since), false).title = item.oldest_waiting_since || "";
+      cell(row, count(item.restocks), true);
+      cell(row, dateTime(item.last_restock_at), false).title = item.last_restock_at || "";
+      tbody.appendChild(row);
+    }
+  }
+
+  async function loadDemand() {
+    const page = await getJSON("/v1/stats/demand", { limit: DEMAND_PAGE });
+    const tbody = document.querySelector("#demand-table tbody");
+    tbody.replaceChildren();
+    state.demandRank = 0;
+    if (page.items.length === 0) emptyRow(tbody, 7, "Nobody is waiting for anything.");
+    appendDemand(page.items);
+    state.demandCursor = page.next_cursor;
+    document.getElementById("demand-more").hidden = !page.next_cursor;
+    const top = page.items.slice(0, 10);
+    draw("chart-demand", {
+      type: "bar",
+      data: {
+        labels: top.map((item) => item.sku),
+        datasets: [
+          {
+            label: "Waiting shoppers",
+            data: top.map((item) => Number(item.waiting) || 0),
+            backgroundColor: "#7a5cd6",
+          },
+        ],
+      },
+      options: {
+        indexAxis: "y",
+        plugins: {
+          legend: { display: false },
+          tooltip: {
+            callbacks: {
+              title: (items) => {
+                const item = top[items[0].dataIndex];
+                return item.product_name ? item.sku + " · " + item.product_name : item.sku;
+              },
+            },
+          },
+        },
+        scales: {
+          x: { beginAtZero: true, title: axisTitle("shoppers waiting"), ticks: { precision: 0 } },
+        },
+      },
+    });
+  }
+
+  async function loadMoreDemand() {
+    if (!state.demandCursor) return;
+    const page = await getJSON("/v1/stats/demand", {
+      limit: DEMAND_PAGE,
+      cursor: state.demandCursor,
+    });
+    appendDemand(page.items);
+    state.demandCursor = page.next_cursor;
+    document.getElementById("demand-more").hidden = !page.next_cursor;
+  }
+
+  function loadCoupons(funnel) {
+    const issued = Number(funnel.coupons_issued) || 0;
+    const redeemed = Number(funnel.coupons_redeemed) || 0;
+    setFigures(document.getElementById("coupon-figures"), {
+      coupons_issued: count(issued),
+      coupons_redeemed: count(redeemed),
+      redemption_rate: issued ? percent(redeemed / issued) : "–",
+    });
+    draw("chart-coupons", {
+      type: "bar",
+      data: {
+        labels: ["Issued", "Redeemed"],
+        datasets: [
+          { label: "Coupons", data: [issued, redeemed], backgroundColor: ["#e8912d", "#2e9d5b"] },
+        ],
+      },
+      options: barOptions("coupons", {}),
+    });
+  }
+
+  // ---- wiring -----------------------------------------------------------------------------
+
+  function setStatus(text, isError) {
+    const status = document.getElementById("status");
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  async function run(work) {
+    document.body.dataset.state = "loading";
+    setStatus("Loading…", false);
+    try {
+      await work();
+      document.body.dataset.state = "ready";
+      setStatus("Updated " + new Date().toLocaleTimeString(), false);
+    } catch (error) {
+      document.body.dataset.state = "error";
+      setStatus("Could not load the figures: " + error.message, true);
+    }
+  }
+
+  function refresh() {
+    rememberFilters();
+    const f = filters();
+    // The overall funnel first: the per-channel table borrows its currency.
+    const channels = loadFunnel(f).then(() => loadChannels(f));
+    return run(() => Promise.all([channels, loadTimeseries(f), loadDemand()]));
+  }
+
+  function start() {
+    Chart.defaults.maintainAspectRatio = false;
+    Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+    if (window.matchMedia("(prefers-reduced-motion: reduce)").matches) {
+      Chart.defaults.animation = false;
+    }
+    restoreFilters();
+    const form = document.getElementById("filters");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      refresh();
+    });
+    form.elements.period.addEventListener("change", () => showCustomDates(form));
+    for (const button of document.querySelectorAll("#timeseries [data-interval]")) {
+      button.addEventListener("click", () => {
+        state.interval = button.dataset.interval;
+        rememberFilters();
+        run(() => loadTimeseries(filters()));
+      });
+    }
+    document.getElementById("demand-more").addEventListener("click", () => run(loadMoreDemand));
+    refresh();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

@@ -1,0 +1,336 @@
+"""The dashboard end to end in headless Chromium: a real server and worker, shoppers
+subscribed and notified through the API, then sign in and read every chart.
+
+Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package;
+without them the test is skipped, unless ``BACKINSTOCK_REQUIRE_BROWSER=1`` (CI), where a
+missing browser fails it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+
+from backinstock import db
+from backinstock.conversions.models import Conversion, Order
+from backinstock.coupons.models import Coupon
+from backinstock.dispatch.models import Notification
+from backinstock.runtime import Runtime
+from tests.conftest import BACKEND
+from tests.helpers import bearer, phone, subscription_body
+from tests.server import BackinstockProcess, ServerProcess
+
+CHROMIUM = Path(os.environ.get("BACKINSTOCK_TEST_CHROMIUM", "/usr/bin/chromium"))
+# Chromium's background connections (updates, sync, QUIC probes) pile up without a network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ENV = {
+    "BACKINSTOCK_RATE_LIMIT_PER_IP": "",
+    "BACKINSTOCK_RATE_LIMIT_PER_CONTACT": "",
+    "BACKINSTOCK_LOG_LEVEL": "WARNING",
+}
+CHARTS = ["chart-funnel", "chart-channels", "chart-timeseries", "chart-demand", "chart-coupons"]
+
+# Who waits for what: SKU-A is the most wanted and never restocked; SKU-B is restocked, so
+# its three shoppers (one per channel) are notified and stay in its queue.
+SHOPPERS = [
+    ("SKU-A", "sms"),
+    ("SKU-A", "sms"),
+    ("SKU-A", "sms"),
+    ("SKU-A", "email"),
+    ("SKU-A", "email"),
+    ("SKU-B", "sms"),
+    ("SKU-B", "email"),
+    ("SKU-B", "wechat"),
+    ("SKU-C", "email"),
+]
+PRODUCTS = {"SKU-A": "Linen shirt, blue, M", "SKU-B": "红色T恤 M", "SKU-C": "Canvas tote"}
+
+
+def _require_browser() -> None:
+    required = os.environ.get("BACKINSTOCK_REQUIRE_BROWSER") == "1"
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.async_api  # noqa: F401
+        except ImportError:
+            missing = "the playwright package is missing (pip install -e '.[dev]')"
+    if missing and required:
+        pytest.fail(f"BACKINSTOCK_REQUIRE_BROWSER=1 but {missing}")
+    if missing:
+        pytest.skip(missing)
+
+
+def _contact(channel: str, n: int) -> str:
+    return {"sms": phone(n), "email": f"shopper{n}@qq.com", "wechat": f"oWx_{n:020d}"}[channel]
+
+
+@pytest.fixture
+def server(runtime: Runtime, tmp_path: Path) -> Iterator[ServerProcess]:
+    """``backinstock serve`` on a free port; on PostgreSQL + Redis a worker process too (the
+    embedded mode runs its workers inside the server)."""
+    worker = None
+    if BACKEND == "postgres":
+        worker = BackinstockProcess(
+            ["worker", "--processes", "1", "--threads", "2"], ENV, tmp_path / "worker.log"
+        )
+        worker.start()
+    try:
+        with ServerProcess(ENV, tmp_path / "serve.log") as process:
+            yield process
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+async def _wait_for_sent(runtime: Runtime, expected: int) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            async with db.transaction(runtime.sessions) as session:
+                sent = await session.scalar(
+                    select(func.count())
+                    .select_from(Notification)
+                    .where(Notification.status == "sent")
+                )
+            if sent == expected:
+                return
+            await asyncio.sleep(0.2)
+
+
+async def _seed_through_the_api(base_url: str, keys: dict[str, str]) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        for n, (sku, channel) in enumerate(SHOPPERS):
+            body = subscription_body(
+                sku=sku,
+                channel=channel,
+                contact=_contact(channel, n),
+                product={"name": PRODUCTS[sku], "url": f"https://shop.example/p/{sku}"},
+            )
+            response = await client.post(
+                "/v1/subscriptions", json=body, headers=bearer(keys["subscribe"])
+            )
+            assert response.status_code == 201, response.text
+            if sku == "SKU-B":
+                ids[channel] = response.json()["id"]
+        restock = await client.post(
+            "/v1/restocks",
+            json={"event_id": "erp-1", "sku": "SKU-B", "available": 10, "location": "main"},
+            headers=bearer(keys["inventory"]),
+        )
+        assert restock.status_code == 202, restock.text
+    return ids
+
+
+async def _seed_clicks_orders_and_coupons(runtime: Runtime, sku_b: dict[str, str]) -> None:
+    """What shoppers do after the message (follow links, buy, redeem), written as rows: the
+    SMS and WeChat shoppers click, the WeChat one buys for 199.00 CNY with a coupon."""
+    now = db.utcnow()
+    async with db.transaction(runtime.sessions) as session:
+        clicked = [sku_b["sms"], sku_b["wechat"]]
+        await session.execute(
+            update(Notification)
+            .where(Notification.subscription_id.in_([uuid.UUID(i) for i in clicked]))
+            .values(clicked_at=now, click_count=1)
+        )
+        order = Order(
+            order_id="o-1", currency="CNY", total=Decimal("199.00"), occurred_at=now, response="{}"
+        )
+        session.add(order)
+        await session.flush()
+        buyer = uuid.UUID(sku_b["wechat"])
+        session.add(
+            Conversion(
+                order_pk=order.id,
+                subscription_id=buyer,
+                sku="SKU-B",
+                channel="wechat",
+                method="coupon",
+                revenue=Decimal("199.00"),
+                currency="CNY",
+                converted_at=now,
+            )
+        )
+        issued = now - timedelta(minutes=5)
+        session.add_all(
+            [
+                Coupon(
+                    code="BIS-AAAA1",
+                    subscription_id=buyer,
+                    sku="SKU-B",
+                    channel="wechat",
+                    issued_at=issued,
+                    redeemed_at=now,
+                    order_id=order.id,
+                ),
+                Coupon(
+                    code="BIS-BBBB2",
+                    subscription_id=uuid.UUID(sku_b["email"]),
+                    sku="SKU-B",
+                    channel="email",
+                    issued_at=issued,
+                ),
+            ]
+        )
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    _require_browser()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+def screenshot(tmp_path: Path) -> Path:
+    """Where the full-page screenshot goes: BACKINSTOCK_TEST_ARTIFACTS, else a tmp folder."""
+    folder = Path(os.environ.get("BACKINSTOCK_TEST_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "dashboard.png"
+
+
+def _chart_data(chart_id: str) -> str:
+    return f"""() => {{
+        const chart = Chart.getChart(document.getElementById("{chart_id}"));
+        if (!chart) return null;
+        return {{
+            labels: chart.data.labels,
+            datasets: chart.data.datasets.map((d) => ({{label: d.label, data: d.data}})),
+        }};
+    }}"""
+
+
+async def test_the_dashboard_signs_in_and_draws_every_chart(
+    runtime: Runtime,
+    api_keys: dict[str, str],
+    server: ServerProcess,
+    browser: Any,
+    screenshot: Path,
+) -> None:
+    sku_b = await _seed_through_the_api(server.base_url, api_keys)
+    await _wait_for_sent(runtime, expected=3)
+    await _seed_clicks_orders_and_coupons(runtime, sku_b)
+
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900}, reduced_motion="reduce", locale="en-US"
+    )
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    await page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', (e) => "
+        "(window.__csp = window.__csp || []).push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+
+    # Not signed in: the dashboard sends the browser to the form.
+    await page.goto(f"{server.base_url}/dashboard")
+    assert page.url == f"{server.base_url}/dashboard/login"
+
+    # A wrong key: the form again, with a message.
+    await page.fill("#key", "bis_wrong")
+    await page.click("button[type=submit]")
+    assert await page.locator("[role=alert]").inner_text() != ""
+    assert page.url.endswith("/dashboard/login")
+    problems.clear()  # the browser logs the 401 answer to that form
+
+    await page.fill("#key", api_keys["stats"])
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{server.base_url}/dashboard")
+    await page.wait_for_selector("body[data-state=ready]", timeout=20_000)
+    cookies = await context.cookies()
+    session_cookie = next(c for c in cookies if c["name"] == "bis_session")
+    assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Strict"
+
+    for chart_id in CHARTS:
+        assert await page.evaluate(_chart_data(chart_id)) is not None, f"{chart_id} not drawn"
+
+    funnel = await page.evaluate(_chart_data("chart-funnel"))
+    assert funnel["labels"] == ["Subscribed", "Notified", "Delivered", "Clicked", "Converted"]
+    assert funnel["datasets"][0]["data"] == [9, 3, 3, 2, 1]
+    figures = await page.locator("#funnel-figures").inner_text()
+    assert "CN¥199.00" in figures or "CNY 199.00" in figures
+    assert await page.locator('[data-figure="click_rate"]').inner_text() == "66.7%"
+
+    channels = await page.evaluate(_chart_data("chart-channels"))
+    by_channel = {d["label"]: d["data"] for d in channels["datasets"]}
+    assert by_channel == {
+        "SMS": [4, 1, 1, 1, 0],
+        "Email": [4, 1, 1, 0, 0],
+        "WeChat": [1, 1, 1, 1, 1],
+    }
+    channel_rows = await page.locator("#channel-table tbody tr").all_inner_texts()
+    assert [row.split("\t")[0] for row in channel_rows] == ["SMS", "Email", "WeChat"]
+
+    series = await page.evaluate(_chart_data("chart-timeseries"))
+    totals = {d["label"]: sum(d["data"]) for d in series["datasets"]}
+    assert totals == {"Notifications sent": 3, "Clicks": 2, "Conversions": 1}
+    assert series["datasets"][0]["data"][-1] == 3, "today's bucket holds today's sends"
+
+    demand = await page.evaluate(_chart_data("chart-demand"))
+    assert demand["labels"] == ["SKU-A", "SKU-B", "SKU-C"]
+    assert demand["datasets"][0]["data"] == [5, 3, 1]
+    rows = await page.locator("#demand-table tbody tr").all_inner_texts()
+    assert [row.split("\t")[1:4] for row in rows] == [
+        ["SKU-A", PRODUCTS["SKU-A"], "5"],
+        ["SKU-B", PRODUCTS["SKU-B"], "3"],
+        ["SKU-C", PRODUCTS["SKU-C"], "1"],
+    ]
+
+    coupons = await page.evaluate(_chart_data("chart-coupons"))
+    assert coupons["datasets"][0]["data"] == [2, 1]
+    assert await page.locator('[data-figure="redemption_rate"]').inner_text() == "50%"
+
+    # The hourly view redraws the time series from the same endpoint.
+    await page.click("button[data-interval=hour]")
+    await page.wait_for_selector("body[data-state=ready]")
+    hourly = await page.evaluate(_chart_data("chart-timeseries"))
+    assert sum(hourly["datasets"][0]["data"]) == 3
+    assert hourly["labels"][-1].endswith(":00")
+
+    # CSV downloads work with the session cookie alone.
+    href = await page.get_attribute("#csv-funnel", "href")
+    assert href is not None and "format=csv" in href
+    csv = await page.request.get(f"{server.base_url}{href}")
+    assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
+
+    await page.screenshot(path=str(screenshot), full_page=True)
+
+    assert await page.evaluate("window.__csp || []") == [], "the page broke its own CSP"
+    assert problems == []
+
+    # Signing out ends the session for the page and for the figures.
+    await page.click("text=Sign out")
+    await page.wait_for_url(f"{server.base_url}/dashboard/login")
+    after = await page.request.get(f"{server.base_url}/v1/stats/funnel")
+    assert after.status == 401
+    await context.close()
