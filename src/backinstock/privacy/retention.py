@@ -24,12 +24,8 @@ from backinstock.dispatch.models import DevOutboxMessage, Notification
 from backinstock.subscriptions.models import Status, Subscription, SubscriptionFallback
 
 BATCH = 500
+# The partial indexes subscriptions.ix_subscriptions_expiry / _erasure cover these scans.
 STOPPED = (Status.CONVERTED.value, Status.UNSUBSCRIBED.value, Status.EXPIRED.value)
-# Shared with the migration that indexes the rows these steps look for.
-EXPIRY_CANDIDATE = "status = 'notified'"
-ERASURE_CANDIDATE = (
-    "contact_blob IS NOT NULL AND status IN ('converted', 'unsubscribed', 'expired')"
-)
 
 
 async def expire_exhausted(session: AsyncSession, settings: Settings, now: datetime) -> int:

@@ -37,6 +37,10 @@ PRIORITY_RANK = {Priority.VIP: 0, Priority.STANDARD: 1}
 # Still in the SKU's queue: notified-but-not-converted shoppers keep their place.
 IN_QUEUE = (Status.WAITING.value, Status.NOTIFIED.value)
 IN_QUEUE_PREDICATE = text("status IN ('waiting', 'notified')")
+EXPIRY_CANDIDATE = "status = 'notified'"
+ERASURE_CANDIDATE = (
+    "contact_blob IS NOT NULL AND status IN ('converted', 'unsubscribed', 'expired')"
+)
 
 
 class Subscription(Base):
@@ -99,6 +103,19 @@ class Subscription(Base):
         ),
         Index("ix_subscriptions_contact_index", "contact_index"),
         Index("ix_subscriptions_customer_id", "customer_id"),
+        # Retention: notified shoppers who may expire, stopped ones whose contact is kept.
+        Index(
+            "ix_subscriptions_expiry",
+            "last_notified_at",
+            postgresql_where=text(EXPIRY_CANDIDATE),
+            sqlite_where=text(EXPIRY_CANDIDATE),
+        ),
+        Index(
+            "ix_subscriptions_erasure",
+            "stopped_at",
+            postgresql_where=text(ERASURE_CANDIDATE),
+            sqlite_where=text(ERASURE_CANDIDATE),
+        ),
     )
 
 
