@@ -150,6 +150,9 @@ async def test_shoppers_who_did_not_buy_get_exactly_one_coupon_and_buyers_none(
     assert again.json()["conversions"] == []
     unknown = await post_order(client, key, order_body("o-coupon-3", coupon_code="NOPE-1"))
     assert unknown.json()["coupon"]["status"] == "unknown"
+    funnel = (await client.get("/v1/stats/funnel", headers=bearer(key))).json()
+    assert (funnel["coupons_issued"], funnel["coupons_redeemed"]) == (3, 1)
+    assert (funnel["notified"], funnel["converted"]) == (5, 3), "followups are not restocks"
 
 
 async def test_no_follow_up_while_the_sku_is_sold_out(
