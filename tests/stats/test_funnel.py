@@ -7,7 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from backinstock import db
+from backinstock.auth.models import ApiKey
+from backinstock.auth.service import Principal
+from backinstock.dashboard import session as dashboard_session
 from backinstock.db import utcnow
 from backinstock.runtime import Runtime
 from tests.helpers import bearer
@@ -242,3 +247,19 @@ async def test_figures_need_a_stats_key(
         assert response.json()["error"]["code"] == "forbidden"
     assert (await client.get(url, headers=bearer(api_keys["all"]))).status_code == 200
     assert (await client.get(url, headers=bearer(api_keys["stats"]))).status_code == 200
+
+
+async def test_the_dashboard_session_cookie_reads_the_figures(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    async with db.transaction(runtime.sessions) as s:
+        key = await s.scalar(select(ApiKey).where(ApiKey.name == "k-stats"))
+    assert key is not None
+    principal = Principal(key.id, key.name, frozenset(key.scopes.split()))
+    cookie = dashboard_session.issue(runtime.keys.tokens, principal, 3600)
+    for path in ("funnel", "demand", "timeseries?metric=clicked"):
+        client.cookies.set(dashboard_session.COOKIE_NAME, cookie)
+        assert (await client.get(f"/v1/stats/{path}")).status_code == 200
+        client.cookies.set(dashboard_session.COOKIE_NAME, cookie[:-2] + "xx")
+        assert (await client.get(f"/v1/stats/{path}")).status_code == 401
+    client.cookies.clear()
