@@ -290,13 +290,13 @@
         labels: FUNNEL_STEPS.map(([, label]) => label),
         datasets: [
           {
-            label: "Shoppers",
+            label: "Count",
             data: FUNNEL_STEPS.map(([key]) => Number(funnel[key]) || 0),
             backgroundColor: FUNNEL_COLOR,
           },
         ],
       },
-      options: barOptions("shoppers", {
+      options: barOptions("shoppers / messages", {
         plugins: {
           legend: { display: false },
           tooltip: {
@@ -329,7 +329,7 @@
           backgroundColor: CHANNEL_COLORS[channel],
         })),
       },
-      options: barOptions("shoppers", { plugins: { legend: { position: "bottom" } } }),
+      options: barOptions("shoppers / messages", { plugins: { legend: { position: "bottom" } } }),
     });
     const tbody = document.querySelector("#channel-table tbody");
     tbody.replaceChildren();
@@ -405,7 +405,7 @@
             title: axisTitle(state.interval === "hour" ? "hour (UTC)" : "day (UTC)"),
             ticks: { maxRotation: 0, autoSkipPadding: 16 },
           },
-          y: { beginAtZero: true, title: axisTitle("shoppers " + unit), ticks: { precision: 0 } },
+          y: { beginAtZero: true, title: axisTitle("count " + unit), ticks: { precision: 0 } },
         },
       },
     });
