@@ -1,9 +1,17 @@
 """Fixed-window rate limits, in Redis when configured (shared by every API process), else in
-this process. A hit returns how many seconds to wait when over the limit."""
+this process. A hit returns how many seconds to wait when over the limit.
+
+Several limits of one request are counted in one call (one Redis round trip): in order,
+stopping at the first that refuses, so a client over its own limit spends nothing of a
+contact's. A count can be taken back, for requests that turn out not to count (a repeated
+subscribe is free).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -11,8 +19,28 @@ from redis.asyncio import Redis
 from backinstock.config import Rate
 
 
+@dataclass(frozen=True)
+class Hit:
+    key: str
+    rate: Rate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of counting hits in order: which one refused (if any), and when to retry.
+    ``counters`` names the window counters that were incremented, for :meth:`take_back`."""
+
+    refused: int | None
+    retry_after: int
+    counters: tuple[str, ...]
+
+
 class RateLimiter(Protocol):
     async def hit(self, key: str, rate: Rate) -> int | None: ...
+
+    async def hit_all(self, hits: Sequence[Hit]) -> Verdict: ...
+
+    async def take_back(self, counter: str) -> None: ...
 
 
 def _window(rate: Rate, now: float) -> tuple[int, int]:
@@ -21,35 +49,84 @@ def _window(rate: Rate, now: float) -> tuple[int, int]:
     return index, retry_after
 
 
+def _counter(hit: Hit, now: float) -> tuple[str, int]:
+    index, retry_after = _window(hit.rate, now)
+    return f"bis:rl:{hit.key}:{index}", retry_after
+
+
 class MemoryRateLimiter:
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, int], int] = {}
+        self._counts: dict[str, tuple[float, int]] = {}  # counter -> (expires, count)
 
     async def hit(self, key: str, rate: Rate) -> int | None:
-        index, retry_after = _window(rate, time.time())
-        slot = (key, index)
-        count = self._counts.get(slot, 0) + 1
-        self._counts[slot] = count
+        verdict = await self.hit_all([Hit(key, rate)])
+        return verdict.retry_after if verdict.refused is not None else None
+
+    async def hit_all(self, hits: Sequence[Hit]) -> Verdict:
+        now = time.time()
+        counters: list[str] = []
+        for i, hit in enumerate(hits):
+            name, retry_after = _counter(hit, now)
+            count = self._counts.get(name, (0.0, 0))[1] + 1
+            self._counts[name] = (now + retry_after, count)
+            counters.append(name)
+            if count > hit.rate.limit:
+                self._prune(now)
+                return Verdict(i, retry_after, tuple(counters))
+        self._prune(now)
+        return Verdict(None, 0, tuple(counters))
+
+    async def take_back(self, counter: str) -> None:
+        expires, count = self._counts.get(counter, (0.0, 0))
+        if count > 1:
+            self._counts[counter] = (expires, count - 1)
+        else:
+            self._counts.pop(counter, None)
+
+    def _prune(self, now: float) -> None:
         if len(self._counts) > 100_000:
-            self._counts = {k: v for k, v in self._counts.items() if k[1] >= index - 1}
-        return retry_after if count > rate.limit else None
+            self._counts = {k: v for k, v in self._counts.items() if v[0] >= now}
 
 
-# INCR and set the expiry on first use, in one round trip and one command (a pipeline
-# costs the client more CPU than the server spends on both).
-_HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
+# Each counter: INCR, and set its expiry on first use; stop at the first over its limit and
+# return its 1-based position (0: none refused). One round trip and one command for all
+# (a pipeline costs the client more CPU than the server spends on the lot).
+_HIT_ALL = """
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+  if count > tonumber(ARGV[2 * i - 1]) then return i end
+end
+return 0
+"""
+
+# A counter that expired meanwhile must not come back as -1 without an expiry.
+_TAKE_BACK = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
 class RedisRateLimiter:
     def __init__(self, redis: Redis) -> None:
-        self._hit = redis.register_script(_HIT)
+        self._hit_all = redis.register_script(_HIT_ALL)
+        self._take_back = redis.register_script(_TAKE_BACK)
 
     async def hit(self, key: str, rate: Rate) -> int | None:
-        index, retry_after = _window(rate, time.time())
-        name = f"bis:rl:{key}:{index}"
-        count = await self._hit(keys=[name], args=[rate.window_seconds + 1])
-        return retry_after if int(count) > rate.limit else None
+        verdict = await self.hit_all([Hit(key, rate)])
+        return verdict.retry_after if verdict.refused is not None else None
+
+    async def hit_all(self, hits: Sequence[Hit]) -> Verdict:
+        now = time.time()
+        counters = [_counter(hit, now) for hit in hits]
+        args: list[int] = []
+        for hit in hits:
+            args += [hit.rate.limit, hit.rate.window_seconds + 1]
+        names = [name for name, _ in counters]
+        refused = int(await self._hit_all(keys=names, args=args))
+        if refused == 0:
+            return Verdict(None, 0, tuple(names))
+        return Verdict(refused - 1, counters[refused - 1][1], tuple(names[:refused]))
+
+    async def take_back(self, counter: str) -> None:
+        await self._take_back(keys=[counter], args=[])

@@ -239,3 +239,16 @@ async def test_rate_limited_request_writes_nothing(
     assert (await subscribe(client, key, sku="B", product={"name": "New"})).status_code == 429
     retry = await subscribe(client, key, sku="B", contact=phone(5))
     assert retry.json()["position"] == 1
+
+
+async def test_repeat_at_the_contact_limit_answers_the_same_subscription(
+    make_client: ClientFactory, api_keys: dict[str, str]
+) -> None:
+    client = make_client(rate_limits=RateLimitSettings(rate_limit_per_contact="1/hour"))
+    key = api_keys["subscribe"]
+    first = await subscribe(client, key, sku="A")
+    repeats = [await subscribe(client, key, sku="A") for _ in range(3)]
+    assert [r.status_code for r in repeats] == [200, 200, 200]
+    assert {r.json()["id"] for r in repeats} == {first.json()["id"]}
+    assert {r.json()["position"] for r in repeats} == {first.json()["position"]}
+    assert (await subscribe(client, key, sku="B")).status_code == 429  # repeats took nothing

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey
-from backinstock.errors import NotFound, RateLimited, error_response, error_responses
+from backinstock.errors import NotFound, error_response, error_responses
 from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
 from backinstock.subscriptions import pages
 from backinstock.subscriptions import service as subscriptions
@@ -30,20 +30,23 @@ async def create_subscription(
     runtime: RuntimeDep,
     principal: SubscribeKey,
 ) -> Response:
-    rate = runtime.settings.rate_limits.per_ip
-    if rate is not None:
-        client_ip = request.client.host if request.client else "unknown"
-        retry_after = await runtime.limiter.hit(f"ip:{principal.key_id}:{client_ip}", rate)
-        if retry_after is not None:
-            raise RateLimited("Too many requests from this client; slow down.", retry_after)
+    client_ip = request.client.host if request.client else "unknown"
     out, created = await subscriptions.subscribe(
-        session, runtime.settings, runtime.keys, runtime.limiter, runtime.products, payload
+        session,
+        runtime.settings,
+        runtime.keys,
+        runtime.limiter,
+        runtime.products,
+        payload,
+        client=f"ip:{principal.key_id}:{client_ip}",
     )
     if created:
         SUBSCRIPTIONS_CREATED.labels(channel=out.channel.value).inc()
-    return JSONResponse(
-        out.model_dump(mode="json"),
+    # Serialised by pydantic in one step: a dict for JSONResponse costs twice the CPU.
+    return Response(
+        out.model_dump_json(),
         status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        media_type="application/json",
     )
 
 

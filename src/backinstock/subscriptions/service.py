@@ -23,7 +23,7 @@ from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import new_id, utcnow
 from backinstock.errors import Conflict, InvalidField, RateLimited
-from backinstock.ratelimit import RateLimiter
+from backinstock.ratelimit import Hit, RateLimiter
 from backinstock.subscriptions.models import (
     IN_QUEUE,
     PRIORITY_RANK,
@@ -91,36 +91,77 @@ async def subscribe(
     limiter: RateLimiter,
     products: catalog.ProductCache,
     payload: SubscriptionCreate,
+    client: str,
 ) -> tuple[SubscriptionOut, bool]:
     """Create the subscription, or return the waiting one for the same SKU and contact.
 
-    Returns the subscription and whether it was created. The contact rate limit counts only
-    creations: repeating a request is free and idempotent. A new subscription costs one
-    INSERT (whose ON CONFLICT does the dedupe) and one COUNT for its queue position.
+    Returns the subscription and whether it was created. ``client`` names the caller for the
+    per-client rate limit. The contact rate limit counts only creations: repeating a request
+    is free and idempotent. Both limits cost one Redis call, and a new subscription one
+    INSERT (whose ON CONFLICT does the dedupe and whose RETURNING brings its queue position).
     """
-    primary = normalize_contact(settings, "contact", payload.channel, payload.contact)
-    fallbacks = _normalized_fallbacks(settings, payload, primary)
-    product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
-    catalog.check_product(settings.core, product)
+    try:
+        primary = normalize_contact(settings, "contact", payload.channel, payload.contact)
+        fallbacks = _normalized_fallbacks(settings, payload, primary)
+        product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
+        catalog.check_product(settings.core, product)
+    except InvalidField:
+        await _check_limits(settings, limiter, client, None)  # invalid requests count too
+        raise
 
     candidates = keys.blind_index.candidates(primary.index_form)
+    contact_counter = await _check_limits(settings, limiter, client, candidates[0])
     new = _NewSubscription.build(keys, payload, primary, candidates[0])
-    inserted = await session.scalar(INSERT_WAITING, new.params)
+    inserted = (await session.execute(INSERT_WAITING, new.params)).first()
     if inserted is None:  # already waiting, under this or an older index key
+        if contact_counter.counter is not None:  # a repeat is free
+            await limiter.take_back(contact_counter.counter)
         existing = await _waiting_for_contact(session, payload.sku, candidates)
         if existing is None:  # stopped waiting between the two statements: a rare race
             raise Conflict("The subscription changed meanwhile; retry the request.")
         return await _present(session, keys, existing), False
 
-    await _check_contact_rate(settings, limiter, candidates[0])
+    if contact_counter.retry_after is not None:
+        raise RateLimited(
+            "Too many subscriptions for this contact; try again later.",
+            contact_counter.retry_after,
+        )
     if not product.is_empty():
         await products.upsert(session, payload.sku, product)
     out = new.present(fallbacks)
     if fallbacks:
         _add_fallbacks(session, keys, new.id, fallbacks)
         await session.flush()
-    out.position = await _count_ahead(session, payload.sku, new.rank, new.created_at, new.id) + 1
+    out.position = int(inserted.ahead) + 1
     return out, True
+
+
+@dataclass(frozen=True)
+class _ContactCount:
+    counter: str | None  # the window counter incremented for the contact, if any
+    retry_after: int | None  # set when the contact is over its limit
+
+
+async def _check_limits(
+    settings: Settings, limiter: RateLimiter, client: str, index: bytes | None
+) -> _ContactCount:
+    """Count the client and (given its blind index) the contact in one call. An over-limit
+    client is refused here; an over-limit contact only once the request proves to be a
+    creation, which the caller knows after the INSERT."""
+    per_client, per_contact = settings.rate_limits.per_ip, settings.rate_limits.per_contact
+    hits = [Hit(client, per_client)] if per_client is not None else []
+    if per_contact is not None and index is not None:
+        hits.append(Hit("contact:" + index.hex(), per_contact))
+    if not hits:
+        return _ContactCount(None, None)
+    verdict = await limiter.hit_all(hits)
+    contact_at = len(hits) - 1 if per_contact is not None and index is not None else None
+    if verdict.refused is not None and verdict.refused != contact_at:
+        raise RateLimited("Too many requests from this client; slow down.", verdict.retry_after)
+    if contact_at is None:
+        return _ContactCount(None, None)
+    refused = verdict.refused == contact_at
+    return _ContactCount(verdict.counters[contact_at], verdict.retry_after if refused else None)
 
 
 @dataclass(frozen=True)
@@ -194,15 +235,6 @@ async def _count_ahead(
 ) -> int:
     params = {"sku": sku, "priority_rank": rank, "created_at": created_at, "id": sub_id}
     return int(await session.scalar(COUNT_AHEAD, params) or 0)
-
-
-async def _check_contact_rate(settings: Settings, limiter: RateLimiter, index: bytes) -> None:
-    rate = settings.rate_limits.per_contact
-    if rate is None:
-        return
-    retry_after = await limiter.hit("contact:" + index.hex(), rate)
-    if retry_after is not None:
-        raise RateLimited("Too many subscriptions for this contact; try again later.", retry_after)
 
 
 def _seal_profile(keys: Keys, sub_id: uuid.UUID, payload: SubscriptionCreate) -> Sealed | None:

@@ -3,15 +3,18 @@
 Building a Core statement per request (``insert().values(...)``) costs more CPU than the
 database round trip itself; these textual statements with typed parameters compile once
 and run unchanged on PostgreSQL and SQLite (both know partial-index ON CONFLICT, RETURNING
-and row-value comparison).
+with a subquery, and row-value comparison).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import LargeBinary, SmallInteger, String, Uuid, bindparam, text
+from sqlalchemy import Integer, LargeBinary, SmallInteger, String, Uuid, bindparam, text
 
 from backinstock.db import UTCDateTime
 
+# The queue position (COUNT_AHEAD's count) comes back with the insert: one round trip, not
+# two. The comparison is strict, so whether the subquery sees the new row (SQLite) or not
+# (PostgreSQL's statement snapshot) does not change the count.
 INSERT_WAITING = (
     text(
         "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "
@@ -22,7 +25,10 @@ INSERT_WAITING = (
         ":profile_blob, :locale, :timezone, :customer_id, :priority, :priority_rank, :source, "
         ":consent_text_version, 'waiting', 0, :created_at, :created_at, :wechat_consents) "
         "ON CONFLICT (sku, contact_index) WHERE status IN ('waiting', 'notified') DO NOTHING "
-        "RETURNING id"
+        "RETURNING id, (SELECT count(*) FROM subscriptions AS ahead "
+        "WHERE ahead.sku = :sku AND ahead.status IN ('waiting', 'notified') "
+        "AND (ahead.priority_rank, ahead.created_at, ahead.id) < (:priority_rank, :created_at, :id)"
+        ") AS ahead"
     )
     .bindparams(
         bindparam("id", type_=Uuid()),
@@ -37,7 +43,7 @@ INSERT_WAITING = (
         bindparam("profile_key_id", type_=String()),
         bindparam("consent_text_version", type_=String()),
     )
-    .columns(id=Uuid())
+    .columns(id=Uuid(), ahead=Integer())
 )
 
 # How many queued subscriptions of the SKU come before (rank, created_at, id).
