@@ -10,7 +10,7 @@ how many messages it accepted: every message must have arrived exactly once.
 
 SMTP is also measured without the sender's connection pool: ``aiosmtplib.send`` per message
 (a new connection each: connect, EHLO, MAIL, RCPT, DATA, QUIT), as many at a time as the
-pool has connections, the same MIME bytes (``build_email``).
+pool has connections, the same MIME bytes (``render_email``).
 
     .venv/bin/python bench/channels.py --messages 2000 --batch 200 --rounds 3 --write
 """
@@ -159,7 +159,8 @@ def build_cases(info: dict[str, Any], args: argparse.Namespace, redis: Any) -> l
     from backinstock.config import SmtpSettings, TwilioSettings, WeChatSettings
     from backinstock.dispatch.render import MessageContext, render
     from backinstock.senders.base import OutgoingMessage
-    from backinstock.senders.smtp_email import SmtpEmailSender, build_email
+    from backinstock.senders.mime import render_email
+    from backinstock.senders.smtp_email import SmtpEmailSender
     from backinstock.senders.twilio_sms import TwilioSmsSender
     from backinstock.senders.wechat import AccessTokenCache, WeChatSender
 
@@ -227,7 +228,7 @@ def build_cases(info: dict[str, Any], args: argparse.Namespace, redis: Any) -> l
             limit = asyncio.Semaphore(4)
 
             async def one(m: Any) -> bool:
-                email = build_email(m, FROM, "shop.example")
+                email, _ = render_email(m, FROM, "shop.example")
                 async with limit:
                     await aiosmtplib.send(
                         email, sender=envelope_from, recipients=[m.to], hostname="127.0.0.1",

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import re
 from decimal import Decimal
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from backinstock.dispatch.models import DevOutboxMessage, Notification
 from backinstock.runtime import Runtime
@@ -62,6 +63,20 @@ async def outbox_by_subscription(runtime: Runtime, kind: str = "restock") -> dic
             .where(Notification.kind == kind)
         )
         return {str(sub_id): body for sub_id, body in rows}
+
+
+async def wait_for_sent(runtime: Runtime, expected: int, within: float = 30.0) -> int:
+    """Messages recorded as sent: the dev outbox row is written before the notification is
+    marked sent, and attribution looks for sent messages."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with runtime.sessions() as session:
+            sent = int(
+                await session.scalar(select(func.count()).where(Notification.status == "sent")) or 0
+            )
+        if sent >= expected or asyncio.get_running_loop().time() > deadline:
+            return sent
+        await asyncio.sleep(0.05)
 
 
 def tracked_token(body: str) -> str:

@@ -23,6 +23,7 @@ from tests.conversions.helpers import (
     outbox_by_subscription,
     post_order,
     subscribe_by_email,
+    wait_for_sent,
 )
 from tests.helpers import bearer
 from tests.restocks.helpers import post_level, wait_for_outbox
@@ -121,6 +122,7 @@ async def test_shoppers_who_did_not_buy_get_exactly_one_coupon_and_buyers_none(
     start_worker(followup_after_seconds=FOLLOWUP_AFTER)
     await post_level(client, key, 5, sku=SKU)
     assert await wait_for_outbox(runtime, 5) == 5
+    assert await wait_for_sent(runtime, 5) == 5
     for i in range(2):  # two shoppers buy before any follow-up is due
         await post_order(client, key, order_body(f"o-{i}", customer={"email": email(i)}))
 

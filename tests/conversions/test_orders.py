@@ -21,6 +21,7 @@ from tests.conversions.helpers import (
     subscribe_by_email,
     total,
     tracked_token,
+    wait_for_sent,
 )
 from tests.helpers import bearer
 from tests.restocks.helpers import post_level, wait_for_outbox
@@ -34,6 +35,7 @@ async def _notified_wave(
     response = await post_level(client, key, n, sku=SKU)
     assert response.status_code == 202, response.text
     assert await wait_for_outbox(runtime, n) == n
+    assert await wait_for_sent(runtime, n) == n
     return ids
 
 

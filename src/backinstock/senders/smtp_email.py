@@ -20,26 +20,18 @@ import re
 import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from email import policy
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import parseaddr
 
 import aiosmtplib
 import structlog
 
 from backinstock.config import SmtpSettings
 from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+from backinstock.senders.mime import needs_smtputf8, render_email
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_TIMEOUT = 10.0  # per SMTP command; a batch must finish well within its claim lease
-
-# Parts are encoded to 7 bits (quoted-printable or base64) when built, so any relay takes
-# them without BODY=8BITMIME; the wire policies add CRLF line endings, and raw UTF-8
-# headers only when the envelope needs SMTPUTF8 anyway.
-_BUILD_POLICY = policy.default.clone(cte_type="7bit")
-_WIRE_POLICY = policy.SMTP
-_WIRE_POLICY_UTF8 = policy.SMTPUTF8
 
 # Replies about our account, never about the shopper: 530 authentication required,
 # 534 mechanism too weak, 535 bad credentials, 538 encryption required for AUTH.
@@ -77,6 +69,7 @@ class _Envelope:
     to: str
     data: bytes
     utf8: bool  # a non-ASCII address needs SMTPUTF8 (RFC 6531)
+    message_id: str
 
     @property
     def options(self) -> list[str]:
@@ -171,8 +164,7 @@ class SmtpEmailSender:
         self, idle: asyncio.Queue[aiosmtplib.SMTP], batch: _Batch, message: OutgoingMessage
     ) -> SendResult:
         try:
-            email = build_email(message, self._settings.smtp_from, self._msgid_domain)
-            envelope = _envelope(message.to, self._envelope_from, email)
+            envelope = self._envelope(message)
         except ValueError as exc:  # e.g. a line break in a header: the same on every retry
             return _failed(message, Outcome.PERMANENT, "smtp:invalid-message", exc)
         client = await idle.get()
@@ -187,7 +179,14 @@ class SmtpEmailSender:
             raise
         finally:
             idle.put_nowait(client)
-        return SendResult(message.notification_id, Outcome.SENT, provider_id=email["Message-ID"])
+        return SendResult(message.notification_id, Outcome.SENT, provider_id=envelope.message_id)
+
+    def _envelope(self, message: OutgoingMessage) -> _Envelope:
+        utf8 = needs_smtputf8(message.to, self._envelope_from)
+        data, message_id = render_email(
+            message, self._settings.smtp_from, self._msgid_domain, utf8=utf8
+        )
+        return _Envelope(to=message.to, data=data, utf8=utf8, message_id=message_id)
 
     async def _deliver(self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope) -> None:
         # Only a message that would need a new connection gets the batch's connect failure:
@@ -211,32 +210,6 @@ class SmtpEmailSender:
         await _step(Stage.MAIL, client, mail)
         await _step(Stage.RCPT, client, client.rcpt(envelope.to, encoding=envelope.encoding))
         await _step(Stage.DATA, client, client.data(envelope.data))
-
-
-def build_email(message: OutgoingMessage, from_header: str, msgid_domain: str) -> EmailMessage:
-    """The MIME message: text, plus an HTML alternative when there is one."""
-    email = EmailMessage(policy=_BUILD_POLICY)
-    email["From"] = from_header
-    email["To"] = message.to
-    if message.subject is not None:
-        # A product name with a line break must not fail (or inject) the header.
-        email["Subject"] = " ".join(message.subject.split())
-    email["Date"] = formatdate(usegmt=True)
-    email["Message-ID"] = make_msgid(domain=msgid_domain)
-    if message.unsubscribe_url:
-        # RFC 8058 one-click unsubscribe; mailbox providers require it for bulk senders.
-        email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
-        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    email.set_content(message.text)
-    if message.html is not None:
-        email.add_alternative(message.html, subtype="html")
-    return email
-
-
-def _envelope(to: str, envelope_from: str, email: EmailMessage) -> _Envelope:
-    utf8 = not (to.isascii() and envelope_from.isascii())
-    data = email.as_bytes(policy=_WIRE_POLICY_UTF8 if utf8 else _WIRE_POLICY)
-    return _Envelope(to=to, data=data, utf8=utf8)
 
 
 def classify(failure: StageError) -> tuple[Outcome, str]:
