@@ -20,13 +20,14 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     tuple_,
     type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, Grouping
 from sqlalchemy.sql.selectable import NamedFromClause, Subquery
 
 from backinstock import db
@@ -260,9 +261,9 @@ async def _insert_notifications(
     """One INSERT … SELECT: the shoppers never travel to this process and back. Ids are made
     here (time-ordered UUIDs, increasing in queue order, so claims follow the queue) and
     paired with the shoppers by position."""
-    ids = _numbered(session, [new_id() for _ in range(limit)])
+    nth_id = _nth(session, [new_id() for _ in range(limit)])
     columns = {
-        Notification.id: ids.c.id,
+        Notification.id: nth_id(picked.c.n),
         Notification.subscription_id: picked.c.id,
         Notification.channel: picked.c.channel,
         Notification.wave_id: literal(wave_id, Uuid),
@@ -278,8 +279,9 @@ async def _insert_notifications(
         Notification.contact_rank: literal(0),
         Notification.click_count: literal(0),
     }
-    # A WHERE, not JOIN … ON: SQLite would read a join's ON as the start of ON CONFLICT.
-    rows = select(*columns.values()).where(ids.c.n == picked.c.n)
+    # The n-th id by subscript, not by joining a numbered list (which PostgreSQL ran as a
+    # nested loop: limit² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
+    rows = select(*columns.values()).where(true())
     stmt = (
         insert_for(session, Notification)
         .from_select(list(columns), rows, include_defaults=False)
@@ -308,6 +310,18 @@ async def _mark_notified(
         .returning(Subscription.priority_rank, Subscription.created_at, Subscription.id)
     )
     return max((r[0], r[1], r[2]) for r in keys)
+
+
+def _nth(
+    session: AsyncSession, values: list[uuid.UUID]
+) -> Callable[[ColumnElement[int]], ColumnElement[uuid.UUID]]:
+    """The n-th (1-based) of ``values``, bound as one array."""
+    if db.dialect_name(session) == "postgresql":
+        array = Grouping(literal(values, postgresql.ARRAY(Uuid)))  # ($1::UUID[])[n]
+        return lambda n: array[n]
+    # SQLite keeps UUIDs as 32 hex digits, the form a JSON array of .hex strings holds.
+    document = literal(json.dumps([v.hex for v in values]))
+    return lambda n: type_coerce(func.json_extract(document, func.printf("$[%d]", n - 1)), Uuid)
 
 
 def _numbered(session: AsyncSession, values: list[uuid.UUID]) -> NamedFromClause:
