@@ -235,13 +235,13 @@ async def deliver(
     throttle: Throttle | None = None,
 ) -> int:
     """Claim, send and record one batch; returns how many were claimed."""
+    lease = timedelta(seconds=settings.waves.claim_lease_seconds)
+    # Claim and read in one transaction: one connection checkout and commit per batch, not two.
     async with db.transaction(sessions) as session:
-        lease = timedelta(seconds=settings.waves.claim_lease_seconds)
         claimed = await claim(session, ids, lease)
+        deliveries = await prepare(session, settings, keys, claimed) if claimed else []
     if not claimed:
         return 0
-    async with sessions() as session:
-        deliveries = await prepare(session, settings, keys, claimed)
     messages = [d.message for d in deliveries if d.message is not None]
     renewal = asyncio.create_task(_keep_claimed(sessions, claimed, lease))
     try:

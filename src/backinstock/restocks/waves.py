@@ -5,25 +5,44 @@ is resumed by whichever worker claims the wave next."""
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Row,
+    Uuid,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, Grouping
+from sqlalchemy.sql.selectable import NamedFromClause, Subquery
 
 from backinstock import db
 from backinstock.config import Settings
-from backinstock.db import insert_for, new_id, utcnow
+from backinstock.db import UTCDateTime, insert_for, new_id, utcnow
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.restocks.models import StockLevel, Wave
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription
 
-CHUNK = 500  # notifications written per transaction and carried per broker message
+# Notifications written per transaction; woken in messages of dispatch.BATCH (a multiple of
+# it: no short messages). Larger chunks mean fewer round trips; the transaction stays short
+# because the rows never leave the database.
+CHUNK = 1000
 QueueKey = tuple[int, datetime, uuid.UUID]
-Candidate = tuple[int, datetime, uuid.UUID, str]  # the queue key, then the channel
+WaveRow = Row[str, int, int, int, int]  # sku, step, level, planned, target
 
 
 async def current_level(session: AsyncSession, sku: str) -> int:
@@ -193,91 +212,129 @@ async def _write_chunk(
     ).one_or_none()
     if row is None or row.planned >= row.target:
         return [], None
-    candidates = await _next_in_queue(
-        session, settings, row.sku, wave_id, after, min(CHUNK, row.target - row.planned)
-    )
-    if not candidates:  # the queue is exhausted: this step is complete
+    limit = min(CHUNK, row.target - row.planned)
+    picked = _next_in_queue(settings, row.sku, wave_id, after, limit)
+    written = await _insert_notifications(session, wave_id, row, queue_size, picked, limit, now)
+    if not written:  # the queue is exhausted: this step is complete
         await session.execute(update(Wave).where(Wave.id == wave_id).values(target=Wave.planned))
         return [], None
-    written = await _insert_notifications(session, wave_id, row, queue_size, candidates, now)
-    ids = [notification_id for notification_id, _ in written]
+    last = await _mark_notified(session, [sub_id for _, sub_id in written], now)
     await session.execute(
+        update(Wave).where(Wave.id == wave_id).values(planned=Wave.planned + len(written))
+    )
+    return sorted(notification_id for notification_id, _ in written), last
+
+
+def _next_in_queue(
+    settings: Settings, sku: str, wave_id: uuid.UUID, after: QueueKey | None, limit: int
+) -> Subquery:
+    """The next ``limit`` shoppers of the step, numbered 1.. in queue order."""
+    order = (Subscription.priority_rank, Subscription.created_at, Subscription.id)
+    head = (
+        select(Subscription.id, Subscription.channel, *order[:2])
+        .where(*_eligible(settings, sku, wave_id))
+        .order_by(*order)
+        .limit(limit)
+    )
+    if after is not None:
+        head = head.where(tuple_(*order) > tuple_(*after))
+    head_rows = head.subquery("head")
+    ranked = select(
+        head_rows.c.id,
+        head_rows.c.channel,
+        func.row_number()
+        .over(order_by=(head_rows.c.priority_rank, head_rows.c.created_at, head_rows.c.id))
+        .label("n"),
+    )
+    return ranked.subquery("picked")
+
+
+async def _insert_notifications(
+    session: AsyncSession,
+    wave_id: uuid.UUID,
+    wave: WaveRow,
+    queue_size: int,
+    picked: Subquery,
+    limit: int,
+    now: datetime,
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """One INSERT … SELECT: the shoppers never travel to this process and back. Ids are made
+    here (time-ordered UUIDs, increasing in queue order, so claims follow the queue) and
+    paired with the shoppers by position."""
+    nth_id = _nth(session, [new_id() for _ in range(limit)])
+    columns = {
+        Notification.id: nth_id(picked.c.n),
+        Notification.subscription_id: picked.c.id,
+        Notification.channel: picked.c.channel,
+        Notification.wave_id: literal(wave_id, Uuid),
+        Notification.sku: literal(wave.sku),
+        Notification.kind: literal(Kind.RESTOCK),
+        Notification.step: literal(wave.step),
+        Notification.level: literal(wave.level),
+        Notification.queue_size: literal(queue_size),
+        Notification.status: literal("pending"),
+        Notification.attempts: literal(0),
+        Notification.next_attempt_at: literal(now, UTCDateTime),
+        Notification.created_at: literal(now, UTCDateTime),
+        Notification.contact_rank: literal(0),
+        Notification.click_count: literal(0),
+    }
+    # The n-th id by subscript, not by joining a numbered list (which PostgreSQL ran as a
+    # nested loop: limit² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
+    rows = select(*columns.values()).where(true())
+    stmt = (
+        insert_for(session, Notification)
+        .from_select(list(columns), rows, include_defaults=False)
+        .on_conflict_do_nothing(
+            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
+        )
+        .returning(Notification.id, Notification.subscription_id)
+    )
+    return [(r[0], r[1]) for r in await session.execute(stmt)]
+
+
+async def _mark_notified(
+    session: AsyncSession, subscription_ids: list[uuid.UUID], now: datetime
+) -> QueueKey:
+    """Count the message against each shopper; returns the chunk's last queue key."""
+    told = _numbered(session, subscription_ids)
+    keys = await session.execute(
         update(Subscription)
-        .where(Subscription.id.in_([sub_id for _, sub_id in written]))
+        .where(Subscription.id.in_(select(told.c.id)))
         .values(
             status=Status.NOTIFIED.value,
             notification_count=Subscription.notification_count + 1,
             last_notified_at=now,
             updated_at=now,
         )
+        .returning(Subscription.priority_rank, Subscription.created_at, Subscription.id)
     )
-    await session.execute(
-        update(Wave).where(Wave.id == wave_id).values(planned=Wave.planned + len(ids))
-    )
-    last = candidates[-1]
-    return ids, (last[0], last[1], last[2])
+    return max((r[0], r[1], r[2]) for r in keys)
 
 
-async def _next_in_queue(
-    session: AsyncSession,
-    settings: Settings,
-    sku: str,
-    wave_id: uuid.UUID,
-    after: QueueKey | None,
-    limit: int,
-) -> list[Candidate]:
-    key = tuple_(Subscription.priority_rank, Subscription.created_at, Subscription.id)
-    query = (
-        select(
-            Subscription.priority_rank,
-            Subscription.created_at,
-            Subscription.id,
-            Subscription.channel,
-        )
-        .where(*_eligible(settings, sku, wave_id))
-        .order_by(Subscription.priority_rank, Subscription.created_at, Subscription.id)
-        .limit(limit)
-    )
-    if after is not None:
-        query = query.where(key > tuple_(*after))
-    return [(r[0], r[1], r[2], r[3]) for r in await session.execute(query)]
+def _nth(
+    session: AsyncSession, values: list[uuid.UUID]
+) -> Callable[[ColumnElement[int]], ColumnElement[uuid.UUID]]:
+    """The n-th (1-based) of ``values``, bound as one array."""
+    if db.dialect_name(session) == "postgresql":
+        array = Grouping(literal(values, postgresql.ARRAY(Uuid)))  # ($1::UUID[])[n]
+        return lambda n: array[n]
+    # SQLite keeps UUIDs as 32 hex digits, the form a JSON array of .hex strings holds.
+    document = literal(json.dumps([v.hex for v in values]))
+    return lambda n: type_coerce(func.json_extract(document, func.printf("$[%d]", n - 1)), Uuid)
 
 
-async def _insert_notifications(
-    session: AsyncSession,
-    wave_id: uuid.UUID,
-    wave: object,
-    queue_size: int,
-    candidates: list[Candidate],
-    now: datetime,
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    rows = [
-        {
-            "id": new_id(),
-            "subscription_id": sub_id,
-            "channel": channel,
-            "wave_id": wave_id,
-            "sku": wave.sku,  # type: ignore[attr-defined]
-            "step": wave.step,  # type: ignore[attr-defined]
-            "level": wave.level,  # type: ignore[attr-defined]
-            "queue_size": queue_size,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-        for _, _, sub_id, channel in candidates
-    ]
-    # Rows as parameters (executemany with RETURNING), not .values(rows): the statement
-    # then compiles once and is cached, instead of a 500-row statement built per chunk.
-    stmt = (
-        insert_for(session, Notification)
-        .on_conflict_do_nothing(
-            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
-        )
-        .returning(Notification.id, Notification.subscription_id)
-    )
-    return [(r[0], r[1]) for r in await session.execute(stmt, rows)]
+def _numbered(session: AsyncSession, values: list[uuid.UUID]) -> NamedFromClause:
+    """Ids as a table (id, n), n = 1.. in list order: one bound array, not a parameter each."""
+    if db.dialect_name(session) == "postgresql":
+        array = literal(values, postgresql.ARRAY(Uuid))
+        return func.unnest(array).table_valued("id", with_ordinality="n").render_derived("numbered")
+    # SQLite keeps UUIDs as 32 hex digits, the form json_each hands back.
+    each = func.json_each(literal(json.dumps([v.hex for v in values]))).table_valued("key", "value")
+    each = each.alias("each")
+    return select(
+        type_coerce(each.c.value, Uuid).label("id"), (each.c.key + 1).label("n")
+    ).subquery("numbered")
 
 
 async def due(session: AsyncSession, limit: int = 1000) -> list[uuid.UUID]:
