@@ -37,9 +37,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-RESULTS = BENCH / "RESULTS.md"
+from benchlib import RESULTS, ROOT, cpu_seconds, source_state, write_results
+
 REDIS_URL = "redis://127.0.0.1:6379/11"  # the WeChat token cache (one key, deleted at the end)
 FROM = "Shop <shop@shop.example>"
 SMS_FROM = "+15005550006"
@@ -131,12 +130,6 @@ class Fakes:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- the cases
@@ -410,22 +403,6 @@ def section(args: argparse.Namespace, cases: list[Case]) -> str:
         "- sender CPU ms/msg: user+system CPU of this (the sender's) process during the run",
         "", *table(cases), "", *ratios(cases), "",
     ])  # fmt: skip
-
-
-def source_state() -> str:
-    git = ["git", "--no-optional-locks"]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.split()  # fmt: skip
-    changed = [p for p in dirty if p.startswith("src/")]
-    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
-def write_results(text: str) -> None:
-    """Append a new section; earlier sections are kept."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:

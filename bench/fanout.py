@@ -21,7 +21,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,16 @@ from typing import Any
 import asyncpg
 import psycopg2
 import redis
+from benchlib import (
+    BENCH,
+    PG,
+    RESULTS,
+    cpu_seconds,
+    free_port,
+    fresh_database,
+    source_state,
+    write_results,
+)
 
 from backinstock import contacts
 from backinstock.config import CryptoSettings, Settings
@@ -48,11 +57,8 @@ from backinstock.dispatch.service import CLICK_TOKEN
 from backinstock.senders.outbox import outbox_aad
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 
-BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"  # service logs (git-ignored)
-RESULTS = BENCH / "RESULTS.md"
 DATABASE = "backinstock_fanout"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 REDIS_URL = "redis://127.0.0.1:6379/12"  # flushed before every round
 BACKINSTOCK = str(Path(sys.executable).parent / "backinstock")  # the venv's console script
@@ -112,20 +118,6 @@ class Round:
 
 
 # ---------------------------------------------------------------- setup
-
-
-def fresh_database() -> dict[str, str]:
-    conn = psycopg2.connect(dbname="postgres", **PG)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-        info = {}
-        for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
-            cur.execute(f"SHOW {name}")
-            info[name] = cur.fetchone()[0]
-    conn.close()
-    return info
 
 
 def service_env() -> dict[str, str]:
@@ -232,12 +224,6 @@ def fail(service: Service, why: str) -> None:
     raise RuntimeError(f"{service.name}: {why}\n--- {service.log} (tail) ---\n{tail}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_api(api: Service, port: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -298,12 +284,6 @@ def status_mb(pid: int, field_name: str) -> float:
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
     raise LookupError(field_name)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu() -> dict[int, float]:
@@ -533,7 +513,7 @@ def same_messages(cur: Any) -> int:
 
 
 def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> None:
-    pg_info.update(fresh_database())
+    pg_info.update(fresh_database(DATABASE))
     env = service_env()
     os.environ.update(env)  # this process seals, opens and signs with the same keys
     keys = load_keys(CryptoSettings(), production=True)
@@ -691,17 +671,6 @@ def verdicts(meds: dict[int, dict[str, float]]) -> list[str]:
     return lines
 
 
-def source_state() -> str:
-    """The commit, and which files under src/ differ from it (read-only git calls)."""
-    git = ["git", "--no-optional-locks"]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], cwd=BENCH.parent,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], cwd=BENCH.parent,
-                           capture_output=True, text=True).stdout.split()  # fmt: skip
-    changed = [p for p in dirty if p.startswith("src/")]
-    return f"{head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
 def section(
     args: argparse.Namespace, pg: dict[str, str], lines: list[str], source: tuple[str, str]
 ) -> str:
@@ -753,12 +722,6 @@ def section(
         "(must be identical)",
         "", "Per round:", "", *lines, "",
     ])  # fmt: skip
-
-
-def write_results(text: str) -> None:
-    """Append a new section; earlier sections (even with the same heading) are kept."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ from typing import Any
 
 import httpx
 import psycopg2
+from benchlib import PG, RESULTS, fresh_database, source_state
 from sqlalchemy import event, text
 
 from backinstock import db, migrations
@@ -44,10 +44,9 @@ from backinstock.runtime import Runtime
 from backinstock.stats import service
 from backinstock.stats.filters import Filters
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "RESULTS.md"
 DATABASE = "backinstock_bench_funnel"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+SOURCES = ("src", "alembic")  # the figures depend on the queries and on the indexes
+PG_SHOWN = ("server_version", "shared_buffers", "work_mem", "max_parallel_workers")
 URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}"
 TARGET_MS = 1000.0
 SKUS, WAVES = 2000, 5000
@@ -169,20 +168,6 @@ class Timings:
 
 
 # ---------------------------------------------------------------- database
-
-
-def fresh_database() -> dict[str, str]:
-    conn = psycopg2.connect(dbname="postgres", **PG)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-        info = {}
-        for name in ("server_version", "shared_buffers", "work_mem", "max_parallel_workers"):
-            cur.execute(f"SHOW {name}")
-            info[name] = cur.fetchone()[0]
-    conn.close()
-    return info
 
 
 def seed(sizes: Sizes) -> dict[str, float]:
@@ -351,15 +336,6 @@ def verdict(timings: Timings) -> tuple[str, float, str]:
     return ("met" if ok else "NOT met"), worst, worst_name
 
 
-def source_state() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=BENCH).stdout.strip()  # fmt: skip
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "alembic"],
-                           capture_output=True, text=True, cwd=BENCH).stdout.split()  # fmt: skip
-    changed = [p for p in dirty if p.startswith(("src/", "alembic/"))]
-    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
 def section(args: argparse.Namespace, sizes: Sizes, pg: dict[str, str],
             seeded: dict[str, float], sample: dict[str, Any], lines: list[str],
             timings: Timings) -> str:  # fmt: skip
@@ -373,7 +349,7 @@ def section(args: argparse.Namespace, sizes: Sizes, pg: dict[str, str],
         f"## {now:%Y-%m-%d} — funnel over {sizes.notifications:,} notifications (PostgreSQL)",
         "",
         f"- command: `{shlex.join(['.venv/bin/python', 'bench/funnel.py', *sys.argv[1:]])}`",
-        f"- date: {now:%Y-%m-%d %H:%M} UTC; source: {source_state()}",
+        f"- date: {now:%Y-%m-%d %H:%M} UTC; source: {source_state(SOURCES)}",
         f"- machine: 2 shared cores (nproc={os.cpu_count()}, {cpu}; other jobs run on this "
         f"host: 1-minute load average {min(timings.load):.1f}-{max(timings.load):.1f} during "
         f"the rounds), Python {platform.python_version()}, {platform.system()} "
@@ -440,7 +416,9 @@ def main() -> None:
                 pg[name] = cur.fetchone()[0]
         conn.close()
     else:
-        pg = fresh_database()
+        pg = fresh_database(
+            DATABASE, ("server_version", "shared_buffers", "work_mem", "max_parallel_workers")
+        )
         migrations.upgrade(URL)
         seeded = seed(sizes)
     timings, sample = asyncio.run(measure(args.rounds))

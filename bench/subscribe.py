@@ -16,7 +16,6 @@ import platform
 import re
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,14 +27,12 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import psycopg2
+from benchlib import BENCH, PG, RESULTS, cpu_seconds, free_port, fresh_database, write_results
 
 from backinstock.crypto import new_key_spec
 
-BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"  # server logs (git-ignored)
-RESULTS = BENCH / "RESULTS.md"
 DATABASE = "backinstock_bench"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/13"
 HIGH_RATE = "100000000/minute"  # the limiter runs (a Redis round trip) but never refuses
 STRIDE = 1_000_000  # contact numbers reserved per wrk run
@@ -51,20 +48,6 @@ class Target:
     port: int
     log: Path
     rounds: list[dict[str, float]] = field(default_factory=list)
-
-
-def fresh_database() -> dict[str, str]:
-    conn = psycopg2.connect(dbname="postgres", **PG)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-        info = {}
-        for name in ("server_version", "synchronous_commit", "fsync", "shared_buffers"):
-            cur.execute(f"SHOW {name}")
-            info[name] = cur.fetchone()[0]
-    conn.close()
-    return info
 
 
 def count_rows(table: str) -> int:
@@ -97,12 +80,6 @@ def cli(env: dict[str, str], *argv: str) -> str:
     return done.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start(name: str, path: str, key: str | None, cmd: list[str], env: dict[str, str]) -> Target:
     port = free_port()
     log = OUT / f"{name}.log"
@@ -128,12 +105,6 @@ def fail(target: Target, why: str) -> None:
         target.proc.kill()
     tail = target.log.read_text(errors="replace")[-3000:]
     sys.exit(f"{target.name}: {why}\n--- {target.log} (tail) ---\n{tail}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(target: Target, base: int, args: argparse.Namespace, seconds: int) -> dict[str, float]:
@@ -206,12 +177,6 @@ def section(args: argparse.Namespace, pg: dict[str, str], lines: list[str], rows
     ])  # fmt: skip
 
 
-def write_results(text: str) -> None:
-    """Append a new section; earlier sections (even with the same heading) are kept."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -225,7 +190,7 @@ def main() -> None:
         sys.exit("wrk not found: apt-get install -y wrk")
 
     OUT.mkdir(exist_ok=True)
-    pg = fresh_database()
+    pg = fresh_database(DATABASE)
     env = service_env()
     cli(env, "migrate")
     key = cli(env, "keys", "create", "--name", "bench", "--scope", "subscribe").split()[-1]

@@ -1,0 +1,61 @@
+"""What the benchmark scripts share: the PostgreSQL they measure on, a fresh database per
+run, process CPU time, a free port, where the source stood, and the results file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import psycopg2
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "RESULTS.md"
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+PG_SETTINGS = ("server_version", "synchronous_commit", "fsync", "shared_buffers")
+
+
+def fresh_database(name: str, show: tuple[str, ...] = PG_SETTINGS) -> dict[str, str]:
+    """Drop and create ``name``; returns the server settings named in ``show``."""
+    conn = psycopg2.connect(dbname="postgres", **PG)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+        info = {}
+        for setting in show:
+            cur.execute(f"SHOW {setting}")
+            info[setting] = cur.fetchone()[0]
+    conn.close()
+    return info
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def source_state(paths: tuple[str, ...] = ("src",)) -> str:
+    """The commit, and which files under ``paths`` differ from it (read-only git calls)."""
+    git = ["git", "--no-optional-locks"]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", *paths], cwd=ROOT,
+                           capture_output=True, text=True).stdout.split()  # fmt: skip
+    changed = [p for p in dirty if p.startswith(tuple(f"{path}/" for path in paths))]
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def write_results(text: str) -> None:
+    """Append a new section; earlier sections (even with the same heading) are kept."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
+    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
