@@ -24,6 +24,7 @@ from backinstock import db
 from backinstock.auth import service as auth
 from backinstock.auth.service import Scope
 from backinstock.config import Settings
+from backinstock.coupons.models import Coupon
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.dispatch.service import CLICK_TOKEN
 from backinstock.main import create_app
@@ -214,8 +215,6 @@ async def _buy(
 
 
 async def _redeem(api: httpx.AsyncClient, runtime: Runtime, sku: str, suffix: str) -> int:
-    from backinstock.coupons.models import Coupon
-
     async with runtime.sessions() as session:
         codes = list(
             await session.scalars(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
@@ -30,12 +29,6 @@ INSERT_CHUNK = 1000
 
 def generate_code(prefix: str) -> str:
     return prefix + "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
-
-
-@dataclass(frozen=True)
-class Issued:
-    code: str
-    description: str | None
 
 
 async def create_pool(session: AsyncSession, payload: PoolIn) -> PoolOut:
@@ -106,9 +99,9 @@ async def issue(
     sku: str,
     channel: str | None,
     now: datetime,
-) -> Issued:
+) -> str:
     """Hand one coupon to the subscription: the oldest free code of a pool for this SKU,
-    else of a pool for any SKU, else a generated one."""
+    else of a pool for any SKU, else a generated one. Returns the code."""
     values: dict[str, object] = {
         "subscription_id": subscription_id,
         "notification_id": notification_id,
@@ -124,20 +117,15 @@ async def issue(
         .limit(1)
         .with_for_update(of=Coupon, skip_locked=True)
     )
-    row = (
-        await session.execute(
-            update(Coupon)
-            .where(Coupon.id == free.scalar_subquery(), Coupon.issued_at.is_(None))
-            .values(**values)
-            .returning(Coupon.code, Coupon.pool_id)
-        )
-    ).first()
-    if row is not None:
-        description = await session.scalar(
-            select(CouponPool.description).where(CouponPool.id == row.pool_id)
-        )
-        return Issued(row.code, description)
-    return Issued(await _generate(session, prefix, values), None)
+    code = await session.scalar(
+        update(Coupon)
+        .where(Coupon.id == free.scalar_subquery(), Coupon.issued_at.is_(None))
+        .values(**values)
+        .returning(Coupon.code)
+    )
+    if code is not None:
+        return str(code)
+    return await _generate(session, prefix, values)
 
 
 async def _generate(session: AsyncSession, prefix: str, values: dict[str, object]) -> str:
