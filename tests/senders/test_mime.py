@@ -66,3 +66,16 @@ def test_unusual_addresses_go_through_the_stdlib() -> None:
     broken = OutgoingMessage(uuid.uuid4(), "email", "a@example.com\r\nBcc: x@y.z", "***", text="")
     with pytest.raises(ValueError):
         render_email(broken, FROM, "shop.example")
+
+
+@pytest.mark.parametrize("to", ["shopper1@example.com", '"a b"@example.com'])
+def test_message_id_is_the_same_on_every_attempt(to: str) -> None:
+    """A resend after a crash carries the first attempt's Message-ID (both writer paths)."""
+    notification_id = uuid.uuid4()
+    message = OutgoingMessage(notification_id, "email", to, "***", text="hi", subject="Back")
+    first = render_email(message, FROM, "shop.example")
+    again = render_email(message, FROM, "shop.example")
+    assert first[1] == again[1] == f"<{notification_id}@shop.example>"
+    assert _parse(first[0])["Message-ID"] == _parse(again[0])["Message-ID"] == first[1]
+    other = OutgoingMessage(uuid.uuid4(), "email", to, "***", text="hi", subject="Back")
+    assert render_email(other, FROM, "shop.example")[1] != first[1]

@@ -20,7 +20,7 @@ import re
 import secrets
 from email import policy
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from functools import lru_cache
 
 from backinstock.senders.base import OutgoingMessage
@@ -52,7 +52,7 @@ def render_email(
     header that cannot be written (a line break in an address)."""
     if utf8 or not _is_simple(message):
         return _render_with_stdlib(message, from_header, msgid_domain, utf8)
-    message_id = make_msgid(domain=msgid_domain)
+    message_id = stable_message_id(message, msgid_domain)
     headers = [
         folded_header("From", from_header),
         b"To: " + message.to.encode("ascii") + _CRLF,
@@ -95,7 +95,7 @@ def build_email(message: OutgoingMessage, from_header: str, msgid_domain: str) -
     if message.subject is not None:
         email["Subject"] = _one_line(message.subject)
     email["Date"] = formatdate(usegmt=True)
-    email["Message-ID"] = make_msgid(domain=msgid_domain)
+    email["Message-ID"] = stable_message_id(message, msgid_domain)
     if message.unsubscribe_url:
         email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
         email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
@@ -103,6 +103,12 @@ def build_email(message: OutgoingMessage, from_header: str, msgid_domain: str) -
     if message.html is not None:
         email.add_alternative(message.html, subtype="html")
     return email
+
+
+def stable_message_id(message: OutgoingMessage, msgid_domain: str) -> str:
+    """``<notification-id@domain>``: the same on every attempt, so a message resent after a
+    crash left it in doubt is one message to mail stores that de-duplicate on Message-ID."""
+    return f"<{message.notification_id}@{msgid_domain}>"
 
 
 def needs_smtputf8(to: str, envelope_from: str) -> bool:
