@@ -129,6 +129,10 @@ def worker(
         str(processes),
         "--threads",
         str(threads),
+        # SIGTERM: the actors drain within SHUTDOWN_GRACE_SECONDS (see worker.py); Dramatiq
+        # must not wait its default 10 minutes for anything beyond that.
+        "--worker-shutdown-timeout",
+        str(int((settings.delivery.shutdown_grace_seconds + 5) * 1000)),
     ]
     # Dramatiq's idle consumers poll every 0.5-1x this; its 1 s default alone would eat the
     # "first message within a second" budget twice (the wave, then the first send batch).

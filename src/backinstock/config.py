@@ -6,6 +6,7 @@ is safe for the embedded mode; production mode (a PostgreSQL URL) refuses insecu
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from datetime import time
@@ -73,6 +74,38 @@ class WaveSettings(_Section):
     embedded_worker_threads: int = Field(default=4, ge=1)
     # A claimed batch or wave step not finished within this is taken over by another worker.
     claim_lease_seconds: float = Field(default=15.0, gt=0)
+
+
+class InDoubtPolicy(enum.StrEnum):
+    """What to do with a message a crash left in flight (the provider may or may not have it)."""
+
+    RECONCILE = "reconcile"  # ask the provider (SMS: Twilio's Messages list); resend if absent
+    RESEND = "resend"  # send again (email: same Message-ID, so mail stores show it once)
+    DROP = "drop"  # never risk a second message: mark it failed
+
+
+class DeliverySettings(_Section):
+    # Per channel, what settles a message left in doubt by a crash (docs/architecture.md).
+    in_doubt_sms: InDoubtPolicy = InDoubtPolicy.RECONCILE
+    in_doubt_email: InDoubtPolicy = InDoubtPolicy.RESEND
+    in_doubt_wechat: InDoubtPolicy = InDoubtPolicy.RESEND
+    # SIGTERM: how long in-flight provider calls may take to finish before the worker exits
+    # anyway (under Kubernetes' default 30 s grace period, with room to spare).
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
+
+    @field_validator("in_doubt_email", "in_doubt_wechat")
+    @classmethod
+    def _no_lookup(cls, value: InDoubtPolicy) -> InDoubtPolicy:
+        if value is InDoubtPolicy.RECONCILE:
+            raise ValueError("only SMS can be reconciled (Twilio lists what it accepted)")
+        return value
+
+    def policy(self, channel: str) -> InDoubtPolicy:
+        return {
+            "sms": self.in_doubt_sms,
+            "email": self.in_doubt_email,
+            "wechat": self.in_doubt_wechat,
+        }.get(channel, InDoubtPolicy.RESEND)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -205,6 +238,7 @@ class Settings:
     core: CoreSettings
     crypto: CryptoSettings
     waves: WaveSettings
+    delivery: DeliverySettings
     rate_limits: RateLimitSettings
     quiet_hours: QuietHoursSettings
     conversion: ConversionSettings
@@ -219,6 +253,7 @@ class Settings:
             core=CoreSettings(),
             crypto=CryptoSettings(),
             waves=WaveSettings(),
+            delivery=DeliverySettings(),
             rate_limits=RateLimitSettings(),
             quiet_hours=QuietHoursSettings(),
             conversion=ConversionSettings(),

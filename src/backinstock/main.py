@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             yield
         finally:
             if embedded is not None:
-                embedded.stop()
+                # The same drain as a worker's SIGTERM (see worker.py), bounded likewise.
+                grace = settings.delivery.shutdown_grace_seconds
+                embedded.stop(timeout=int((grace + 5) * 1000))
             if owned:
                 await app.state.runtime.close()
 

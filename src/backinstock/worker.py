@@ -3,8 +3,14 @@ context they share in a process, and the sweeper that makes the broker optional.
 
 Actors take ids and open their own sessions; messages only say "look at this". The sweeper
 runs in every worker process (and in ``serve`` when embedded): every second it wakes due
-waves, returns expired claims to the queue and drains pending work nobody picked up, so a
-flushed broker or a killed worker delays messages by seconds and loses none.
+waves, settles lapsed claims (:func:`~backinstock.dispatch.outcomes.recover_expired`) and
+drains pending work nobody picked up, so a flushed broker or a killed worker delays
+messages by seconds and loses none.
+
+Shutdown (SIGTERM, a deploy): Dramatiq calls ``before_worker_shutdown`` before it waits for
+the running actors. That sets each context's ``stopping`` event: no provider call starts
+after it, calls in flight get ``SHUTDOWN_GRACE_SECONDS``, unstarted claims go back to the
+queue, and the actors return. Connections are closed only after the actors have finished.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dramatiq.middleware import AsyncIO, Middleware
 from backinstock import db
 from backinstock.config import Settings
 from backinstock.coupons import followups
+from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.privacy import retention
@@ -44,7 +51,8 @@ RETENTION_EVERY_SECONDS = 60
 
 
 class Sweeper(Middleware):
-    """Starts the sweep loop on the worker's event loop once the worker has booted."""
+    """Starts the sweep loop on the worker's event loop once the worker has booted, and
+    drains the sends when it stops."""
 
     def __init__(self) -> None:
         self._futures: dict[int, Any] = {}  # per worker: one broker may run several
@@ -59,6 +67,13 @@ class Sweeper(Middleware):
         future = self._futures.pop(id(worker), None)
         if future is not None:
             future.cancel()
+        thread = get_event_loop_thread()
+        if thread is not None:
+            asyncio.run_coroutine_threadsafe(_stop_sending(), thread.loop).result(timeout=10)
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        # Runs before the AsyncIO middleware stops the loop (Dramatiq calls "after" hooks in
+        # reverse order), once the actors have returned.
         thread = get_event_loop_thread()
         if thread is not None:
             asyncio.run_coroutine_threadsafe(_close_context(), thread.loop).result(timeout=10)
@@ -86,6 +101,7 @@ class WorkerContext:
     runtime: Runtime
     senders: dict[str, Sender]
     throttle: Throttle
+    stopping: asyncio.Event  # set on SIGTERM: start no provider call
 
 
 _contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
@@ -98,8 +114,14 @@ async def context() -> WorkerContext:
         runtime = Runtime.create(Settings.from_env())
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
         throttle: Throttle = RedisThrottle(runtime.redis) if runtime.redis else MemoryThrottle()
-        _contexts[loop] = WorkerContext(runtime, senders, throttle)
+        _contexts[loop] = WorkerContext(runtime, senders, throttle, asyncio.Event())
     return _contexts[loop]
+
+
+async def _stop_sending() -> None:
+    ctx = _contexts.get(asyncio.get_running_loop())
+    if ctx is not None:
+        ctx.stopping.set()
 
 
 async def _close_context() -> None:
@@ -119,8 +141,9 @@ async def run_wave(wave_id: str) -> None:
 async def send_notifications(ids: list[str]) -> None:
     ctx = await context()
     rt = ctx.runtime
+    ids_ = [uuid.UUID(i) for i in ids]
     await dispatch.deliver(
-        rt.sessions, rt.settings, rt.keys, ctx.senders, [uuid.UUID(i) for i in ids], ctx.throttle
+        rt.sessions, rt.settings, rt.keys, ctx.senders, ids_, ctx.throttle, ctx.stopping
     )
 
 
@@ -129,8 +152,8 @@ async def drain() -> None:
     """Send due pending notifications, whoever planned them, until there are none."""
     ctx = await context()
     rt = ctx.runtime
-    while await dispatch.deliver(
-        rt.sessions, rt.settings, rt.keys, ctx.senders, None, ctx.throttle
+    while not ctx.stopping.is_set() and await dispatch.deliver(
+        rt.sessions, rt.settings, rt.keys, ctx.senders, None, ctx.throttle, ctx.stopping
     ):
         pass
 
@@ -155,11 +178,10 @@ def wake_senders(ids: Sequence[uuid.UUID]) -> None:
 
 async def sweep_once(ctx: WorkerContext) -> None:
     rt = ctx.runtime
-    idempotent = [channel for channel, sender in ctx.senders.items() if sender.idempotent]
     stale_after = rt.settings.waves.stale_after_seconds
     async with db.transaction(rt.sessions) as session:
         due_waves = await waves.due(session)
-        recovered = await dispatch.recover_expired(session, idempotent)
+        recovered = await outcomes.recover_expired(session, rt.settings.delivery)
         stale = await dispatch.stale_pending(session, timedelta(seconds=stale_after))
     for wave_id in due_waves:
         wake_wave(wave_id)

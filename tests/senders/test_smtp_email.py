@@ -209,7 +209,7 @@ async def test_connections_are_reused_across_batches() -> None:
             assert 1 <= fake.connection_count <= POOL
         assert set(_outcomes(first + second)) == {Outcome.SENT}
         assert len(fake.messages) == 60 and len(set(_recipients(fake))) == 60
-    assert sender.channel == "email" and sender.idempotent is False
+    assert sender.channel == "email"
 
 
 async def test_empty_batch_opens_nothing() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 
@@ -26,12 +27,33 @@ class Kind:
     FOLLOWUP = "followup"  # the coupon nudge, FOLLOWUP_AFTER_SECONDS later
 
 
+class Status(enum.StrEnum):
+    PENDING = "pending"  # due at next_attempt_at
+    SENDING = "sending"  # claimed; no provider call has started: safe to hand to anyone
+    INFLIGHT = "inflight"  # the provider call started: after a crash, in doubt
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class InDoubt(enum.StrEnum):
+    """How a message left in doubt by a crash was settled."""
+
+    UNRESOLVED = "unresolved"  # waiting for its channel's policy to act
+    FOUND = "found"  # the provider's records show it was accepted: not sent again
+    CALLBACK = "callback"  # the provider's status callback showed it was accepted
+    RESENT = "resent"  # sent again (email: with the same Message-ID)
+    DROPPED = "dropped"  # the channel's policy is not to risk a second message
+
+
 class Notification(Base):
     """One message to one shopper for one wave: the unit of work (the outbox row).
 
     The unique (subscription, wave, kind) key makes a second restock message per wave, or a
-    second follow-up, impossible.
-    Status: pending -> sending (claimed under a lease) -> sent | failed | cancelled.
+    second follow-up, impossible. Status (see docs/architecture.md, "A message's states"):
+    pending -> sending (claimed under a lease, provider not called) -> inflight (the provider
+    call has started) -> sent | failed | cancelled. A lapsed ``sending`` claim goes back to
+    pending; a lapsed ``inflight`` one is in doubt and is resolved by the channel's policy.
     """
 
     __tablename__ = "notifications"
@@ -53,6 +75,12 @@ class Notification(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Which claim holds the row: every write of a claimed row is fenced by it, so a worker
+    # whose lease lapsed can neither start nor record a message another worker took over.
+    claim_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    # A crash left an attempt in flight: "unresolved" until settled, then how it was settled
+    # (InDoubt). None for the messages no crash touched.
+    in_doubt: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
@@ -70,6 +98,13 @@ class Notification(Base):
         UniqueConstraint("subscription_id", "wave_id", "kind"),
         Index("ix_notifications_work", "status", "next_attempt_at"),
         Index("ix_notifications_wave", "wave_id"),
+        # Crash resolutions, for /metrics: only the few rows a crash touched.
+        Index(
+            "ix_notifications_in_doubt",
+            "in_doubt",
+            postgresql_where=text("in_doubt IS NOT NULL"),
+            sqlite_where=text("in_doubt IS NOT NULL"),
+        ),
         # Figures filter on when messages left, overall and per SKU.
         Index("ix_notifications_sent_at", "sent_at"),
         Index("ix_notifications_sku_sent_at", "sku", "sent_at"),

@@ -1,55 +1,66 @@
-"""Sending notifications: claim under a lease, render, hand to the channel's sender, record.
+"""Sending notifications: claim under a lease, render, hand to the channel's sender, and
+record every provider call as it starts and ends (:mod:`backinstock.dispatch.journal`).
 
 Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite has one writer), so any number
-of workers on any number of hosts take disjoint batches. A claim expires after
-``CLAIM_LEASE_SECONDS``;
-the sweeper then returns the work to the queue when the sender is idempotent, and marks it
-failed (``in_doubt``) when a retry could send a second message.
+of workers on any number of hosts take disjoint batches. A claim lapses after
+``CLAIM_LEASE_SECONDS`` unless its worker renews it; the sweeper then hands back what had
+not started and settles what was in flight by the channel's in-doubt policy
+(:func:`backinstock.dispatch.outcomes.recover_expired`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-import random
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import contacts, db
 from backinstock.catalog.models import Product
-from backinstock.config import Settings
+from backinstock.config import InDoubtPolicy, Settings
 from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import utcnow
-from backinstock.dispatch.models import Kind, Notification
+from backinstock.dispatch.journal import Journal
+from backinstock.dispatch.models import InDoubt, Kind, Notification, Status
+from backinstock.dispatch.outcomes import Contact, Delivery, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.dispatch.throttle import Throttle
-from backinstock.senders.base import Outcome, OutgoingMessage, Sender, SendResult
+from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
 from backinstock.subscriptions.models import IN_QUEUE, Subscription, SubscriptionFallback
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 
+log = structlog.get_logger(__name__)
+
 BATCH = 200
-MAX_ATTEMPTS = 6
 CLICK_TOKEN = "click"  # noqa: S105 - a token purpose, not a secret
+# Twilio's clock against ours, when looking for a message a crash left in doubt.
+LOOKUP_SKEW = timedelta(minutes=5)
+LOOKUPS_AT_ONCE = 8
 
 
 async def claim(
-    session: AsyncSession, ids: list[uuid.UUID] | None, lease: timedelta, limit: int = BATCH
+    session: AsyncSession,
+    ids: list[uuid.UUID] | None,
+    lease: timedelta,
+    claim_id: uuid.UUID,
+    limit: int = BATCH,
 ) -> list[uuid.UUID]:
     """Take up to ``limit`` due pending notifications (among ``ids`` when given)."""
     now = utcnow()
     due = (
         select(Notification.id)
-        .where(Notification.status == "pending", Notification.next_attempt_at <= now)
+        .where(Notification.status == Status.PENDING, Notification.next_attempt_at <= now)
         .order_by(Notification.next_attempt_at, Notification.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -59,32 +70,15 @@ async def claim(
     stmt = (
         update(Notification)
         .where(Notification.id.in_(due.scalar_subquery()))
-        .values(status="sending", lease_until=now + lease, attempts=Notification.attempts + 1)
+        .values(
+            status=Status.SENDING,
+            claim_id=claim_id,
+            lease_until=now + lease,
+            attempts=Notification.attempts + 1,
+        )
         .returning(Notification.id)
     )
     return list(await session.scalars(stmt))
-
-
-@dataclass(frozen=True)
-class Contact:
-    rank: int  # 0 the primary contact, n the fallback of rank n
-    channel: str
-    key_id: str
-    blob: bytes
-    row_id: uuid.UUID  # the row whose id the ciphertext is bound to
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What became of one claimed notification before any provider was called."""
-
-    notification_id: uuid.UUID
-    subscription_id: uuid.UUID
-    attempts: int
-    contact: Contact | None  # None: nobody to send to (unsubscribed, erased, all failed)
-    message: OutgoingMessage | None = None
-    held_until: datetime | None = None  # quiet hours: send when they end
-    skip: str | None = None  # why nothing is sent: "not_waiting" or "no_contact"
 
 
 def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> list[Contact]:
@@ -151,7 +145,13 @@ def _delivery(
     now: datetime,
     coupon: tuple[str, str | None] | None = None,
 ) -> Delivery:
-    base = Delivery(notification.id, sub.id, notification.attempts, None)
+    base = Delivery(
+        notification.id,
+        sub.id,
+        notification.attempts,
+        notification.created_at,
+        notification.in_doubt,
+    )
     if sub.status not in IN_QUEUE:
         return dataclasses.replace(base, skip="not_waiting")
     if notification.kind == Kind.FOLLOWUP and coupon is None:
@@ -166,9 +166,17 @@ def _delivery(
         held = hold_until(now, zone, settings.quiet_hours.window)
         if held is not None:
             return dataclasses.replace(base, held_until=held)
-    message = _message(
-        settings, keys, notification, sub, contact, product_name, product_url, coupon
-    )
+    try:
+        message = _message(
+            settings, keys, notification, sub, contact, product_name, product_url, coupon
+        )
+    except Exception as exc:  # this one message cannot be made: it fails alone, with a reason
+        log.warning(
+            "message_not_rendered",
+            notification_id=str(notification.id),
+            error_type=type(exc).__name__,
+        )
+        return dataclasses.replace(base, skip="render_failed")
     return dataclasses.replace(base, message=message)
 
 
@@ -233,28 +241,55 @@ async def deliver(
     senders: dict[str, Sender],
     ids: list[uuid.UUID] | None,
     throttle: Throttle | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> int:
     """Claim, send and record one batch; returns how many were claimed."""
     lease = timedelta(seconds=settings.waves.claim_lease_seconds)
-    # Claim and read in one transaction: one connection checkout and commit per batch, not two.
+    claim_id = uuid.uuid4()
+    # Claim, read and settle what needs no provider call in one transaction.
     async with db.transaction(sessions) as session:
-        claimed = await claim(session, ids, lease)
+        claimed = await claim(session, ids, lease, claim_id)
         deliveries = await prepare(session, settings, keys, claimed) if claimed else []
+        await record_skips(session, claim_id, deliveries)
     if not claimed:
         return 0
-    messages = [d.message for d in deliveries if d.message is not None]
-    renewal = asyncio.create_task(_keep_claimed(sessions, claimed, lease))
+    journal = Journal(sessions, claim_id, deliveries, stopping)
+    renewal = asyncio.create_task(_keep_claimed(sessions, claim_id, lease))
     try:
-        results = await _send(settings, senders, throttle, messages)
+        sending = _send(settings, senders, throttle, deliveries, journal)
+        await _until_stopped(sending, stopping, settings.delivery.shutdown_grace_seconds)
     finally:
         renewal.cancel()
-    async with db.transaction(sessions) as session:
-        await record(session, deliveries, results)
+        await journal.close()
     return len(claimed)
 
 
+async def _until_stopped(
+    sending: Any, stopping: asyncio.Event | None, grace_seconds: float
+) -> None:
+    """Run the sends; once ``stopping`` is set (SIGTERM) no new call starts (the journal
+    refuses them) and the calls in flight get ``grace_seconds`` to finish. Past that they
+    are cancelled and stay in flight: in doubt, settled later by the channel's policy."""
+    task = asyncio.ensure_future(sending)
+    if stopping is None:
+        await task
+        return
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace_seconds)
+        if not task.done():
+            log.warning("shutdown_grace_exceeded")
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        stop.cancel()
+
+
 async def _keep_claimed(
-    sessions: async_sessionmaker[AsyncSession], ids: list[uuid.UUID], lease: timedelta
+    sessions: async_sessionmaker[AsyncSession], claim_id: uuid.UUID, lease: timedelta
 ) -> None:
     """Renew the claim while a slow provider works through the batch: the lease can stay
     short (fast takeover after a crash) without expiring under a live worker."""
@@ -263,7 +298,8 @@ async def _keep_claimed(
         async with db.transaction(sessions) as session:
             await session.execute(
                 update(Notification)
-                .where(Notification.id.in_(ids), Notification.status == "sending")
+                .where(Notification.claim_id == claim_id)
+                .where(Notification.status.in_([Status.SENDING, Status.INFLIGHT]))
                 .values(lease_until=utcnow() + lease)
             )
 
@@ -283,161 +319,61 @@ async def _send(
     settings: Settings,
     senders: dict[str, Sender],
     throttle: Throttle | None,
-    messages: list[OutgoingMessage],
-) -> list[SendResult]:
-    by_channel: dict[str, list[OutgoingMessage]] = defaultdict(list)
-    for message in messages:
-        by_channel[message.channel].append(message)
-    results: list[SendResult] = []
+    deliveries: list[Delivery],
+    journal: Journal,
+) -> None:
+    by_channel: dict[str, list[Delivery]] = defaultdict(list)
+    for delivery in deliveries:
+        if delivery.message is not None:
+            by_channel[delivery.message.channel].append(delivery)
     for channel, batch in by_channel.items():
+        sender = senders[channel]
+        messages = await _settle_in_doubt(settings, sender, batch, journal)
         rate = channel_rate(settings, channel)
         if throttle is None or rate <= 0:
-            results += await senders[channel].send_batch(batch)
+            journal.record(await sender.send_batch(messages, journal))
             continue
-        while batch:  # the claim is renewed meanwhile, so waiting for tokens is safe
-            grant = await throttle.take(channel, len(batch), rate)
+        while messages and not journal.stopping:  # the claim is renewed meanwhile
+            grant = await throttle.take(channel, len(messages), rate)
             if grant.granted:
-                results += await senders[channel].send_batch(batch[: grant.granted])
-                batch = batch[grant.granted :]
-            if batch:
+                granted, messages = messages[: grant.granted], messages[grant.granted :]
+                journal.record(await sender.send_batch(granted, journal))
+            if messages:
                 await asyncio.sleep(max(grant.retry_after, 1 / rate))
-    return results
 
 
-def backoff(attempts: int) -> timedelta:
-    """Exponential backoff with full jitter: up to 2, 4, 8 … seconds, capped at 5 minutes."""
-    ceiling = min(300.0, 2.0**attempts)
-    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+async def _settle_in_doubt(
+    settings: Settings, sender: Sender, batch: list[Delivery], journal: Journal
+) -> list[OutgoingMessage]:
+    """The messages to send. Where the channel reconciles, a message a crash left in doubt
+    is first looked up at the provider: found, it is recorded as sent and not sent again."""
+    messages = [d.message for d in batch if d.message is not None]
+    policy = settings.delivery.policy(sender.channel)
+    if policy is not InDoubtPolicy.RECONCILE or not isinstance(sender, Reconciler):
+        return messages
+    doubtful = {d.notification_id: d for d in batch if d.in_doubt == InDoubt.UNRESOLVED}
+    if not doubtful:
+        return messages
+    limit = asyncio.Semaphore(LOOKUPS_AT_ONCE)
 
+    async def look_up(message: OutgoingMessage) -> SendResult | None:
+        since = doubtful[message.notification_id].created_at - LOOKUP_SKEW
+        async with limit:
+            try:
+                sid = await sender.find_sent(message, since)
+            except Exception as exc:  # the provider cannot say now: ask again later
+                log.warning("in_doubt_lookup_failed", error_type=type(exc).__name__)
+                return SendResult(message.notification_id, Outcome.TRANSIENT, error="lookup")
+        if sid is None:
+            return None  # not there: send it
+        return SendResult(message.notification_id, Outcome.SENT, sid, already_sent=True)
 
-async def record(
-    session: AsyncSession, deliveries: list[Delivery], results: list[SendResult]
-) -> None:
-    now = utcnow()
-    by_id = {d.notification_id: d for d in deliveries}
-    for delivery in deliveries:
-        if delivery.skip in ("not_waiting", "no_coupon"):
-            await _set(session, delivery.notification_id, status="cancelled", error=delivery.skip)
-        elif delivery.skip == "no_contact":  # every contact failed for good
-            await _set(session, delivery.notification_id, status="failed", error=delivery.skip)
-        elif delivery.held_until is not None:  # not an attempt: the provider was not called
-            await _set(
-                session,
-                delivery.notification_id,
-                status="pending",
-                next_attempt_at=delivery.held_until,
-                attempts=delivery.attempts - 1,
-                error="quiet_hours",
-            )
-    sent = [r for r in results if r.outcome is Outcome.SENT]
-    if sent:
-        await session.execute(
-            update(Notification),
-            [
-                {
-                    "id": r.notification_id,
-                    "status": "sent",
-                    "sent_at": now,
-                    "provider_id": r.provider_id,
-                    "channel": by_id[r.notification_id].contact.channel,  # type: ignore[union-attr]
-                    "contact_rank": by_id[r.notification_id].contact.rank,  # type: ignore[union-attr]
-                    "lease_until": None,
-                    "error": None,
-                }
-                for r in sent
-            ],
-        )
-    await _spend_wechat_consents(session, [by_id[r.notification_id] for r in sent])
-    for result in results:
-        delivery = by_id[result.notification_id]
-        if result.outcome is Outcome.TRANSIENT:
-            await _retry_or_fail(session, delivery, result, now)
-        elif result.outcome is Outcome.PERMANENT:
-            await _fall_back(session, delivery, result, now)
-
-
-async def _spend_wechat_consents(session: AsyncSession, sent: list[Delivery]) -> None:
-    spent = [
-        d.subscription_id
-        for d in sent
-        if d.contact is not None
-        and d.contact.rank == 0
-        and d.contact.channel == Channel.WECHAT.value
-    ]
-    if spent:
-        await session.execute(
-            update(Subscription)
-            .where(Subscription.id.in_(spent))
-            .values(wechat_consents=Subscription.wechat_consents - 1)
-        )
-
-
-async def _set(session: AsyncSession, notification_id: uuid.UUID, **values: Any) -> None:
-    values.setdefault("lease_until", None)
-    await session.execute(
-        update(Notification).where(Notification.id == notification_id).values(**values)
-    )
-
-
-async def _retry_or_fail(
-    session: AsyncSession, delivery: Delivery, result: SendResult, now: datetime
-) -> None:
-    if delivery.attempts < MAX_ATTEMPTS:
-        await _set(
-            session,
-            delivery.notification_id,
-            status="pending",
-            next_attempt_at=now + backoff(delivery.attempts),
-            error=result.error,
-        )
-    else:
-        await _set(session, delivery.notification_id, status="failed", error=result.error)
-
-
-async def _fall_back(
-    session: AsyncSession, delivery: Delivery, result: SendResult, now: datetime
-) -> None:
-    """The contact will never work: remember that, and try the shopper's next contact."""
-    contact = delivery.contact
-    assert contact is not None
-    if contact.rank == 0:
-        await session.execute(
-            update(Subscription)
-            .where(Subscription.id == delivery.subscription_id)
-            .values(contact_failed_at=now)
-        )
-    else:
-        await session.execute(
-            update(SubscriptionFallback)
-            .where(SubscriptionFallback.id == contact.row_id)
-            .values(status="failed")
-        )
-    await _set(
-        session,
-        delivery.notification_id,
-        status="pending",  # the next claim picks the next usable contact, or cancels
-        contact_rank=contact.rank + 1,
-        attempts=0,
-        next_attempt_at=now,
-        error=result.error,
-    )
-
-
-async def recover_expired(session: AsyncSession, idempotent_channels: list[str]) -> int:
-    """Claims whose worker died: back to pending where a resend is harmless, else failed."""
-    now = utcnow()
-    expired = (Notification.status == "sending", Notification.lease_until < now)
-    back = await session.execute(
-        update(Notification)
-        .where(*expired, Notification.channel.in_(idempotent_channels))
-        .values(status="pending", lease_until=None, next_attempt_at=now)
-    )
-    await session.execute(
-        update(Notification)
-        .where(*expired, Notification.channel.not_in(idempotent_channels))
-        .values(status="failed", error="in_doubt", lease_until=None)
-    )
-    return int(back.rowcount or 0)  # type: ignore[attr-defined]
+    looked_up = [m for m in messages if m.notification_id in doubtful]
+    answers = await asyncio.gather(*(look_up(m) for m in looked_up))
+    settled = [answer for answer in answers if answer is not None]
+    journal.record(settled)
+    done = {answer.notification_id for answer in settled}
+    return [m for m in messages if m.notification_id not in done]
 
 
 async def stale_pending(session: AsyncSession, older_than: timedelta, cap: int = 100_000) -> int:
@@ -446,7 +382,7 @@ async def stale_pending(session: AsyncSession, older_than: timedelta, cap: int =
     cutoff = utcnow() - older_than
     inner = (
         select(Notification.id)
-        .where(Notification.status == "pending", Notification.next_attempt_at <= cutoff)
+        .where(Notification.status == Status.PENDING, Notification.next_attempt_at <= cutoff)
         .limit(cap)
         .subquery()
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "backinstock_http_requests_total", "HTTP requests served", ["method", "route", "status"]
@@ -21,3 +21,9 @@ CONVERSIONS = Counter(
     "backinstock_conversions_total", "Order lines attributed to a message", ["channel", "method"]
 )
 COUPONS_REDEEMED = Counter("backinstock_coupons_redeemed_total", "Coupons used in an order")
+IN_DOUBT_MESSAGES = Gauge(
+    "backinstock_in_doubt_messages",
+    "Messages a crash left in flight, by channel and how each was settled "
+    "(unresolved, found, callback, resent, dropped); read from the database at scrape time",
+    ["channel", "resolution"],
+)

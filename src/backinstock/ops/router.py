@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from backinstock.deps import RuntimeDep
+from backinstock.dispatch import outcomes
+from backinstock.ops.metrics import IN_DOUBT_MESSAGES
 
 router = APIRouter(tags=["operations"])
 
@@ -47,6 +49,20 @@ async def _broker_ok(runtime: RuntimeDep) -> str:
 
 
 @router.get("/metrics", operation_id="metrics", response_class=Response)
-async def metrics() -> Response:
+async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus text exposition."""
+    await _read_in_doubt(runtime)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _read_in_doubt(runtime: RuntimeDep) -> None:
+    """Crash resolutions are counted where they are recorded, in the database, so one
+    scrape of any API process sees every worker's (a partial index keeps it cheap)."""
+    try:
+        async with runtime.sessions() as session:
+            counts = await outcomes.in_doubt_counts(session)
+    except Exception:  # the database is down: /readyz says so; keep the last figures
+        return
+    IN_DOUBT_MESSAGES.clear()
+    for channel, resolution, messages in counts:
+        IN_DOUBT_MESSAGES.labels(channel=channel, resolution=resolution).set(messages)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import parse_qsl
 
 import structlog
@@ -44,11 +45,22 @@ async def twilio_status(request: Request, session: SessionDep, runtime: RuntimeD
     """Delivery reports for SMS (Twilio's StatusCallback, form-encoded)."""
     form = await _verified_form(request, runtime)
     known = await providers.record_twilio_status(
-        session, form.get("MessageSid", ""), form.get("MessageStatus", ""), form.get("ErrorCode")
+        session,
+        form.get("MessageSid", ""),
+        form.get("MessageStatus", ""),
+        form.get("ErrorCode"),
+        _notification_id(request.query_params.get("n")),
     )
     if not known:
         log.info("twilio_status_unknown_message")
     return Response(status_code=204)
+
+
+def _notification_id(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 @router.post(

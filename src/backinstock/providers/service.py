@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -10,6 +12,7 @@ from backinstock.config import Settings
 from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import Keys
 from backinstock.db import utcnow
+from backinstock.dispatch import outcomes
 from backinstock.dispatch.models import Notification
 from backinstock.subscriptions import service as subscriptions
 from backinstock.subscriptions.models import SubscriptionFallback
@@ -21,9 +24,16 @@ STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订
 
 
 async def record_twilio_status(
-    session: AsyncSession, message_sid: str, status: str, error_code: str | None
+    session: AsyncSession,
+    message_sid: str,
+    status: str,
+    error_code: str | None,
+    notification_id: uuid.UUID | None = None,
 ) -> bool:
-    """Record a final delivery report; False when the message is not ours."""
+    """Record a delivery report; False when the message is not ours. ``notification_id``
+    (carried in the callback URL) settles a message a crash left in doubt: Twilio has it."""
+    if notification_id is not None and message_sid:
+        await outcomes.settle_by_callback(session, notification_id, message_sid)
     status = status.lower()
     if status not in _FINAL:
         return True  # progress report: nothing to record

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 
 class Outcome(enum.StrEnum):
@@ -34,12 +36,65 @@ class SendResult:
     outcome: Outcome
     provider_id: str | None = None
     error: str | None = None  # a provider code or short reason, never the contact
+    # Not sent now: the provider's own records show an earlier attempt got through.
+    already_sent: bool = False
+
+
+class Journal(Protocol):
+    """Where a sender reports each provider call as it happens (the dispatcher's recorder).
+
+    ``call`` wraps one call that cannot be taken back: the journal first records that it
+    has started (and may refuse: the worker is stopping, or the claim was lost), then
+    records its result. ``call_idempotent`` wraps a write that is harmless to repeat (the
+    dev outbox), which needs no record before it, only after.
+    """
+
+    async def call(
+        self, message: OutgoingMessage, send: Callable[[], Awaitable[SendResult]]
+    ) -> SendResult | None: ...
+
+    async def call_idempotent(
+        self,
+        messages: list[OutgoingMessage],
+        send: Callable[[list[OutgoingMessage]], Awaitable[list[SendResult]]],
+    ) -> list[SendResult]: ...
+
+
+class Unrecorded:
+    """No journal: every call goes ahead and nothing is recorded (a sender used directly)."""
+
+    async def call(
+        self, message: OutgoingMessage, send: Callable[[], Awaitable[SendResult]]
+    ) -> SendResult | None:
+        return await send()
+
+    async def call_idempotent(
+        self,
+        messages: list[OutgoingMessage],
+        send: Callable[[list[OutgoingMessage]], Awaitable[list[SendResult]]],
+    ) -> list[SendResult]:
+        return await send(messages)
+
+
+UNRECORDED = Unrecorded()
 
 
 class Sender(Protocol):
-    channel: str
-    # Idempotent senders may be retried after a crash with no risk of a second message;
-    # the others' in-doubt messages are marked failed rather than sent twice.
-    idempotent: bool
+    """Sends a batch, reporting every provider call to ``journal`` as it happens; returns
+    the results of the messages it sent (a message the journal refused has none)."""
 
-    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]: ...
+    channel: str
+
+    async def send_batch(
+        self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
+    ) -> list[SendResult]: ...
+
+
+@runtime_checkable
+class Reconciler(Protocol):
+    """A sender whose provider can say whether it already accepted a message."""
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> str | None:
+        """The provider's id for ``message`` if it was accepted at or after ``since``;
+        None if it was not. Raises when the provider cannot be asked right now."""
+        ...

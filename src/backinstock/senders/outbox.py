@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backinstock.crypto import FieldCipher
 from backinstock.db import insert_for, new_id, transaction
 from backinstock.dispatch.models import DevOutboxMessage
-from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 
 
 def outbox_aad(row_id: bytes) -> bytes:
@@ -19,8 +19,6 @@ def outbox_aad(row_id: bytes) -> bytes:
 
 
 class DevOutboxSender:
-    idempotent = True
-
     def __init__(
         self, channel: str, sessions: async_sessionmaker[AsyncSession], cipher: FieldCipher
     ) -> None:
@@ -28,7 +26,14 @@ class DevOutboxSender:
         self._sessions = sessions
         self._cipher = cipher
 
-    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+    async def send_batch(
+        self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
+    ) -> list[SendResult]:
+        # A repeated write is harmless (the unique key), so the batch needs no record that
+        # it started, only of its results: one INSERT for the batch.
+        return await journal.call_idempotent(messages, self._write)
+
+    async def _write(self, messages: list[OutgoingMessage]) -> list[SendResult]:
         if not messages:
             return []
         rows = []

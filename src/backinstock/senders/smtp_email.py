@@ -4,9 +4,12 @@ A small pool of SMTP connections is kept open across batches: opening one costs 
 TLS handshake plus AUTH, more than sending a message. Each connection serves one message
 at a time; a batch is spread over the pool.
 
-SMTP has no idempotency key, hence ``idempotent = False``. Within a send, a connection that
-drops before DATA is retried once on a fresh connection (the relay cannot have the message
-yet); a drop during DATA is not retried, because the relay may already have queued it.
+Each transaction is reported to the dispatcher's journal as it starts and ends. SMTP has no
+idempotency key: a message whose transaction was in flight when a worker died is resent with
+the same Message-ID (derived from the notification), which mail stores de-duplicate on.
+Within a send, a connection that drops before DATA is retried once on a fresh connection
+(the relay cannot have the message yet); a drop during DATA is not retried, because the
+relay may already have queued it.
 
 Addresses and bodies stay out of results and logs, and so do the relay's reply texts,
 which usually quote the recipient.
@@ -26,7 +29,7 @@ import aiosmtplib
 import structlog
 
 from backinstock.config import SmtpSettings
-from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 from backinstock.senders.mime import needs_smtputf8, render_email
 
 log = structlog.get_logger(__name__)
@@ -66,6 +69,7 @@ class StageError(Exception):
 
 @dataclass(frozen=True)
 class _Envelope:
+    message: OutgoingMessage
     to: str
     data: bytes
     utf8: bool  # a non-ASCII address needs SMTPUTF8 (RFC 6531)
@@ -90,7 +94,6 @@ class _Batch:
 
 class SmtpEmailSender:
     channel = "email"
-    idempotent = False  # SMTP cannot deduplicate a message sent twice
 
     def __init__(
         self,
@@ -117,11 +120,14 @@ class SmtpEmailSender:
         self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+    async def send_batch(
+        self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
+    ) -> list[SendResult]:
         if not messages:
             return []
         idle, batch = self._pool_for_running_loop(), _Batch()
-        return list(await asyncio.gather(*(self._send(idle, batch, m) for m in messages)))
+        sends = (self._send(idle, batch, m, journal) for m in messages)
+        return [r for r in await asyncio.gather(*sends) if r is not None]
 
     async def close(self) -> None:
         """QUIT the pooled connections; call once no batch is in flight."""
@@ -161,13 +167,26 @@ class SmtpEmailSender:
         )
 
     async def _send(
-        self, idle: asyncio.Queue[aiosmtplib.SMTP], batch: _Batch, message: OutgoingMessage
-    ) -> SendResult:
+        self,
+        idle: asyncio.Queue[aiosmtplib.SMTP],
+        batch: _Batch,
+        message: OutgoingMessage,
+        journal: Journal,
+    ) -> SendResult | None:
         try:
             envelope = self._envelope(message)
         except ValueError as exc:  # e.g. a line break in a header: the same on every retry
             return _failed(message, Outcome.PERMANENT, "smtp:invalid-message", exc)
-        client = await idle.get()
+        client = await idle.get()  # in flight: at most one message per pooled connection
+        try:
+            return await journal.call(message, lambda: self._send_on(client, batch, envelope))
+        finally:
+            idle.put_nowait(client)
+
+    async def _send_on(
+        self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope
+    ) -> SendResult:
+        message = envelope.message
         try:
             await self._deliver(client, batch, envelope)
         except StageError as failure:
@@ -177,8 +196,6 @@ class SmtpEmailSender:
         except asyncio.CancelledError:
             client.close()  # stopped mid-transaction: the connection's state is unknown
             raise
-        finally:
-            idle.put_nowait(client)
         return SendResult(message.notification_id, Outcome.SENT, provider_id=envelope.message_id)
 
     def _envelope(self, message: OutgoingMessage) -> _Envelope:
@@ -186,7 +203,7 @@ class SmtpEmailSender:
         data, message_id = render_email(
             message, self._settings.smtp_from, self._msgid_domain, utf8=utf8
         )
-        return _Envelope(to=message.to, data=data, utf8=utf8, message_id=message_id)
+        return _Envelope(message, message.to, data=data, utf8=utf8, message_id=message_id)
 
     async def _deliver(self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope) -> None:
         # Only a message that would need a new connection gets the batch's connect failure:

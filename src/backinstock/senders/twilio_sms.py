@@ -2,8 +2,10 @@
 
 Each message is one ``POST .../Messages.json``; a batch is sent concurrently, bounded by a
 semaphore, and every message gets its own classified result, so one failure never costs
-the results of the others. Twilio has no idempotency key for message creation, hence
-``idempotent = False``: a message whose fate is unknown after a crash is not resent.
+the results of the others. Each create is reported to the dispatcher's journal as it starts
+and ends. Twilio has no idempotency key for message creation, so a message whose create was
+in flight when a worker died is looked up afterwards (:meth:`TwilioSmsSender.find_sent`, in
+Twilio's Messages list) instead of being sent blindly again.
 
 Phone numbers and bodies stay out of results and logs; Twilio's own error messages are
 never logged either, because some of them quote the ``To`` number.
@@ -12,7 +14,9 @@ never logged either, because some of them quote the ``To`` number.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import structlog
@@ -21,7 +25,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from backinstock.config import TwilioSettings
-from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 
 log = structlog.get_logger(__name__)
 
@@ -58,11 +62,13 @@ TRANSIENT_CODES: frozenset[int] = frozenset(
 TRANSIENT_STATUSES: frozenset[int] = frozenset({401, 408, 429})  # 401: see 20003 above
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
+# How many of a number's newest messages a lookup reads: a crash is settled within seconds
+# to minutes, so the message sought is among the newest few sent to that number.
+LOOKUP_LIMIT = 100
 
 
 class TwilioSmsSender:
     channel = "sms"
-    idempotent = False  # Twilio cannot deduplicate a repeated create
 
     def __init__(
         self,
@@ -83,12 +89,31 @@ class TwilioSmsSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limit = asyncio.Semaphore(concurrency)
 
-    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+    async def send_batch(
+        self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
+    ) -> list[SendResult]:
         if not messages:
             return []
         client = self._client_for_running_loop()
         limit = self._limit
-        return list(await asyncio.gather(*(self._send(client, limit, m) for m in messages)))
+        sends = (self._send(client, limit, m, journal) for m in messages)
+        return [r for r in await asyncio.gather(*sends) if r is not None]
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> str | None:
+        """The SID of ``message`` if Twilio accepted it at or after ``since``.
+
+        Reads the newest messages to the number (To is Twilio's most selective filter;
+        DateSent would miss messages still queued, whose date_sent is empty) and matches
+        the body, which carries the notification's own tracked link."""
+        client = self._client_for_running_loop()
+        async with asyncio.timeout(self._request_timeout):
+            listed = await client.messages.list_async(to=message.to, limit=LOOKUP_LIMIT)
+        marker = message.link or message.text
+        for item in listed:
+            created = item.date_created
+            if created is not None and created >= since and marker in (item.body or ""):
+                return str(item.sid)
+        return None
 
     async def close(self) -> None:
         http, self._http, self._client, self._loop = self._http, None, None, None
@@ -122,16 +147,19 @@ class TwilioSmsSender:
         return client
 
     async def _send(
-        self, client: Any, limit: asyncio.Semaphore, message: OutgoingMessage
-    ) -> SendResult:
-        async with limit:
-            try:
-                # The SDK sends with no timeout at all (it hands aiohttp timeout=None),
-                # so a hung connection would hold the batch past its claim lease.
-                async with asyncio.timeout(self._request_timeout):
-                    created = await client.messages.create_async(**self._params(message))
-            except Exception as exc:  # every message gets a result, whatever happened
-                return _failed(message, exc)
+        self, client: Any, limit: asyncio.Semaphore, message: OutgoingMessage, journal: Journal
+    ) -> SendResult | None:
+        async with limit:  # in flight: at most `concurrency` creates per event loop
+            return await journal.call(message, lambda: self._create(client, message))
+
+    async def _create(self, client: Any, message: OutgoingMessage) -> SendResult:
+        try:
+            # The SDK sends with no timeout at all (it hands aiohttp timeout=None),
+            # so a hung connection would hold the batch past its claim lease.
+            async with asyncio.timeout(self._request_timeout):
+                created = await client.messages.create_async(**self._params(message))
+        except Exception as exc:  # every message gets a result, whatever happened
+            return _failed(message, exc)
         return SendResult(message.notification_id, Outcome.SENT, provider_id=str(created.sid))
 
     def _params(self, message: OutgoingMessage) -> dict[str, str]:
@@ -143,7 +171,10 @@ class TwilioSmsSender:
         else:
             params["from_"] = self._settings.twilio_from
         if self._status_callback_url:
-            params["status_callback"] = self._status_callback_url
+            # The notification id rides along, so a report about a message a crash left
+            # in doubt (its SID never recorded) still settles it.
+            query = urlencode({"n": str(message.notification_id)})
+            params["status_callback"] = f"{self._status_callback_url}?{query}"
         return params
 
 

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from backinstock.config import WeChatSettings
-from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 
 log = structlog.get_logger(__name__)
 
@@ -467,9 +467,10 @@ def _classify(answer: _Answer) -> Outcome:
 
 
 class WeChatSender:
+    """WeChat has no idempotency key and no lookup: a request a crash left in flight may
+    have delivered the message, and what happens to it is ``IN_DOUBT_WECHAT``'s choice."""
+
     channel = "wechat"
-    # WeChat has no idempotency key: a request in doubt may have delivered the message.
-    idempotent = False
 
     def __init__(
         self,
@@ -487,8 +488,11 @@ class WeChatSender:
         self._send_url = httpx.URL(settings.wechat_api_base.rstrip("/") + SEND_PATH)
         self._url_for_token: tuple[str, httpx.URL] = ("", self._send_url)
 
-    async def send_batch(self, messages: list[OutgoingMessage]) -> list[SendResult]:
-        return list(await asyncio.gather(*(self._send_guarded(m) for m in messages)))
+    async def send_batch(
+        self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
+    ) -> list[SendResult]:
+        sends = (self._send_in_lane(m, journal) for m in messages)
+        return [r for r in await asyncio.gather(*sends) if r is not None]
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -503,11 +507,16 @@ class WeChatSender:
             "data": template_data(message, self._field_map),
         }
 
-    async def _send_guarded(self, message: OutgoingMessage) -> SendResult:
+    async def _send_in_lane(self, message: OutgoingMessage, journal: Journal) -> SendResult | None:
+        async with self._http.client() as client:  # in flight: at most `concurrency` at a time
+            return await journal.call(message, lambda: self._send_guarded(client, message))
+
+    async def _send_guarded(
+        self, client: httpx.AsyncClient, message: OutgoingMessage
+    ) -> SendResult:
         # One bad message must not lose the results of the others in the batch.
         try:
-            async with self._http.client() as client:  # at most `concurrency` at a time
-                answer = await self._send(client, self.payload(message))
+            answer = await self._send(client, self.payload(message))
         except Exception as exc:
             log.error(
                 "wechat_send_crashed",

@@ -1,0 +1,192 @@
+"""The journal of one claimed batch: provider calls recorded as they start and as they end.
+
+The unit of recording is the unit of loss. A batch recorded only when it is done loses all
+of it to a crash; a journal row per call costs a transaction per message. The journal
+commits in groups instead: every call that is about to start waits for the next group
+commit (which marks it ``inflight``), and results ride along with that commit, or go on
+their own after ``flush_after`` seconds or ``flush_results`` results, whichever is first.
+
+So at any instant the database shows a claimed message as one of: ``sending`` (its call
+has not started: after a crash it is simply sent), ``inflight`` (its call may have reached
+the provider: after a crash it is in doubt), or its outcome. The in-flight set is at most
+the sender's concurrency plus the results of one group not yet committed.
+
+On SIGTERM (``stopping``) no further call starts; what never started is handed back to the
+queue by :meth:`Journal.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backinstock import db
+from backinstock.dispatch import outcomes
+from backinstock.dispatch.outcomes import Delivery
+from backinstock.senders.base import OutgoingMessage, SendResult
+
+log = structlog.get_logger(__name__)
+
+FLUSH_AFTER_SECONDS = 0.05
+FLUSH_RESULTS = 64
+# A database that cannot take the results even after this many tries leaves the calls
+# ``inflight``; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
+CLOSE_TRIES = 5
+
+
+class Journal:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        claim_id: uuid.UUID,
+        deliveries: list[Delivery],
+        stopping: asyncio.Event | None = None,
+        *,
+        flush_after: float = FLUSH_AFTER_SECONDS,
+        flush_results: int = FLUSH_RESULTS,
+    ) -> None:
+        self._sessions = sessions
+        self._claim_id = claim_id
+        self._deliveries = {d.notification_id: d for d in deliveries}
+        self._stopping = stopping or asyncio.Event()
+        self._flush_after = flush_after
+        self._flush_results = flush_results
+        self._starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]] = []
+        self._results: list[SendResult] = []
+        self._started: set[uuid.UUID] = set()  # may have reached the provider
+        self._recorded: set[uuid.UUID] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._failures = 0
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # ------------------------------------------------------------------ the senders' side
+    async def call(
+        self, message: OutgoingMessage, send: Callable[[], Awaitable[SendResult]]
+    ) -> SendResult | None:
+        if not await self._start(message):
+            return None
+        result = await send()  # cancelled here: the row stays inflight, in doubt
+        self.record([result])
+        return result
+
+    async def call_idempotent(
+        self,
+        messages: list[OutgoingMessage],
+        send: Callable[[list[OutgoingMessage]], Awaitable[list[SendResult]]],
+    ) -> list[SendResult]:
+        if self.stopping:
+            return []
+        self._started.update(m.notification_id for m in messages)
+        results = await send(messages)
+        self.record(results)
+        return results
+
+    # ---------------------------------------------------------------- the dispatcher's side
+    def record(self, results: list[SendResult]) -> None:
+        """Queue outcomes for the next group commit (each recorded once)."""
+        fresh = [r for r in results if r.notification_id not in self._recorded]
+        self._recorded.update(r.notification_id for r in fresh)
+        self._results += fresh
+        if len(self._results) >= self._flush_results:
+            self._wake.set()
+        self._ensure_flusher()
+
+    async def close(self) -> None:
+        """Commit what is queued, then hand back every claimed message that never started."""
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        for _, waiting in self._starts:  # nothing may start once closing
+            waiting.set_result(False)
+        self._starts = []
+        unstarted = [
+            d.notification_id
+            for d in self._deliveries.values()
+            if d.message is not None and d.notification_id not in self._started
+        ]
+        try:
+            async with db.transaction(self._sessions) as session:
+                await outcomes.release(session, self._claim_id, unstarted)
+        except Exception as exc:  # the lease lapses instead, and the sweeper hands them back
+            log.warning("journal_release_failed", error_type=type(exc).__name__)
+
+    # -------------------------------------------------------------------------- internals
+    async def _start(self, message: OutgoingMessage) -> bool:
+        if self.stopping or self._closing:
+            return False
+        waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._starts.append((message, waiting))
+        self._wake.set()
+        self._ensure_flusher()
+        return await waiting
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_until_closed())
+
+    async def _flush_until_closed(self) -> None:
+        while True:
+            await self._due()
+            if not (self._starts or self._results):
+                if self._closing:
+                    return
+                continue
+            await self._flush()
+            if self._closing and self._results and self._failures >= CLOSE_TRIES:
+                log.warning("journal_results_unrecorded", messages=len(self._results))
+                return
+
+    async def _due(self) -> None:
+        """Return when a group should commit: a call waits to start, enough results are
+        queued, the oldest queued result has waited ``flush_after``, or closing."""
+        while not (self._starts or self._closing or len(self._results) >= self._flush_results):
+            self._wake.clear()
+            timeout = self._flush_after if self._results else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return
+
+    async def _flush(self) -> None:
+        starts, self._starts = self._starts, []
+        results, self._results = self._results, []
+        # A deploy stops new calls at once, even those already queued to start.
+        wanted = [] if self.stopping else starts
+        allowed: set[uuid.UUID] = set()
+        try:
+            async with db.transaction(self._sessions) as session:
+                if wanted:
+                    allowed = await outcomes.mark_inflight(
+                        session, self._claim_id, [(m, self._rank(m)) for m, _ in wanted]
+                    )
+                if results:
+                    await outcomes.record_results(
+                        session, self._claim_id, self._deliveries, results
+                    )
+            self._failures = 0
+        except Exception as exc:  # nothing of this group started; its results are retried
+            self._failures += 1
+            allowed = set()
+            self._results = results + self._results
+            log.warning("journal_flush_failed", error_type=type(exc).__name__)
+            if not self._closing:
+                await asyncio.sleep(min(1.0, 0.05 * 2**self._failures))
+        self._started.update(allowed)
+        for message, waiting in starts:
+            with contextlib.suppress(asyncio.InvalidStateError):  # its sender gave up waiting
+                waiting.set_result(message.notification_id in allowed)
+
+    def _rank(self, message: OutgoingMessage) -> int:
+        contact = self._deliveries[message.notification_id].contact
+        return contact.rank if contact is not None else 0

@@ -1,0 +1,362 @@
+"""What is written about a claimed message: that its provider call started, how it ended,
+that it goes back unstarted, and how a crash's leftovers are settled.
+
+Every write of a claimed row is fenced by the claim that holds it (``claim_id``): a worker
+whose lease lapsed while another took the row over can neither start nor record it.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock.config import DeliverySettings, InDoubtPolicy
+from backinstock.contacts import Channel
+from backinstock.db import utcnow
+from backinstock.dispatch.models import InDoubt, Notification, Status
+from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
+from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+
+MAX_ATTEMPTS = 6
+_TABLE: Table = Notification.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Contact:
+    rank: int  # 0 the primary contact, n the fallback of rank n
+    channel: str
+    key_id: str
+    blob: bytes
+    row_id: uuid.UUID  # the row whose id the ciphertext is bound to
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One claimed notification, as prepared: a message to send, or why there is none."""
+
+    notification_id: uuid.UUID
+    subscription_id: uuid.UUID
+    attempts: int
+    created_at: datetime
+    in_doubt: str | None  # InDoubt.UNRESOLVED: an earlier attempt may have got through
+    contact: Contact | None = None  # None: nobody to send to (unsubscribed, erased, failed)
+    message: OutgoingMessage | None = None
+    held_until: datetime | None = None  # quiet hours: send when they end
+    skip: str | None = None  # why nothing is sent: not_waiting, no_coupon, no_contact, ...
+
+
+def _held_by(claim_id: uuid.UUID) -> ColumnElement[bool]:
+    return Notification.claim_id == claim_id
+
+
+async def _set(
+    session: AsyncSession, claim_id: uuid.UUID, notification_id: uuid.UUID, **values: Any
+) -> None:
+    values.setdefault("lease_until", None)
+    values.setdefault("claim_id", None)
+    await session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id, _held_by(claim_id))
+        .values(**values)
+    )
+
+
+# ------------------------------------------------------------------------- before any call
+async def record_skips(
+    session: AsyncSession, claim_id: uuid.UUID, deliveries: list[Delivery]
+) -> None:
+    """Claimed notifications that need no provider call: settled in the claim's transaction."""
+    for delivery in deliveries:
+        if delivery.skip in ("not_waiting", "no_coupon"):
+            await _set(
+                session,
+                claim_id,
+                delivery.notification_id,
+                status=Status.CANCELLED,
+                error=delivery.skip,
+            )
+        elif delivery.skip is not None:  # no usable contact, or a message that cannot be made
+            await _set(
+                session,
+                claim_id,
+                delivery.notification_id,
+                status=Status.FAILED,
+                error=delivery.skip,
+            )
+        elif delivery.held_until is not None:  # not an attempt: the provider was not called
+            await _set(
+                session,
+                claim_id,
+                delivery.notification_id,
+                status=Status.PENDING,
+                next_attempt_at=delivery.held_until,
+                attempts=delivery.attempts - 1,
+                error="quiet_hours",
+            )
+
+
+async def mark_inflight(
+    session: AsyncSession, claim_id: uuid.UUID, messages: list[tuple[OutgoingMessage, int]]
+) -> set[uuid.UUID]:
+    """Record that these provider calls start (message, contact rank); returns the ids this
+    claim still holds, the only ones that may be sent. The channel is kept with the row, so
+    that after a crash its in-doubt policy is known."""
+    groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
+    for message, rank in messages:
+        groups[(message.channel, rank)].append(message.notification_id)
+    allowed: set[uuid.UUID] = set()
+    for (channel, rank), ids in groups.items():
+        marked = await session.scalars(
+            update(Notification)
+            .where(Notification.id.in_(ids), _held_by(claim_id))
+            .where(Notification.status == Status.SENDING)
+            .values(status=Status.INFLIGHT, channel=channel, contact_rank=rank)
+            .returning(Notification.id)
+        )
+        allowed.update(marked)
+    return allowed
+
+
+async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUID]) -> None:
+    """Claimed messages whose call never started go back to the queue, not an attempt."""
+    if not ids:
+        return
+    await session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids), _held_by(claim_id))
+        .where(Notification.status == Status.SENDING)
+        .values(
+            status=Status.PENDING,
+            attempts=Notification.attempts - 1,
+            claim_id=None,
+            lease_until=None,
+            next_attempt_at=utcnow(),
+        )
+    )
+
+
+# ------------------------------------------------------------------------------- results
+_SENT = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.claim_id == bindparam("b_claim"))
+    .values(
+        status=Status.SENT.value,
+        sent_at=bindparam("b_now"),
+        provider_id=bindparam("b_provider_id"),
+        channel=bindparam("b_channel"),
+        contact_rank=bindparam("b_rank"),
+        lease_until=None,
+        claim_id=None,
+        error=None,
+        in_doubt=case(
+            (_TABLE.c.in_doubt == InDoubt.UNRESOLVED.value, bindparam("b_resolution")),
+            else_=_TABLE.c.in_doubt,
+        ),
+    )
+)
+
+
+async def record_results(
+    session: AsyncSession,
+    claim_id: uuid.UUID,
+    deliveries: dict[uuid.UUID, Delivery],
+    results: list[SendResult],
+) -> None:
+    now = utcnow()
+    sent = [(r, deliveries[r.notification_id]) for r in results if r.outcome is Outcome.SENT]
+    if sent:
+        await session.execute(_SENT, [_sent_row(claim_id, r, d, now) for r, d in sent])
+        await _spend_wechat_consents(session, [d for _, d in sent])
+    for result in results:
+        delivery = deliveries[result.notification_id]
+        if result.outcome is Outcome.TRANSIENT:
+            await _retry_or_fail(session, claim_id, delivery, result, now)
+        elif result.outcome is Outcome.PERMANENT:
+            await _fall_back(session, claim_id, delivery, result, now)
+
+
+def _sent_row(
+    claim_id: uuid.UUID, result: SendResult, delivery: Delivery, now: datetime
+) -> dict[str, Any]:
+    assert delivery.contact is not None  # only a delivery with a contact is sent
+    resolution = InDoubt.FOUND if result.already_sent else InDoubt.RESENT
+    return {
+        "b_id": result.notification_id,
+        "b_claim": claim_id,
+        "b_now": now,
+        "b_provider_id": result.provider_id,
+        "b_channel": delivery.contact.channel,
+        "b_rank": delivery.contact.rank,
+        "b_resolution": resolution.value,
+    }
+
+
+async def _spend_wechat_consents(session: AsyncSession, sent: list[Delivery]) -> None:
+    spent = [
+        d.subscription_id
+        for d in sent
+        if d.contact is not None
+        and d.contact.rank == 0
+        and d.contact.channel == Channel.WECHAT.value
+    ]
+    if spent:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(spent))
+            .values(wechat_consents=Subscription.wechat_consents - 1)
+        )
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential backoff with full jitter: up to 2, 4, 8 … seconds, capped at 5 minutes."""
+    ceiling = min(300.0, 2.0**attempts)
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+async def _retry_or_fail(
+    session: AsyncSession,
+    claim_id: uuid.UUID,
+    delivery: Delivery,
+    result: SendResult,
+    now: datetime,
+) -> None:
+    if delivery.attempts < MAX_ATTEMPTS:
+        await _set(
+            session,
+            claim_id,
+            delivery.notification_id,
+            status=Status.PENDING,
+            next_attempt_at=now + backoff(delivery.attempts),
+            error=result.error,
+        )
+    else:
+        await _set(
+            session, claim_id, delivery.notification_id, status=Status.FAILED, error=result.error
+        )
+
+
+async def _fall_back(
+    session: AsyncSession,
+    claim_id: uuid.UUID,
+    delivery: Delivery,
+    result: SendResult,
+    now: datetime,
+) -> None:
+    """The contact will never work: remember that, and try the shopper's next contact."""
+    contact = delivery.contact
+    assert contact is not None
+    if contact.rank == 0:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id == delivery.subscription_id)
+            .values(contact_failed_at=now)
+        )
+    else:
+        await session.execute(
+            update(SubscriptionFallback)
+            .where(SubscriptionFallback.id == contact.row_id)
+            .values(status="failed")
+        )
+    await _set(
+        session,
+        claim_id,
+        delivery.notification_id,
+        status=Status.PENDING,  # the next claim picks the next usable contact, or cancels
+        contact_rank=contact.rank + 1,
+        attempts=0,
+        next_attempt_at=now,
+        error=result.error,
+    )
+
+
+# --------------------------------------------------------------------- after a crash
+async def recover_expired(session: AsyncSession, policies: DeliverySettings) -> int:
+    """Claims whose worker died. Unstarted messages go back to the queue on every channel;
+    a message whose call was in flight is in doubt and goes where its channel's policy
+    says: back to the queue to be looked up or resent, or failed (``drop``)."""
+    now = utcnow()
+    lapsed = (Notification.lease_until < now,)
+    back = await session.execute(
+        update(Notification)
+        .where(Notification.status == Status.SENDING, *lapsed)
+        .values(status=Status.PENDING, claim_id=None, lease_until=None, next_attempt_at=now)
+    )
+    recovered = int(back.rowcount or 0)  # type: ignore[attr-defined]
+    for channel in Channel:
+        in_flight = (
+            Notification.status == Status.INFLIGHT,
+            Notification.channel == channel,
+            *lapsed,
+        )
+        if policies.policy(channel.value) is InDoubtPolicy.DROP:
+            await session.execute(
+                update(Notification)
+                .where(*in_flight)
+                .values(
+                    status=Status.FAILED,
+                    error="in_doubt",
+                    in_doubt=InDoubt.DROPPED,
+                    claim_id=None,
+                    lease_until=None,
+                )
+            )
+            continue
+        doubted = await session.execute(
+            update(Notification)
+            .where(*in_flight)
+            .values(
+                status=Status.PENDING,
+                in_doubt=InDoubt.UNRESOLVED,
+                error="in_doubt",
+                claim_id=None,
+                lease_until=None,
+                next_attempt_at=now,
+            )
+        )
+        recovered += int(doubted.rowcount or 0)  # type: ignore[attr-defined]
+    return recovered
+
+
+async def settle_by_callback(
+    session: AsyncSession, notification_id: uuid.UUID, provider_id: str
+) -> bool:
+    """A provider's report names a message whose call a crash left unrecorded: it was
+    accepted, so it is sent (and is not sent again)."""
+    # An in-flight row counts only once its lease has lapsed: a live worker records its
+    # own result, and a report may well arrive before it does.
+    doubtful = (
+        ((Notification.status == Status.INFLIGHT) & (Notification.lease_until < utcnow()))
+        | ((Notification.status == Status.PENDING) & (Notification.in_doubt == InDoubt.UNRESOLVED))
+        | ((Notification.status == Status.FAILED) & (Notification.in_doubt == InDoubt.DROPPED))
+    )
+    settled = await session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.provider_id.is_(None), doubtful)
+        .values(
+            status=Status.SENT,
+            provider_id=provider_id,
+            sent_at=utcnow(),
+            in_doubt=InDoubt.CALLBACK,
+            error=None,
+            claim_id=None,
+            lease_until=None,
+        )
+    )
+    return bool(settled.rowcount)  # type: ignore[attr-defined]
+
+
+async def in_doubt_counts(session: AsyncSession) -> list[tuple[str, str, int]]:
+    """(channel, resolution, messages) for every message a crash left in doubt."""
+    rows = await session.execute(
+        select(Notification.channel, Notification.in_doubt, func.count())
+        .where(Notification.in_doubt.is_not(None))
+        .group_by(Notification.channel, Notification.in_doubt)
+    )
+    return [(channel or "", resolution or "", int(n)) for channel, resolution, n in rows]
