@@ -54,12 +54,25 @@ class BackinstockProcess:
         self._proc.wait(timeout=15)
         self._proc = None
 
+    def terminate(self, timeout: float = 40) -> float:
+        """SIGTERM to the main process only, as an orchestrator sends it (Dramatiq's main
+        process passes it on to its workers); returns the seconds it took to exit."""
+        assert self._proc is not None
+        started = time.monotonic()
+        os.kill(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._proc = None
+        return time.monotonic() - started
+
     def stop(self) -> None:
         if self._proc is None:
             return
         try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout=20)
+            self.terminate(timeout=30)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             self.kill()
         self._proc = None

@@ -210,6 +210,8 @@ class SmtpSettings(_Section):
     smtp_starttls: bool = True
     smtp_from: str = ""
     smtp_rate_per_second: float = Field(default=0, ge=0)
+    # Connections each worker process keeps open to the relay, one message on each at a time.
+    smtp_connections: int = Field(default=4, ge=1, le=100)
 
     @property
     def configured(self) -> bool:

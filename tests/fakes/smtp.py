@@ -105,8 +105,12 @@ class FakeSMTP:
         transient_error_rate: float = 0.0,
         starttls: bool = False,
         require_starttls: bool = False,
+        accept_delay: float = 0.0,
         seed: int = 0,
     ) -> None:
+        # Seconds between queueing a message and answering DATA: a client killed meanwhile
+        # never learns the relay has it.
+        self.accept_delay = accept_delay
         self.username, self.password = username, password
         self.rejected_recipients = {r.lower() for r in rejected_recipients}
         self.transient_error_rate = transient_error_rate
@@ -235,6 +239,8 @@ class FakeSMTP:
                     raw=raw,
                 )
             )
+        if self.accept_delay:
+            await asyncio.sleep(self.accept_delay)
         return "250 2.0.0 OK: queued"
 
     def _reply(self, code: int, text: str) -> str:

@@ -19,10 +19,17 @@ this and works with both ``TwilioHttpClient`` (requests, sync) and
 
 Errors use Twilio's legacy JSON shape so the SDK raises ``TwilioRestException``
 with ``.status`` and ``.code`` (e.g. 21211) set.
+
+``GET .../Messages.json`` lists accepted messages newest first, filtered by ``To``, ``From``
+and ``DateSent``/``DateSent<``/``DateSent>`` (by day, as Twilio does; queued messages have
+no date_sent), paged with ``PageSize`` and ``Page``. ``accept_delay`` holds each create's
+answer for that many seconds *after* the message is accepted: a client killed meanwhile
+never learns that Twilio has it, which is what an in-doubt message is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import math
@@ -34,10 +41,10 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -72,6 +79,7 @@ class TwilioMessage:
     status_callback: str | None
     received_at: float
     params: dict[str, list[str]] = field(repr=False)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class FakeTwilio(BackgroundServer):
@@ -88,9 +96,12 @@ class FakeTwilio(BackgroundServer):
         transient_429_share: float = 0.5,
         rate_limit: float | None = None,
         rate_burst: float | None = None,
+        accept_delay: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.account_sid = account_sid
+        self.accept_delay = accept_delay
+        self.list_requests = 0
         self.auth_token = auth_token
         self.invalid_numbers = set(invalid_numbers)
         self.opted_out_numbers = set(opted_out_numbers)
@@ -102,12 +113,12 @@ class FakeTwilio(BackgroundServer):
         self._rng = random.Random(seed)  # seeded so failure patterns are reproducible
         self._lock = threading.Lock()  # the server thread writes, the test thread reads
         self._messages: list[TwilioMessage] = []
-        route = Route(
-            "/2010-04-01/Accounts/{account_sid}/Messages.json",
-            self._create_message,
-            methods=["POST"],
-        )
-        super().__init__(Starlette(routes=[route]))
+        path = "/2010-04-01/Accounts/{account_sid}/Messages.json"
+        routes = [
+            Route(path, self._create_message, methods=["POST"]),
+            Route(path, self._list_messages, methods=["GET"]),
+        ]
+        super().__init__(Starlette(routes=routes))
 
     @property
     def messages(self) -> list[TwilioMessage]:
@@ -146,7 +157,38 @@ class FakeTwilio(BackgroundServer):
             return self._error(401, 20003, "Authenticate")
         form = parse_qs((await request.body()).decode(), keep_blank_values=True)
         rejection = self._admit() or self._validate(form)
-        return rejection or self._accept(form)
+        if rejection is not None:
+            return rejection
+        accepted = self._accept(form)
+        if self.accept_delay:
+            await asyncio.sleep(self.accept_delay)
+        return accepted
+
+    async def _list_messages(self, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        with self._lock:
+            self.list_requests += 1
+        query = request.query_params
+        found = [m for m in reversed(self.messages) if _matches(m, query)]
+        size = max(1, min(1000, int(query.get("PageSize", "50"))))
+        page = max(0, int(query.get("Page", "0")))
+        chunk = found[page * size : (page + 1) * size]
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        more = (page + 1) * size < len(found)
+        next_query = {**dict(query), "Page": str(page + 1), "PageSize": str(size)}
+        payload = {
+            "messages": [self._resource(m) for m in chunk],
+            "page": page,
+            "page_size": size,
+            "start": page * size,
+            "end": page * size + max(0, len(chunk) - 1),
+            "uri": f"{base}?{urlencode(dict(query))}",
+            "first_page_uri": f"{base}?{urlencode({**dict(query), 'Page': '0'})}",
+            "previous_page_uri": None,
+            "next_page_uri": f"{base}?{urlencode(next_query)}" if more else None,
+        }
+        return JSONResponse(payload)
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
@@ -207,7 +249,7 @@ class FakeTwilio(BackgroundServer):
         return JSONResponse(self._resource(msg), status_code=201)
 
     def _resource(self, msg: TwilioMessage) -> dict[str, Any]:
-        now = format_datetime(datetime.now(UTC))
+        now = format_datetime(msg.created_at, usegmt=True)
         uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{msg.sid}"
         # A Messaging Service send starts as "accepted" until a sender is picked.
         status = "queued" if msg.from_ else "accepted"
@@ -267,6 +309,23 @@ def twilio_client_for(fake: FakeTwilio, http_client: Any = None) -> Client:
     client.region = client.edge = None  # else get_hostname() rewrites 127.0.0.1:port
     client.api.base_url = fake.base_url
     return client
+
+
+def _matches(message: TwilioMessage, query: Mapping[str, str]) -> bool:
+    """Twilio's list filters. Accepted messages count as sent on the day they came in."""
+    day = message.created_at.date()
+    checks = {
+        "To": lambda v: message.to == v,
+        "From": lambda v: message.from_ == v,
+        "DateSent": lambda v: day == _day(v),
+        "DateSent<": lambda v: day <= _day(v),
+        "DateSent>": lambda v: day >= _day(v),
+    }
+    return all(check(query[key]) for key, check in checks.items() if key in query)
+
+
+def _day(value: str) -> date:
+    return date.fromisoformat(value[:10])
 
 
 def _first(form: dict[str, list[str]], key: str) -> str | None:

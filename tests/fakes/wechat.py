@@ -13,6 +13,7 @@ Like WeChat, business errors come back as HTTP 200 with a non-zero
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -68,9 +69,13 @@ class FakeWeChat(BackgroundServer):
         rate_limit: float | None = None,
         rate_burst: float | None = None,
         token_ttl: int = 7200,
+        accept_delay: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.appid, self.secret, self.token_ttl = appid, secret, token_ttl
+        # Seconds between delivering a message and answering: a caller killed meanwhile
+        # never learns it was delivered.
+        self.accept_delay = accept_delay
         self.refused_users = set(refused_users)
         self.valid_template_ids = None if valid_template_ids is None else set(valid_template_ids)
         self.transient_error_rate = transient_error_rate
@@ -146,7 +151,10 @@ class FakeWeChat(BackgroundServer):
         if rejection is not None:
             return rejection
         assert body is not None
-        return self._deliver(body, request.query_params["access_token"])
+        delivered = self._deliver(body, request.query_params["access_token"])
+        if self.accept_delay:  # delivered, but the caller hears of it only later
+            await asyncio.sleep(self.accept_delay)
+        return delivered
 
     def _check_token(self, token: str | None) -> Response | None:
         if not token:

@@ -14,12 +14,23 @@ from backinstock.subscriptions.statements import INSERT_WAITING
 from tests.helpers import phone
 
 
-async def seed_waiting(runtime: Runtime, n: int, sku: str = "SKU-1") -> list[uuid.UUID]:
+def contact_for(channel: Channel, n: int) -> str:
+    """A distinct valid contact per n on ``channel``."""
+    if channel is Channel.EMAIL:
+        return f"shopper{n}@mailbox.example"
+    if channel is Channel.WECHAT:
+        return f"oShopper{n:020d}"
+    return phone(n)
+
+
+async def seed_waiting(
+    runtime: Runtime, n: int, sku: str = "SKU-1", channel: Channel = Channel.SMS
+) -> list[uuid.UUID]:
     ids: list[uuid.UUID] = []
     async with db.transaction(runtime.sessions) as session:
         for i in range(n):
-            contact = NormalizedContact(Channel.SMS, phone(i))
-            payload = SubscriptionCreate(sku=sku, channel=Channel.SMS, contact=contact.value)
+            contact = NormalizedContact(channel, contact_for(channel, i))
+            payload = SubscriptionCreate(sku=sku, channel=channel, contact=contact.value)
             index = runtime.keys.blind_index.digest(contact.index_form)
             row = _NewSubscription.build(runtime.keys, payload, contact, index)
             await session.execute(INSERT_WAITING, row.params)

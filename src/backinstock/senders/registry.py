@@ -30,7 +30,9 @@ def build_senders(
         callback = settings.core.public_base_url.rstrip("/") + TWILIO_STATUS_PATH
         senders[Channel.SMS.value] = TwilioSmsSender(settings.twilio, callback)
     if settings.smtp.configured:
-        senders[Channel.EMAIL.value] = SmtpEmailSender(settings.smtp)
+        senders[Channel.EMAIL.value] = SmtpEmailSender(
+            settings.smtp, pool_size=settings.smtp.smtp_connections
+        )
     if settings.wechat.configured:
         tokens = AccessTokenCache(settings.wechat, redis)
         field_map = settings.wechat.wechat_field_map or None
