@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 from urllib.parse import parse_qsl
 
 import structlog
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from twilio.request_validator import RequestValidator
 
 from backinstock.deps import RuntimeDep, SessionDep
@@ -16,6 +17,10 @@ from backinstock.runtime import Runtime
 
 router = APIRouter(tags=["providers"])
 log = structlog.get_logger(__name__)
+_N_DESCRIPTION = (
+    "The notification the message was for, as the sender put it in the StatusCallback URL: "
+    "a report about a message a crash left in doubt (its MessageSid never recorded) settles it."
+)
 _EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -41,26 +46,20 @@ async def _verified_form(request: Request, runtime: Runtime) -> dict[str, str]:
     status_code=204,
     responses=error_responses(403, 404),
 )
-async def twilio_status(request: Request, session: SessionDep, runtime: RuntimeDep) -> Response:
+async def twilio_status(
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    n: Annotated[uuid.UUID | None, Query(description=_N_DESCRIPTION)] = None,
+) -> Response:
     """Delivery reports for SMS (Twilio's StatusCallback, form-encoded)."""
     form = await _verified_form(request, runtime)
     known = await providers.record_twilio_status(
-        session,
-        form.get("MessageSid", ""),
-        form.get("MessageStatus", ""),
-        form.get("ErrorCode"),
-        _notification_id(request.query_params.get("n")),
+        session, form.get("MessageSid", ""), form.get("MessageStatus", ""), form.get("ErrorCode"), n
     )
     if not known:
         log.info("twilio_status_unknown_message")
     return Response(status_code=204)
-
-
-def _notification_id(value: str | None) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value) if value else None
-    except ValueError:
-        return None
 
 
 @router.post(

@@ -1,0 +1,261 @@
+"""The journal: provider calls recorded as they start and end, a claim that fences every
+write, SIGTERM that starts nothing new and hands back the rest, and the sweeper's
+per-channel settlement of what a crash left in flight. On both backends, driven by a
+scripted sender whose calls the test opens one by one (no clock involved)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+
+from backinstock import db
+from backinstock.config import DeliverySettings, InDoubtPolicy, Settings
+from backinstock.dispatch import outcomes
+from backinstock.dispatch import service as dispatch
+from backinstock.dispatch.models import InDoubt, Notification, Status
+from backinstock.restocks import waves
+from backinstock.restocks.models import Wave
+from backinstock.runtime import Runtime
+from backinstock.senders.base import (
+    UNRECORDED,
+    Journal,
+    Outcome,
+    OutgoingMessage,
+    Sender,
+    SendResult,
+)
+from backinstock.senders.outbox import DevOutboxSender
+from tests.restocks.helpers import post_level
+from tests.restocks.seed import seed_waiting
+
+
+class ScriptedSender:
+    """An SMS sender whose calls wait until the test opens them; ``inside`` runs in each
+    call while it is in flight (to look at the database at that very moment)."""
+
+    channel = "sms"
+
+    def __init__(
+        self,
+        concurrency: int,
+        inside: Callable[[int], Awaitable[None]] | None = None,
+        gated: bool = False,
+    ) -> None:
+        self._limit = asyncio.Semaphore(concurrency)
+        self._inside = inside
+        self.gates: dict[uuid.UUID, asyncio.Event] = {}
+        self.in_flight: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self._gated = gated
+        self.calls = 0
+
+    async def send_batch(
+        self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
+    ) -> list[SendResult]:
+        results = await asyncio.gather(*(self._one(m, journal) for m in messages))
+        return [r for r in results if r is not None]
+
+    async def _one(self, message: OutgoingMessage, journal: Journal) -> SendResult | None:
+        async with self._limit:
+            return await journal.call(message, lambda: self._call(message))
+
+    async def _call(self, message: OutgoingMessage) -> SendResult:
+        number = self.calls
+        self.calls += 1
+        if self._inside is not None:
+            await self._inside(number)
+        if self._gated:
+            gate = self.gates.setdefault(message.notification_id, asyncio.Event())
+            self.in_flight.put_nowait(message.notification_id)
+            await gate.wait()
+        return SendResult(message.notification_id, Outcome.SENT, provider_id=f"p{number}")
+
+
+async def _plan(runtime: Runtime, client: httpx.AsyncClient, key: str, shoppers: int) -> None:
+    """A wave's notifications for ``shoppers`` SMS shoppers, written and not yet sent."""
+    await seed_waiting(runtime, shoppers)
+    assert (await post_level(client, key, shoppers)).status_code == 202
+    async with runtime.sessions() as session:
+        wave_id = await session.scalar(select(Wave.id))
+    assert wave_id is not None
+    await waves.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
+
+
+async def _statuses(runtime: Runtime) -> Counter[str]:
+    async with runtime.sessions() as session:
+        rows = await session.execute(
+            select(Notification.status, func.count()).group_by(Notification.status)
+        )
+        return Counter({str(status): int(n) for status, n in rows})
+
+
+def _senders(runtime: Runtime, sms: Any) -> dict[str, Sender]:
+    outbox = {c: DevOutboxSender(c, runtime.sessions, runtime.keys.cipher) for c in ("email",)}
+    return {"sms": sms, "wechat": outbox["email"], **outbox}
+
+
+async def _deliver(
+    runtime: Runtime,
+    sms: Any,
+    stopping: asyncio.Event | None = None,
+    settings: Settings | None = None,
+) -> int:
+    return await dispatch.deliver(
+        runtime.sessions,
+        settings or runtime.settings,
+        runtime.keys,
+        _senders(runtime, sms),
+        None,
+        None,
+        stopping,
+    )
+
+
+async def test_each_result_is_committed_before_the_next_call_starts(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    shoppers = 12
+    await _plan(runtime, client, api_keys["inventory"], shoppers)
+    seen: list[Counter[str]] = []
+
+    async def look(_: int) -> None:
+        seen.append(await _statuses(runtime))
+
+    assert await _deliver(runtime, ScriptedSender(concurrency=1, inside=look)) == shoppers
+    # Inside call i: i messages already recorded as sent, this one in flight, the rest
+    # claimed and not started. A crash at that moment puts one message in doubt, not 12.
+    assert seen == [
+        +Counter({"sent": i, "inflight": 1, "sending": shoppers - i - 1}) for i in range(shoppers)
+    ]
+    assert await _statuses(runtime) == {"sent": shoppers}
+
+
+async def test_in_flight_rows_stay_within_the_senders_concurrency(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 60)
+    in_flight: list[int] = []
+
+    async def look(_: int) -> None:
+        in_flight.append((await _statuses(runtime))["inflight"])
+
+    await _deliver(runtime, ScriptedSender(concurrency=5, inside=look))
+    # Calls running now, plus results of calls that ended while this one's start committed.
+    assert max(in_flight) <= 2 * 5
+    assert await _statuses(runtime) == {"sent": 60}
+
+
+async def test_sigterm_starts_nothing_new_and_hands_back_the_unstarted(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 20)
+    sender, stopping = ScriptedSender(concurrency=3, gated=True), asyncio.Event()
+    delivering = asyncio.create_task(_deliver(runtime, sender, stopping))
+    started = [await sender.in_flight.get() for _ in range(3)]
+    stopping.set()  # a deploy: the three calls in flight finish, nothing else starts
+    for notification_id in started:
+        sender.gates[notification_id].set()
+    assert await delivering == 20
+
+    assert sender.calls == 3
+    assert await _statuses(runtime) == {"sent": 3, "pending": 17}
+    async with runtime.sessions() as session:
+        back = await session.execute(
+            select(Notification.attempts, Notification.claim_id).where(
+                Notification.status == Status.PENDING
+            )
+        )
+        # Handed back unstarted: not an attempt, and no claim holds them.
+        assert set(back) == {(0, None)}
+
+
+async def test_a_call_past_the_grace_period_stays_in_doubt(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 4)
+    sender, stopping = ScriptedSender(concurrency=1, gated=True), asyncio.Event()
+    quick = dataclasses.replace(
+        runtime.settings, delivery=DeliverySettings(shutdown_grace_seconds=0.01)
+    )
+    delivering = asyncio.create_task(_deliver(runtime, sender, stopping, quick))
+    await sender.in_flight.get()  # the first call hangs and is never answered
+    stopping.set()
+    await delivering
+    # Cancelled mid-call: the provider may have it, so it is not called sent, and not
+    # handed back as unstarted either: in flight, settled later by the channel's policy.
+    assert await _statuses(runtime) == {"inflight": 1, "pending": 3}
+
+
+async def test_a_claim_taken_over_can_neither_start_nor_record(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 6)
+    other_claim = uuid.uuid4()
+
+    async def take_over_the_rest(number: int) -> None:
+        if number == 0:  # another worker took the unstarted rows after our lease lapsed
+            async with db.transaction(runtime.sessions) as session:
+                await session.execute(
+                    update(Notification)
+                    .where(Notification.status == Status.SENDING)
+                    .values(claim_id=other_claim)
+                )
+
+    sender = ScriptedSender(concurrency=1, inside=take_over_the_rest)
+    await _deliver(runtime, sender)
+    assert sender.calls == 1
+    async with runtime.sessions() as session:
+        rows = list(await session.execute(select(Notification.status, Notification.claim_id)))
+    assert Counter(rows) == {(Status.SENT.value, None): 1, (Status.SENDING.value, other_claim): 5}
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (InDoubtPolicy.RESEND, ("pending", InDoubt.UNRESOLVED.value)),
+        (InDoubtPolicy.RECONCILE, ("pending", InDoubt.UNRESOLVED.value)),
+        (InDoubtPolicy.DROP, ("failed", InDoubt.DROPPED.value)),
+    ],
+)
+async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    policy: InDoubtPolicy,
+    expected: tuple[str, str],
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 4)
+    async with db.transaction(runtime.sessions) as session:
+        ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
+        lapsed = db.utcnow() - timedelta(seconds=1)
+        # A dead worker's claim: two calls not started, one in flight; one not claimed.
+        for notification_id, status in zip(ids, ["sending", "sending", "inflight"], strict=False):
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == notification_id)
+                .values(status=status, channel="sms", claim_id=uuid.uuid4(), lease_until=lapsed)
+            )
+    async with db.transaction(runtime.sessions) as session:
+        await outcomes.recover_expired(session, DeliverySettings(in_doubt_sms=policy))
+    async with runtime.sessions() as session:
+        rows = {
+            row.id: (row.status, row.in_doubt, row.claim_id)
+            for row in await session.execute(
+                select(
+                    Notification.id,
+                    Notification.status,
+                    Notification.in_doubt,
+                    Notification.claim_id,
+                )
+            )
+        }
+    unstarted = ("pending", None, None)
+    assert [rows[i] for i in ids] == [unstarted, unstarted, (*expected, None), unstarted]
