@@ -16,6 +16,7 @@ from backinstock.config import Settings
 from backinstock.conversions.router import router as conversions_router
 from backinstock.coupons.router import router as coupons_router
 from backinstock.dashboard import router as dashboard
+from backinstock.dispatch.in_doubt_router import router as in_doubt_router
 from backinstock.dispatch.router import router as outbox_router
 from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
 from backinstock.ops.logging import configure_logging
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         providers_router,
         stats_router,
         outbox_router,
+        in_doubt_router,
         ops_router,
     )
     for router in routers:

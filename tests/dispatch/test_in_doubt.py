@@ -21,6 +21,7 @@ from backinstock.senders.twilio_sms import TwilioSmsSender
 from tests.conftest import ClientFactory
 from tests.dispatch.test_journal import _plan, _senders
 from tests.fakes.twilio import FakeTwilio, twilio_signature
+from tests.helpers import bearer
 
 SID, TOKEN = "AC" + "1" * 32, "in-doubt-token"
 BASE = "http://127.0.0.1:8000"  # PUBLIC_BASE_URL: what Twilio signs
@@ -108,6 +109,19 @@ async def test_sms_in_doubt_is_looked_up_and_only_the_missing_one_is_sent(
     metrics = (await client.get("/metrics")).text
     assert 'backinstock_in_doubt_messages{channel="sms",resolution="found"} 2.0' in metrics
     assert 'backinstock_in_doubt_messages{channel="sms",resolution="resent"} 1.0' in metrics
+    view = await client.get(
+        "/v1/notifications/in-doubt", params={"limit": 2}, headers=bearer(api_keys["admin"])
+    )
+    rest = await client.get(
+        "/v1/notifications/in-doubt",
+        params={"cursor": view.json()["next_cursor"]},
+        headers=bearer(api_keys["admin"]),
+    )
+    listed = view.json()["items"] + rest.json()["items"]
+    assert sorted((i["notification_id"], i["resolution"], i["status"]) for i in listed) == sorted(
+        (str(i), rows[i][1], "sent") for i in ids
+    )
+    assert rest.json()["next_cursor"] is None
 
 
 async def test_sms_not_resent_while_twilio_cannot_be_asked(

@@ -34,14 +34,14 @@ class OutboxPage(BaseModel):
     next_cursor: str | None
 
 
-def _decode_cursor(cursor: str) -> uuid.UUID:
+def decode_cursor(cursor: str) -> uuid.UUID:
     try:
         return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error):
         raise InvalidField("cursor", "is not a cursor this endpoint returned") from None
 
 
-def _encode_cursor(row_id: uuid.UUID) -> str:
+def encode_cursor(row_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(row_id.bytes).rstrip(b"=").decode()
 
 
@@ -61,7 +61,7 @@ async def list_dev_outbox(
     """Newest first. Recipients are masked; nothing here was sent to anyone."""
     query = select(DevOutboxMessage).order_by(DevOutboxMessage.id.desc()).limit(limit + 1)
     if cursor:
-        query = query.where(DevOutboxMessage.id < _decode_cursor(cursor))
+        query = query.where(DevOutboxMessage.id < decode_cursor(cursor))
     if channel:
         query = query.where(DevOutboxMessage.channel == channel)
     rows = list(await session.scalars(query))
@@ -79,5 +79,5 @@ async def list_dev_outbox(
             )
             for r in page
         ],
-        next_cursor=_encode_cursor(page[-1].id) if more else None,
+        next_cursor=encode_cursor(page[-1].id) if more else None,
     )
