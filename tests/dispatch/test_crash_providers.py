@@ -130,9 +130,13 @@ async def test_sigterm_mid_wave_drains_and_sends_nothing_twice(
 @sqlite_only
 @pytest.mark.parametrize(
     ("provider", "kinds"),
-    [((Channel.SMS, 0.05), ["kill", "kill"]), ((Channel.EMAIL, 0.01), ["kill", "term"])],
+    [
+        ((Channel.SMS, 0.05), ["kill", "kill"]),
+        ((Channel.EMAIL, 0.01), ["kill", "term"]),
+        ((Channel.WECHAT, 0.05), ["term", "kill"]),
+    ],
     indirect=["provider"],
-    ids=["sms-kills", "email-kill-term"],
+    ids=["sms-kills", "email-kill-term", "wechat-term-kill"],
 )
 async def test_embedded_server_killed_and_stopped_mid_wave(
     api_keys: dict[str, str],

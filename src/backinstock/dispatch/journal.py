@@ -115,6 +115,8 @@ class Journal:
             for d in self._deliveries.values()
             if d.message is not None and d.notification_id not in self._started
         ]
+        if not unstarted:
+            return
         try:
             async with db.transaction(self._sessions) as session:
                 await outcomes.release(session, self._claim_id, unstarted)

@@ -244,6 +244,8 @@ async def deliver(
     stopping: asyncio.Event | None = None,
 ) -> int:
     """Claim, send and record one batch; returns how many were claimed."""
+    if stopping is not None and stopping.is_set():
+        return 0  # shutting down: claim nothing, another worker will
     lease = timedelta(seconds=settings.waves.claim_lease_seconds)
     claim_id = uuid.uuid4()
     # Claim, read and settle what needs no provider call in one transaction.
@@ -295,13 +297,16 @@ async def _keep_claimed(
     short (fast takeover after a crash) without expiring under a live worker."""
     while True:
         await asyncio.sleep(lease.total_seconds() / 3)
-        async with db.transaction(sessions) as session:
-            await session.execute(
-                update(Notification)
-                .where(Notification.claim_id == claim_id)
-                .where(Notification.status.in_([Status.SENDING, Status.INFLIGHT]))
-                .values(lease_until=utcnow() + lease)
-            )
+        try:
+            async with db.transaction(sessions) as session:
+                await session.execute(
+                    update(Notification)
+                    .where(Notification.claim_id == claim_id)
+                    .where(Notification.status.in_([Status.SENDING, Status.INFLIGHT]))
+                    .values(lease_until=utcnow() + lease)
+                )
+        except Exception as exc:  # try again at the next third; the claim fences us anyway
+            log.warning("claim_renewal_failed", error_type=type(exc).__name__)
 
 
 def channel_rate(settings: Settings, channel: str) -> float:
