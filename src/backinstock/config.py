@@ -33,6 +33,9 @@ def _split_csv(value: Any) -> Any:
 class CoreSettings(_Section):
     database_url: str = "sqlite+aiosqlite:///./backinstock.db"
     redis_url: str = ""
+    # Connect and reply timeout of the API's Redis calls (rate limits, readiness): past it a
+    # request counts its limits in this process instead of waiting.
+    redis_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
     public_base_url: str = "http://127.0.0.1:8000"
     allowed_link_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "backinstock_http_requests_total", "HTTP requests served", ["method", "route", "status"]
@@ -21,3 +21,11 @@ CONVERSIONS = Counter(
     "backinstock_conversions_total", "Order lines attributed to a message", ["channel", "method"]
 )
 COUPONS_REDEEMED = Counter("backinstock_coupons_redeemed_total", "Coupons used in an order")
+REDIS_AVAILABLE = Gauge(
+    "backinstock_redis_available",
+    "1 while this process's last Redis call for rate limits succeeded, 0 while it falls back",
+)
+RATE_LIMIT_LOCAL = Counter(
+    "backinstock_rate_limit_local_total",
+    "Rate-limit checks counted in this process only because Redis did not answer",
+)
