@@ -30,6 +30,11 @@ async def create_subscription(
     runtime: RuntimeDep,
     principal: SubscribeKey,
 ) -> Response:
+    """Subscribe a shopper to a SKU: 201 with the new subscription, 200 with the waiting one
+    for the same SKU and primary contact (a repeat). Rate limited per API key and client IP
+    (RATE_LIMIT_PER_IP) and per contact (RATE_LIMIT_PER_CONTACT, new subscriptions only):
+    every contact the subscription may message counts, fallbacks included. Over a limit:
+    429 with Retry-After."""
     client_ip = request.client.host if request.client else "unknown"
     out, created = await subscriptions.subscribe(
         session,
