@@ -42,7 +42,10 @@ class CoreSettings(_Section):
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)
-    forwarded_allow_ips: str = "127.0.0.1"
+    # Proxies (comma-separated IPs or networks, or "*") whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed. Empty: none; the client IP is the TCP peer's. Trusting
+    # a proxy lets it choose the IP every rate limit counts under: name only your own.
+    forwarded_allow_ips: str = ""
     default_phone_region: str = "CN"
 
     _split_hosts = field_validator("allowed_link_hosts", mode="before")(_split_csv)
