@@ -136,7 +136,7 @@ async def login(request: Request, session: SessionDep, runtime: RuntimeDep) -> R
     response = _redirect(DASHBOARD_PATH)
     response.set_cookie(
         dashboard_session.COOKIE_NAME,
-        dashboard_session.issue(runtime.keys.tokens, principal, lifetime),
+        await dashboard_session.issue(session, runtime.keys.tokens, principal, lifetime),
         max_age=lifetime,
         **_cookie_options(settings),
     )
@@ -144,9 +144,14 @@ async def login(request: Request, session: SessionDep, runtime: RuntimeDep) -> R
 
 
 @router.post("/dashboard/logout")
-async def logout(request: Request, runtime: RuntimeDep) -> Response:
+async def logout(
+    request: Request, session: SessionDep, runtime: RuntimeDep, cookie: SessionCookieDep
+) -> Response:
+    """Ends the session on the server, then asks the browser to forget the cookie: a copy
+    of it is refused from now on."""
     if not _same_origin(request, runtime.settings):
         return _login_page(runtime.settings, "Sign out from this site's own page.", 403)
+    await dashboard_session.end(session, runtime.keys.tokens, cookie)
     response = _redirect(LOGIN_PATH)
     response.delete_cookie(dashboard_session.COOKIE_NAME, **_cookie_options(runtime.settings))
     return response
