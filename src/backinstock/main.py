@@ -17,7 +17,7 @@ from backinstock.conversions.router import router as conversions_router
 from backinstock.coupons.router import router as coupons_router
 from backinstock.dashboard import router as dashboard
 from backinstock.dispatch.router import router as outbox_router
-from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
+from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers, remember_routes
 from backinstock.ops.logging import configure_logging
 from backinstock.ops.middleware import RequestContextMiddleware
 from backinstock.ops.router import router as ops_router
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in routers:
         app.include_router(router)
     dashboard.install(app)
+    remember_routes(app, [*routers, dashboard.router])
     app.openapi = _openapi_with_one_error_shape(app)  # type: ignore[method-assign]
     return app
 
