@@ -80,6 +80,9 @@ async def get_subscription(
 async def delete_subscription(
     subscription_id: str, session: SessionDep, _: SubscribeKey
 ) -> Response:
+    """Stop the subscription waiting (204). It is not erased: GET still answers it, with
+    status ``unsubscribed`` (or the one it had already stopped with), and the figures keep
+    counting it; erasure is ``POST /v1/privacy/erase``. Repeating the DELETE answers 204."""
     sub_id = subscriptions.parse_id(subscription_id)
     if sub_id is None or not await subscriptions.unsubscribe(session, sub_id):
         raise NotFound("No such subscription.")
