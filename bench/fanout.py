@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -54,7 +55,7 @@ from backinstock.crypto import Keys, Sealed, load_keys, new_key_spec
 from backinstock.db import new_id
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.dispatch.service import CLICK_TOKEN
-from backinstock.senders.outbox import outbox_aad
+from backinstock.senders.outbox import open_content, outbox_aad, seal_content
 from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 
 OUT = BENCH / "out"  # service logs (git-ignored)
@@ -441,14 +442,15 @@ LIMIT $2
 """
 BARE_INSERT = """
 INSERT INTO dev_outbox (id, notification_id, channel, recipient_masked, recipient_key_id,
-                        recipient_blob, subject, body, created_at)
+                        recipient_blob, content_key_id, content_blob, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 
 
 async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
     """The same messages, one process, no broker, no claims: read 200, decrypt, render,
-    seal, insert 200. Returns (seconds, rows written)."""
+    seal (recipient and content, as the dev outbox does), insert 200. Returns (seconds,
+    rows written)."""
     conn = await asyncpg.connect(DSN)
     base = base_url.rstrip("/")
     written = 0
@@ -479,9 +481,10 @@ async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
                 row_id = new_id()
                 sealed = keys.cipher.seal(to, outbox_aad(row_id.bytes))
                 masked = contacts.mask(Channel(channel), to)
+                content = seal_content(keys.cipher, row_id, rendered.subject, rendered.text)
                 rows.append((
-                    row_id, nid, channel, masked, sealed.key_id, sealed.blob, rendered.subject,
-                    rendered.text, datetime.now(UTC),
+                    row_id, nid, channel, masked, sealed.key_id, sealed.blob,
+                    content["content_key_id"], content["content_blob"], datetime.now(UTC),
                 ))  # fmt: skip
             await conn.executemany(BARE_INSERT, rows)
             written += len(rows)
@@ -491,22 +494,33 @@ async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
         await conn.close()
 
 
-def keep_worker_bodies(cur: Any) -> None:
-    cur.execute("DROP TABLE IF EXISTS bench_worker_outbox")
+Opened = dict[str, tuple[str, str]]  # notification id -> (masked recipient, body)
+
+
+def opened_outbox(cur: Any, keys: Keys) -> Opened:
+    """The dev outbox's messages, opened with the service's own helper (bodies are sealed
+    with a random nonce, so SQL cannot compare them)."""
     cur.execute(
-        "CREATE TABLE bench_worker_outbox AS SELECT notification_id, recipient_masked, body "
-        "FROM dev_outbox"
+        "SELECT id, notification_id, recipient_masked, content_key_id, content_blob FROM dev_outbox"
     )
+    opened: Opened = {}
+    for row_id, nid, masked, key_id, blob in cur.fetchall():
+        row = SimpleNamespace(id=uuid.UUID(str(row_id)), content_key_id=key_id,
+                              content_blob=bytes(blob))  # fmt: skip
+        opened[str(nid)] = (masked, open_content(keys.cipher, row).body)
+    return opened
+
+
+def keep_worker_bodies(cur: Any, keys: Keys) -> Opened:
+    kept = opened_outbox(cur, keys)
     cur.execute("TRUNCATE dev_outbox")
     cur.execute("VACUUM ANALYZE dev_outbox")
+    return kept
 
 
-def same_messages(cur: Any) -> int:
-    cur.execute(
-        "SELECT count(*) FROM dev_outbox d JOIN bench_worker_outbox w USING (notification_id) "
-        "WHERE d.body = w.body AND d.recipient_masked = w.recipient_masked"
-    )
-    return int(cur.fetchone()[0])
+def same_messages(cur: Any, keys: Keys, worker_messages: Opened) -> int:
+    bare = opened_outbox(cur, keys)
+    return sum(1 for nid, message in bare.items() if worker_messages.get(nid) == message)
 
 
 # ---------------------------------------------------------------- one round
@@ -547,11 +561,11 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
             stop(service)
     with conn.cursor() as cur:
         rnd.checks = check(cur, rnd.size)
-        keep_worker_bodies(cur)
+        worker_messages = keep_worker_bodies(cur, keys)
     rnd.bare_s, written = asyncio.run(bare_loop(keys, Settings.from_env().core.public_base_url))
     with conn.cursor() as cur:
         rnd.checks["bare_rows"] = written
-        rnd.checks["bare_same_bodies"] = same_messages(cur)
+        rnd.checks["bare_same_bodies"] = same_messages(cur, keys, worker_messages)
     conn.close()
     checks = rnd.checks
     checks["ok"] = checks["ok"] and written == checks["bare_same_bodies"] == rnd.size

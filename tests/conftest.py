@@ -28,6 +28,7 @@ from backinstock.models import Base
 from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import MemoryRateLimiter
 from backinstock.runtime import Runtime
+from tests.server import RedisServer
 
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
 PG_ADMIN_URL = os.environ.get("BACKINSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -151,6 +152,15 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     for worker in started:
         worker.stop()
     worker_module.broker.flush_all()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, to stop and start: outages never touch the shared one."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 ClientFactory = Callable[..., httpx.AsyncClient]

@@ -77,13 +77,16 @@ def serve(
         raise typer.Exit(2) from None
     migrations.upgrade(settings.core.database_url)
     _banner(settings, host, port)
+    # Forwarded headers only from the proxies the operator names; uvicorn's own default
+    # (its FORWARDED_ALLOW_IPS, else localhost) would let any local client pick its IP.
+    proxies = settings.core.forwarded_allow_ips.strip()
     uvicorn.run(
         "backinstock.main:app_from_env",
         factory=True,
         host=host,
         port=port,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.core.forwarded_allow_ips,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
         access_log=False,
         log_config=None,
     )

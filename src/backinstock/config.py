@@ -34,13 +34,19 @@ def _split_csv(value: Any) -> Any:
 class CoreSettings(_Section):
     database_url: str = "sqlite+aiosqlite:///./backinstock.db"
     redis_url: str = ""
+    # Connect and reply timeout of the API's Redis calls (rate limits, readiness): past it a
+    # request counts its limits in this process instead of waiting.
+    redis_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
     public_base_url: str = "http://127.0.0.1:8000"
     allowed_link_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)
-    forwarded_allow_ips: str = "127.0.0.1"
+    # Proxies (comma-separated IPs or networks, or "*") whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed. Empty: none; the client IP is the TCP peer's. Trusting
+    # a proxy lets it choose the IP every rate limit counts under: name only your own.
+    forwarded_allow_ips: str = ""
     default_phone_region: str = "CN"
 
     _split_hosts = field_validator("allowed_link_hosts", mode="before")(_split_csv)

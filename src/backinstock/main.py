@@ -18,7 +18,7 @@ from backinstock.coupons.router import router as coupons_router
 from backinstock.dashboard import router as dashboard
 from backinstock.dispatch.in_doubt_router import router as in_doubt_router
 from backinstock.dispatch.router import router as outbox_router
-from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers
+from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers, remember_routes
 from backinstock.ops.logging import configure_logging
 from backinstock.ops.middleware import RequestContextMiddleware
 from backinstock.ops.router import router as ops_router
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in routers:
         app.include_router(router)
     dashboard.install(app)
+    remember_routes(app, [*routers, dashboard.router])
     app.openapi = _openapi_with_one_error_shape(app)  # type: ignore[method-assign]
     return app
 

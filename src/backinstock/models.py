@@ -4,6 +4,7 @@ from backinstock.auth.models import ApiKey
 from backinstock.catalog.models import Product
 from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon, CouponPool
+from backinstock.dashboard.models import DashboardSession
 from backinstock.db import Base
 from backinstock.dispatch.models import DevOutboxMessage, Notification
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
@@ -15,6 +16,7 @@ __all__ = [
     "Conversion",
     "Coupon",
     "CouponPool",
+    "DashboardSession",
     "DevOutboxMessage",
     "Notification",
     "Order",

@@ -1,6 +1,9 @@
 """Fixed-window rate limits, in Redis when configured (shared by every API process), else in
 this process. A hit returns how many seconds to wait when over the limit.
 
+Redis is an accelerator, not a dependency of the API: while it does not answer, limits are
+counted in this process (:class:`FallbackRateLimiter`), so requests keep their answers.
+
 Several limits of one request are counted in one call (one Redis round trip): in order,
 stopping at the first that refuses, so a client over its own limit spends nothing of a
 contact's. A count can be taken back, for requests that turn out not to count (a repeated
@@ -9,14 +12,20 @@ subscribe is free).
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from backinstock.config import Rate
+from backinstock.ops.metrics import RATE_LIMIT_LOCAL, REDIS_AVAILABLE
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,3 +139,101 @@ class RedisRateLimiter:
 
     async def take_back(self, counter: str) -> None:
         await self._take_back(keys=[counter], args=[])
+
+
+# Counters of the local fallback carry this prefix, so a take-back finds the right limiter.
+_LOCAL = "local:"
+
+
+class FallbackRateLimiter:
+    """Redis's shared counters while Redis answers, this process's own while it does not.
+
+    A failed call (refused, timed out, an error reply) switches to local counting at once,
+    and Redis is tried again after ``retry_seconds``: while it is down, requests pay no
+    connection attempts. Each API process then enforces the limits on the traffic it sees,
+    so with N processes a client may get up to N times a limit until Redis returns. The
+    outage is logged when it starts, at most once every ``log_every_seconds`` while it
+    lasts, and when it ends; ``backinstock_redis_available`` and
+    ``backinstock_rate_limit_local_total`` show it to Prometheus.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retry_seconds: float = 2.0,
+        log_every_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._shared = RedisRateLimiter(redis)
+        self._local = MemoryRateLimiter()
+        self._retry_seconds = retry_seconds
+        self._log_every = log_every_seconds
+        self._clock = clock
+        self._down = False
+        self._retry_at = 0.0
+        self._log_at = 0.0
+        self._local_checks = 0
+        REDIS_AVAILABLE.set(1)
+
+    @property
+    def redis_available(self) -> bool:
+        return not self._down
+
+    async def hit(self, key: str, rate: Rate) -> int | None:
+        verdict = await self.hit_all([Hit(key, rate)])
+        return verdict.retry_after if verdict.refused is not None else None
+
+    async def hit_all(self, hits: Sequence[Hit]) -> Verdict:
+        if self._try_shared():
+            try:
+                verdict = await self._shared.hit_all(hits)
+            except RedisError as exc:
+                self._went_down(exc)
+            else:
+                self._came_back()
+                return verdict
+        self._counted_locally()
+        verdict = await self._local.hit_all(hits)
+        return dataclasses.replace(verdict, counters=tuple(_LOCAL + c for c in verdict.counters))
+
+    async def take_back(self, counter: str) -> None:
+        if counter.startswith(_LOCAL):
+            await self._local.take_back(counter.removeprefix(_LOCAL))
+        elif self._try_shared():  # a count Redis holds; lost with Redis if it went down
+            try:
+                await self._shared.take_back(counter)
+            except RedisError as exc:
+                self._went_down(exc)
+
+    def _try_shared(self) -> bool:
+        return not self._down or self._clock() >= self._retry_at
+
+    def _went_down(self, exc: RedisError) -> None:
+        now = self._clock()
+        self._retry_at = now + self._retry_seconds
+        if not self._down:
+            self._down, self._local_checks, self._log_at = True, 0, now + self._log_every
+            REDIS_AVAILABLE.set(0)
+            log.warning(
+                "redis_unavailable",
+                use="rate_limits",
+                error_type=type(exc).__name__,
+                fallback="per-process counters",
+            )
+
+    def _came_back(self) -> None:
+        if self._down:
+            self._down = False
+            REDIS_AVAILABLE.set(1)
+            log.warning("redis_available_again", use="rate_limits", local_checks=self._local_checks)
+
+    def _counted_locally(self) -> None:
+        RATE_LIMIT_LOCAL.inc()
+        self._local_checks += 1
+        now = self._clock()
+        if now >= self._log_at:
+            self._log_at = now + self._log_every
+            log.warning(
+                "redis_still_unavailable", use="rate_limits", local_checks=self._local_checks
+            )

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backinstock import db
 from backinstock.catalog.service import ProductCache
 from backinstock.config import Settings
 from backinstock.crypto import Keys, load_keys
-from backinstock.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from backinstock.ratelimit import FallbackRateLimiter, MemoryRateLimiter, RateLimiter
 
 
 @dataclass
@@ -28,8 +30,8 @@ class Runtime:
     def create(cls, settings: Settings) -> Runtime:
         keys = load_keys(settings.crypto, production=not settings.core.is_sqlite)
         engine = db.create_engine(settings.core.database_url, pool_size=settings.core.db_pool_size)
-        redis = Redis.from_url(settings.core.redis_url) if settings.core.redis_url else None
-        limiter: RateLimiter = RedisRateLimiter(redis) if redis else MemoryRateLimiter()
+        redis = _redis_client(settings) if settings.core.redis_url else None
+        limiter: RateLimiter = FallbackRateLimiter(redis) if redis else MemoryRateLimiter()
         sessions = db.sessionmaker(engine)
         return cls(settings, keys, engine, sessions, redis, limiter, ProductCache())
 
@@ -37,3 +39,15 @@ class Runtime:
         await self.engine.dispose()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+def _redis_client(settings: Settings) -> Redis:
+    """Short timeouts and one retry (a pooled connection may be stale after a Redis restart):
+    a Redis that hangs must not hold requests; they fall back and move on."""
+    timeout = settings.core.redis_timeout_seconds
+    return Redis.from_url(
+        settings.core.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )

@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 import dramatiq
+import redis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
@@ -46,6 +47,8 @@ from backinstock.senders.registry import build_senders, close_senders
 
 log = structlog.get_logger(__name__)
 DRAIN_FANOUT = 4
+# The broker's scripts are short; a reply slower than this means Redis is in trouble.
+BROKER_SOCKET_TIMEOUT = 5.0
 # Retention work is slow-moving (days); once a minute per worker, at a random phase, is plenty.
 RETENTION_EVERY_SECONDS = 60
 
@@ -82,9 +85,15 @@ class Sweeper(Middleware):
 def _make_broker(settings: Settings) -> dramatiq.Broker:
     broker: dramatiq.Broker
     if settings.core.redis_url:
-        broker = RedisBroker(  # type: ignore[no-untyped-call]
-            url=settings.core.redis_url, namespace="backinstock"
+        # Timeouts, so that a Redis that stops answering (not one that refuses) cannot hold
+        # the API's after-commit wake-ups: the sweeper finds the work in the database anyway.
+        timeout = settings.core.redis_timeout_seconds
+        client = redis.Redis.from_url(
+            settings.core.redis_url,
+            socket_connect_timeout=timeout,
+            socket_timeout=max(BROKER_SOCKET_TIMEOUT, timeout),
         )
+        broker = RedisBroker(client=client, namespace="backinstock")  # type: ignore[no-untyped-call]
     else:
         broker = StubBroker()
     broker.add_middleware(AsyncIO())

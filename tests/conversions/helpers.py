@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from backinstock.dispatch.models import DevOutboxMessage, Notification
 from backinstock.runtime import Runtime
+from backinstock.senders.outbox import open_content
 from tests.helpers import bearer, subscription_body
 
 SKU = "SKU-1"
@@ -55,14 +56,16 @@ async def post_order(client: httpx.AsyncClient, key: str, body: dict[str, Any]) 
 
 
 async def outbox_by_subscription(runtime: Runtime, kind: str = "restock") -> dict[str, str]:
-    """Subscription id → the text of its dev-outbox message of that kind."""
+    """Subscription id → the text of its dev-outbox message of that kind (opened)."""
     async with runtime.sessions() as session:
         rows = await session.execute(
-            select(Notification.subscription_id, DevOutboxMessage.body)
+            select(Notification.subscription_id, DevOutboxMessage)
             .join(DevOutboxMessage, DevOutboxMessage.notification_id == Notification.id)
             .where(Notification.kind == kind)
         )
-        return {str(sub_id): body for sub_id, body in rows}
+        return {
+            str(sub_id): open_content(runtime.keys.cipher, message).body for sub_id, message in rows
+        }
 
 
 async def wait_for_sent(runtime: Runtime, expected: int, within: float = 30.0) -> int:

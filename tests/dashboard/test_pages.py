@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import httpx
 import pytest
@@ -181,12 +182,13 @@ async def test_an_expired_cookie_is_refused(
     runtime: Runtime, client: httpx.AsyncClient, api_keys: dict[str, str]
 ) -> None:
     await _login(client, api_keys["stats"])
-    async with db.transaction(runtime.sessions) as session:
-        keys = await auth.list_keys(session)
-    key_id = next(k.id for k in keys if k.name == "k-stats")
-    expired = runtime.keys.tokens.sign_text(
-        dashboard_session.PURPOSE, f"{key_id}:{int(time.time()) - 1}"
+    live = runtime.keys.tokens.verify_text(
+        dashboard_session.PURPOSE, client.cookies[dashboard_session.COOKIE_NAME]
     )
+    assert live is not None
+    session_id = uuid.UUID(hex=live.partition(":")[0])
+    # The session's row lives on, but the cookie's own signed expiry has passed.
+    expired = dashboard_session.cookie_for(runtime.keys.tokens, session_id, int(time.time()) - 1)
     client.cookies.set(dashboard_session.COOKIE_NAME, expired)
 
     assert (await client.get("/dashboard")).status_code == 303
@@ -212,7 +214,10 @@ async def test_a_cookie_from_a_short_lifetime_expires(
         keys = await auth.list_keys(session)
     stats = next(k for k in keys if k.name == "k-stats")
     principal = Principal(stats.id, stats.name, frozenset(stats.scopes.split()))
-    cookie = dashboard_session.issue(runtime.keys.tokens, principal, lifetime_seconds=-5)
+    async with db.transaction(runtime.sessions) as session:
+        cookie = await dashboard_session.issue(
+            session, runtime.keys.tokens, principal, lifetime_seconds=-5
+        )
     async with db.transaction(runtime.sessions) as session:
         found = await dashboard_session.principal_from_cookie(session, runtime.keys.tokens, cookie)
     assert found is None

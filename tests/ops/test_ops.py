@@ -39,3 +39,17 @@ async def test_unknown_route_and_method_use_the_error_shape(client: httpx.AsyncC
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     wrong = await client.put("/healthz")
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_method_not_allowed_names_every_method_of_the_path(
+    client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    # GET and DELETE are separate routes on one path: 405 must list both (RFC 9110).
+    response = await client.request(
+        "PATCH",
+        "/v1/subscriptions/01a22673-f409-77d9-85f7-0f164346d9a3",
+        headers=bearer(api_keys["subscribe"]),
+    )
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert sorted(m.strip() for m in response.headers["allow"].split(",")) == ["DELETE", "GET"]

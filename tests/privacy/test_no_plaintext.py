@@ -1,9 +1,11 @@
 """After 1,000 subscriptions through a real server, no contact is readable in a database
-dump or in the server's logs."""
+dump or in the server's logs; after a restock, no name or link token is readable in the
+dev outbox's rows."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
@@ -13,9 +15,11 @@ import httpx
 import pytest
 
 from backinstock.config import Settings
+from backinstock.runtime import Runtime
 from tests.conftest import BACKEND, PG_DATABASE
 from tests.helpers import bearer, subscription_body
-from tests.server import ServerProcess
+from tests.restocks.helpers import post_level, wait_for_outbox
+from tests.server import BackinstockProcess, ServerProcess
 
 pytestmark = pytest.mark.asyncio
 
@@ -111,3 +115,60 @@ async def test_no_contact_in_database_dump_or_logs(
         for secret in _secrets(i):
             assert secret not in dump, f"plaintext contact #{i} in the database dump"
             assert secret not in logs, f"plaintext contact #{i} in the server log"
+
+
+MESSAGED = 30
+_TOKEN = re.compile(r"/[ru]/([A-Za-z0-9_-]{20,})")
+
+
+def _shopper(i: int) -> dict[str, object]:
+    channel = ("sms", "email", "wechat")[i % 3]
+    phone, email, _ = _contacts(50_000 + i)
+    contact = {"sms": phone, "email": email, "wechat": f"oOpenId{50_000 + i:020d}"}[channel]
+    return subscription_body(
+        sku="SKU-OUTBOX", channel=channel, contact=contact, name=f"Outbox Shopper {i:05d}"
+    )
+
+
+async def test_dev_outbox_keeps_names_and_link_tokens_sealed(
+    settings: Settings, runtime: Runtime, api_keys: dict[str, str], tmp_path: Path
+) -> None:
+    """Rendered messages carry the shopper's name and live click and unsubscribe tokens:
+    the dev outbox stores them sealed, and only the admin view opens them."""
+    env = {"BACKINSTOCK_LOG_LEVEL": "DEBUG", "BACKINSTOCK_RATE_LIMIT_PER_IP": ""}
+    worker = BackinstockProcess(
+        ["worker", "--processes", "1", "--threads", "2"], env, tmp_path / "worker.log"
+    )
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        if BACKEND == "postgres":
+            worker.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+                for i in range(MESSAGED):
+                    response = await client.post(
+                        "/v1/subscriptions", json=_shopper(i), headers=bearer(api_keys["subscribe"])
+                    )
+                    assert response.status_code == 201, response.text
+                restock = await post_level(
+                    client, api_keys["inventory"], MESSAGED, sku="SKU-OUTBOX"
+                )
+                assert restock.status_code == 202
+                assert await wait_for_outbox(runtime, MESSAGED, within=60) == MESSAGED
+                page = await client.get(
+                    "/v1/dev/outbox?limit=1000", headers=bearer(api_keys["admin"])
+                )
+        finally:
+            worker.stop()
+    items = page.json()["items"]
+    bodies = "\n".join(f"{item['subject'] or ''}\n{item['body']}" for item in items)
+    names = [f"Outbox Shopper {i:05d}" for i in range(MESSAGED)]
+    emailed = [name for i, name in enumerate(names) if i % 3 == 1]
+    tokens = set(_TOKEN.findall(bodies))
+    # Email greets by name; SMS and email carry a click and an unsubscribe link each.
+    assert all(name in bodies for name in emailed), "the admin view opens every message"
+    assert len(tokens) == 2 * (MESSAGED * 2 // 3), "a click and an unsubscribe token each"
+
+    dump = _database_dump(settings)
+    assert "dev_outbox" in dump
+    for secret in [*names, *tokens]:
+        assert secret not in dump, f"{secret!r} is stored in plaintext"

@@ -43,17 +43,24 @@ LOGIN_RATE = Rate(limit=30, window_seconds=60)
 _MAX_FORM_BYTES = 4096
 
 
-def _page(html: str, status_code: int = status.HTTP_200_OK) -> HTMLResponse:
-    return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+def _page(
+    html: str, status_code: int = status.HTTP_200_OK, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    return HTMLResponse(html, status_code=status_code, headers={**PAGE_HEADERS, **(headers or {})})
 
 
 def _redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=status.HTTP_303_SEE_OTHER, headers=PAGE_HEADERS)
 
 
-def _login_page(settings: Settings, message: str | None, status_code: int) -> HTMLResponse:
+def _login_page(
+    settings: Settings,
+    message: str | None,
+    status_code: int,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
     lifetime = settings.dashboard.dashboard_session_seconds
-    return _page(pages.login(lifetime, message), status_code)
+    return _page(pages.login(lifetime, message), status_code, headers)
 
 
 def _cookie_options(settings: Settings) -> dict[str, Any]:
@@ -118,8 +125,10 @@ async def login(request: Request, session: SessionDep, runtime: RuntimeDep) -> R
     if not _same_origin(request, settings):
         return _login_page(settings, "Sign in from this site's own form.", 403)
     client_ip = request.client.host if request.client else "unknown"
-    if await runtime.limiter.hit(f"dashboard-login:{client_ip}", LOGIN_RATE) is not None:
-        return _login_page(settings, "Too many attempts; wait a minute and try again.", 429)
+    retry_after = await runtime.limiter.hit(f"dashboard-login:{client_ip}", LOGIN_RATE)
+    if retry_after is not None:
+        message = "Too many attempts; wait a minute and try again."
+        return _login_page(settings, message, 429, {"Retry-After": str(max(1, retry_after))})
     principal = await _check_key(request, session, await _submitted_key(request))
     if isinstance(principal, str):  # the page says why, and never shows the key again
         return _login_page(settings, principal, status.HTTP_401_UNAUTHORIZED)
@@ -127,7 +136,7 @@ async def login(request: Request, session: SessionDep, runtime: RuntimeDep) -> R
     response = _redirect(DASHBOARD_PATH)
     response.set_cookie(
         dashboard_session.COOKIE_NAME,
-        dashboard_session.issue(runtime.keys.tokens, principal, lifetime),
+        await dashboard_session.issue(session, runtime.keys.tokens, principal, lifetime),
         max_age=lifetime,
         **_cookie_options(settings),
     )
@@ -135,9 +144,14 @@ async def login(request: Request, session: SessionDep, runtime: RuntimeDep) -> R
 
 
 @router.post("/dashboard/logout")
-async def logout(request: Request, runtime: RuntimeDep) -> Response:
+async def logout(
+    request: Request, session: SessionDep, runtime: RuntimeDep, cookie: SessionCookieDep
+) -> Response:
+    """Ends the session on the server, then asks the browser to forget the cookie: a copy
+    of it is refused from now on."""
     if not _same_origin(request, runtime.settings):
         return _login_page(runtime.settings, "Sign out from this site's own page.", 403)
+    await dashboard_session.end(session, runtime.keys.tokens, cookie)
     response = _redirect(LOGIN_PATH)
     response.delete_cookie(dashboard_session.COOKIE_NAME, **_cookie_options(runtime.settings))
     return response

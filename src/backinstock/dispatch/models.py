@@ -10,7 +10,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    Text,
     UniqueConstraint,
     Uuid,
     text,
@@ -126,7 +125,10 @@ class Notification(Base):
 
 
 class DevOutboxMessage(Base):
-    """A rendered message for a channel with no provider configured: stored, never sent."""
+    """A rendered message for a channel with no provider configured: stored, never sent.
+
+    The recipient and the content (subject and body: the shopper's name, live click and
+    unsubscribe tokens) are sealed like contacts; ``senders.outbox`` seals and opens them."""
 
     __tablename__ = "dev_outbox"
 
@@ -138,6 +140,6 @@ class DevOutboxMessage(Base):
     recipient_masked: Mapped[str] = mapped_column(String(80))
     recipient_key_id: Mapped[str] = mapped_column(String(32))
     recipient_blob: Mapped[bytes] = mapped_column(LargeBinary)
-    subject: Mapped[str | None] = mapped_column(String(300), nullable=True)
-    body: Mapped[str] = mapped_column(Text)
+    content_key_id: Mapped[str] = mapped_column(String(32))
+    content_blob: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -12,9 +12,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from backinstock.deps import AdminKey, SessionDep
+from backinstock.deps import AdminKey, RuntimeDep, SessionDep
 from backinstock.dispatch.models import DevOutboxMessage
 from backinstock.errors import InvalidField, error_responses
+from backinstock.senders.outbox import OutboxContent, open_content
 
 router = APIRouter(tags=["operations"])
 
@@ -32,6 +33,18 @@ class OutboxItem(BaseModel):
 class OutboxPage(BaseModel):
     items: list[OutboxItem]
     next_cursor: str | None
+
+
+def _item(row: DevOutboxMessage, content: OutboxContent) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        notification_id=row.notification_id,
+        channel=row.channel,
+        to=row.recipient_masked,
+        subject=content.subject,
+        body=content.body,
+        created_at=row.created_at,
+    )
 
 
 def decode_cursor(cursor: str) -> uuid.UUID:
@@ -53,12 +66,14 @@ def encode_cursor(row_id: uuid.UUID) -> str:
 )
 async def list_dev_outbox(
     session: SessionDep,
+    runtime: RuntimeDep,
     _: AdminKey,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     channel: Annotated[str | None, Query(max_length=16, pattern="^[a-z]+$")] = None,
 ) -> OutboxPage:
-    """Newest first. Recipients are masked; nothing here was sent to anyone."""
+    """Newest first. Recipients are masked; nothing here was sent to anyone. Subjects and
+    bodies are stored sealed and opened only here, for an admin key."""
     query = select(DevOutboxMessage).order_by(DevOutboxMessage.id.desc()).limit(limit + 1)
     if cursor:
         query = query.where(DevOutboxMessage.id < decode_cursor(cursor))
@@ -67,17 +82,6 @@ async def list_dev_outbox(
     rows = list(await session.scalars(query))
     page, more = rows[:limit], len(rows) > limit
     return OutboxPage(
-        items=[
-            OutboxItem(
-                id=r.id,
-                notification_id=r.notification_id,
-                channel=r.channel,
-                to=r.recipient_masked,
-                subject=r.subject,
-                body=r.body,
-                created_at=r.created_at,
-            )
-            for r in page
-        ],
+        items=[_item(r, open_content(runtime.keys.cipher, r)) for r in page],
         next_cursor=encode_cursor(page[-1].id) if more else None,
     )

@@ -27,3 +27,11 @@ IN_DOUBT_MESSAGES = Gauge(
     "(unresolved, found, callback, resent, dropped); read from the database at scrape time",
     ["channel", "resolution"],
 )
+REDIS_AVAILABLE = Gauge(
+    "backinstock_redis_available",
+    "1 while this process's last Redis call for rate limits succeeded, 0 while it falls back",
+)
+RATE_LIMIT_LOCAL = Counter(
+    "backinstock_rate_limit_local_total",
+    "Rate-limit checks counted in this process only because Redis did not answer",
+)

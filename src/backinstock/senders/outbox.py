@@ -6,9 +6,14 @@ between writing and recording the result cannot produce a second message.
 
 from __future__ import annotations
 
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backinstock.crypto import FieldCipher
+from backinstock.crypto import FieldCipher, Sealed
 from backinstock.db import insert_for, new_id, transaction
 from backinstock.dispatch.models import DevOutboxMessage
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
@@ -16,6 +21,46 @@ from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessa
 
 def outbox_aad(row_id: bytes) -> bytes:
     return b"outbox:" + row_id
+
+
+def content_aad(row_id: bytes) -> bytes:
+    return b"outbox-content:" + row_id
+
+
+@dataclass(frozen=True)
+class OutboxContent:
+    subject: str | None
+    body: str
+
+
+def seal_content(
+    cipher: FieldCipher, row_id: uuid.UUID, subject: str | None, body: str
+) -> dict[str, Any]:
+    """A message's subject and body as stored: one sealed JSON document. They carry the
+    shopper's name and live click and unsubscribe tokens, so they are sealed like contacts."""
+    document = json.dumps({"subject": subject, "body": body}, ensure_ascii=False)
+    sealed = cipher.seal(document, content_aad(row_id.bytes))
+    return {"content_key_id": sealed.key_id, "content_blob": sealed.blob}
+
+
+class StoredContent(Protocol):
+    """A dev-outbox row, or anything holding its id and sealed content (a raw SQL row)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def content_key_id(self) -> str: ...
+
+    @property
+    def content_blob(self) -> bytes: ...
+
+
+def open_content(cipher: FieldCipher, row: StoredContent) -> OutboxContent:
+    """The one way to read a stored message (the admin view, tests, benchmarks)."""
+    sealed = Sealed(row.content_key_id, row.content_blob)
+    document = json.loads(cipher.open(sealed, content_aad(row.id.bytes)))
+    return OutboxContent(subject=document["subject"], body=document["body"])
 
 
 class DevOutboxSender:
@@ -48,8 +93,7 @@ class DevOutboxSender:
                     "recipient_masked": message.to_masked,
                     "recipient_key_id": sealed.key_id,
                     "recipient_blob": sealed.blob,
-                    "subject": message.subject,
-                    "body": message.text,
+                    **seal_content(self._cipher, row_id, message.subject, message.text),
                 }
             )
         async with transaction(self._sessions) as session:

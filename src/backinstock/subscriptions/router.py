@@ -30,6 +30,11 @@ async def create_subscription(
     runtime: RuntimeDep,
     principal: SubscribeKey,
 ) -> Response:
+    """Subscribe a shopper to a SKU: 201 with the new subscription, 200 with the waiting one
+    for the same SKU and primary contact (a repeat). Rate limited per API key and client IP
+    (RATE_LIMIT_PER_IP) and per contact (RATE_LIMIT_PER_CONTACT, new subscriptions only):
+    every contact the subscription may message counts, fallbacks included. Over a limit:
+    429 with Retry-After."""
     client_ip = request.client.host if request.client else "unknown"
     out, created = await subscriptions.subscribe(
         session,
@@ -75,6 +80,9 @@ async def get_subscription(
 async def delete_subscription(
     subscription_id: str, session: SessionDep, _: SubscribeKey
 ) -> Response:
+    """Stop the subscription waiting (204). It is not erased: GET still answers it, with
+    status ``unsubscribed`` (or the one it had already stopped with), and the figures keep
+    counting it; erasure is ``POST /v1/privacy/erase``. Repeating the DELETE answers 204."""
     sub_id = subscriptions.parse_id(subscription_id)
     if sub_id is None or not await subscriptions.unsubscribe(session, sub_id):
         raise NotFound("No such subscription.")

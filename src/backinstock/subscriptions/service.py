@@ -96,9 +96,11 @@ async def subscribe(
     """Create the subscription, or return the waiting one for the same SKU and contact.
 
     Returns the subscription and whether it was created. ``client`` names the caller for the
-    per-client rate limit. The contact rate limit counts only creations: repeating a request
-    is free and idempotent. Both limits cost one Redis call, and a new subscription one
-    INSERT (whose ON CONFLICT does the dedupe and whose RETURNING brings its queue position).
+    per-client rate limit. The contact rate limit counts every contact the subscription
+    may message (the primary and each fallback: a fallback number would otherwise be an
+    SMS-pumping path), and only creations: repeating a request is free and idempotent. All
+    limits cost one Redis call, and a new subscription one INSERT (whose ON CONFLICT does
+    the dedupe and whose RETURNING brings its queue position).
     """
     try:
         primary = normalize_contact(settings, "contact", payload.channel, payload.contact)
@@ -106,16 +108,17 @@ async def subscribe(
         product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
         catalog.check_product(settings.core, product)
     except InvalidField:
-        await _check_limits(settings, limiter, client, None)  # invalid requests count too
+        await _check_limits(settings, limiter, client, [])  # invalid requests count too
         raise
 
     candidates = keys.blind_index.candidates(primary.index_form)
-    contact_counter = await _check_limits(settings, limiter, client, candidates[0])
+    indexes = [candidates[0], *(keys.blind_index.digest(f.index_form) for f in fallbacks)]
+    contact_counter = await _check_limits(settings, limiter, client, indexes)
     new = _NewSubscription.build(keys, payload, primary, candidates[0])
     inserted = (await session.execute(INSERT_WAITING, new.params)).first()
     if inserted is None:  # already waiting, under this or an older index key
-        if contact_counter.counter is not None:  # a repeat is free
-            await limiter.take_back(contact_counter.counter)
+        for counter in contact_counter.counters:  # a repeat is free
+            await limiter.take_back(counter)
         existing = await _waiting_for_contact(session, payload.sku, candidates)
         if existing is None:  # stopped waiting between the two statements: a rare race
             raise Conflict("The subscription changed meanwhile; retry the request.")
@@ -138,30 +141,28 @@ async def subscribe(
 
 @dataclass(frozen=True)
 class _ContactCount:
-    counter: str | None  # the window counter incremented for the contact, if any
-    retry_after: int | None  # set when the contact is over its limit
+    counters: tuple[str, ...]  # the window counters incremented for the contacts
+    retry_after: int | None  # set when a contact is over its limit
 
 
 async def _check_limits(
-    settings: Settings, limiter: RateLimiter, client: str, index: bytes | None
+    settings: Settings, limiter: RateLimiter, client: str, indexes: list[bytes]
 ) -> _ContactCount:
-    """Count the client and (given its blind index) the contact in one call. An over-limit
-    client is refused here; an over-limit contact only once the request proves to be a
-    creation, which the caller knows after the INSERT."""
+    """Count the client and (given their blind indexes) the contacts in one call. An
+    over-limit client is refused here; an over-limit contact only once the request proves
+    to be a creation, which the caller knows after the INSERT."""
     per_client, per_contact = settings.rate_limits.per_ip, settings.rate_limits.per_contact
     hits = [Hit(client, per_client)] if per_client is not None else []
-    if per_contact is not None and index is not None:
-        hits.append(Hit("contact:" + index.hex(), per_contact))
+    first_contact = len(hits)
+    if per_contact is not None:
+        hits += [Hit("contact:" + index.hex(), per_contact) for index in indexes]
     if not hits:
-        return _ContactCount(None, None)
+        return _ContactCount((), None)
     verdict = await limiter.hit_all(hits)
-    contact_at = len(hits) - 1 if per_contact is not None and index is not None else None
-    if verdict.refused is not None and verdict.refused != contact_at:
+    if verdict.refused is not None and verdict.refused < first_contact:
         raise RateLimited("Too many requests from this client; slow down.", verdict.retry_after)
-    if contact_at is None:
-        return _ContactCount(None, None)
-    refused = verdict.refused == contact_at
-    return _ContactCount(verdict.counters[contact_at], verdict.retry_after if refused else None)
+    refused = verdict.refused is not None
+    return _ContactCount(verdict.counters[first_contact:], verdict.retry_after if refused else None)
 
 
 @dataclass(frozen=True)
