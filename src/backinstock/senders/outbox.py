@@ -11,12 +11,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.crypto import FieldCipher, Sealed
 from backinstock.db import insert_for, new_id, transaction
 from backinstock.dispatch.models import DevOutboxMessage
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
+
+log = structlog.get_logger(__name__)
 
 
 def outbox_aad(row_id: bytes) -> bytes:
@@ -96,12 +100,33 @@ class DevOutboxSender:
                     **seal_content(self._cipher, row_id, message.subject, message.text),
                 }
             )
+        try:
+            await self._insert(rows)
+        except DBAPIError:
+            # One row the database refuses must not fail the others: write them one by one.
+            return [await self._write_alone(row) for row in rows]
+        return [_stored(row) for row in rows]
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
         async with transaction(self._sessions) as session:
             stmt = insert_for(session, DevOutboxMessage).on_conflict_do_nothing(
                 index_elements=[DevOutboxMessage.notification_id]
             )
             await session.execute(stmt, rows)
-        return [
-            SendResult(m.notification_id, Outcome.SENT, provider_id=f"outbox:{m.notification_id}")
-            for m in messages
-        ]
+
+    async def _write_alone(self, row: dict[str, Any]) -> SendResult:
+        try:
+            await self._insert([row])
+        except DBAPIError as exc:
+            log.warning(
+                "outbox_write_refused",
+                notification_id=str(row["notification_id"]),
+                error_type=type(exc.orig).__name__,  # never the statement or its values
+            )
+            return SendResult(row["notification_id"], Outcome.PERMANENT, error="outbox:unstorable")
+        return _stored(row)
+
+
+def _stored(row: dict[str, Any]) -> SendResult:
+    notification_id = row["notification_id"]
+    return SendResult(notification_id, Outcome.SENT, provider_id=f"outbox:{notification_id}")
