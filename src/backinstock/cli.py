@@ -19,7 +19,7 @@ from backinstock.auth import service as auth
 from backinstock.auth.service import Scope
 from backinstock.config import Settings
 from backinstock.crypto import KeyConfigError, load_keys
-from backinstock.errors import ApiError
+from backinstock.errors import ApiError, Conflict
 from backinstock.ops.logging import configure_logging
 
 app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
@@ -199,12 +199,39 @@ def migrate() -> None:
 def keys_create(
     name: Annotated[str, typer.Option(help="A unique name, e.g. 'storefront'.")],
     scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="If a key of that name exists (even revoked), give it a new secret and "
+            "these scopes: the old secret stops working within seconds.",
+        ),
+    ] = False,
 ) -> None:
-    """Create an API key; the key is printed once, alone on the last line."""
+    """Create an API key; the key is printed once, alone on stdout. An existing name is an
+    error (exit 1) unless --replace is given."""
     settings = _settings()
     _ensure_schema(settings)
-    secret = _with_session(settings, lambda s: auth.create_key(s, name, scope))
-    err.print(f"created key '{name}' with scopes: {' '.join(sorted(s.value for s in scope))}")
+
+    async def create(session: AsyncSession) -> tuple[str, bool]:
+        if replace:
+            return await auth.replace_key(session, name, scope)
+        try:
+            return await auth.create_key(session, name, scope), False
+        except Conflict as exc:
+            raise Conflict(
+                f"{exc.message}: nothing was created. Add --replace to give it a new key "
+                "(the old one stops working), or choose another --name."
+            ) from None
+
+    secret, replaced = _with_session(settings, create)
+    scopes = " ".join(sorted(s.value for s in scope))
+    if replaced:
+        err.print(
+            f"replaced key '{name}' (scopes: {scopes}); the old key stops working within 5 seconds"
+        )
+    else:
+        err.print(f"created key '{name}' with scopes: {scopes}")
     err.print("store it now: it cannot be shown again")
     typer.echo(secret)
 
