@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,6 +23,9 @@ from backinstock.config import Settings
 from backinstock.crypto import KeyConfigError, load_keys
 from backinstock.errors import ApiError, Conflict
 from backinstock.ops.logging import configure_logging
+
+if TYPE_CHECKING:
+    from backinstock.demo import DemoInstance, DemoResult
 
 app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
@@ -141,16 +146,29 @@ def worker(
 
 
 @app.command()
-def demo() -> None:
-    """Fill the embedded instance with sample shoppers, a restock, clicks, orders and
-    coupons (dev outbox only, never a real provider), and show where to look."""
+def demo(
+    database: Annotated[
+        Path,
+        typer.Option(help="The demo's own SQLite file, started afresh on each run."),
+    ] = Path("backinstock-demo.db"),
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port for serving the demo afterwards (default: a free one from 8001)."),
+    ] = None,
+) -> None:
+    """Fill a demo instance of its own (its own SQLite file and key file; your instance is
+    never touched) with sample shoppers, a restock, clicks, orders and coupons (dev outbox
+    only, never a real provider), and print how to serve it and where to look."""
     from backinstock import demo as demo_module
 
-    demo_module.prepare_environment()
+    user = _settings()  # the user's instance: read, never opened
+    try:
+        instance = demo_module.create_instance(database, port, user)
+    except demo_module.DemoRefused as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    demo_module.prepare_environment(instance)
     settings = _settings()
-    if not settings.core.is_sqlite or settings.core.redis_url:
-        err.print("[red]backinstock demo fills the embedded (SQLite) instance only[/red]")
-        raise typer.Exit(2)
     migrations.upgrade(settings.core.database_url)
     with Progress(console=err) as progress:
         task = progress.add_task("demo", total=demo_module.steps())
@@ -163,25 +181,40 @@ def demo() -> None:
         except demo_module.DemoRefused as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-    _demo_summary(settings, result)
+    _demo_summary(instance, instance.serve_command(_program(), user), result)
 
 
-def _demo_summary(settings: Settings, result: Any) -> None:
-    base = settings.core.public_base_url.rstrip("/")
-    console = Console(soft_wrap=True)  # keys and URLs must stay whole for copy and paste
+def _program() -> str:
+    """How this command was started, so that printed commands run the same installation."""
+    if Path(sys.argv[0]).name == "backinstock":
+        return shlex.quote(sys.argv[0])
+    return f"{shlex.quote(sys.executable)} -m backinstock"
+
+
+def _demo_summary(instance: DemoInstance, serve_command: str, result: DemoResult) -> None:
+    base = instance.base_url
+    console = Console(soft_wrap=True)  # keys, URLs and commands stay whole for copy and paste
     console.print(
         f"[green]demo ready[/green]: {result.notified} notified, {result.clicks} clicks, "
         f"{result.orders} orders, {result.coupons} follow-up coupons"
     )
-    console.print("start the service:   backinstock serve")
+    console.print(
+        f"demo database:       {instance.database} (keys in {instance.key_file.name}); "
+        "your own instance was not touched"
+    )
+    console.print("serve the demo:", highlight=False)
+    console.print(f"  {serve_command}", markup=False, highlight=False)
+    console.print("then, while it runs:")
     console.print(f"dashboard:           {base}/dashboard  (sign in with the stats key below)")
     console.print(
         f"dev outbox:          curl -H 'Authorization: Bearer {result.admin_key}' "
-        f"{base}/v1/dev/outbox"
+        f"{base}/v1/dev/outbox",
+        highlight=False,
     )
     console.print(
         f"funnel:              curl -H 'Authorization: Bearer {result.stats_key}' "
-        f"{base}/v1/stats/funnel"
+        f"{base}/v1/stats/funnel",
+        highlight=False,
     )
     console.print("stats key:")
     typer.echo(result.stats_key)
