@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import shlex
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -221,6 +222,12 @@ def test_the_demo_refuses_a_database_that_is_not_its_own(tmp_path: Path) -> None
     assert refused.returncode == 2
     assert "not a demo database" in " ".join(refused.stderr.split())
     assert other.read_bytes() == content
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = _demo(tmp_path, "--port", str(busy.getsockname()[1]))
+    assert taken.returncode == 2 and "in use" in taken.stderr
 
     if BACKEND == "sqlite":  # the suite's own database is a file: the user's instance
         url = os.environ["BACKINSTOCK_DATABASE_URL"]

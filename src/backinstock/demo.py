@@ -156,6 +156,8 @@ def create_instance(database: Path, port: int | None, user: Settings) -> DemoIns
     """The demo's own instance, emptied of any earlier demo. Refuses a file that is the
     user's database or that holds anything but demo data."""
     path = database.expanduser().resolve()
+    if port is not None and not _port_is_free(port):
+        raise DemoRefused(f"port {port} is in use; choose another --port, or leave it out")
     instance = DemoInstance(
         path, port or _free_port(avoid=urlsplit(user.core.public_base_url).port)
     )
@@ -209,15 +211,18 @@ def _holds_only_demo_data(path: Path) -> bool:
     return all(name.startswith("demo-") for name in names)
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _free_port(avoid: int | None) -> int:
     for port in range(FIRST_PORT, FIRST_PORT + 100):
-        if port == avoid:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port != avoid and _port_is_free(port):
             return port
     raise DemoRefused(f"no free port from {FIRST_PORT} on; choose one with --port")
 
