@@ -27,6 +27,12 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def sh(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, env=os.environ, timeout=120
+    )
+
+
 async def test_keys_create_list_revoke(runtime: Runtime, client: httpx.AsyncClient) -> None:
     created = cli("keys", "create", "--name", "storefront", "--scope", "subscribe")
     assert created.returncode == 0, created.stderr
@@ -46,6 +52,51 @@ async def test_keys_create_list_revoke(runtime: Runtime, client: httpx.AsyncClie
     revoked = cli("keys", "revoke", "storefront")
     assert revoked.returncode == 0, revoked.stderr
     assert await _status_in_fresh_process(client, key) == 401
+
+
+async def test_an_existing_name_fails_on_stderr_and_keeps_its_key(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    first = cli("keys", "create", "--name", "storefront", "--scope", "subscribe")
+    key = first.stdout.strip()
+    assert first.returncode == 0 and key.startswith("bis_"), "stdout carries the key alone"
+
+    again = cli("keys", "create", "--name", "storefront", "--scope", "subscribe")
+    assert again.returncode == 1 and again.stdout == ""
+    message = " ".join(again.stderr.split())
+    assert "'storefront' already exists" in message and "--replace" in message
+
+    # The README's line, as a script runs it: the failure stops the script, KEY is never used.
+    script = (
+        f'set -e; KEY=$("{sys.executable}" -m backinstock keys create --name storefront '
+        '--scope subscribe); echo "using [$KEY]"'
+    )
+    shell = sh(script)
+    assert shell.returncode == 1 and "using" not in shell.stdout
+    assert "already exists" in shell.stderr
+    assert await _status_in_fresh_process(client, key) == 201, "the first key still works"
+
+
+async def test_replace_gives_the_name_a_new_key_and_ends_the_old_one(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    old = cli("keys", "create", "--name", "storefront", "--scope", "subscribe").stdout.strip()
+    replaced = cli("keys", "create", "--name", "storefront", "--scope", "subscribe", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    new = replaced.stdout.strip()
+    assert new.startswith("bis_") and new != old
+    assert "replaced key 'storefront'" in " ".join(replaced.stderr.split())
+    assert await _status_in_fresh_process(client, old) == 401
+    assert await _status_in_fresh_process(client, new) == 201
+    assert cli("keys", "list").stdout.count("storefront") == 1
+
+    # A revoked name comes back with --replace; a new name is simply created with it.
+    assert cli("keys", "revoke", "storefront").returncode == 0
+    revived = cli("keys", "create", "--name", "storefront", "--scope", "subscribe", "--replace")
+    # 200: the same shopper again, already waiting
+    assert await _status_in_fresh_process(client, revived.stdout.strip()) == 200
+    fresh = cli("keys", "create", "--name", "erp", "--scope", "inventory", "--replace")
+    assert fresh.returncode == 0 and "created key 'erp'" in fresh.stderr
 
 
 async def _status_in_fresh_process(client: httpx.AsyncClient, key: str) -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,8 +21,11 @@ from backinstock.auth import service as auth
 from backinstock.auth.service import Scope
 from backinstock.config import Settings
 from backinstock.crypto import KeyConfigError, load_keys
-from backinstock.errors import ApiError
+from backinstock.errors import ApiError, Conflict
 from backinstock.ops.logging import configure_logging
+
+if TYPE_CHECKING:
+    from backinstock.demo import DemoInstance, DemoResult
 
 app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
@@ -144,16 +149,29 @@ def worker(
 
 
 @app.command()
-def demo() -> None:
-    """Fill the embedded instance with sample shoppers, a restock, clicks, orders and
-    coupons (dev outbox only, never a real provider), and show where to look."""
+def demo(
+    database: Annotated[
+        Path,
+        typer.Option(help="The demo's own SQLite file, started afresh on each run."),
+    ] = Path("backinstock-demo.db"),
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port for serving the demo afterwards (default: a free one from 8001)."),
+    ] = None,
+) -> None:
+    """Fill a demo instance of its own (its own SQLite file and key file; your instance is
+    never touched) with sample shoppers, a restock, clicks, orders and coupons (dev outbox
+    only, never a real provider), and print how to serve it and where to look."""
     from backinstock import demo as demo_module
 
-    demo_module.prepare_environment()
+    user = _settings()  # the user's instance: read, never opened
+    try:
+        instance = demo_module.create_instance(database, port, user)
+    except demo_module.DemoRefused as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    demo_module.prepare_environment(instance)
     settings = _settings()
-    if not settings.core.is_sqlite or settings.core.redis_url:
-        err.print("[red]backinstock demo fills the embedded (SQLite) instance only[/red]")
-        raise typer.Exit(2)
     migrations.upgrade(settings.core.database_url)
     with Progress(console=err) as progress:
         task = progress.add_task("demo", total=demo_module.steps())
@@ -166,25 +184,40 @@ def demo() -> None:
         except demo_module.DemoRefused as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-    _demo_summary(settings, result)
+    _demo_summary(instance, instance.serve_command(_program(), user), result)
 
 
-def _demo_summary(settings: Settings, result: Any) -> None:
-    base = settings.core.public_base_url.rstrip("/")
-    console = Console(soft_wrap=True)  # keys and URLs must stay whole for copy and paste
+def _program() -> str:
+    """How this command was started, so that printed commands run the same installation."""
+    if Path(sys.argv[0]).name == "backinstock":
+        return shlex.quote(sys.argv[0])
+    return f"{shlex.quote(sys.executable)} -m backinstock"
+
+
+def _demo_summary(instance: DemoInstance, serve_command: str, result: DemoResult) -> None:
+    base = instance.base_url
+    console = Console(soft_wrap=True)  # keys, URLs and commands stay whole for copy and paste
     console.print(
         f"[green]demo ready[/green]: {result.notified} notified, {result.clicks} clicks, "
         f"{result.orders} orders, {result.coupons} follow-up coupons"
     )
-    console.print("start the service:   backinstock serve")
+    console.print(
+        f"demo database:       {instance.database} (keys in {instance.key_file.name}); "
+        "your own instance was not touched"
+    )
+    console.print("serve the demo:", highlight=False)
+    console.print(f"  {serve_command}", markup=False, highlight=False)
+    console.print("then, while it runs:")
     console.print(f"dashboard:           {base}/dashboard  (sign in with the stats key below)")
     console.print(
         f"dev outbox:          curl -H 'Authorization: Bearer {result.admin_key}' "
-        f"{base}/v1/dev/outbox"
+        f"{base}/v1/dev/outbox",
+        highlight=False,
     )
     console.print(
         f"funnel:              curl -H 'Authorization: Bearer {result.stats_key}' "
-        f"{base}/v1/stats/funnel"
+        f"{base}/v1/stats/funnel",
+        highlight=False,
     )
     console.print("stats key:")
     typer.echo(result.stats_key)
@@ -202,12 +235,39 @@ def migrate() -> None:
 def keys_create(
     name: Annotated[str, typer.Option(help="A unique name, e.g. 'storefront'.")],
     scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="If a key of that name exists (even revoked), give it a new secret and "
+            "these scopes: the old secret stops working within seconds.",
+        ),
+    ] = False,
 ) -> None:
-    """Create an API key; the key is printed once, alone on the last line."""
+    """Create an API key; the key is printed once, alone on stdout. An existing name is an
+    error (exit 1) unless --replace is given."""
     settings = _settings()
     _ensure_schema(settings)
-    secret = _with_session(settings, lambda s: auth.create_key(s, name, scope))
-    err.print(f"created key '{name}' with scopes: {' '.join(sorted(s.value for s in scope))}")
+
+    async def create(session: AsyncSession) -> tuple[str, bool]:
+        if replace:
+            return await auth.replace_key(session, name, scope)
+        try:
+            return await auth.create_key(session, name, scope), False
+        except Conflict as exc:
+            raise Conflict(
+                f"{exc.message}: nothing was created. Add --replace to give it a new key "
+                "(the old one stops working), or choose another --name."
+            ) from None
+
+    secret, replaced = _with_session(settings, create)
+    scopes = " ".join(sorted(s.value for s in scope))
+    if replaced:
+        err.print(
+            f"replaced key '{name}' (scopes: {scopes}); the old key stops working within 5 seconds"
+        )
+    else:
+        err.print(f"created key '{name}' with scopes: {scopes}")
     err.print("store it now: it cannot be shown again")
     typer.echo(secret)
 

@@ -5,20 +5,33 @@ demo exercises the same code as production: subscriptions are validated and encr
 restock opens a wave, messages land in the dev outbox, clicks follow tracked links, orders
 are attributed and follow-up coupons go out. Contacts are reserved examples: addresses at
 example.com (RFC 2606), +1 202-555-01xx numbers (reserved for fiction), made-up openids.
+
+The demo has an instance of its own: its own SQLite file and key file, settings of its own
+(providers off, no quiet hours, follow-ups after seconds) and in-process workers that see
+only that file. The instance the user runs (``BACKINSTOCK_DATABASE_URL``, Redis, keys) is
+never opened: the demo's short follow-up delay and its all-scope writer key must not reach
+real shoppers, coupon pools or key lists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import shlex
+import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from backinstock import db
 from backinstock.auth import service as auth
@@ -30,8 +43,21 @@ from backinstock.dispatch.service import CLICK_TOKEN
 from backinstock.main import create_app
 from backinstock.runtime import Runtime
 
-# Provider settings the demo clears: it must never reach a real phone or mailbox.
-PROVIDER_ENV = ("TWILIO_", "SMTP_", "WECHAT_")
+# Credentials the demo empties so that no provider is configured: it must never reach a real
+# phone or mailbox (emptied rather than removed, so that a .env file cannot fill them in).
+PROVIDER_CREDENTIALS = (
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_FROM",
+    "TWILIO_MESSAGING_SERVICE_SID",
+    "SMTP_HOST",
+    "SMTP_FROM",
+    "WECHAT_APP_ID",
+    "WECHAT_APP_SECRET",
+    "WECHAT_TEMPLATE_ID",
+)
+DEFAULT_DATABASE = Path("backinstock-demo.db")
+FIRST_PORT = 8001  # the user's own instance is likely on 8000
 PRODUCTS = [
     # sku, name, waiting shoppers
     ("DEMO-TEE-RED-M", "Red T-shirt, M", 40),
@@ -59,17 +85,146 @@ class DemoResult:
     coupons: int
 
 
+@dataclass(frozen=True)
+class DemoInstance:
+    """Where the demo lives, and how to serve it afterwards."""
+
+    database: Path  # absolute
+    port: int
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.database}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.database.with_name(self.database.stem + ".keys.json")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The demo's settings, complete enough that neither the user's environment nor a
+        .env file changes what it does or where it writes."""
+        values = {
+            "DATABASE_URL": self.database_url,
+            "KEY_FILE": str(self.key_file),
+            "PUBLIC_BASE_URL": self.base_url,  # the links in its messages lead to its server
+            "REDIS_URL": "",
+            "ENCRYPTION_KEYS": "",
+            "BLIND_INDEX_KEY": "",
+            "TOKEN_KEY": "",
+            "ALLOWED_LINK_HOSTS": "",
+            "QUIET_HOURS": "",  # the demo runs at any hour
+            "FOLLOWUP_AFTER_SECONDS": str(FOLLOWUP_AFTER_SECONDS),
+            "BATCH_MULTIPLIER": "1",
+            "MAX_NOTIFICATIONS": "3",
+            "RATE_LIMIT_PER_IP": "",
+            "RATE_LIMIT_PER_CONTACT": "",
+            **dict.fromkeys(PROVIDER_CREDENTIALS, ""),
+        }
+        return {f"BACKINSTOCK_{name}": value for name, value in values.items()}
+
+    def serve_command(self, program: str, user: Settings) -> str:
+        """The command that serves the demo from the user's shell: the demo's database, key
+        file and base URL, plus an empty value for each of the user's own settings that
+        would get in the way (Redis, keys, configured providers)."""
+        env = {
+            "DATABASE_URL": self.database_url,
+            "KEY_FILE": str(self.key_file),
+            "PUBLIC_BASE_URL": self.base_url,
+        }
+        in_the_way = {
+            "REDIS_URL": user.core.redis_url,
+            "ENCRYPTION_KEYS": user.crypto.encryption_keys,
+            "BLIND_INDEX_KEY": user.crypto.blind_index_key,
+            "TOKEN_KEY": user.crypto.token_key,
+            "TWILIO_ACCOUNT_SID": user.twilio.configured,
+            "SMTP_HOST": user.smtp.configured,
+            "WECHAT_APP_ID": user.wechat.configured,
+        }
+        env.update({name: "" for name, value in in_the_way.items() if value})
+        assignments = " ".join(f"BACKINSTOCK_{k}={shlex.quote(v)}" for k, v in env.items())
+        return f"{assignments} {program} serve --port {self.port}"
+
+
 Advance = Callable[[str], None]
 
 
-def prepare_environment() -> None:
-    """Dev outbox for every channel, no quiet hours (the demo runs at any hour), and
-    follow-ups after seconds instead of days; the in-process workers read these."""
+def create_instance(database: Path, port: int | None, user: Settings) -> DemoInstance:
+    """The demo's own instance, emptied of any earlier demo. Refuses a file that is the
+    user's database or that holds anything but demo data."""
+    path = database.expanduser().resolve()
+    if port is not None and not _port_is_free(port):
+        raise DemoRefused(f"port {port} is in use; choose another --port, or leave it out")
+    instance = DemoInstance(
+        path, port or _free_port(avoid=urlsplit(user.core.public_base_url).port)
+    )
+    if _sqlite_path(user.core.database_url) == path:
+        raise DemoRefused(
+            f"{path} is the database BACKINSTOCK_DATABASE_URL names; the demo needs a file "
+            "of its own (--database)"
+        )
+    if instance.key_file == Path(user.crypto.key_file).expanduser().resolve():
+        raise DemoRefused(f"{instance.key_file} is your key file; choose another --database")
+    if path.exists() and not _holds_only_demo_data(path):
+        raise DemoRefused(
+            f"{path} holds API keys the demo did not create, so it is not a demo database "
+            "(each demo starts its own afresh); choose another --database"
+        )
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    instance.key_file.unlink(missing_ok=True)
+    return instance
+
+
+def prepare_environment(instance: DemoInstance) -> None:
+    """The demo's settings replace every BACKINSTOCK_ variable of this process, so the
+    in-process workers (which read the environment) see the demo's database only."""
     for name in list(os.environ):
-        if name.startswith(tuple(f"BACKINSTOCK_{p}" for p in PROVIDER_ENV)):
+        if name.startswith("BACKINSTOCK_"):
             del os.environ[name]
-    os.environ["BACKINSTOCK_QUIET_HOURS"] = ""
-    os.environ["BACKINSTOCK_FOLLOWUP_AFTER_SECONDS"] = str(FOLLOWUP_AFTER_SECONDS)
+    os.environ.update(instance.environment())
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite"):
+        return None
+    name = make_url(url).database
+    if not name or name == ":memory:":
+        return None
+    return Path(name).expanduser().resolve()
+
+
+def _holds_only_demo_data(path: Path) -> bool:
+    """Every write goes through an API key, so a file whose keys are all the demo's holds
+    nothing but demo data (and one without a keys table holds nothing at all)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if "api_keys" not in tables:
+                return True
+            names = [row[0] for row in conn.execute("SELECT name FROM api_keys")]
+    except sqlite3.DatabaseError:
+        return False
+    return all(name.startswith("demo-") for name in names)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port(avoid: int | None) -> int:
+    for port in range(FIRST_PORT, FIRST_PORT + 100):
+        if port != avoid and _port_is_free(port):
+            return port
+    raise DemoRefused(f"no free port from {FIRST_PORT} on; choose one with --port")
 
 
 def steps() -> int:
@@ -78,7 +233,7 @@ def steps() -> int:
 
 async def run(settings: Settings, advance: Advance) -> DemoResult:
     if not settings.core.is_sqlite or settings.core.redis_url:
-        raise DemoRefused("the demo fills the embedded (SQLite) instance only")
+        raise DemoRefused("the demo fills its own embedded (SQLite) instance only")
     from backinstock.worker import start_embedded_worker
 
     runtime = Runtime.create(settings)
@@ -92,10 +247,24 @@ async def run(settings: Settings, advance: Advance) -> DemoResult:
 
 async def _fill(runtime: Runtime, advance: Advance) -> DemoResult:
     suffix = secrets.token_hex(3)
+    writer_name = f"demo-writer-{suffix}"
     async with db.transaction(runtime.sessions) as session:
-        writer = await auth.create_key(session, f"demo-writer-{suffix}", list(Scope))
+        writer = await auth.create_key(session, writer_name, list(Scope))
         stats_key = await auth.create_key(session, f"demo-stats-{suffix}", [Scope.STATS])
         admin_key = await auth.create_key(session, f"demo-admin-{suffix}", [Scope.ADMIN])
+    try:
+        counts = await _act(runtime, writer, suffix, advance)
+    finally:
+        # The all-scope key was for writing the demo's data; nobody is to keep using it.
+        async with db.transaction(runtime.sessions) as session:
+            await auth.revoke_key(session, writer_name)
+    advance("done")
+    return DemoResult(stats_key, admin_key, *counts)
+
+
+async def _act(
+    runtime: Runtime, writer: str, suffix: str, advance: Advance
+) -> tuple[int, int, int, int]:
     transport = httpx.ASGITransport(app=create_app(runtime=runtime))
     headers = {"Authorization": f"Bearer {writer}"}
     async with httpx.AsyncClient(
@@ -124,8 +293,7 @@ async def _fill(runtime: Runtime, advance: Advance) -> DemoResult:
         advance(f"{coupons} follow-up coupons for those who did not buy")
         orders += await _redeem(api, runtime, sku, suffix)
         advance(f"{COUPON_BUYERS} coupons redeemed")
-    advance("done")
-    return DemoResult(stats_key, admin_key, notified, clicks, orders, coupons)
+    return notified, clicks, orders, coupons
 
 
 async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:

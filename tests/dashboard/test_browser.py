@@ -138,9 +138,11 @@ async def _seed_through_the_api(base_url: str, keys: dict[str, str]) -> dict[str
     return ids
 
 
-async def _seed_clicks_orders_and_coupons(runtime: Runtime, sku_b: dict[str, str]) -> None:
+async def _seed_clicks_orders_and_coupons(
+    runtime: Runtime, sku_b: dict[str, str], revenue: Decimal = Decimal("199.00")
+) -> None:
     """What shoppers do after the message (follow links, buy, redeem), written as rows: the
-    SMS and WeChat shoppers click, the WeChat one buys for 199.00 CNY with a coupon."""
+    SMS and WeChat shoppers click, the WeChat one buys (for 199.00 CNY) with a coupon."""
     now = db.utcnow()
     async with db.transaction(runtime.sessions) as session:
         clicked = [sku_b["sms"], sku_b["wechat"]]
@@ -149,9 +151,7 @@ async def _seed_clicks_orders_and_coupons(runtime: Runtime, sku_b: dict[str, str
             .where(Notification.subscription_id.in_([uuid.UUID(i) for i in clicked]))
             .values(clicked_at=now, click_count=1)
         )
-        order = Order(
-            order_id="o-1", currency="CNY", total=Decimal("199.00"), occurred_at=now, response="{}"
-        )
+        order = Order(order_id="o-1", currency="CNY", total=revenue, occurred_at=now, response="{}")
         session.add(order)
         await session.flush()
         buyer = uuid.UUID(sku_b["wechat"])
@@ -162,7 +162,7 @@ async def _seed_clicks_orders_and_coupons(runtime: Runtime, sku_b: dict[str, str
                 sku="SKU-B",
                 channel="wechat",
                 method="coupon",
-                revenue=Decimal("199.00"),
+                revenue=revenue,
                 currency="CNY",
                 converted_at=now,
             )
@@ -330,3 +330,133 @@ async def test_the_dashboard_signs_in_and_draws_every_chart(
     after = await page.request.get(f"{server.base_url}/v1/stats/funnel")
     assert after.status == 401
     await context.close()
+
+
+async def _sign_in(browser: Any, base_url: str, key: str, width: int, locale: str) -> Any:
+    context = await browser.new_context(
+        viewport={"width": width, "height": 900}, reduced_motion="reduce", locale=locale
+    )
+    page = await context.new_page()
+    await page.goto(f"{base_url}/dashboard/login")
+    await page.fill("#key", key)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base_url}/dashboard")
+    return page
+
+
+async def _open(page: Any, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_selector("body[data-state=ready], body[data-state=error]", timeout=20_000)
+
+
+async def _all_charts_drawn(page: Any) -> bool:
+    drawn = [await page.evaluate(_chart_data(chart_id)) for chart_id in CHARTS]
+    return all(chart is not None for chart in drawn)
+
+
+# Where each figure's text is, against its card: the text's own box (a Range over it), not
+# the block's, which always has the card's width however far its text runs.
+_FIGURE_BOXES = """() => Array.from(document.querySelectorAll(".figures dd")).map((dd) => {
+    const range = document.createRange();
+    range.selectNodeContents(dd);
+    const text = range.getBoundingClientRect();
+    const card = dd.parentElement.getBoundingClientRect();
+    return {figure: dd.dataset.figure, text: dd.textContent, textLeft: text.left,
+            textRight: text.right, cardLeft: card.left, cardRight: card.right};
+})"""
+
+# Every cell of a table's last column against the visible part of its table's scroll box.
+_LAST_COLUMN = """(id) => {
+    const table = document.getElementById(id);
+    const wrap = table.closest(".table-wrap").getBoundingClientRect();
+    const cells = Array.from(table.querySelectorAll("tr"))
+        .map((row) => row.cells[row.cells.length - 1])
+        .filter((cell) => cell && cell.colSpan === 1 && cell.getClientRects().length > 0);
+    return cells.map((cell) => {
+        const box = cell.getBoundingClientRect();
+        return {text: cell.textContent, left: box.left, right: box.right, width: box.width,
+                wrapLeft: wrap.left, wrapRight: wrap.right};
+    });
+}"""
+
+
+async def _assert_content_fits(page: Any) -> None:
+    boxes = await page.evaluate(_FIGURE_BOXES)
+    revenue = next(b for b in boxes if b["figure"] == "revenue")
+    assert "1,234,567.89" in revenue["text"], revenue
+    for box in boxes:
+        assert box["textLeft"] >= box["cardLeft"] and box["textRight"] <= box["cardRight"], box
+    for table in ("demand-table", "channel-table"):
+        cells = await page.evaluate(_LAST_COLUMN, table)
+        assert len(cells) >= 3, table
+        for cell in cells:
+            assert cell["width"] > 0 and cell["left"] >= cell["wrapLeft"] - 0.5, cell
+            assert cell["right"] <= cell["wrapRight"] + 0.5, f"{table}: last column cut: {cell}"
+
+
+async def test_the_dashboard_copes_with_hand_edited_addresses_and_fits_its_content(
+    runtime: Runtime, api_keys: dict[str, str], server: ServerProcess, browser: Any
+) -> None:
+    sku_b = await _seed_through_the_api(server.base_url, api_keys)
+    await _wait_for_sent(runtime, expected=3)
+    await _seed_clicks_orders_and_coupons(runtime, sku_b, revenue=Decimal("1234567.89"))
+    base = f"{server.base_url}/dashboard"
+    page = await _sign_in(browser, server.base_url, api_keys["stats"], 1280, "en-US")
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+    # A period written by hand: read as the period it names, and said so.
+    await _open(page, f"{base}?period=7d")
+    assert await page.get_attribute("body", "data-state") == "ready"
+    assert "7d" in await page.locator("#notice").inner_text()
+    assert await page.locator("select[name=period]").input_value() == "7"
+    assert page.url.endswith("?period=7") and await _all_charts_drawn(page)
+
+    # Nonsense: the default period, a message in place, every chart.
+    await _open(page, f"{base}?period=fortnight&channel=fax&sku=红色 T")
+    assert await page.get_attribute("body", "data-state") == "ready"
+    notice = await page.locator("#notice").inner_text()
+    assert "fortnight" in notice and "fax" in notice and "红色 T" in notice
+    assert await page.locator("select[name=period]").input_value() == "30"
+    assert await _all_charts_drawn(page)
+
+    # Reversed dates: swapped, said, and the figures of the period between them.
+    today = db.utcnow().date()
+    earlier = today - timedelta(days=10)
+    await _open(page, f"{base}?period=custom&since={today}&until={earlier}")
+    assert await page.get_attribute("body", "data-state") == "ready"
+    assert "swapped" in await page.locator("#notice").inner_text()
+    assert await page.locator("input[name=since]").input_value() == str(earlier)
+    assert await page.locator("input[name=until]").input_value() == str(today)
+    assert await _all_charts_drawn(page)
+    funnel = await page.evaluate(_chart_data("chart-funnel"))
+    assert funnel["datasets"][0]["data"][:2] == [9, 3]
+
+    # The over-time chart of a fresh instance starts the day before its first activity.
+    await _open(page, base)
+    assert await page.locator("#notice").is_hidden()
+    series = await page.evaluate(_chart_data("chart-timeseries"))
+    yesterday = today - timedelta(days=1)
+    assert series["labels"] == [str(yesterday), str(today)]
+    assert series["datasets"][0]["data"] == [0, 3]
+
+    # An API failure is said in its own section; the other sections still draw.
+    await page.route("**/v1/stats/timeseries?*", lambda route: route.fulfill(status=503))
+    await page.click("#filters button[type=submit]")
+    await page.wait_for_selector("body[data-state=error]")
+    assert "503" in await page.locator("#timeseries .card-error").inner_text()
+    assert await page.evaluate(_chart_data("chart-timeseries")) is None
+    for chart_id in ("chart-funnel", "chart-channels", "chart-demand", "chart-coupons"):
+        assert await page.evaluate(_chart_data(chart_id)) is not None, chart_id
+    await page.unroute("**/v1/stats/timeseries?*")
+    await page.click("#filters button[type=submit]")
+    await page.wait_for_selector("body[data-state=ready]")
+    assert await page.locator(".card-error").count() == 0
+
+    # A seven-figure revenue stays inside its card, and no table loses its last column, on a
+    # laptop and on a phone (where numbers and dates are formatted the Chinese way).
+    await _assert_content_fits(page)
+    phone_page = await _sign_in(browser, server.base_url, api_keys["stats"], 390, "zh-CN")
+    await _open(phone_page, base)
+    await _assert_content_fits(phone_page)
+    assert problems == []

@@ -292,6 +292,7 @@ async def test_static_files_are_served_with_long_cache_lifetimes(
     assert {u.split("?")[0] for u in urls} == {
         "/dashboard/static/dashboard.css",
         "/dashboard/static/dashboard.js",
+        "/dashboard/static/filters.js",
         "/dashboard/static/vendor/chart.umd.js",
     }
     for url in urls:

@@ -38,20 +38,41 @@ def hash_key(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def _new_secret() -> str:
+    return _KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _scope_text(scopes: list[Scope]) -> str:
+    return " ".join(sorted({s.value for s in scopes}))
+
+
 async def create_key(session: AsyncSession, name: str, scopes: list[Scope]) -> str:
     if await session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
         raise Conflict(f"an API key named {name!r} already exists")
-    secret = _KEY_PREFIX + secrets.token_urlsafe(32)
+    secret = _new_secret()
     session.add(
-        ApiKey(
-            name=name,
-            key_hash=hash_key(secret),
-            prefix=secret[:10],
-            scopes=" ".join(sorted({s.value for s in scopes})),
-        )
+        ApiKey(name=name, key_hash=hash_key(secret), prefix=secret[:10], scopes=_scope_text(scopes))
     )
     await session.flush()
     return secret
+
+
+async def replace_key(session: AsyncSession, name: str, scopes: list[Scope]) -> tuple[str, bool]:
+    """A new secret under ``name`` with these scopes, whether or not the name exists; the
+    old secret (revoked or not) stops working. Returns the secret and whether one was replaced.
+    The row is reused: names are unique, and a script re-running its setup expects the name
+    to stay."""
+    key = await session.scalar(select(ApiKey).where(ApiKey.name == name).with_for_update())
+    if key is None:
+        return await create_key(session, name, scopes), False
+    secret = _new_secret()
+    key.key_hash = hash_key(secret)
+    key.prefix = secret[:10]
+    key.scopes = _scope_text(scopes)
+    key.created_at = utcnow()
+    key.revoked_at = None
+    await session.flush()
+    return secret, True
 
 
 async def list_keys(session: AsyncSession) -> list[ApiKey]:

@@ -1,6 +1,6 @@
 // The dashboard's charts. Every figure comes from the /v1/stats/* endpoints, read with the
 // session cookie; this file only fetches, formats and draws. Chart is the global that
-// vendor/chart.umd.js defines.
+// vendor/chart.umd.js defines; BackinstockFilters is filters.js's.
 (function () {
   "use strict";
 
@@ -28,6 +28,8 @@
   const DEMAND_PAGE = 50;
 
   const HOURLY_SPAN_MS = 48 * HOUR_MS;
+  const Filters = window.BackinstockFilters;
+  const query = Filters.query;
 
   const state = { interval: "day", demandCursor: null, demandRank: 0, currency: null };
   const numberFormat = new Intl.NumberFormat(undefined);
@@ -87,9 +89,18 @@
     return parts.join(" ");
   }
 
+  // Short enough for a table column: the year only when it is not this year (the full
+  // instant is in the cell's title).
   function dateTime(iso) {
     if (!iso) return "–";
-    return new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+    const d = new Date(iso);
+    return d.toLocaleString(undefined, {
+      year: d.getFullYear() === new Date().getFullYear() ? undefined : "numeric",
+      month: "short",
+      day: "numeric",
+      hour: "2-digit",
+      minute: "2-digit",
+    });
   }
 
   function bucketLabel(iso, interval) {
@@ -99,46 +110,7 @@
     return interval === "hour" ? day + " " + pad(d.getUTCHours()) + ":00" : day;
   }
 
-  // ---- filters ----------------------------------------------------------------------------
-
-  function utcMidnight(date) {
-    return new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()));
-  }
-
-  function fromDateInput(value) {
-    return value ? new Date(value + "T00:00:00Z") : null;
-  }
-
-  // The period as [since, until): whole UTC days, today included.
-  function period(form) {
-    const choice = form.elements.period.value;
-    const tomorrow = new Date(utcMidnight(new Date()).getTime() + DAY_MS);
-    if (choice === "custom") {
-      const since = fromDateInput(form.elements.since.value);
-      const last = fromDateInput(form.elements.until.value);
-      return { since: since, until: last ? new Date(last.getTime() + DAY_MS) : tomorrow };
-    }
-    return { since: new Date(tomorrow.getTime() - Number(choice) * DAY_MS), until: tomorrow };
-  }
-
-  function filters() {
-    const form = document.getElementById("filters");
-    const p = period(form);
-    return {
-      sku: form.elements.sku.value.trim(),
-      channel: form.elements.channel.value,
-      since: p.since ? p.since.toISOString().replace(".000Z", "Z") : "",
-      until: p.until ? p.until.toISOString().replace(".000Z", "Z") : "",
-    };
-  }
-
-  function query(params) {
-    const q = new URLSearchParams();
-    for (const [name, value] of Object.entries(params)) {
-      if (value !== "" && value !== null && value !== undefined) q.set(name, value);
-    }
-    return q.toString();
-  }
+  // ---- filters (filters.js decides what is asked for) -----------------------------------
 
   function describeScope(f) {
     const channel = CHANNELS.find(([value]) => value === f.channel);
@@ -152,36 +124,10 @@
     return "from " + bucketLabel(f.since, "day") + " to " + bucketLabel(last, "day") + " (UTC)";
   }
 
-  // Filters live in the page's address too, so a view can be bookmarked or shared.
-  function restoreFilters() {
-    const form = document.getElementById("filters");
-    const params = new URLSearchParams(window.location.search);
-    for (const name of ["sku", "channel", "period", "since", "until"]) {
-      if (params.has(name) && form.elements[name]) form.elements[name].value = params.get(name);
-    }
-    if (params.get("interval") === "hour") state.interval = "hour";
-    showCustomDates(form);
-  }
-
-  function rememberFilters() {
-    const form = document.getElementById("filters");
-    const params = {
-      sku: form.elements.sku.value.trim(),
-      channel: form.elements.channel.value,
-      period: form.elements.period.value === "30" ? "" : form.elements.period.value,
-      interval: state.interval === "day" ? "" : state.interval,
-    };
-    if (form.elements.period.value === "custom") {
-      params.since = form.elements.since.value;
-      params.until = form.elements.until.value;
-    }
-    const q = query(params);
-    window.history.replaceState(null, "", window.location.pathname + (q ? "?" + q : ""));
-  }
-
-  function showCustomDates(form) {
-    const custom = form.elements.period.value === "custom";
-    for (const label of form.querySelectorAll(".custom-date")) label.hidden = !custom;
+  function showNotice(notes) {
+    const notice = document.getElementById("notice");
+    notice.textContent = notes.join(" ");
+    notice.hidden = notes.length === 0;
   }
 
   // ---- fetching ---------------------------------------------------------------------------
@@ -249,6 +195,16 @@
     if (numeric) td.className = "num";
     row.appendChild(td);
     return td;
+  }
+
+  // The narrow layout shows each row as a list of "column: value" lines.
+  function labelCells(table) {
+    const names = Array.from(table.tHead.rows[0].cells, (th) => th.textContent.trim());
+    for (const row of table.tBodies[0].rows) {
+      Array.from(row.cells).forEach((cell, i) => {
+        if (cell.colSpan === 1) cell.dataset.label = names[i];
+      });
+    }
   }
 
   function emptyRow(tbody, columns, text) {
@@ -345,9 +301,10 @@
       }
       cell(row, percent(funnel.click_rate), true);
       cell(row, percent(funnel.conversion_rate), true);
-      cell(row, revenueText(funnel, state.currency), true);
+      cell(row, revenueText(funnel, state.currency), true).classList.add("money");
       tbody.appendChild(row);
     });
+    labelCells(document.getElementById("channel-table"));
   }
 
   function timeseriesWindow(f) {
@@ -358,6 +315,19 @@
     const since = Math.max(f.since ? new Date(f.since).getTime() : 0, until - HOURLY_SPAN_MS);
     const iso = (ms) => new Date(ms).toISOString().replace(".000Z", "Z");
     return { since: iso(since), until: iso(until) };
+  }
+
+  // A period longer than the data would open on a long flat line (a fresh instance: 29 empty
+  // days and a spike). The chart starts one bucket before the first with any activity, so
+  // the rise shows; a period with no activity at all is shown whole.
+  function chartStart(results) {
+    const buckets = results[0].points.length;
+    for (let i = 0; i < buckets; i += 1) {
+      if (results.some((r) => r.points[i] && Number(r.points[i].value) > 0)) {
+        return Math.max(0, i - 1);
+      }
+    }
+    return 0;
   }
 
   async function loadTimeseries(f) {
@@ -384,17 +354,25 @@
     for (const button of document.querySelectorAll("#timeseries [data-interval]")) {
       button.setAttribute("aria-pressed", String(button.dataset.interval === state.interval));
     }
+    const start = chartStart(results);
+    const points = results.map((r) => r.points.slice(start));
+    const note = document.querySelector("#timeseries .start-note");
+    note.hidden = start === 0;
+    note.textContent = start
+      ? "It starts just before the first activity of the period, " +
+        bucketLabel(points[0][1].t, state.interval) + "."
+      : "";
     draw("chart-timeseries", {
       type: "line",
       data: {
-        labels: results[0].points.map((p) => bucketLabel(p.t, state.interval)),
+        labels: points[0].map((p) => bucketLabel(p.t, state.interval)),
         datasets: SERIES.map(([, label, color], i) => ({
           label: label,
-          data: results[i].points.map((p) => Number(p.value) || 0),
+          data: points[i].map((p) => Number(p.value) || 0),
           borderColor: color,
           backgroundColor: color,
           tension: 0.2,
-          pointRadius: results[i].points.length > 60 ? 0 : 3,
+          pointRadius: points[i].length > 60 ? 0 : 3,
         })),
       },
       options: {
@@ -418,13 +396,14 @@
       const row = document.createElement("tr");
       cell(row, String(state.demandRank), true);
       cell(row, item.sku, false);
-      cell(row, item.product_name || "–", false);
+      cell(row, item.product_name || "–", false).classList.add("text");
       cell(row, count(item.waiting), true);
       cell(row, dateTime(item.oldest_waiting_since), false).title = item.oldest_waiting_since || "";
       cell(row, count(item.restocks), true);
       cell(row, dateTime(item.last_restock_at), false).title = item.last_restock_at || "";
       tbody.appendChild(row);
     }
+    labelCells(document.getElementById("demand-table"));
   }
 
   async function loadDemand() {
@@ -508,25 +487,59 @@
     status.classList.toggle("error", Boolean(isError));
   }
 
-  async function run(work) {
-    document.body.dataset.state = "loading";
-    setStatus("Loading…", false);
+  // One section's figures; a failure is said in the sections it concerns (and their charts
+  // are cleared rather than left showing other filters' figures), never in a blank page.
+  async function section(ids, work) {
+    const cards = ids.map((id) => document.getElementById(id));
+    for (const card of cards) {
+      const old = card.querySelector(".card-error");
+      if (old) old.remove();
+    }
     try {
       await work();
-      document.body.dataset.state = "ready";
-      setStatus("Updated " + new Date().toLocaleTimeString(), false);
+      return true;
     } catch (error) {
-      document.body.dataset.state = "error";
-      setStatus("Could not load the figures: " + error.message, true);
+      for (const card of cards) {
+        for (const canvas of card.querySelectorAll("canvas")) {
+          const chart = Chart.getChart(canvas);
+          if (chart) chart.destroy();
+        }
+        const message = document.createElement("p");
+        message.className = "card-error";
+        message.setAttribute("role", "alert");
+        message.textContent = "Could not load these figures: " + error.message;
+        card.querySelector(".explain").after(message);
+      }
+      return false;
     }
   }
 
-  function refresh() {
-    rememberFilters();
-    const f = filters();
+  async function run(sections) {
+    document.body.dataset.state = "loading";
+    setStatus("Loading…", false);
+    const loaded = (await Promise.all(sections)).every(Boolean);
+    document.body.dataset.state = loaded ? "ready" : "error";
+    const time = new Date().toLocaleTimeString();
+    if (loaded) setStatus("Updated " + time, false);
+    else setStatus("Some figures could not be loaded (" + time + "); see the sections.", true);
+  }
+
+  function refresh(notes) {
+    const form = document.getElementById("filters");
+    showNotice((notes || []).concat(Filters.check(form)));
+    Filters.remember(state.interval);
+    const f = Filters.current();
     // The overall funnel first: the per-channel table borrows its currency.
-    const channels = loadFunnel(f).then(() => loadChannels(f));
-    return run(() => Promise.all([channels, loadTimeseries(f), loadDemand()]));
+    const funnelThenChannels = section(["funnel", "coupons"], () => loadFunnel(f)).then(
+      (funnelLoaded) => section(["channels"], () => loadChannels(f)).then(
+        (channelsLoaded) => funnelLoaded && channelsLoaded,
+      ),
+    );
+    return run([
+      funnelThenChannels,
+      section(["timeseries"], () => loadTimeseries(f)),
+      section(["demand"], loadDemand),
+    ]);
   }
 
   function start() {
@@ -535,22 +548,25 @@
     if (window.matchMedia("(prefers-reduced-motion: reduce)").matches) {
       Chart.defaults.animation = false;
     }
-    restoreFilters();
+    const restored = Filters.restore();
+    state.interval = restored.interval;
     const form = document.getElementById("filters");
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       refresh();
     });
-    form.elements.period.addEventListener("change", () => showCustomDates(form));
+    form.elements.period.addEventListener("change", () => Filters.showCustomDates(form));
     for (const button of document.querySelectorAll("#timeseries [data-interval]")) {
       button.addEventListener("click", () => {
         state.interval = button.dataset.interval;
-        rememberFilters();
-        run(() => loadTimeseries(filters()));
+        Filters.remember(state.interval);
+        run([section(["timeseries"], () => loadTimeseries(Filters.current()))]);
       });
     }
-    document.getElementById("demand-more").addEventListener("click", () => run(loadMoreDemand));
-    refresh();
+    document
+      .getElementById("demand-more")
+      .addEventListener("click", () => run([section(["demand"], loadMoreDemand)]));
+    refresh(restored.notes);
   }
 
   document.addEventListener("DOMContentLoaded", start);
