@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 
 .PHONY: run test test-sqlite test-postgres lint typecheck openapi check clean
 
@@ -10,9 +11,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Serving needs only the package; the tests add the dev extras (pytest, Playwright, mypy, …).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP) $(DEV)
 
 ## run: install, migrate the embedded SQLite database, serve on 127.0.0.1:8000
 run: $(STAMP)
@@ -21,21 +27,21 @@ run: $(STAMP)
 ## test: the whole suite on SQLite + in-process broker, then on PostgreSQL + Redis
 test: test-sqlite test-postgres
 
-test-sqlite: $(STAMP)
+test-sqlite: $(DEV)
 	BACKINSTOCK_TEST_BACKEND=sqlite $(BIN)/python -m pytest -q
 
-test-postgres: $(STAMP)
+test-postgres: $(DEV)
 	BACKINSTOCK_TEST_BACKEND=postgres $(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests bench alembic
 	$(BIN)/ruff format --check src tests bench alembic
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
 ## openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
-openapi: $(STAMP)
+openapi: $(DEV)
 	$(BIN)/python -m backinstock.openapi > openapi.yaml
 
 check: lint typecheck test
