@@ -4,19 +4,23 @@
   upper and lower case, nested, adjacent, lengths around the folding limit, mixed scripts),
   the wire bytes parse back to exactly the headers written, and the Subject to
   ``header_text`` of the input: line breaks gone, encoded words literal.
-- Bodies (the hand-written part of render_email): the same parts, once parsed, as the
-  stdlib's ``EmailMessage.set_content`` / ``add_alternative`` make of the same text.
+- The hand-written parts of render_email: bodies are, once parsed, the parts the stdlib's
+  ``EmailMessage.set_content`` / ``add_alternative`` make of the same text; To and
+  Message-ID lines written directly are byte for byte what the stdlib writes.
 """
 
 from __future__ import annotations
 
 import base64
+import string
 import unicodedata
 import uuid
+from email import policy
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backinstock.senders import mime
 from backinstock.senders.base import OutgoingMessage
 from backinstock.senders.mime import header_text, render_email
 from tests.senders.test_mime import FROM, content, expected_names, parse, stdlib_email
@@ -152,3 +156,41 @@ def test_bodies_are_the_stdlib_s(text: str, html: str | None) -> None:
     for subtype in ("plain", "html"):
         assert content(ours, subtype) == content(reference, subtype)
     assert not any(part.defects for part in ours.walk())
+
+
+ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+atoms = st.text(alphabet=ATEXT, min_size=1, max_size=24)
+labels = st.text(alphabet=string.ascii_letters + string.digits + "-", min_size=1, max_size=20)
+domains = st.lists(labels, min_size=1, max_size=4).map(".".join)
+addresses = st.builds(
+    lambda local, domain: f"{local}@{domain}",
+    st.lists(atoms, min_size=1, max_size=4).map(".".join),
+    domains,
+)
+message_ids = st.builds(
+    lambda u, domain: f"<{u}@{domain}>", st.uuids().map(str), domains
+) | st.builds(
+    lambda u, domain: f"<{u}@{domain}>", st.text(alphabet="0123456789abcdef-", min_size=1), domains
+)
+
+
+def _written(write: object, *args: object) -> bytes | str:
+    try:
+        return write(*args)  # type: ignore[operator,no-any-return]
+    except ValueError:
+        return "refused"
+
+
+@FUZZ
+@given(
+    name_value=st.one_of(
+        st.tuples(st.just("To"), addresses), st.tuples(st.just("Message-ID"), message_ids)
+    ),
+    utf8=st.booleans(),
+)
+def test_headers_written_directly_are_the_stdlib_s(name_value: tuple[str, str], utf8: bool) -> None:
+    name, value = name_value
+    wire = policy.SMTPUTF8 if utf8 else policy.SMTP
+    simple = mime._SIMPLE_ADDRESS if name == "To" else mime._SIMPLE_MESSAGE_ID
+    ours = _written(mime._plain_header, wire, name, value, simple)
+    assert ours == _written(mime._header, wire, name, value)
