@@ -141,7 +141,8 @@ class QuietHoursSettings(_Section):
 class ConversionSettings(_Section):
     followup_after_seconds: int = Field(default=259_200, ge=0)
     attribution_window_seconds: int = Field(default=604_800, ge=0)
-    coupon_prefix: str = "BIS-"
+    # Generated codes are the prefix plus 8 characters, stored in a String(64) column.
+    coupon_prefix: str = Field(default="BIS-", max_length=32)
     retention_days: int = Field(default=180, ge=1)
     # Follow-up decisions taken per sweeper tick (each a short transaction).
     followup_batch: int = Field(default=200, ge=1)
