@@ -57,6 +57,10 @@ def _normalize_email(raw: str) -> str:
         result = validate_email(raw, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidContact("is not a valid email address") from exc
+    if "=?" in result.normalized:
+        # Valid RFC 5322, but mail software decodes "=?...?=" as an RFC 2047 encoded word,
+        # also in an address: it could turn into a line break in the To header.
+        raise InvalidContact("must not contain an RFC 2047 encoded word ('=?')")
     return str(result.normalized)
 
 

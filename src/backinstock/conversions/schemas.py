@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer, model_validator
 
-from backinstock.subscriptions.schemas import Sku, Text
+from backinstock.fields import Text
+from backinstock.subscriptions.schemas import Sku
 
 Amount = Annotated[
     Decimal,

@@ -4,7 +4,8 @@ import uuid
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from backinstock.subscriptions.schemas import ProductIn, Sku, Text
+from backinstock.fields import Text
+from backinstock.subscriptions.schemas import ProductIn, Sku
 
 
 class RestockIn(BaseModel):

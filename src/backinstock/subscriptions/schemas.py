@@ -6,7 +6,6 @@ from typing import Annotated
 from zoneinfo import available_timezones
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -15,6 +14,7 @@ from pydantic import (
 )
 
 from backinstock.contacts import Channel
+from backinstock.fields import Text
 from backinstock.subscriptions.models import Priority, Status
 
 Sku = Annotated[
@@ -29,14 +29,6 @@ Sku = Annotated[
 ]
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 Contact = Annotated[Text, Field(min_length=1, max_length=320)]
 _TIMEZONES = frozenset(available_timezones())
 
