@@ -170,6 +170,12 @@ async def test_no_log_line_carries_a_submitted_value_or_a_link_token(
     for endpoint, base, path in FREE_TEXT:
         for bad in NOT_TEXT.values():
             await post(endpoint, with_value(base(), path, sent(bad)))
+    # Refused instants: the far future, before the epoch, without an offset, a number.
+    for when in ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00", "2026-11-21T10:00:00", 0]:
+        refused = restock_body(event_id=sent(), occurred_at=when)
+        assert (await post("/v1/restocks", refused)).status_code == 422
+        refused = order_body(order_id=sent(), occurred_at=when)
+        assert (await post("/v1/orders", refused)).status_code == 422
     # Accepted, and carried to the worker and the dev outbox: encoded words, maximum
     # lengths, mixed scripts, in names, ids and contacts.
     hostile_name = "=?utf-8?q?Deal=0D=0AReply-To:_x@evil.example=0D=0A=0D=0APHISHING?= 红色"

@@ -41,6 +41,9 @@ class CoreSettings(_Section):
     db_pool_size: int = Field(default=10, ge=1)
     forwarded_allow_ips: str = "127.0.0.1"
     default_phone_region: str = "CN"
+    # How far in the future a client's instant (a restock's or an order's occurred_at) may
+    # lie, for clocks that run a little fast; later ones are refused (422).
+    max_clock_skew_seconds: float = Field(default=300, ge=0, le=86_400)
 
     _split_hosts = field_validator("allowed_link_hosts", mode="before")(_split_csv)
 

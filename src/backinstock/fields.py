@@ -7,6 +7,11 @@ would refuse gets past validation (a 422 naming the field, never a 500 later):
   no lone surrogates, no NUL or other control characters (C0, DEL, C1), no line or
   paragraph separators. Lengths are set per field (``Field(max_length=...)``), from the
   column that stores it.
+- :data:`Instant`: an RFC 3339 date-time string with an offset (``Z`` or ``±hh:mm``), from
+  1970-01-01T00:00:00Z to before 3000-01-01T00:00:00Z; never a number, never without an
+  offset. A leap second (``23:59:60``) counts as the last microsecond of its minute.
+  Returned in UTC. Instants that must not lie in the future are checked against the clock
+  by :func:`refuse_future` (the allowed skew is a setting).
 
 Error messages describe the rule and never repeat the value.
 """
@@ -14,9 +19,12 @@ Error messages describe the rule and never repeat the value.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
+
+from backinstock.errors import InvalidField
 
 # Lone surrogates (UTF-8 cannot encode them), C0 controls with NUL, CR and LF, DEL, C1
 # controls, and U+2028/U+2029 (line breaks to some readers).
@@ -35,3 +43,53 @@ def _one_line_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_one_line_text)]
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)  # far enough; periods add days without overflow
+INSTANT_RULE = (
+    "An RFC 3339 date-time with an offset (`Z` or `±hh:mm`, e.g. `2026-11-21T10:00:00Z`), "
+    "from 1970-01-01T00:00:00Z to before 3000-01-01T00:00:00Z; a number or a time without "
+    "an offset is refused (422). `23:59:60` (a leap second) counts as `23:59:59.999999`."
+)
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:(?P<second>[0-9]{2})"
+    r"(?P<fraction>\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339_string(value: Any) -> Any:
+    if isinstance(value, datetime):  # from Python code, not from a client
+        return value
+    if not isinstance(value, str) or not (match := _RFC3339.fullmatch(value)):
+        raise ValueError(
+            "must be an RFC 3339 date-time string with an offset, e.g. 2026-11-21T10:00:00Z"
+        )
+    if match["second"] == "60":  # a leap second: the last microsecond of its minute
+        end = match.end("fraction") if match["fraction"] else match.end("second")
+        value = value[: match.start("second")] + "59.999999" + value[end:]
+    return value
+
+
+def _in_range(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry an offset, e.g. Z")
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0
+        raise ValueError("must be 1970-01-01T00:00:00Z or later") from None
+    if moment < EARLIEST:
+        raise ValueError("must be 1970-01-01T00:00:00Z or later")
+    if moment >= LATEST:
+        raise ValueError("must be before 3000-01-01T00:00:00Z")
+    return moment
+
+
+Instant = Annotated[datetime, BeforeValidator(_rfc3339_string), AfterValidator(_in_range)]
+
+
+def refuse_future(field: str, value: datetime | None, skew_seconds: float) -> None:
+    """422 unless ``value`` is at most ``skew_seconds`` after now: an event from the future
+    would pin a stock level, or open an attribution window, until that time arrives."""
+    if value is not None and value > datetime.now(UTC) + timedelta(seconds=skew_seconds):
+        raise InvalidField(field, f"must not be more than {skew_seconds:g} s in the future")

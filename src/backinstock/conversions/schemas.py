@@ -5,9 +5,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
-from backinstock.fields import Text
+from backinstock.fields import INSTANT_RULE, Instant, Text
 from backinstock.subscriptions.schemas import Sku
 
 Amount = Annotated[
@@ -49,8 +49,11 @@ class OrderIn(BaseModel):
         max_length=128,
         description="The bis_token the tracked link carried to the product page.",
     )
-    occurred_at: AwareDatetime | None = Field(
-        default=None, description="When the order was placed; defaults to the time received."
+    occurred_at: Instant | None = Field(
+        default=None,
+        description="When the order was placed; defaults to the time received. "
+        + INSTANT_RULE
+        + " More than MAX_CLOCK_SKEW_SECONDS (default 300) in the future: 422.",
     )
 
     @model_validator(mode="after")

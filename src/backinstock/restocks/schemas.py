@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from backinstock.fields import Text
+from backinstock.fields import INSTANT_RULE, Instant, Text
 from backinstock.subscriptions.schemas import ProductIn, Sku
 
 
@@ -15,8 +15,11 @@ class RestockIn(BaseModel):
         ge=0, le=1_000_000_000, description="Absolute sellable quantity at this location."
     )
     location: Text = Field(default="default", min_length=1, max_length=64)
-    occurred_at: AwareDatetime | None = Field(
-        default=None, description="When the level was true; defaults to the time received."
+    occurred_at: Instant | None = Field(
+        default=None,
+        description="When the level was true; defaults to the time received. "
+        + INSTANT_RULE
+        + " More than MAX_CLOCK_SKEW_SECONDS (default 300) in the future: 422.",
     )
     product: ProductIn | None = None
 

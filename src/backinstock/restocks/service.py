@@ -19,6 +19,7 @@ from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
 from backinstock.config import Settings
 from backinstock.db import insert_for, new_id, utcnow
+from backinstock.fields import refuse_future
 from backinstock.restocks import waves
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
 from backinstock.restocks.schemas import RestockIn, RestockOut
@@ -33,6 +34,7 @@ class RestockOutcome:
 
 
 async def record(session: AsyncSession, settings: Settings, payload: RestockIn) -> RestockOutcome:
+    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
     product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
     catalog.check_product(settings.core, product)
     occurred_at = payload.occurred_at or utcnow()
