@@ -176,6 +176,13 @@ async def test_no_log_line_carries_a_submitted_value_or_a_link_token(
         assert (await post("/v1/restocks", refused)).status_code == 422
         refused = order_body(order_id=sent(), occurred_at=when)
         assert (await post("/v1/orders", refused)).status_code == 422
+    # Not strict JSON, with a value inside: deep nesting, a 100k-digit integer, NaN.
+    json_headers = {**bearer(key), "content-type": "application/json"}
+    for tail in (b"[" * 10_000 + b"]" * 10_000, b"9" * 100_000, b"NaN"):
+        raw = b'{"event_id": "' + sent().encode() + b'", "available": ' + tail + b"}"
+        response = await client.post("/v1/restocks", content=raw, headers=json_headers)
+        assert response.status_code == 400 and "malformed_json" in response.text
+        statuses.append(response.status_code)
     # Accepted, and carried to the worker and the dev outbox: encoded words, maximum
     # lengths, mixed scripts, in names, ids and contacts.
     hostile_name = "=?utf-8?q?Deal=0D=0AReply-To:_x@evil.example=0D=0A=0D=0APHISHING?= 红色"

@@ -12,6 +12,10 @@ would refuse gets past validation (a 422 naming the field, never a 500 later):
   offset. A leap second (``23:59:60``) counts as the last microsecond of its minute.
   Returned in UTC. Instants that must not lie in the future are checked against the clock
   by :func:`refuse_future` (the allowed skew is a setting).
+- :data:`StrictInt`: a JSON integer, not ``true``, ``"5"`` or ``5.0``; :data:`DIGITS`: a
+  query integer is its digits (not ``0.5``, ``5e0`` or `` 5``).
+- :data:`DecimalString`: an amount as a decimal string (``"99.00"``), not a JSON number.
+- :data:`IpAddress`: an IPv4 or IPv6 address as a string (not ``false`` or ``0``).
 
 Error messages describe the rule and never repeat the value.
 """
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, IPvAnyAddress, Strict, WithJsonSchema
 
 from backinstock.errors import InvalidField
 
@@ -93,3 +98,54 @@ def refuse_future(field: str, value: datetime | None, skew_seconds: float) -> No
     would pin a stock level, or open an attribution window, until that time arrives."""
     if value is not None and value > datetime.now(UTC) + timedelta(seconds=skew_seconds):
         raise InvalidField(field, f"must not be more than {skew_seconds:g} s in the future")
+
+
+StrictInt = Annotated[int, Strict()]
+
+
+def _digits(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{1,10}", value):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
+# For a query integer: ``Annotated[int, Query(ge=..., le=...), DIGITS]`` (after the Query,
+# so that its bounds stay minimum/maximum in the OpenAPI schema).
+DIGITS = BeforeValidator(_digits)
+
+_DECIMAL = r"^[0-9]{1,16}(\.[0-9]{1,16})?$"
+
+
+def _decimal_string(value: Any) -> Any:
+    if isinstance(value, Decimal):  # from Python code, not from a client
+        return value
+    if not isinstance(value, str) or not re.fullmatch(_DECIMAL, value):
+        raise ValueError("must be a decimal string such as '99.00'")
+    return value
+
+
+DecimalString = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_string),
+    WithJsonSchema({"type": "string", "pattern": _DECIMAL, "examples": ["99.00"]}),
+]
+
+
+def _string(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+IpAddress = Annotated[
+    IPvAnyAddress,
+    BeforeValidator(_string),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 45,
+            "description": "An IPv4 or IPv6 address, as a string.",
+            "examples": ["203.0.113.9"],
+        }
+    ),
+]

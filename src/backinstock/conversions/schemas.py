@@ -7,12 +7,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
-from backinstock.fields import INSTANT_RULE, Instant, Text
+from backinstock.fields import INSTANT_RULE, DecimalString, Instant, StrictInt, Text
 from backinstock.subscriptions.schemas import Sku
 
 Amount = Annotated[
-    Decimal,
-    Field(ge=0, le=Decimal("1e9"), decimal_places=4, description="A decimal string: '99.00'."),
+    DecimalString,
+    Field(
+        ge=0,
+        le=Decimal("1e9"),
+        decimal_places=4,
+        description="A decimal string: '99.00', at most 1000000000 and 4 decimals; a JSON "
+        "number is refused.",
+    ),
     PlainSerializer(lambda v: f"{v:.2f}", return_type=str),
 ]
 MAX_ORDER_TOTAL = Decimal("1e12")
@@ -23,7 +29,7 @@ Currency = Annotated[
 
 class OrderItem(BaseModel):
     sku: Sku
-    quantity: int = Field(ge=1, le=1_000_000)
+    quantity: StrictInt = Field(ge=1, le=1_000_000)
     unit_price: Amount
 
 

@@ -4,14 +4,14 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from backinstock.fields import INSTANT_RULE, Instant, Text
+from backinstock.fields import INSTANT_RULE, Instant, StrictInt, Text
 from backinstock.subscriptions.schemas import ProductIn, Sku
 
 
 class RestockIn(BaseModel):
     event_id: Text = Field(min_length=1, max_length=128, description="Unique per location.")
     sku: Sku
-    available: int = Field(
+    available: StrictInt = Field(
         ge=0, le=1_000_000_000, description="Absolute sellable quantity at this location."
     )
     location: Text = Field(default="default", min_length=1, max_length=64)
@@ -27,7 +27,7 @@ class RestockIn(BaseModel):
 class RestockOut(BaseModel):
     restock_id: uuid.UUID
     sku: str
-    available: int = Field(description="The SKU's level: the sum over its locations.")
+    available: StrictInt = Field(description="The SKU's level: the sum over its locations.")
     waiting: int = Field(description="Shoppers in the SKU's queue.")
     first_wave: int = Field(
         description="Shoppers the step this event started will notify (0 if none)."

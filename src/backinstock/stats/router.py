@@ -11,7 +11,7 @@ from backinstock.contacts import Channel
 from backinstock.db import utcnow
 from backinstock.deps import SessionDep, StatsReader
 from backinstock.errors import InvalidField, error_responses
-from backinstock.fields import INSTANT_RULE, Instant
+from backinstock.fields import DIGITS, INSTANT_RULE, Instant
 from backinstock.stats import csv_export, series, service
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import (
@@ -143,7 +143,7 @@ async def get_demand(
     request: Request,
     session: SessionDep,
     _: StatsReader,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     fmt: FormatQuery = None,
 ) -> DemandPage | Response:

@@ -9,12 +9,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     field_validator,
 )
 
 from backinstock.contacts import Channel
-from backinstock.fields import Text
+from backinstock.fields import IpAddress, StrictInt, Text
 from backinstock.subscriptions.models import Priority, Status
 
 Sku = Annotated[
@@ -41,8 +40,8 @@ class ProductIn(BaseModel):
 
 class ConsentIn(BaseModel):
     text_version: Text = Field(min_length=1, max_length=64)
-    ip: IPvAnyAddress | None = None
-    wechat_messages: int = Field(
+    ip: IpAddress | None = None
+    wechat_messages: StrictInt = Field(
         default=1,
         ge=1,
         le=100,
