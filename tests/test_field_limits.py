@@ -208,3 +208,24 @@ async def test_the_longest_values_reach_the_dev_outbox(
         rows = (await session.scalars(select(DevOutboxMessage))).all()
     assert all(len(row.recipient_masked) <= MAX_MASK_CHARS for row in rows)
     assert all(row.subject and "货" * 90 in row.subject for row in rows)
+
+
+async def test_the_level_summed_over_locations_stays_within_its_column(
+    client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    """Each location may hold 1e9, and so may the SKU: three full locations made a 32-bit
+    level column overflow (500 on PostgreSQL)."""
+    key = api_keys["inventory"]
+
+    async def level(location: str, available: int, event_id: str) -> httpx.Response:
+        body = restock_body(event_id=event_id, location=location, available=available)
+        return await post_json(client, key, "/v1/restocks", body)
+
+    assert (await level("a", 600_000_000, "e-a")).json()["available"] == 600_000_000
+    assert (await level("b", 400_000_000, "e-b")).json()["available"] == 10**9
+    refused = await level("c", 1, "e-c")
+    assert refused.status_code == 422, refused.text
+    assert [d["field"] for d in refused.json()["error"]["details"]] == ["available"]
+    # Nothing of the refused event was kept: its id is free, and the level unchanged.
+    lower = await level("a", 599_999_999, "e-c")
+    assert lower.status_code == 202 and lower.json()["available"] == 999_999_999

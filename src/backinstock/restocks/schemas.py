@@ -7,12 +7,18 @@ from pydantic import BaseModel, Field
 from backinstock.fields import INSTANT_RULE, Instant, StrictInt, Text
 from backinstock.subscriptions.schemas import ProductIn, Sku
 
+# A stock level, per location and summed over a SKU's locations: the level columns are 32-bit.
+MAX_LEVEL = 1_000_000_000
+
 
 class RestockIn(BaseModel):
     event_id: Text = Field(min_length=1, max_length=128, description="Unique per location.")
     sku: Sku
     available: StrictInt = Field(
-        ge=0, le=1_000_000_000, description="Absolute sellable quantity at this location."
+        ge=0,
+        le=MAX_LEVEL,
+        description="Absolute sellable quantity at this location. The SKU's level (the sum "
+        f"over its locations) must stay at most {MAX_LEVEL}: a level past it is a 422.",
     )
     location: Text = Field(default="default", min_length=1, max_length=64)
     occurred_at: Instant | None = Field(

@@ -19,10 +19,11 @@ from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
 from backinstock.config import Settings
 from backinstock.db import insert_for, new_id, utcnow
+from backinstock.errors import InvalidField
 from backinstock.fields import refuse_future
 from backinstock.restocks import waves
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
-from backinstock.restocks.schemas import RestockIn, RestockOut
+from backinstock.restocks.schemas import MAX_LEVEL, RestockIn, RestockOut
 from backinstock.restocks.waves import current_level, queue_length
 
 
@@ -64,6 +65,8 @@ async def record(session: AsyncSession, settings: Settings, payload: RestockIn) 
     before = await current_level(session, payload.sku)
     applied = await _apply_level(session, payload, occurred_at, event_id)
     after = await current_level(session, payload.sku) if applied else before
+    if after > MAX_LEVEL:  # rolled back with the request: nothing of this event is kept
+        raise InvalidField("available", f"the SKU's level would exceed {MAX_LEVEL}")
     wave_due, step_size = await _transition(session, settings, payload.sku, before, after, event_id)
     waiting = await queue_length(session, payload.sku)
     event = await session.get(RestockEvent, event_id)
