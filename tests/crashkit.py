@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ async def run_wave(
     order (restarting the worker after each kill or stop), and wait until every shopper
     was told and no message is open. Returns what the provider and the database show."""
     tally = Tally(shoppers, 0, 0, 0)
+    dead_claims: set[uuid.UUID] = set()  # claims of killed processes, until handed back
     worker = worker_process(provider.env, log_dir / "worker.log", embedded)
     worker.start()
     started = time.monotonic()
@@ -165,7 +167,7 @@ async def run_wave(
         await restock(worker)
         for fault in faults:
             await _until(lambda f=fault: len(provider.recipients()) >= f.after, within)  # type: ignore[misc]
-            await _inject(runtime, worker, fault, tally)
+            await _inject(runtime, worker, fault, tally, dead_claims, within)
         await _until(lambda: len(set(provider.recipients())) >= shoppers, within)
         await _until_settled(runtime, within)
         tally.seconds = time.monotonic() - started
@@ -180,17 +182,42 @@ async def run_wave(
     return tally
 
 
-async def _inject(runtime: Runtime, worker: BackinstockProcess, fault: Fault, tally: Tally) -> None:
+async def _inject(
+    runtime: Runtime,
+    worker: BackinstockProcess,
+    fault: Fault,
+    tally: Tally,
+    dead_claims: set[uuid.UUID],
+    within: float,
+) -> None:
     if fault.kind == "flush":
         assert runtime.redis is not None, "a broker flush needs the Redis broker"
         await runtime.redis.flushdb()
         return
     if fault.kind == "kill":
         worker.kill()
+        dead_claims |= await claims_held(runtime)  # nobody else runs: all the dead one's
     else:
+        # What a stopped worker leaves is only its own if a killed one's claims are gone.
+        await _until_handed_back(runtime, dead_claims, within)
         tally.term_seconds.append(worker.terminate())
         tally.open_after_term.append(await claimed_rows(runtime))
     worker.start()
+
+
+async def claims_held(runtime: Runtime) -> set[uuid.UUID]:
+    async with runtime.sessions() as session:
+        held = await session.scalars(
+            select(Notification.claim_id).where(Notification.claim_id.is_not(None)).distinct()
+        )
+        return {claim for claim in held if claim is not None}
+
+
+async def _until_handed_back(runtime: Runtime, claims: set[uuid.UUID], within: float) -> None:
+    deadline = time.monotonic() + within
+    while claims & await claims_held(runtime):
+        assert time.monotonic() < deadline, "a killed worker's claims were never handed back"
+        await asyncio.sleep(0.2)
 
 
 async def claimed_rows(runtime: Runtime) -> int:

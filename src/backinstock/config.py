@@ -48,6 +48,9 @@ class CoreSettings(_Section):
     # a proxy lets it choose the IP every rate limit counts under: name only your own.
     forwarded_allow_ips: str = ""
     default_phone_region: str = "CN"
+    # How far in the future a client's instant (a restock's or an order's occurred_at) may
+    # lie, for clocks that run a little fast; later ones are refused (422).
+    max_clock_skew_seconds: float = Field(default=300, ge=0, le=86_400)
 
     _split_hosts = field_validator("allowed_link_hosts", mode="before")(_split_csv)
 
@@ -180,7 +183,8 @@ class QuietHoursSettings(_Section):
 class ConversionSettings(_Section):
     followup_after_seconds: int = Field(default=259_200, ge=0)
     attribution_window_seconds: int = Field(default=604_800, ge=0)
-    coupon_prefix: str = "BIS-"
+    # Generated codes are the prefix plus 8 characters, stored in a String(64) column.
+    coupon_prefix: str = Field(default="BIS-", max_length=32)
     retention_days: int = Field(default=180, ge=1)
     # Follow-up decisions taken per sweeper tick (each a short transaction).
     followup_batch: int = Field(default=200, ge=1)

@@ -25,6 +25,9 @@ class InvalidContact(ValueError):
 
 _OPENID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 _MAX_CONTACT_CHARS = 320
+# A mask is shown, and stored with dev-outbox messages (String(80)); an email address can be
+# 254 characters, so a long domain keeps only its end ("a***@…example.com").
+MAX_MASK_CHARS = 80
 
 
 def normalize(channel: Channel, raw: str, default_region: str = "CN") -> str:
@@ -54,6 +57,10 @@ def _normalize_email(raw: str) -> str:
         result = validate_email(raw, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidContact("is not a valid email address") from exc
+    if "=?" in result.normalized:
+        # Valid RFC 5322, but mail software decodes "=?...?=" as an RFC 2047 encoded word,
+        # also in an address: it could turn into a line break in the To header.
+        raise InvalidContact("must not contain an RFC 2047 encoded word ('=?')")
     return str(result.normalized)
 
 
@@ -76,5 +83,8 @@ def mask(channel: Channel, normalized: str) -> str:
         return f"+{number.country_code} {shown}"
     if channel is Channel.EMAIL:
         local, _, domain = normalized.rpartition("@")
-        return f"{local[:1]}***@{domain}"
+        head = f"{local[:1]}***@"
+        if len(head) + len(domain) > MAX_MASK_CHARS:
+            domain = "…" + domain[-(MAX_MASK_CHARS - len(head) - 1) :]
+        return head + domain
     return f"{normalized[:4]}****{normalized[-4:]}"

@@ -113,9 +113,17 @@ def new_id() -> uuid.UUID:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """The engine for ``url``. Statement parameters are hidden from SQLAlchemy's logging and
+    from its exceptions' messages: they hold what clients sent."""
     if url.startswith("sqlite"):
         return _create_sqlite_engine(url)
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
+    )
 
 
 def _create_sqlite_engine(url: str) -> AsyncEngine:
@@ -124,7 +132,12 @@ def _create_sqlite_engine(url: str) -> AsyncEngine:
     # busy timeout, which sleeps; BEGIN IMMEDIATE takes the write lock up front so that
     # engines in other loops or processes wait instead of failing on a lock upgrade.
     engine = create_async_engine(
-        url, pool_size=1, max_overflow=0, pool_timeout=60, connect_args={"timeout": 30}
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=60,
+        connect_args={"timeout": 30},
+        hide_parameters=True,
     )
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -39,7 +39,8 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_DESCRIPTIONS = {
-    400: "Malformed request (e.g. invalid JSON)",
+    400: "Malformed request: `malformed_json` for a body that is not strict JSON (UTF-8, "
+    "nested at most 32 deep, integers of at most 20 digits, finite numbers)",
     401: "No API key, or an unknown or revoked one",
     403: "The API key lacks the scope",
     404: "Not found",
@@ -156,8 +157,13 @@ async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    if any(err.get("type") == "json_invalid" for err in errors):
-        return error_response(400, "malformed_json", "The request body is not valid JSON.")
+    invalid = next((err for err in errors if err.get("type") == "json_invalid"), None)
+    if invalid is not None:
+        # The decoder's reason ("Expecting ',' delimiter", "nested deeper than 32") names
+        # no value; the position and the body are left out.
+        reason = str((invalid.get("ctx") or {}).get("error", "")).rstrip(".")
+        message = "The request body is not valid JSON" + (f": {reason}." if reason else ".")
+        return error_response(400, "malformed_json", message)
     # Only the location and pydantic's own message: never the submitted input.
     details = [{"field": _field_path(tuple(e["loc"])), "message": e["msg"]} for e in errors]
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])

@@ -30,7 +30,28 @@ from backinstock.stats.router import router as stats_router
 from backinstock.subscriptions.router import router as subscriptions_router
 
 DESCRIPTION = """Back-in-stock notifications: shoppers subscribe to a sold-out SKU; restocks
-notify them fairly (VIPs first, then registration order) in batches sized to the stock."""
+notify them fairly (VIPs first, then registration order) in batches sized to the stock.
+
+Input rules the schemas below cannot all say:
+
+- Bodies are JSON (RFC 8259) in UTF-8, nested at most 32 deep; numbers are integers of at
+  most 20 digits or finite decimals (no `NaN`, no `Infinity`, no `1e400`). Anything else is
+  a 400 with code `malformed_json`.
+- Every field takes its own JSON type only: an integer is not `true`, `"5"` or `5.0`; an
+  instant, an amount or an IP address is a string, never a number; query integers are
+  digits.
+- Text fields hold one line: no NUL or other control characters (U+0000–U+001F,
+  U+007F–U+009F), no U+2028/U+2029, no lone surrogates (such as U+D800 alone). Their
+  maximum lengths are the columns that store them.
+- Instants are RFC 3339 date-times with an offset (`Z` or `±hh:mm`), from
+  1970-01-01T00:00:00Z to before 3000-01-01T00:00:00Z, answered in UTC; a leap second
+  (`23:59:60`) counts as `23:59:59.999999`. A restock's or an order's `occurred_at` more
+  than `MAX_CLOCK_SKEW_SECONDS` (default 300) in the future is refused.
+- A product name that contains RFC 2047 encoded words (`=?utf-8?q?...?=`) is shown
+  literally in email subjects and bodies, never decoded; line breaks never reach a header.
+
+A refused field answers 422 with code `invalid_field`, naming the field in `details`
+and never repeating its value."""
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:

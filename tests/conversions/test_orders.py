@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from backinstock.conversions.models import Conversion, Order
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
-from tests.conftest import WorkerStarter
+from tests.conftest import ClientFactory, WorkerStarter
 from tests.conversions.helpers import (
     SKU,
     email,
@@ -118,12 +118,16 @@ async def test_customer_id_attributes_and_the_latest_message_in_the_window_count
 
 
 async def test_orders_outside_the_window_or_for_other_skus_convert_nobody(
-    client: httpx.AsyncClient,
+    make_client: ClientFactory,
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
 ) -> None:
     key = api_keys["all"]
+    # An order stamped 8 days on: a clock that far ahead is allowed here, to reach past the
+    # 7-day window without waiting for it.
+    core = runtime.settings.core.model_copy(update={"max_clock_skew_seconds": 9 * 86_400})
+    client = make_client(core=core)
     await _notified_wave(client, key, runtime, start_worker, 2)
     too_late = (datetime.now(UTC) + timedelta(days=8)).isoformat()
     late = order_body("o-late", customer={"email": email(0)}, occurred_at=too_late)

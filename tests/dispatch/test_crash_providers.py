@@ -158,4 +158,4 @@ async def test_embedded_server_killed_and_stopped_mid_wave(
     tally = await run_wave(runtime, provider, shoppers, faults, restock, tmp_path, embedded=True)
 
     _assert_everyone_told_once_per_policy(tally, provider.channel, kills=kinds.count("kill"))
-    assert tally.open_after_term == [0] * kinds.count("term")
+    assert tally.open_after_term == [0] * kinds.count("term"), tally

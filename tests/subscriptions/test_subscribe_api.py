@@ -95,6 +95,7 @@ async def test_fallbacks_are_stored_masked(
         ({"contact": "12345"}, "contact"),
         ({"contact": "+86 123"}, "contact"),
         ({"channel": "email", "contact": "not-an-email"}, "contact"),
+        ({"channel": "email", "contact": "=?utf-8?q?x=0D=0AX:1?=@example.com"}, "contact"),
         ({"channel": "wechat", "contact": "short"}, "contact"),
         ({"channel": "fax"}, "channel"),
         ({"priority": "gold"}, "priority"),

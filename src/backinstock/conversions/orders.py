@@ -41,6 +41,7 @@ from backinstock.crypto import Keys
 from backinstock.db import insert_for, new_id, utcnow
 from backinstock.dispatch.models import Notification
 from backinstock.dispatch.service import CLICK_TOKEN
+from backinstock.fields import refuse_future
 from backinstock.ops import metrics
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription, SubscriptionFallback
 
@@ -75,6 +76,7 @@ async def record(
     session: AsyncSession, settings: Settings, keys: Keys, payload: OrderIn
 ) -> tuple[OrderOut, bool]:
     """Record the order and its conversions; returns (answer, replayed)."""
+    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
     stored = await _stored_answer(session, payload.order_id)
     if stored is not None:
         return stored, True

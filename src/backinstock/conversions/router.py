@@ -9,9 +9,11 @@ from backinstock.conversions import clicks, orders
 from backinstock.conversions.schemas import OrderIn, OrderOut
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
 from backinstock.errors import error_responses
+from backinstock.fields import DIGITS
+from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 _NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
@@ -54,7 +56,7 @@ async def follow_tracked_link(
     token: str,
     session: SessionDep,
     runtime: RuntimeDep,
-    redirect: Annotated[int, Query(ge=0, le=1, description="0: count, answer 204")] = 1,
+    redirect: Annotated[int, Query(ge=0, le=1, description="0: count, answer 204"), DIGITS] = 1,
 ) -> Response:
     """Count the click and redirect (302) to the product with ``utm_source=backinstock``,
     ``utm_medium=<channel>`` and ``bis_token=<token>`` added."""

@@ -5,13 +5,20 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
-from backinstock.subscriptions.schemas import Sku, Text
+from backinstock.fields import INSTANT_RULE, DecimalString, Instant, StrictInt, Text
+from backinstock.subscriptions.schemas import Sku
 
 Amount = Annotated[
-    Decimal,
-    Field(ge=0, le=Decimal("1e9"), decimal_places=4, description="A decimal string: '99.00'."),
+    DecimalString,
+    Field(
+        ge=0,
+        le=Decimal("1e9"),
+        decimal_places=4,
+        description="A decimal string: '99.00', at most 1000000000 and 4 decimals; a JSON "
+        "number is refused.",
+    ),
     PlainSerializer(lambda v: f"{v:.2f}", return_type=str),
 ]
 MAX_ORDER_TOTAL = Decimal("1e12")
@@ -22,7 +29,7 @@ Currency = Annotated[
 
 class OrderItem(BaseModel):
     sku: Sku
-    quantity: int = Field(ge=1, le=1_000_000)
+    quantity: StrictInt = Field(ge=1, le=1_000_000)
     unit_price: Amount
 
 
@@ -48,8 +55,11 @@ class OrderIn(BaseModel):
         max_length=128,
         description="The bis_token the tracked link carried to the product page.",
     )
-    occurred_at: AwareDatetime | None = Field(
-        default=None, description="When the order was placed; defaults to the time received."
+    occurred_at: Instant | None = Field(
+        default=None,
+        description="When the order was placed; defaults to the time received. "
+        + INSTANT_RULE
+        + " More than MAX_CLOCK_SKEW_SECONDS (default 300) in the future: 422.",
     )
 
     @model_validator(mode="after")

@@ -8,8 +8,9 @@ from backinstock.coupons import service as coupons
 from backinstock.coupons.schemas import PoolIn, PoolOut
 from backinstock.deps import AdminKey, SessionDep
 from backinstock.errors import NotFound, error_responses
+from backinstock.strict_json import StrictJsonRoute
 
-router = APIRouter(tags=["coupons"])
+router = APIRouter(tags=["coupons"], route_class=StrictJsonRoute)
 
 
 @router.post(

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from backinstock.subscriptions.schemas import Sku, Text
+from backinstock.fields import Text
+from backinstock.subscriptions.schemas import Sku
 
 MAX_CODES_PER_UPLOAD = 100_000
 

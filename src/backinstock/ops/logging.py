@@ -1,12 +1,30 @@
-"""Structured logs (structlog): JSON lines with a request id bound per request."""
+"""Structured logs (structlog): JSON lines with a request id bound per request.
+
+No log line carries what a client or a shopper sent: our own events name ids and codes only;
+SQLAlchemy's engines hide statement parameters (``hide_parameters``); libraries that log
+statements, rows, requests or addresses at INFO or DEBUG (SQLAlchemy, aiosqlite, httpx,
+Twilio's client, aiosmtplib) are held at WARNING whatever the level; and exceptions are
+logged as their types and the places they were raised, never their messages, which quote
+values (a statement's parameters, a database's DETAIL line, the character an encoder
+refused, an address).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+import traceback
+from types import TracebackType
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
+
+_OUR_FRAMES = 10  # innermost frames of our own code kept per exception
+_LIBRARY_FRAMES = 3  # and the innermost frames, wherever they are
+# Loggers whose INFO and DEBUG lines quote data: SQL with rows, a driver's calls with their
+# parameters, request URLs and bodies (an access token, a phone number), SMTP envelopes.
+_DATA_LOGGERS = ("sqlalchemy.engine", "aiosqlite", "httpx", "httpcore", "twilio", "aiosmtplib")
 
 
 def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = sys.stdout) -> None:
@@ -17,6 +35,7 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = s
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        exception_without_values,
     ]
     structlog.configure(
         processors=[*shared, renderer],
@@ -32,4 +51,43 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in _DATA_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
+
+
+def exception_without_values(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Replace ``exc_info`` by ``exc_type`` (with the types of its causes) and
+    ``exc_frames`` (``file:line function``, innermost last; our own frames and the last few
+    of the libraries): enough to find the bug, nothing of the data."""
+    exc_info = event_dict.pop("exc_info", None)
+    event_dict.pop("exception", None)
+    exc = _exception(exc_info)
+    if exc is not None:
+        chain = []
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            chain.append(type(current).__qualname__)
+            current = current.__cause__ or current.__context__
+        event_dict["exc_type"] = " <- ".join(chain)
+        event_dict["exc_frames"] = _frames(exc.__traceback__)
+    return event_dict
+
+
+def _exception(exc_info: Any) -> BaseException | None:
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        return exc_info[1] if isinstance(exc_info[1], BaseException) else None
+    return None
+
+
+def _frames(tb: TracebackType | None) -> list[str]:
+    frames = traceback.extract_tb(tb)
+    ours = [i for i, frame in enumerate(frames) if "/backinstock/" in frame.filename]
+    kept = sorted({*ours[-_OUR_FRAMES:], *range(len(frames))[-_LIBRARY_FRAMES:]})
+    return [f"{frames[i].filename}:{frames[i].lineno} {frames[i].name}" for i in kept]

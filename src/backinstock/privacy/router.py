@@ -5,9 +5,10 @@ from fastapi import APIRouter
 from backinstock.deps import AdminKey, RuntimeDep, SessionDep
 from backinstock.errors import error_responses
 from backinstock.privacy import service as privacy
+from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions.schemas import EraseRequest, EraseResult
 
-router = APIRouter(tags=["privacy"])
+router = APIRouter(tags=["privacy"], route_class=StrictJsonRoute)
 
 
 @router.post(

@@ -8,8 +8,9 @@ from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
 from backinstock.errors import error_responses
 from backinstock.restocks import service as restocks
 from backinstock.restocks.schemas import RestockIn, RestockOut
+from backinstock.strict_json import StrictJsonRoute
 
-router = APIRouter(tags=["stock"])
+router = APIRouter(tags=["stock"], route_class=StrictJsonRoute)
 
 
 @router.post(

@@ -2,20 +2,30 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from backinstock.subscriptions.schemas import ProductIn, Sku, Text
+from backinstock.fields import INSTANT_RULE, Instant, StrictInt, Text
+from backinstock.subscriptions.schemas import ProductIn, Sku
+
+# A stock level, per location and summed over a SKU's locations: the level columns are 32-bit.
+MAX_LEVEL = 1_000_000_000
 
 
 class RestockIn(BaseModel):
     event_id: Text = Field(min_length=1, max_length=128, description="Unique per location.")
     sku: Sku
-    available: int = Field(
-        ge=0, le=1_000_000_000, description="Absolute sellable quantity at this location."
+    available: StrictInt = Field(
+        ge=0,
+        le=MAX_LEVEL,
+        description="Absolute sellable quantity at this location. The SKU's level (the sum "
+        f"over its locations) must stay at most {MAX_LEVEL}: a level past it is a 422.",
     )
     location: Text = Field(default="default", min_length=1, max_length=64)
-    occurred_at: AwareDatetime | None = Field(
-        default=None, description="When the level was true; defaults to the time received."
+    occurred_at: Instant | None = Field(
+        default=None,
+        description="When the level was true; defaults to the time received. "
+        + INSTANT_RULE
+        + " More than MAX_CLOCK_SKEW_SECONDS (default 300) in the future: 422.",
     )
     product: ProductIn | None = None
 
@@ -23,7 +33,7 @@ class RestockIn(BaseModel):
 class RestockOut(BaseModel):
     restock_id: uuid.UUID
     sku: str
-    available: int = Field(description="The SKU's level: the sum over its locations.")
+    available: StrictInt = Field(description="The SKU's level: the sum over its locations.")
     waiting: int = Field(description="Shoppers in the SKU's queue.")
     first_wave: int = Field(
         description="Shoppers the step this event started will notify (0 if none)."

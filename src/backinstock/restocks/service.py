@@ -19,9 +19,11 @@ from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
 from backinstock.config import Settings
 from backinstock.db import insert_for, new_id, utcnow
+from backinstock.errors import InvalidField
+from backinstock.fields import refuse_future
 from backinstock.restocks import waves
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
-from backinstock.restocks.schemas import RestockIn, RestockOut
+from backinstock.restocks.schemas import MAX_LEVEL, RestockIn, RestockOut
 from backinstock.restocks.waves import current_level, queue_length
 
 
@@ -33,6 +35,7 @@ class RestockOutcome:
 
 
 async def record(session: AsyncSession, settings: Settings, payload: RestockIn) -> RestockOutcome:
+    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
     product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
     catalog.check_product(settings.core, product)
     occurred_at = payload.occurred_at or utcnow()
@@ -62,6 +65,8 @@ async def record(session: AsyncSession, settings: Settings, payload: RestockIn) 
     before = await current_level(session, payload.sku)
     applied = await _apply_level(session, payload, occurred_at, event_id)
     after = await current_level(session, payload.sku) if applied else before
+    if after > MAX_LEVEL:  # rolled back with the request: nothing of this event is kept
+        raise InvalidField("available", f"the SKU's level would exceed {MAX_LEVEL}")
     wave_due, step_size = await _transition(session, settings, payload.sku, before, after, event_id)
     waiting = await queue_length(session, payload.sku)
     event = await session.get(RestockEvent, event_id)

@@ -1,16 +1,34 @@
 """The MIME bytes of a notification email.
 
-The stdlib ``email`` package parses and refolds every header through its policy machinery
-and renders bodies through a generator: about 2 ms of CPU per message, more than the whole
-SMTP transaction. :func:`render_email` writes the same structure directly for the common
-case (an ASCII addr-spec recipient, an ASCII unsubscribe URL): headers that repeat across a
-wave (From, Subject) are folded once by the stdlib and cached, bodies are base64 (or 7bit
-when they already are short ASCII lines) by ``binascii``. Anything unusual — a UTF-8
-mailbox, odd characters in an address — goes through :func:`build_email`, the stdlib path.
+Header values go through the stdlib ``email`` package under the SMTP policy: its header
+registry parses each value, its folder wraps it and writes RFC 2047 encoded words for
+non-ASCII text. (A simple ASCII address and our own Message-ID are written directly when
+they fit on one line: the stdlib writes the very same bytes, which the tests fuzz, and its
+parsing was most of the cost of a message.) What the stdlib cannot be trusted with on every
+interpreter that ``requires-python`` admits is handled here, the same way on all of them:
 
-Either way the message is 7-bit (no relay needs 8BITMIME unless the address itself is
-UTF-8), has CRLF line endings and lines within RFC 5322's 78 characters except where a
-single token (a long URL) cannot be broken, which stays within the hard limit of 998.
+- Hostile text. The subject carries a product name that came through the API.
+  :func:`header_text` makes it one line (line breaks and other control characters become
+  spaces, lone surrogates are dropped). Text containing ``=?`` is a different danger: the
+  stdlib's header parser, like every mail reader, decodes anything shaped like an RFC 2047
+  encoded word, so ``=?utf-8?q?Deal=0D=0AReply-To:_x@evil.example?=`` turns into a line
+  break, which CPython's folder before 3.11.10 / 3.12.5 (CVE-2024-6923) writes out as a real
+  one: a header injection. Such a subject is written wholly as encoded words of its literal
+  text (``email.header.Header``), so readers show ``=?...?=`` exactly as it was typed; it is
+  never decoded.
+- A last check. The finished header block is split into its header names, which must be
+  exactly the ones written here, in order; a bare CR or LF anywhere, a NUL, or (outside
+  SMTPUTF8) a non-ASCII byte fails the message with ValueError. Whatever might slip past the
+  rules above cannot add a header or a body line: it stops the message instead.
+
+Bodies are written here, not by the stdlib: base64 by ``binascii``, or 7bit when every line
+is short printable ASCII. They are the parts ``EmailMessage.set_content`` makes (the tests
+fuzz the two against each other), at a fraction of its cost (about 1 ms of CPU per message,
+more than the whole SMTP exchange).
+
+The message is 7-bit unless the envelope uses SMTPUTF8 (a UTF-8 address), has CRLF line
+endings and lines within RFC 5322's 78 characters, except an unbreakable List-Unsubscribe
+URL, which stays within the hard limit of 998.
 """
 
 from __future__ import annotations
@@ -18,30 +36,41 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
+import unicodedata
 from email import policy
+from email.header import Header
 from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import EmailPolicy
 from email.utils import formatdate
 from functools import lru_cache
 
 from backinstock.senders.base import OutgoingMessage
 
-# Parts are encoded to 7 bits (quoted-printable or base64) when built, so any relay takes
-# them without BODY=8BITMIME; the wire policies add CRLF line endings, and raw UTF-8
-# headers only when the envelope needs SMTPUTF8 anyway.
-_BUILD_POLICY = policy.default.clone(cte_type="7bit")
-_WIRE_POLICY = policy.SMTP
-_WIRE_POLICY_UTF8 = policy.SMTPUTF8
+# The wire policies: CRLF line endings; raw UTF-8 in headers only when the envelope needs
+# SMTPUTF8 anyway. Bodies are 7-bit either way (base64), so no relay needs 8BITMIME.
+_WIRE = policy.SMTP
+_WIRE_UTF8 = policy.SMTPUTF8
+_READER = BytesParser(policy=policy.default)
 
 _CRLF = b"\r\n"
 _MAX_LINE = 78  # RFC 5322 2.1.1: SHOULD; a body line longer than this gets base64
 _HARD_MAX_LINE = 998  # RFC 5322 2.1.1: MUST
 _BASE64_CHUNK = 57  # bytes per 76-character base64 line, as the stdlib writes them
-# An addr-spec made of dot-atoms (RFC 5322 3.4.1) in ASCII: needs no quoting or encoding.
+_URL = re.compile(r"[!-~]+")  # printable ASCII, no spaces: nothing to fold or encode
+_PRINTABLE_LINE = re.compile(rb"[\t -~]*")  # what a 7bit body line may hold
+_BLANKS = re.compile(r"[ \t]+")
+# An ASCII addr-spec of dot-atoms (RFC 5322 3.4.1) and our own Message-ID: the stdlib writes
+# them unchanged when they fit on one line (tests compare the bytes), at a sixth of the cost.
 _SIMPLE_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
 )
-_URL = re.compile(r"[!-~]+")  # printable ASCII, no spaces: nothing to fold or encode
+_SIMPLE_MESSAGE_ID = re.compile(r"<[0-9a-f-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*>")
+# Unicode categories that cannot stay in a one-line header: controls (CR, LF, NUL, ...),
+# line and paragraph separators, and lone surrogates (no encoding can write them).
+_TO_SPACE = frozenset({"Cc", "Zl", "Zp"})
+_DROPPED = "Cs"
 
 
 def render_email(
@@ -49,60 +78,96 @@ def render_email(
 ) -> tuple[bytes, str]:
     """The wire bytes (CRLF, dot-stuffing left to the client) and the Message-ID; ``utf8``
     when the envelope uses SMTPUTF8 (see :func:`needs_smtputf8`). Raises ValueError for a
-    header that cannot be written (a line break in an address)."""
-    if utf8 or not _is_simple(message):
-        return _render_with_stdlib(message, from_header, msgid_domain, utf8)
+    message that cannot be written safely (e.g. a line break in an address)."""
+    wire = _WIRE_UTF8 if utf8 else _WIRE
     message_id = stable_message_id(message, msgid_domain)
     headers = [
-        folded_header("From", from_header),
-        b"To: " + message.to.encode("ascii") + _CRLF,
+        _cached_header(wire, "From", from_header),
+        _plain_header(wire, "To", message.to, _SIMPLE_ADDRESS),
     ]
+    names = [b"From", b"To"]
     if message.subject is not None:
-        headers.append(folded_header("Subject", _one_line(message.subject)))
+        headers.append(subject_header(message.subject))
+        names.append(b"Subject")
     headers += [
-        b"Date: " + formatdate(usegmt=True).encode("ascii") + _CRLF,
-        b"Message-ID: " + message_id.encode("ascii") + _CRLF,
+        _cached_header(wire, "Date", formatdate(usegmt=True)),
+        _plain_header(wire, "Message-ID", message_id, _SIMPLE_MESSAGE_ID),
     ]
+    names += [b"Date", b"Message-ID"]
     if message.unsubscribe_url:
         # RFC 8058 one-click unsubscribe; mailbox providers require it for bulk senders.
-        # One unbroken line even past 78 characters (the stdlib would turn it into RFC 2047
-        # encoded words, which RFC 2369 readers do not decode); 998 is the hard limit.
-        url = message.unsubscribe_url.encode("ascii")
         headers += [
-            b"List-Unsubscribe: <" + url + b">" + _CRLF,
+            _unsubscribe_header(wire, message.unsubscribe_url),
             b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" + _CRLF,
         ]
+        names += [b"List-Unsubscribe", b"List-Unsubscribe-Post"]
     headers.append(b"MIME-Version: 1.0" + _CRLF)
+    names += [b"MIME-Version", b"Content-Type"]
     plain = _text_part("plain", message.text)
     if message.html is None:
-        return b"".join(headers) + plain, message_id
-    html = _text_part("html", message.html)
-    boundary = _boundary(plain, html)
-    headers.append(
-        b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"' + _CRLF + _CRLF
+        data = b"".join(headers) + plain
+        names.append(b"Content-Transfer-Encoding")
+    else:
+        html = _text_part("html", message.html)
+        boundary = _boundary(plain, html)
+        headers.append(
+            b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"' + _CRLF * 2
+        )
+        delimiter = b"--" + boundary + _CRLF
+        closing = b"--" + boundary + b"--" + _CRLF
+        data = b"".join(headers) + delimiter + plain + _CRLF + delimiter + html + _CRLF + closing
+    check_wire_form(data, names, utf8=utf8)
+    return data, message_id
+
+
+def header_text(value: str) -> str:
+    """What a one-line header shows of ``value``: line breaks and other control characters
+    become spaces, lone surrogates are dropped, runs of spaces and tabs become one space,
+    and the ends are trimmed. Everything else, ``=?...?=`` included, is kept as it is."""
+    if value.isascii() and value.isprintable() and "  " not in value and value == value.strip():
+        return value  # the common case, without a pass per character
+    kept = "".join(
+        " " if category in _TO_SPACE else char
+        for char in value
+        if (category := unicodedata.category(char)) != _DROPPED
     )
-    delimiter = b"--" + boundary + _CRLF
-    body = delimiter + plain + _CRLF + delimiter + html + _CRLF + b"--" + boundary + b"--" + _CRLF
-    return b"".join(headers) + body, message_id
+    return _BLANKS.sub(" ", kept).strip(" ")
 
 
-def build_email(message: OutgoingMessage, from_header: str, msgid_domain: str) -> EmailMessage:
-    """The MIME message through the stdlib: text, plus an HTML alternative when there is one.
-    Raises ValueError for a header that cannot be written (a line break in it)."""
-    email = EmailMessage(policy=_BUILD_POLICY)
-    email["From"] = from_header
-    email["To"] = message.to
-    if message.subject is not None:
-        email["Subject"] = _one_line(message.subject)
-    email["Date"] = formatdate(usegmt=True)
-    email["Message-ID"] = stable_message_id(message, msgid_domain)
-    if message.unsubscribe_url:
-        email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
-        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    email.set_content(message.text)
-    if message.html is not None:
-        email.add_alternative(message.html, subtype="html")
-    return email
+@lru_cache(maxsize=1024)
+def subject_header(subject: str) -> bytes:
+    """``Subject: ...`` CRLF that every reader shows as :func:`header_text` of ``subject``.
+    ASCII even under SMTPUTF8 (encoded words are valid there too, and keep lines within 78
+    octets). Cached: a wave's messages share a handful of subjects, so the read-back is
+    cheap."""
+    text = header_text(subject)
+    if "=?" not in text:
+        folded = _header(_WIRE, "Subject", text)
+        if _read_back(folded) == text:
+            return folded
+    # Encoded words of the literal text: readers decode them back to the text, "=?...?="
+    # included, and no further. Also the way out of the stdlib's folding quirks (a word
+    # too long for the first line comes back with a leading space).
+    encoded = Header(text, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return b"Subject: " + encoded.encode("ascii") + _CRLF
+
+
+def _read_back(folded: bytes) -> str:
+    return str(_READER.parsebytes(folded + _CRLF)["Subject"])
+
+
+def check_wire_form(data: bytes, names: list[bytes], *, utf8: bool = False) -> None:
+    """Raise ValueError unless the message's header block holds exactly ``names`` in that
+    order and the message has no bare CR or LF, no NUL, and (unless ``utf8``) only ASCII."""
+    head = data.partition(b"\r\n\r\n")[0]
+    found = [line.partition(b":")[0] for line in head.split(_CRLF) if line[:1] not in b" \t"]
+    if found != names or head[:1] in (b" ", b"\t"):
+        raise ValueError("the header block is not the one written")
+    lines_only = data.replace(_CRLF, b"")
+    if b"\r" in lines_only or b"\n" in lines_only or b"\x00" in data:
+        raise ValueError("a bare line break or NUL in the message")
+    if not utf8 and not data.isascii():
+        raise ValueError("8-bit data outside SMTPUTF8")
 
 
 def stable_message_id(message: OutgoingMessage, msgid_domain: str) -> str:
@@ -116,40 +181,43 @@ def needs_smtputf8(to: str, envelope_from: str) -> bool:
     return not (to.isascii() and envelope_from.isascii())
 
 
-@lru_cache(maxsize=1024)
-def folded_header(name: str, value: str) -> bytes:
-    """``Name: value`` CRLF as the stdlib folds and encodes it (RFC 2047 words for non-ASCII).
-    Cached: From is one value and a wave's subjects a handful."""
-    header = _WIRE_POLICY.header_store_parse(name, value)[1]
-    return _WIRE_POLICY.fold_binary(name, header)
+def _header(wire: EmailPolicy[EmailMessage], name: str, value: str) -> bytes:
+    """``Name: value`` CRLF as the stdlib parses, folds and encodes it. Raises ValueError for
+    a value it refuses (a line break in it, an address part with CR or LF)."""
+    return wire.fold_binary(name, wire.header_store_parse(name, value)[1])
 
 
-def _render_with_stdlib(
-    message: OutgoingMessage, from_header: str, msgid_domain: str, utf8: bool
-) -> tuple[bytes, str]:
-    email = build_email(message, from_header, msgid_domain)
-    data = email.as_bytes(policy=_WIRE_POLICY_UTF8 if utf8 else _WIRE_POLICY)
-    return data, str(email["Message-ID"])
+def _plain_header(
+    wire: EmailPolicy[EmailMessage], name: str, value: str, simple: re.Pattern[str]
+) -> bytes:
+    """What :func:`_header` writes, without its parsing, for a value ``simple`` matches that
+    fits on one line; "=?" goes to the stdlib (it decodes encoded words, also in addresses)."""
+    line = f"{name}: {value}"
+    if len(line) <= _MAX_LINE and "=?" not in value and simple.fullmatch(value):
+        return line.encode("ascii") + _CRLF
+    return _header(wire, name, value)
 
 
-def _is_simple(message: OutgoingMessage) -> bool:
-    url = message.unsubscribe_url
-    return (
-        len(message.to) < _HARD_MAX_LINE - 10
-        and _SIMPLE_ADDRESS.fullmatch(message.to) is not None
-        and (not url or (len(url) < _HARD_MAX_LINE - 30 and _URL.fullmatch(url) is not None))
-    )
+@lru_cache(maxsize=256)
+def _cached_header(wire: EmailPolicy[EmailMessage], name: str, value: str) -> bytes:
+    # For values shared by many messages (From; Date within a second): never contacts.
+    return _header(wire, name, value)
 
 
-def _one_line(value: str) -> str:
-    # A product name with a line break must not fail (or inject) the header.
-    return " ".join(value.split())
+def _unsubscribe_header(wire: EmailPolicy[EmailMessage], url: str) -> bytes:
+    # One unbroken line even past 78 characters: the stdlib would turn a long URL into RFC
+    # 2047 encoded words, which RFC 2369 readers do not decode. Only printable ASCII without
+    # spaces is written raw (nothing in it can end the line); anything else goes through the
+    # stdlib.
+    if _URL.fullmatch(url) and len(url) < _HARD_MAX_LINE - 30:
+        return b"List-Unsubscribe: <" + url.encode("ascii") + b">" + _CRLF
+    return _header(wire, "List-Unsubscribe", f"<{url}>")
 
 
 def _text_part(subtype: str, text: str) -> bytes:
     """Content-Type and Content-Transfer-Encoding headers, a blank line, the body."""
     lines = text.encode("utf-8").splitlines() or [b""]
-    if all(len(line) <= _MAX_LINE and line.isascii() for line in lines):
+    if all(len(line) <= _MAX_LINE and _PRINTABLE_LINE.fullmatch(line) for line in lines):
         cte, body = b"7bit", b"".join(line + _CRLF for line in lines)
     else:
         # Inside base64 lines end in LF, as the stdlib (and so every reader) does it.

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AwareDatetime
 
 from backinstock.contacts import Channel
 from backinstock.db import utcnow
 from backinstock.deps import SessionDep, StatsReader
 from backinstock.errors import InvalidField, error_responses
+from backinstock.fields import DIGITS, INSTANT_RULE, Instant
 from backinstock.stats import csv_export, series, service
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import (
@@ -33,11 +32,11 @@ SkuQuery = Annotated[
 ]
 ChannelQuery = Annotated[Channel | None, Query(description="Only this channel.")]
 SinceQuery = Annotated[
-    AwareDatetime | None,
-    Query(description="Start of the period, inclusive (RFC 3339 with an offset, e.g. `Z`)."),
+    Instant | None, Query(description="Start of the period, inclusive. " + INSTANT_RULE)
 ]
 UntilQuery = Annotated[
-    AwareDatetime | None, Query(description="End of the period, exclusive; default now.")
+    Instant | None,
+    Query(description="End of the period, exclusive; default now. " + INSTANT_RULE),
 ]
 CurrencyQuery = Annotated[
     str | None,
@@ -94,28 +93,14 @@ def wants_csv(request: Request, fmt: Format | None) -> bool:
     return "text/csv" in request.headers.get("accept", "")
 
 
-# Figures start with the epoch; far-off dates would overflow the arithmetic on periods.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def utc(field: str, value: datetime) -> datetime:
-    try:
-        moment = value.astimezone(UTC)
-    except OverflowError:
-        raise InvalidField(field, "is out of range") from None
-    if moment < EARLIEST:
-        raise InvalidField(field, "must be 1970-01-01T00:00:00Z or later")
-    return moment
-
-
 def period_filters(
     sku: SkuQuery = None,
     channel: ChannelQuery = None,
     since: SinceQuery = None,
     until: UntilQuery = None,
 ) -> Filters:
-    end = utc("until", until) if until else utcnow()
-    start = utc("since", since) if since else None
+    end = until or utcnow()
+    start = since
     if start is not None and start >= end:
         raise InvalidField("since", "must be before until")
     return Filters(until=end, since=start, sku=sku, channel=channel.value if channel else None)
@@ -158,7 +143,7 @@ async def get_demand(
     request: Request,
     session: SessionDep,
     _: StatsReader,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     fmt: FormatQuery = None,
 ) -> DemandPage | Response:
@@ -206,8 +191,8 @@ async def get_timeseries(
     `revenue` values are decimal strings in `currency` (as in the funnel).
 
     CSV: `t,value` rows."""
-    end = utc("until", until) if until else utcnow()
-    start = utc("since", since) if since else end - series.DEFAULT_SPAN[interval]
+    end = until or utcnow()
+    start = since or end - series.DEFAULT_SPAN[interval]
     filters = period_filters(sku, channel, start, end)
     result = await series.timeseries(session, metric, interval, filters, currency)
     if not wants_csv(request, fmt):

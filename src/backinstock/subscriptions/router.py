@@ -6,11 +6,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey
 from backinstock.errors import NotFound, error_response, error_responses
 from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
+from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
 from backinstock.subscriptions import service as subscriptions
 from backinstock.subscriptions.schemas import SubscriptionCreate, SubscriptionOut
 
-router = APIRouter(tags=["subscriptions"])
+router = APIRouter(tags=["subscriptions"], route_class=StrictJsonRoute)
 
 
 @router.post(

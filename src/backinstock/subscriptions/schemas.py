@@ -6,15 +6,14 @@ from typing import Annotated
 from zoneinfo import available_timezones
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     field_validator,
 )
 
 from backinstock.contacts import Channel
+from backinstock.fields import IpAddress, StrictInt, Text
 from backinstock.subscriptions.models import Priority, Status
 
 Sku = Annotated[
@@ -29,14 +28,6 @@ Sku = Annotated[
 ]
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it here (422) rather than fail in the database.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 Contact = Annotated[Text, Field(min_length=1, max_length=320)]
 _TIMEZONES = frozenset(available_timezones())
 
@@ -49,8 +40,8 @@ class ProductIn(BaseModel):
 
 class ConsentIn(BaseModel):
     text_version: Text = Field(min_length=1, max_length=64)
-    ip: IPvAnyAddress | None = None
-    wechat_messages: int = Field(
+    ip: IpAddress | None = None
+    wechat_messages: StrictInt = Field(
         default=1,
         ge=1,
         le=100,
