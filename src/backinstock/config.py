@@ -101,6 +101,11 @@ class DeliverySettings(_Section):
     # SIGTERM: how long in-flight provider calls may take to finish before the worker exits
     # anyway (under Kubernetes' default 30 s grace period, with room to spare).
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
+    # A commit that marks a provider call as started also marks this many of the channel's
+    # next messages, which then start without waiting for a commit of their own. After a
+    # crash up to this many more per batch may be in doubt, and are settled by the channel's
+    # policy like any other (never with drop, which always marks exactly). 0: exact.
+    start_lookahead: int = Field(default=16, ge=0, le=200)
 
     @field_validator("in_doubt_email", "in_doubt_wechat")
     @classmethod
@@ -108,6 +113,9 @@ class DeliverySettings(_Section):
         if value is InDoubtPolicy.RECONCILE:
             raise ValueError("only SMS can be reconciled (Twilio lists what it accepted)")
         return value
+
+    def lookahead(self, channel: str) -> int:
+        return 0 if self.policy(channel) is InDoubtPolicy.DROP else self.start_lookahead
 
     def policy(self, channel: str) -> InDoubtPolicy:
         return {

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backinstock.config import DeliverySettings
 from backinstock.contacts import Channel
 from backinstock.runtime import Runtime
 from tests.conftest import BACKEND
@@ -38,6 +39,7 @@ sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="embedded: SQLite, 
 CONCURRENCY = {Channel.SMS: 20, Channel.EMAIL: SMTP_CONNECTIONS, Channel.WECHAT: 20}
 # A journal group commits the results of up to this many finished calls at once.
 FLUSH_GROUP = 64
+LOOKAHEAD = DeliverySettings().start_lookahead
 
 
 @pytest.fixture
@@ -49,7 +51,8 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
 
 
 def _in_flight_bound(channel: Channel, kills: int) -> int:
-    return kills * (CONCURRENCY[channel] + FLUSH_GROUP)
+    # Calls running, messages marked ahead of their start, results not yet committed.
+    return kills * (CONCURRENCY[channel] + LOOKAHEAD + FLUSH_GROUP)
 
 
 def _assert_everyone_told_once_per_policy(tally: Tally, channel: Channel, kills: int) -> None:

@@ -102,6 +102,12 @@ def _senders(runtime: Runtime, sms: Any) -> dict[str, Sender]:
     return {"sms": sms, "wechat": outbox["email"], **outbox}
 
 
+def _exact(runtime: Runtime, **delivery: Any) -> Settings:
+    """Settings whose journal marks each call alone (no marking ahead), unless told."""
+    values = {"start_lookahead": 0, **delivery}
+    return dataclasses.replace(runtime.settings, delivery=DeliverySettings(**values))
+
+
 async def _deliver(
     runtime: Runtime,
     sms: Any,
@@ -110,7 +116,7 @@ async def _deliver(
 ) -> int:
     return await dispatch.deliver(
         runtime.sessions,
-        settings or runtime.settings,
+        settings or _exact(runtime),
         runtime.keys,
         _senders(runtime, sms),
         None,
@@ -182,9 +188,7 @@ async def test_a_call_past_the_grace_period_stays_in_doubt(
 ) -> None:
     await _plan(runtime, client, api_keys["inventory"], 4)
     sender, stopping = ScriptedSender(concurrency=1, gated=True), asyncio.Event()
-    quick = dataclasses.replace(
-        runtime.settings, delivery=DeliverySettings(shutdown_grace_seconds=0.01)
-    )
+    quick = _exact(runtime, shutdown_grace_seconds=0.01)
     delivering = asyncio.create_task(_deliver(runtime, sender, stopping, quick))
     await sender.in_flight.get()  # the first call hangs and is never answered
     stopping.set()
@@ -259,3 +263,31 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
         }
     unstarted = ("pending", None, None)
     assert [rows[i] for i in ids] == [unstarted, unstarted, (*expected, None), unstarted]
+
+
+async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 30)
+    in_flight: list[int] = []
+    stopping = asyncio.Event()
+
+    async def look(number: int) -> None:
+        in_flight.append((await _statuses(runtime))["inflight"])
+        if number == 9:
+            stopping.set()  # a deploy while messages are marked ahead
+
+    sender = ScriptedSender(concurrency=1, inside=look)
+    await _deliver(runtime, sender, stopping, _exact(runtime, start_lookahead=4))
+    # One call running plus at most four marked ahead (and a result not yet committed).
+    assert max(in_flight) <= 1 + 4 + 1
+    assert sender.calls == 10
+    # The marked-ahead messages that never started went back, as if never claimed.
+    assert await _statuses(runtime) == {"sent": 10, "pending": 20}
+    async with runtime.sessions() as session:
+        back = await session.execute(
+            select(Notification.attempts, Notification.claim_id).where(
+                Notification.status == Status.PENDING
+            )
+        )
+        assert set(back) == {(0, None)}

@@ -113,25 +113,29 @@ async def mark_inflight(
         groups[(message.channel, rank)].append(message.notification_id)
     allowed: set[uuid.UUID] = set()
     for (channel, rank), ids in groups.items():
+        # Core, not ORM: this runs before every provider call, and the ORM's bookkeeping
+        # for an UPDATE (session synchronisation) costs more than the statement.
         marked = await session.scalars(
-            update(Notification)
-            .where(Notification.id.in_(ids), _held_by(claim_id))
-            .where(Notification.status == Status.SENDING)
-            .values(status=Status.INFLIGHT, channel=channel, contact_rank=rank)
-            .returning(Notification.id)
+            _START, {"b_ids": ids, "b_claim": claim_id, "b_channel": channel, "b_rank": rank}
         )
         allowed.update(marked)
     return allowed
 
 
+async def renew(session: AsyncSession, claim_id: uuid.UUID, until: datetime) -> None:
+    """Keep the claim's rows (unstarted and in flight) from lapsing under a live worker."""
+    await session.execute(_RENEW, {"b_claim": claim_id, "b_until": until})
+
+
 async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUID]) -> None:
-    """Claimed messages whose call never started go back to the queue, not an attempt."""
+    """Claimed messages whose call never started go back to the queue, not an attempt
+    (marked in flight ahead of time or not: this worker knows they never left)."""
     if not ids:
         return
     await session.execute(
         update(Notification)
         .where(Notification.id.in_(ids), _held_by(claim_id))
-        .where(Notification.status == Status.SENDING)
+        .where(Notification.status.in_([Status.SENDING, Status.INFLIGHT]))
         .values(
             status=Status.PENDING,
             attempts=Notification.attempts - 1,
@@ -140,6 +144,30 @@ async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUI
             next_attempt_at=utcnow(),
         )
     )
+
+
+_START = (
+    update(_TABLE)
+    .where(
+        _TABLE.c.id.in_(bindparam("b_ids", expanding=True)),
+        _TABLE.c.claim_id == bindparam("b_claim"),
+        _TABLE.c.status == Status.SENDING.value,
+    )
+    .values(
+        status=Status.INFLIGHT.value,
+        channel=bindparam("b_channel"),
+        contact_rank=bindparam("b_rank"),
+    )
+    .returning(_TABLE.c.id)
+)
+_RENEW = (
+    update(_TABLE)
+    .where(
+        _TABLE.c.claim_id == bindparam("b_claim"),
+        _TABLE.c.status.in_([Status.SENDING.value, Status.INFLIGHT.value]),
+    )
+    .values(lease_until=bindparam("b_until"))
+)
 
 
 # ------------------------------------------------------------------------------- results

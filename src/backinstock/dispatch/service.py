@@ -255,8 +255,9 @@ async def deliver(
         await record_skips(session, claim_id, deliveries)
     if not claimed:
         return 0
-    journal = Journal(sessions, claim_id, deliveries, stopping)
-    renewal = asyncio.create_task(_keep_claimed(sessions, claim_id, lease))
+    lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
+    journal = Journal(sessions, claim_id, deliveries, stopping, lookahead=lookahead)
+    renewal = asyncio.create_task(_keep_claimed(journal, lease))
     try:
         sending = _send(settings, senders, throttle, deliveries, journal)
         await _until_stopped(sending, stopping, settings.delivery.shutdown_grace_seconds)
@@ -290,23 +291,12 @@ async def _until_stopped(
         stop.cancel()
 
 
-async def _keep_claimed(
-    sessions: async_sessionmaker[AsyncSession], claim_id: uuid.UUID, lease: timedelta
-) -> None:
+async def _keep_claimed(journal: Journal, lease: timedelta) -> None:
     """Renew the claim while a slow provider works through the batch: the lease can stay
     short (fast takeover after a crash) without expiring under a live worker."""
     while True:
         await asyncio.sleep(lease.total_seconds() / 3)
-        try:
-            async with db.transaction(sessions) as session:
-                await session.execute(
-                    update(Notification)
-                    .where(Notification.claim_id == claim_id)
-                    .where(Notification.status.in_([Status.SENDING, Status.INFLIGHT]))
-                    .values(lease_until=utcnow() + lease)
-                )
-        except Exception as exc:  # try again at the next third; the claim fences us anyway
-            log.warning("claim_renewal_failed", error_type=type(exc).__name__)
+        journal.renew(utcnow() + lease)
 
 
 def channel_rate(settings: Settings, channel: str) -> float:
