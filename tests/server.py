@@ -80,8 +80,8 @@ class BackinstockProcess:
 
 
 class ServerProcess(BackinstockProcess):
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         super().__init__(["serve", "--port", str(self.port)], env, log_path)
 
