@@ -20,7 +20,7 @@ from backinstock import db, keyops, migrations
 from backinstock.auth import service as auth
 from backinstock.auth.service import Scope
 from backinstock.config import Settings
-from backinstock.crypto import KeyConfigError, load_keys
+from backinstock.crypto import KeyConfigError, load_keys, new_key_spec
 from backinstock.errors import ApiError, Conflict
 from backinstock.ops.logging import configure_logging
 
@@ -32,6 +32,12 @@ keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 T = TypeVar("T")
+# The key rings production requires, as `keys generate-env` prints them.
+ENV_KEY_SETTINGS = (
+    "BACKINSTOCK_ENCRYPTION_KEYS",
+    "BACKINSTOCK_BLIND_INDEX_KEY",
+    "BACKINSTOCK_TOKEN_KEY",
+)
 
 
 @app.callback()
@@ -146,6 +152,49 @@ def worker(
     # "first message within a second" budget twice (the wave, then the first send batch).
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112 - dramatiq reads this name
     os.execv(sys.executable, args)  # noqa: S606 - dramatiq's supervisor handles signals
+
+
+@app.command()
+def check(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 5.0,
+) -> None:
+    """Exit 0 when the database and Redis (if BACKINSTOCK_REDIS_URL is set) answer, else 1
+    with the reason on stderr: the worker's container healthcheck (it serves no HTTP)."""
+    settings = _settings()
+    problems: list[str] = []
+
+    async def database() -> None:
+        from sqlalchemy import text
+
+        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(database(), timeout))
+    except Exception as exc:  # any failure means "not healthy"
+        problems.append(f"database does not answer ({type(exc).__name__})")
+    if settings.core.redis_url:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(
+                settings.core.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except Exception as exc:
+            problems.append(f"redis does not answer ({type(exc).__name__})")
+    for problem in problems:
+        err.print(f"[red]unhealthy:[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    err.print("[green]ok[/green]")
 
 
 @app.command()
@@ -270,6 +319,17 @@ def keys_create(
         err.print(f"created key '{name}' with scopes: {scopes}")
     err.print("store it now: it cannot be shown again")
     typer.echo(secret)
+
+
+@keys_app.command("generate-env")
+def keys_generate_env() -> None:
+    """Print fresh data keys as BACKINSTOCK_*=… lines for an .env file (e.g.
+    `backinstock keys generate-env > .env`). Generate them once per instance and keep them:
+    contacts sealed under lost keys cannot be read again."""
+    typer.echo("# backinstock data keys: keep secret, back up, never commit.")
+    typer.echo("# Losing BACKINSTOCK_ENCRYPTION_KEYS loses every stored contact.")
+    for setting in ENV_KEY_SETTINGS:
+        typer.echo(f"{setting}={new_key_spec('k1')}")
 
 
 @keys_app.command("list")
