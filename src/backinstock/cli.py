@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -31,6 +32,7 @@ app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
+_serve_log = structlog.get_logger("backinstock.serve")
 T = TypeVar("T")
 # The key rings production requires, as `keys generate-env` prints them.
 ENV_KEY_SETTINGS = (
@@ -81,10 +83,16 @@ def serve(
     import uvicorn
 
     settings = _settings()
+    if settings.core.log_json:
+        # From the first line on, what serve writes is JSON lines, like the app's own logs.
+        configure_logging(settings.core.log_level, json=True)
     try:
         load_keys(settings.crypto, production=not settings.core.is_sqlite)
     except KeyConfigError as exc:
-        err.print(f"[red]Refusing to start:[/red] {exc}")
+        if settings.core.log_json:
+            _serve_log.error("refusing_to_start", reason=str(exc))
+        else:
+            err.print(f"[red]Refusing to start:[/red] {exc}")
         raise typer.Exit(2) from None
     migrations.upgrade(settings.core.database_url)
     _banner(settings, host, port)
@@ -104,10 +112,25 @@ def serve(
 
 
 def _banner(settings: Settings, host: str, port: int) -> None:
+    """Where the service listens and what to do first. With JSON logs (the default) this is
+    one JSON log line on stdout, like every line after it, so log collectors never see
+    console text; the coloured lines are added only for a person at a terminal."""
     base = f"http://{host}:{port}"
     mode = "embedded (SQLite, in-process broker)" if settings.core.is_sqlite else "production"
+    hint = "backinstock keys create --name storefront --scope subscribe"
+    if settings.core.log_json:
+        _serve_log.info(
+            "serving",
+            url=base,
+            mode="embedded" if settings.core.is_sqlite else "production",
+            docs=f"{base}/docs",
+            health=f"{base}/healthz",
+            create_key=hint,
+        )
+        if not sys.stderr.isatty():
+            return
     err.print(f"[bold]backinstock[/bold] on {base} — {mode}")
-    err.print("  create a key:  backinstock keys create --name storefront --scope subscribe")
+    err.print(f"  create a key:  {hint}")
     err.print(f"  API docs:      {base}/docs    contract: openapi.yaml")
     err.print(f"  health:        {base}/healthz  {base}/readyz  {base}/metrics")
 
