@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -164,6 +165,11 @@ def test_serve_refuses_generated_keys_with_postgres() -> None:
         "BACKINSTOCK_BLIND_INDEX_KEY": "",
         "BACKINSTOCK_TOKEN_KEY": "",
     }
-    result = cli("serve", "--port", "1", env=env)
+    result = cli("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "true"})
+    assert result.returncode == 2
+    refusal = json.loads(result.stdout.strip().splitlines()[-1])  # a log line like any other
+    assert refusal["event"] == "refusing_to_start"
+    assert "BACKINSTOCK_ENCRYPTION_KEYS" in refusal["reason"]
+    result = cli("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "false"})
     assert result.returncode == 2
     assert "Refusing to start" in result.stderr

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -20,7 +21,7 @@ from backinstock import db, keyops, migrations
 from backinstock.auth import service as auth
 from backinstock.auth.service import Scope
 from backinstock.config import Settings
-from backinstock.crypto import KeyConfigError, load_keys
+from backinstock.crypto import KeyConfigError, load_keys, new_key_spec
 from backinstock.errors import ApiError, Conflict
 from backinstock.ops.logging import configure_logging
 
@@ -31,7 +32,14 @@ app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
+_serve_log = structlog.get_logger("backinstock.serve")
 T = TypeVar("T")
+# The key rings production requires, as `keys generate-env` prints them.
+ENV_KEY_SETTINGS = (
+    "BACKINSTOCK_ENCRYPTION_KEYS",
+    "BACKINSTOCK_BLIND_INDEX_KEY",
+    "BACKINSTOCK_TOKEN_KEY",
+)
 
 
 @app.callback()
@@ -75,10 +83,16 @@ def serve(
     import uvicorn
 
     settings = _settings()
+    if settings.core.log_json:
+        # From the first line on, what serve writes is JSON lines, like the app's own logs.
+        configure_logging(settings.core.log_level, json=True)
     try:
         load_keys(settings.crypto, production=not settings.core.is_sqlite)
     except KeyConfigError as exc:
-        err.print(f"[red]Refusing to start:[/red] {exc}")
+        if settings.core.log_json:
+            _serve_log.error("refusing_to_start", reason=str(exc))
+        else:
+            err.print(f"[red]Refusing to start:[/red] {exc}")
         raise typer.Exit(2) from None
     migrations.upgrade(settings.core.database_url)
     _banner(settings, host, port)
@@ -98,10 +112,25 @@ def serve(
 
 
 def _banner(settings: Settings, host: str, port: int) -> None:
+    """Where the service listens and what to do first. With JSON logs (the default) this is
+    one JSON log line on stdout, like every line after it, so log collectors never see
+    console text; the coloured lines are added only for a person at a terminal."""
     base = f"http://{host}:{port}"
     mode = "embedded (SQLite, in-process broker)" if settings.core.is_sqlite else "production"
+    hint = "backinstock keys create --name storefront --scope subscribe"
+    if settings.core.log_json:
+        _serve_log.info(
+            "serving",
+            url=base,
+            mode="embedded" if settings.core.is_sqlite else "production",
+            docs=f"{base}/docs",
+            health=f"{base}/healthz",
+            create_key=hint,
+        )
+        if not sys.stderr.isatty():
+            return
     err.print(f"[bold]backinstock[/bold] on {base} — {mode}")
-    err.print("  create a key:  backinstock keys create --name storefront --scope subscribe")
+    err.print(f"  create a key:  {hint}")
     err.print(f"  API docs:      {base}/docs    contract: openapi.yaml")
     err.print(f"  health:        {base}/healthz  {base}/readyz  {base}/metrics")
 
@@ -146,6 +175,49 @@ def worker(
     # "first message within a second" budget twice (the wave, then the first send batch).
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112 - dramatiq reads this name
     os.execv(sys.executable, args)  # noqa: S606 - dramatiq's supervisor handles signals
+
+
+@app.command()
+def check(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 5.0,
+) -> None:
+    """Exit 0 when the database and Redis (if BACKINSTOCK_REDIS_URL is set) answer, else 1
+    with the reason on stderr: the worker's container healthcheck (it serves no HTTP)."""
+    settings = _settings()
+    problems: list[str] = []
+
+    async def database() -> None:
+        from sqlalchemy import text
+
+        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(database(), timeout))
+    except Exception as exc:  # any failure means "not healthy"
+        problems.append(f"database does not answer ({type(exc).__name__})")
+    if settings.core.redis_url:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(
+                settings.core.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except Exception as exc:
+            problems.append(f"redis does not answer ({type(exc).__name__})")
+    for problem in problems:
+        err.print(f"[red]unhealthy:[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    err.print("[green]ok[/green]")
 
 
 @app.command()
@@ -270,6 +342,17 @@ def keys_create(
         err.print(f"created key '{name}' with scopes: {scopes}")
     err.print("store it now: it cannot be shown again")
     typer.echo(secret)
+
+
+@keys_app.command("generate-env")
+def keys_generate_env() -> None:
+    """Print fresh data keys as BACKINSTOCK_*=… lines for an .env file (e.g.
+    `backinstock keys generate-env > .env`). Generate them once per instance and keep them:
+    contacts sealed under lost keys cannot be read again."""
+    typer.echo("# backinstock data keys: keep secret, back up, never commit.")
+    typer.echo("# Losing BACKINSTOCK_ENCRYPTION_KEYS loses every stored contact.")
+    for setting in ENV_KEY_SETTINGS:
+        typer.echo(f"{setting}={new_key_spec('k1')}")
 
 
 @keys_app.command("list")

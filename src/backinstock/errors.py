@@ -46,6 +46,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict",
     413: "Request body too large",
+    415: "`unsupported_media_type`: the body was not sent with `Content-Type: application/json`",
     422: "A field is invalid",
     429: "Rate limited; see Retry-After",
 }
@@ -97,6 +98,10 @@ class Conflict(ApiError):
 
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
 
 
 class InvalidField(ApiError):
@@ -165,9 +170,15 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         message = "The request body is not valid JSON" + (f": {reason}." if reason else ".")
         return error_response(400, "malformed_json", message)
     # Only the location and pydantic's own message: never the submitted input.
-    details = [{"field": _field_path(tuple(e["loc"])), "message": e["msg"]} for e in errors]
+    details = [{"field": _field_path(tuple(e["loc"])), "message": _message(e)} for e in errors]
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
     return error_response(422, "invalid_field", f"Invalid request: {summary}", details)
+
+
+def _message(error: Any) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "is not a field of this request"  # a typo is refused, not dropped
+    return str(error["msg"])
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

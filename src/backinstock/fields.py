@@ -27,7 +27,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, IPvAnyAddress, Strict, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    IPvAnyAddress,
+    Strict,
+    WithJsonSchema,
+)
 
 from backinstock.errors import InvalidField
 
@@ -149,3 +157,11 @@ IpAddress = Annotated[
         }
     ),
 ]
+
+
+class RequestBody(BaseModel):
+    """Base of every request body and of each object nested in one: a field the body does not
+    have ("colour", "qty") is refused (422 ``invalid_field`` naming it), never dropped
+    silently; its value is not echoed."""
+
+    model_config = ConfigDict(extra="forbid")

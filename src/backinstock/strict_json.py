@@ -18,6 +18,9 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from fastapi.utils import create_model_field
+
+from backinstock.errors import ERROR_DESCRIPTIONS, ErrorResponse, UnsupportedMediaType
 
 MAX_DEPTH = 32  # our deepest body (an order's items) is 3
 MAX_INTEGER_DIGITS = 20  # beyond 64 bits; no field takes more than 1e12
@@ -85,13 +88,38 @@ class StrictJsonRequest(Request):
         return self._json
 
 
+def is_json(content_type: str) -> bool:
+    """``application/json`` or an ``application/…+json`` type, any parameters and case."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 class StrictJsonRoute(APIRoute):
-    """A route whose request body is read by :func:`parse`."""
+    """A route whose request body is read by :func:`parse`, and refused with 415 unless it
+    is declared ``Content-Type: application/json``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.body_field is not None:
+            self.responses.setdefault(
+                415, {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[415]}
+            )
+            self.response_fields[415] = create_model_field(
+                name=f"Response_415_{self.unique_id}", type_=ErrorResponse, mode="serialization"
+            )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def strict(request: Request) -> Response:
+            if takes_body and not is_json(request.headers.get("content-type", "")):
+                raise UnsupportedMediaType(
+                    "The request body must be sent with Content-Type: application/json.",
+                    details=[{"field": "Content-Type", "message": "must be application/json"}],
+                )
             return await handler(StrictJsonRequest(request.scope, request.receive))
 
         return strict

@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, model_validator
 
-from backinstock.fields import INSTANT_RULE, DecimalString, Instant, StrictInt, Text
+from backinstock.fields import (
+    INSTANT_RULE,
+    DecimalString,
+    Instant,
+    RequestBody,
+    StrictInt,
+    Text,
+)
 from backinstock.subscriptions.schemas import Sku
 
 Amount = Annotated[
@@ -27,13 +34,13 @@ Currency = Annotated[
 ]
 
 
-class OrderItem(BaseModel):
+class OrderItem(RequestBody):
     sku: Sku
     quantity: StrictInt = Field(ge=1, le=1_000_000)
     unit_price: Amount
 
 
-class OrderCustomer(BaseModel):
+class OrderCustomer(RequestBody):
     """Who bought: any of these finds the shopper's subscriptions (contacts by their blind
     index, never stored in the order). Values that are not a valid phone, email or openid are
     ignored for matching rather than refused: the order itself is still recorded."""
@@ -44,7 +51,7 @@ class OrderCustomer(BaseModel):
     customer_id: Text | None = Field(default=None, min_length=1, max_length=128)
 
 
-class OrderIn(BaseModel):
+class OrderIn(RequestBody):
     order_id: Text = Field(min_length=1, max_length=128, description="The shop's id; idempotent.")
     items: list[OrderItem] = Field(min_length=1, max_length=500)
     currency: Currency

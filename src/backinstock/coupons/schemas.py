@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from backinstock.fields import Text
+from backinstock.fields import RequestBody, Text
 from backinstock.subscriptions.schemas import Sku
 
 MAX_CODES_PER_UPLOAD = 100_000
@@ -22,7 +22,7 @@ CouponCode = Annotated[
 ]
 
 
-class PoolIn(BaseModel):
+class PoolIn(RequestBody):
     name: Text = Field(min_length=1, max_length=100, description="Unique among pools.")
     sku: Sku | None = Field(
         default=None, description="Only for follow-ups about this SKU; none: any SKU."

@@ -4,14 +4,14 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from backinstock.fields import INSTANT_RULE, Instant, StrictInt, Text
+from backinstock.fields import INSTANT_RULE, Instant, RequestBody, StrictInt, Text
 from backinstock.subscriptions.schemas import ProductIn, Sku
 
 # A stock level, per location and summed over a SKU's locations: the level columns are 32-bit.
 MAX_LEVEL = 1_000_000_000
 
 
-class RestockIn(BaseModel):
+class RestockIn(RequestBody):
     event_id: Text = Field(min_length=1, max_length=128, description="Unique per location.")
     sku: Sku
     available: StrictInt = Field(

@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from backinstock.contacts import Channel
-from backinstock.fields import IpAddress, StrictInt, Text
+from backinstock.fields import IpAddress, RequestBody, StrictInt, Text
 from backinstock.subscriptions.models import Priority, Status
 
 Sku = Annotated[
@@ -32,13 +32,13 @@ Contact = Annotated[Text, Field(min_length=1, max_length=320)]
 _TIMEZONES = frozenset(available_timezones())
 
 
-class ProductIn(BaseModel):
+class ProductIn(RequestBody):
     name: Text | None = Field(default=None, min_length=1, max_length=300)
     url: Text | None = Field(default=None, max_length=2048)
     image_url: Text | None = Field(default=None, max_length=2048)
 
 
-class ConsentIn(BaseModel):
+class ConsentIn(RequestBody):
     text_version: Text = Field(min_length=1, max_length=64)
     ip: IpAddress | None = None
     wechat_messages: StrictInt = Field(
@@ -50,12 +50,12 @@ class ConsentIn(BaseModel):
     )
 
 
-class FallbackIn(BaseModel):
+class FallbackIn(RequestBody):
     channel: Channel
     contact: Contact
 
 
-class SubscriptionCreate(BaseModel):
+class SubscriptionCreate(RequestBody):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -130,7 +130,7 @@ class SubscriptionOut(BaseModel):
     updated_at: datetime
 
 
-class EraseRequest(BaseModel):
+class EraseRequest(RequestBody):
     contact: Contact
     channel: Channel | None = Field(
         default=None, description="Narrows the match; by default every channel is searched."
