@@ -39,6 +39,7 @@ from backinstock.coupons import followups
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
+from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
 from backinstock.restocks import waves
 from backinstock.runtime import Runtime
@@ -103,6 +104,7 @@ def _make_broker(settings: Settings) -> dramatiq.Broker:
 
 broker = _make_broker(Settings.from_env())
 dramatiq.set_broker(broker)
+quiet_data_loggers()  # in Dramatiq's worker processes too, where nothing else would
 
 
 @dataclass

@@ -10,6 +10,7 @@ WeChat: resent, by default).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,12 @@ sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="embedded: SQLite, 
 CONCURRENCY = {Channel.SMS: 20, Channel.EMAIL: SMTP_CONNECTIONS, Channel.WECHAT: 20}
 # A journal group commits the results of up to this many finished calls at once.
 FLUSH_GROUP = 64
+# The shape of every contact tests/restocks/seed.py gives each channel.
+CONTACTS = {
+    Channel.SMS: r"\+86138\d{8}",
+    Channel.EMAIL: r"shopper\d+@mailbox\.example",
+    Channel.WECHAT: r"oShopper\d{20}",
+}
 LOOKAHEAD = DeliverySettings().start_lookahead
 
 
@@ -98,6 +105,9 @@ async def test_two_kills_and_a_broker_flush_lose_nobody(
     _assert_everyone_told_once_per_policy(tally, provider.channel, kills=2)
     if provider.channel is Channel.SMS:
         assert provider.fake.list_requests >= tally.in_doubt["found"]
+    # Dramatiq logs at INFO in its worker processes: no client library may log a contact.
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert not re.search(CONTACTS[provider.channel], log), "a contact in the worker's log"
 
 
 @postgres_only

@@ -51,9 +51,17 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in _DATA_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    quiet_data_loggers()
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
+
+
+def quiet_data_loggers() -> None:
+    """Hold the loggers that quote data at WARNING. Also called by Dramatiq's worker
+    processes, whose logging Dramatiq sets up at INFO: the twilio SDK would otherwise log
+    every request with its To number, and httpx every URL."""
+    for name in _DATA_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
 
 
 def exception_without_values(_: Any, __: str, event_dict: EventDict) -> EventDict:
