@@ -59,3 +59,13 @@ def write_results(text: str) -> None:
     """Append a new section; earlier sections (even with the same heading) are kept."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
     RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+def set_summary_rows(prefix: str, rows: list[str]) -> None:
+    """In the summary table at the top of the results file, replace the rows whose first
+    cell starts with ``prefix`` by ``rows`` (at the table's end)."""
+    lines = RESULTS.read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    kept = [line for line in lines[start:end] if not line.startswith(f"| {prefix}")]
+    RESULTS.write_text("\n".join([*lines[:start], *kept, *rows, *lines[end:]]))

@@ -39,6 +39,8 @@ FAST = {
 }
 OPEN = ("pending", "sending", "inflight")
 SMTP_CONNECTIONS = 8
+WORKER_ARGS = ("worker", "--processes", "1", "--threads", "4")
+READY = "is ready for action"  # what each Dramatiq worker process logs once it consumes
 
 
 @dataclass
@@ -57,6 +59,10 @@ class Provider:
             return [r for m in self.fake.messages for r in m.rcpt_tos]
         return [m.touser for m in self.fake.messages]
 
+    def accepted_at(self) -> list[float]:
+        """When each accepted message came in (``time.monotonic()`` of this process)."""
+        return [m.received_at for m in self.fake.messages]
+
     def message_ids(self) -> list[str]:
         assert self.channel is Channel.EMAIL
         return [str(m.message["Message-ID"]) for m in self.fake.messages]
@@ -65,10 +71,17 @@ class Provider:
         self.fake.stop()
 
 
-def start_provider(channel: Channel, *, rate: float, accept_delay: float) -> Provider:
+def start_provider(
+    channel: Channel,
+    *,
+    rate: float,
+    accept_delay: float,
+    smtp_connections: int = SMTP_CONNECTIONS,
+) -> Provider:
     """The fake for ``channel``, answering each accepted message ``accept_delay`` late (so
     that a kill catches messages the provider has but the worker never heard of), and the
-    client settings for it, throttled to ``rate`` messages a second across all workers."""
+    client settings for it, throttled to ``rate`` messages a second across all workers
+    (0: not throttled)."""
     env = {**FAST}
     if channel is Channel.SMS:
         fake: Any = FakeTwilio(account_sid=SID, auth_token=TOKEN, accept_delay=accept_delay)
@@ -89,7 +102,7 @@ def start_provider(channel: Channel, *, rate: float, accept_delay: float) -> Pro
             "BACKINSTOCK_SMTP_STARTTLS": "false",
             "BACKINSTOCK_SMTP_FROM": "shop@shop.example",
             "BACKINSTOCK_SMTP_RATE_PER_SECOND": str(rate),
-            "BACKINSTOCK_SMTP_CONNECTIONS": str(SMTP_CONNECTIONS),
+            "BACKINSTOCK_SMTP_CONNECTIONS": str(smtp_connections),
         }
     else:
         fake = FakeWeChat(appid=APPID, secret=SECRET, accept_delay=accept_delay)
@@ -119,7 +132,9 @@ class Tally:
     in_doubt: Counter[str] = field(default_factory=Counter)  # resolution -> messages
     open_after_term: list[int] = field(default_factory=list)  # claimed rows left by SIGTERM
     term_seconds: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # worker start -> every shopper told and no message open
+    posted_at: float = 0.0  # time.monotonic() when the restock was answered (202)
+    last_accepted_at: float = 0.0  # time.monotonic() of the provider's last accepted message
     same_message_id: bool | None = None  # email: every copy of a message shares its id
 
     @property
@@ -130,6 +145,15 @@ class Tally:
     def per_second(self) -> float:
         return self.shoppers / self.seconds if self.seconds else 0.0
 
+    @property
+    def wave_seconds(self) -> float:
+        """From the restock's 202 to the last message the provider accepted."""
+        return self.last_accepted_at - self.posted_at
+
+    @property
+    def wave_per_second(self) -> float:
+        return self.shoppers / self.wave_seconds if self.wave_seconds > 0 else 0.0
+
 
 def random_faults(seed: int, shoppers: int, kinds: list[str]) -> list[Fault]:
     """Faults at random points of the wave, in order, leaving its last fifth undisturbed."""
@@ -138,10 +162,15 @@ def random_faults(seed: int, shoppers: int, kinds: list[str]) -> list[Fault]:
     return [Fault(kind, after) for kind, after in zip(kinds, points, strict=True)]
 
 
-def worker_process(env: dict[str, str], log: Path, embedded: bool = False) -> BackinstockProcess:
+def worker_process(
+    env: dict[str, str],
+    log: Path,
+    embedded: bool = False,
+    args: tuple[str, ...] = WORKER_ARGS,
+) -> BackinstockProcess:
     if embedded:
         return ServerProcess(env, log)
-    return BackinstockProcess(["worker", "--processes", "1", "--threads", "4"], env, log)
+    return BackinstockProcess(list(args), env, log)
 
 
 async def run_wave(
@@ -154,17 +183,31 @@ async def run_wave(
     *,
     embedded: bool = False,
     within: float = 240,
+    worker_env: dict[str, str] | None = None,
+    worker_args: tuple[str, ...] = WORKER_ARGS,
+    ready_first: bool = False,
+    journaled: bool = True,
 ) -> Tally:
     """Start a worker (or an embedded server), post the restock, inject ``faults`` in
     order (restarting the worker after each kill or stop), and wait until every shopper
-    was told and no message is open. Returns what the provider and the database show."""
+    was told and no message is open. Returns what the provider and the database show.
+
+    ``worker_env`` is added to the provider's settings for the worker (e.g. another
+    PYTHONPATH); ``ready_first`` waits until its worker processes consume before the
+    restock is posted (so that a timing starts with a running worker); ``journaled=False``
+    for a schema without the ``in_doubt`` column (nothing in doubt is then counted)."""
     tally = Tally(shoppers, 0, 0, 0)
     dead_claims: set[uuid.UUID] = set()  # claims of killed processes, until handed back
-    worker = worker_process(provider.env, log_dir / "worker.log", embedded)
+    env = {**provider.env, **(worker_env or {})}
+    worker = worker_process(env, log_dir / "worker.log", embedded, worker_args)
+    ready_before = _ready_lines(worker)
     worker.start()
     started = time.monotonic()
     try:
+        if ready_first and not embedded:
+            await _until(lambda: _ready_lines(worker) > ready_before, within)
         await restock(worker)
+        tally.posted_at = time.monotonic()
         for fault in faults:
             await _until(lambda f=fault: len(provider.recipients()) >= f.after, within)  # type: ignore[misc]
             await _inject(runtime, worker, fault, tally, dead_claims, within)
@@ -176,10 +219,21 @@ async def run_wave(
     recipients = provider.recipients()
     tally.messages, tally.told = len(recipients), len(set(recipients))
     tally.duplicates = tally.messages - tally.told
-    tally.in_doubt = await in_doubt_resolutions(runtime)
+    tally.last_accepted_at = max(provider.accepted_at(), default=tally.posted_at)
+    if journaled:
+        tally.in_doubt = await in_doubt_resolutions(runtime)
     if provider.channel is Channel.EMAIL:
         tally.same_message_id = _copies_share_ids(recipients, provider.message_ids())
     return tally
+
+
+def _ready_lines(worker: BackinstockProcess) -> int:
+    """How many times the worker's log says a worker process is ready (the log is appended
+    to by every start)."""
+    try:
+        return worker.log_path.read_text(errors="replace").count(READY)
+    except FileNotFoundError:
+        return 0
 
 
 async def _inject(
