@@ -38,6 +38,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -825,6 +826,13 @@ async def bench(args: argparse.Namespace, designs: list[Design]) -> dict[str, li
     return runs
 
 
+def _stopped(*_: object) -> None:
+    """SIGTERM: unwind, so that the services stop and the worktree and the databases are
+    removed on the way out (a second SIGTERM must not cut that short)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", default="sms,email,wechat")
@@ -878,6 +886,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = parser.parse_args()  # fmt: skip
     SETTINGS.extend(args.database_setting)
+    signal.signal(signal.SIGTERM, _stopped)
     configure_environment()
     OUT.mkdir(parents=True, exist_ok=True)
     pg = fresh_database(f"{DB}_probe")
