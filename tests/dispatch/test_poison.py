@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import func, select
 
 from backinstock.dispatch import service as dispatch
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Outcome, OutgoingMessage
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import DevOutboxSender
 from tests.dispatch.test_journal import _plan
 

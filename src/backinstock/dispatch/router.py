@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from backinstock.deps import AdminKey, RuntimeDep, SessionDep
-from backinstock.dispatch.models import DevOutboxMessage
 from backinstock.errors import InvalidField, error_responses
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import OutboxContent, open_content
 
 router = APIRouter(tags=["operations"])

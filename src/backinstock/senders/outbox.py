@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.crypto import FieldCipher, Sealed
 from backinstock.db import insert_for, new_id, transaction
-from backinstock.dispatch.models import DevOutboxMessage
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
+from backinstock.senders.models import DevOutboxMessage
 
 log = structlog.get_logger(__name__)
 
