@@ -34,13 +34,12 @@ from dramatiq.middleware import Middleware
 
 from backinstock import db, tasks
 from backinstock.config import Settings
-from backinstock.coupons import followups
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
-from backinstock.restocks import waves
+from backinstock.restocks import followups, waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
 from backinstock.senders.registry import build_senders, close_senders
