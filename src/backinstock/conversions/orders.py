@@ -25,9 +25,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from backinstock import contacts
+from backinstock import identity
 from backinstock.config import Settings
-from backinstock.contacts import Channel, InvalidContact
+from backinstock.contacts import Channel
 from backinstock.conversions.models import Conversion, Order
 from backinstock.conversions.schemas import (
     ConversionOut,
@@ -40,8 +40,8 @@ from backinstock.coupons.models import Coupon
 from backinstock.crypto import Keys
 from backinstock.db import insert_for, new_id, utcnow
 from backinstock.dispatch.models import Notification
-from backinstock.dispatch.service import CLICK_TOKEN
 from backinstock.fields import refuse_future
+from backinstock.identity import CLICK_TOKEN
 from backinstock.ops import metrics
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription, SubscriptionFallback
 
@@ -204,16 +204,8 @@ def _customer_digests(settings: Settings, keys: Keys, customer: OrderCustomer) -
         (Channel.SMS, customer.phone),
         (Channel.WECHAT, customer.wechat_openid),
     ]
-    digests: list[bytes] = []
-    for channel, raw in given:
-        if not raw:
-            continue
-        try:
-            value = contacts.normalize(channel, raw, settings.core.default_phone_region)
-        except InvalidContact:
-            continue  # a malformed contact in an order matches nobody; the order still counts
-        digests += keys.blind_index.candidates(contacts.index_form(channel, value))
-    return digests
+    # A malformed contact in an order matches nobody; the order still counts.
+    return identity.lookup(settings, keys, [(channel, raw) for channel, raw in given if raw])
 
 
 async def _by_customer(
