@@ -42,6 +42,7 @@ from backinstock.db import insert_for, new_id, utcnow
 from backinstock.dispatch.models import Notification
 from backinstock.fields import refuse_future
 from backinstock.identity import CLICK_TOKEN
+from backinstock.money import money
 from backinstock.ops import metrics
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription, SubscriptionFallback
 
@@ -64,12 +65,6 @@ class Touch:
 class Window:
     start: datetime
     end: datetime
-
-
-def money(amount: Decimal) -> str:
-    """A decimal string with at least two places: '297.00', '0.125'."""
-    cents = amount.quantize(Decimal("0.01"))
-    return f"{cents:.2f}" if cents == amount else f"{amount.normalize():f}"
 
 
 async def record(
@@ -101,7 +96,7 @@ async def record(
         order_id=payload.order_id,
         received_at=now,
         occurred_at=occurred,
-        total=money(total),
+        total=money(total, exact=True),
         currency=payload.currency,
         conversions=conversions,
         coupon=coupon_use,
@@ -317,5 +312,5 @@ async def _convert(
         notification_id=touch.notification_id,
         channel=touch.channel,
         method=touch.method,
-        revenue=money(revenue),
+        revenue=money(revenue, exact=True),
     )

@@ -25,8 +25,9 @@ from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.errors import InvalidField
+from backinstock.money import money
 from backinstock.restocks.models import Wave
-from backinstock.stats.filters import Filters, money
+from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 
