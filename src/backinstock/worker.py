@@ -1,7 +1,7 @@
 """Dramatiq's side: the actors, the context they share in a process, and the sweeper that
 makes the broker optional. The broker itself (Redis in production, in-process when
-embedded) and the task names are :mod:`backinstock.tasks`', which is how the API enqueues
-without importing this module.
+embedded) and the task names live in :mod:`backinstock.tasks`, through which the API
+enqueues without importing this module.
 
 Actors take ids and open their own sessions; messages only say "look at this". The sweeper
 runs in every worker process (and in ``serve`` when embedded): every second it wakes due
