@@ -73,10 +73,11 @@ from backinstock.contacts import Channel
 from backinstock.crypto import new_key_spec
 from backinstock.db import transaction
 from backinstock.dispatch.models import Notification
+from backinstock.identity import NormalizedContact
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
 from backinstock.subscriptions.schemas import SubscriptionCreate
-from backinstock.subscriptions.service import NormalizedContact, _NewSubscription
+from backinstock.subscriptions.service import _NewSubscription
 from tests.crashkit import (
     FAST,
     WORKER_ARGS,

@@ -54,9 +54,14 @@ from backinstock.contacts import Channel
 from backinstock.crypto import Keys, Sealed, load_keys, new_key_spec
 from backinstock.db import new_id
 from backinstock.dispatch.render import MessageContext, render
-from backinstock.dispatch.service import CLICK_TOKEN
-from backinstock.senders.outbox import open_content, outbox_aad, seal_content
-from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
+from backinstock.identity import (
+    CLICK_TOKEN,
+    UNSUBSCRIBE_TOKEN,
+    contact_aad,
+    outbox_aad,
+    profile_aad,
+)
+from backinstock.senders.outbox import open_content, seal_content
 
 OUT = BENCH / "out"  # service logs (git-ignored)
 DATABASE = "backinstock_fanout"

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from backinstock.contacts import MAX_MASK_CHARS, Channel, mask, normalize
-from backinstock.dispatch.models import DevOutboxMessage
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.runtime import Runtime
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import open_content
 from tests.boundary import (
     Body,

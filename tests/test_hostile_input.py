@@ -239,7 +239,7 @@ async def test_no_log_line_carries_a_submitted_value_or_a_link_token(
 async def _link_tokens(runtime: Runtime) -> list[tuple[str, str]]:
     from sqlalchemy import select
 
-    from backinstock.dispatch.models import DevOutboxMessage
+    from backinstock.senders.models import DevOutboxMessage
     from backinstock.senders.outbox import open_content
 
     assert await outbox_count(runtime) > 0

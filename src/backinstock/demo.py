@@ -39,7 +39,7 @@ from backinstock.auth.service import Scope
 from backinstock.config import Settings
 from backinstock.coupons.models import Coupon
 from backinstock.dispatch.models import Kind, Notification
-from backinstock.dispatch.service import CLICK_TOKEN
+from backinstock.identity import CLICK_TOKEN
 from backinstock.main import create_app
 from backinstock.runtime import Runtime
 

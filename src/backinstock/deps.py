@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import db
 from backinstock.auth.service import KeyCache, Principal, Scope, authenticate
-from backinstock.dashboard import session as dashboard_session
 from backinstock.errors import Forbidden, Unauthorized
 from backinstock.runtime import Runtime
 
@@ -37,15 +36,7 @@ _bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer b
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
 
 
-_session_cookie = APIKeyCookie(
-    name=dashboard_session.COOKIE_NAME,
-    auto_error=False,
-    description="The dashboard's signed session cookie (sign in at `/dashboard/login`).",
-)
-SessionCookieDep = Annotated[str | None, Depends(_session_cookie)]
-
-
-async def _bearer_principal(
+async def bearer_principal(
     request: Request, session: AsyncSession, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     if credentials is None or not credentials.credentials.strip():
@@ -57,7 +48,7 @@ async def _bearer_principal(
     return principal
 
 
-def _check_scope(principal: Principal, scope: Scope) -> Principal:
+def check_scope(principal: Principal, scope: Scope) -> Principal:
     if scope.value not in principal.scopes:
         raise Forbidden(f"This API key lacks the '{scope.value}' scope.")
     return principal
@@ -67,33 +58,12 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     async def dependency(
         request: Request, session: SessionDep, credentials: BearerDep
     ) -> Principal:
-        return _check_scope(await _bearer_principal(request, session, credentials), scope)
+        return check_scope(await bearer_principal(request, session, credentials), scope)
 
     return dependency
-
-
-async def stats_reader(
-    request: Request,
-    session: SessionDep,
-    runtime: RuntimeDep,
-    credentials: BearerDep,
-    cookie: SessionCookieDep,
-) -> Principal:
-    """A ``stats`` key, or the dashboard's session cookie (the dashboard's charts read the
-    same figure endpoints as API clients do)."""
-    if credentials is None and cookie:
-        principal = await dashboard_session.principal_from_cookie(
-            session, runtime.keys.tokens, cookie
-        )
-        if principal is None:
-            raise Unauthorized("The dashboard session has expired; sign in again.")
-        return principal
-    return _check_scope(await _bearer_principal(request, session, credentials), Scope.STATS)
 
 
 SubscribeKey = Annotated[Principal, Depends(require_scope(Scope.SUBSCRIBE))]
 InventoryKey = Annotated[Principal, Depends(require_scope(Scope.INVENTORY))]
 StatsKey = Annotated[Principal, Depends(require_scope(Scope.STATS))]
-# Figures: a stats key or a dashboard session.
-StatsReader = Annotated[Principal, Depends(stats_reader)]
 AdminKey = Annotated[Principal, Depends(require_scope(Scope.ADMIN))]

@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backinstock import contacts
+from backinstock import identity
 from backinstock.contacts import Channel
 from backinstock.crypto import Keys, Sealed
+from backinstock.identity import NormalizedContact, contact_aad, profile_aad
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
-from backinstock.subscriptions.service import contact_aad, profile_aad
 
 _BATCH = 500
 
@@ -61,7 +61,7 @@ def _resealed(keys: Keys, row: Any) -> dict[str, Any]:
         aad = contact_aad(row.id)
         plain = keys.cipher.open(Sealed(row.contact_key_id, row.contact_blob), aad)
         sealed = keys.cipher.seal(plain, aad)
-        index = keys.blind_index.digest(contacts.index_form(Channel(row.channel), plain))
+        index = identity.index(keys, NormalizedContact(Channel(row.channel), plain))
         values.update(contact_key_id=sealed.key_id, contact_blob=sealed.blob, contact_index=index)
     if getattr(row, "profile_blob", None) is not None:
         aad = profile_aad(row.id)

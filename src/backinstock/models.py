@@ -6,8 +6,9 @@ from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import Base
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 
 __all__ = [

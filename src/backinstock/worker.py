@@ -1,5 +1,7 @@
-"""Dramatiq: the broker (Redis in production, in-process when embedded), the actors, the
-context they share in a process, and the sweeper that makes the broker optional.
+"""Dramatiq's side: the actors, the context they share in a process, and the sweeper that
+makes the broker optional. The broker itself (Redis in production, in-process when
+embedded) and the task names live in :mod:`backinstock.tasks`, through which the API
+enqueues without importing this module.
 
 Actors take ids and open their own sessions; messages only say "look at this". The sweeper
 runs in every worker process (and in ``serve`` when embedded): every second it wakes due
@@ -26,30 +28,24 @@ from datetime import timedelta
 from typing import Any
 
 import dramatiq
-import redis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, Middleware
+from dramatiq.middleware import Middleware
 
-from backinstock import db
+from backinstock import db, tasks
 from backinstock.config import Settings
-from backinstock.coupons import followups
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
-from backinstock.restocks import waves
+from backinstock.restocks import followups, waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
 from backinstock.senders.registry import build_senders, close_senders
 
 log = structlog.get_logger(__name__)
 DRAIN_FANOUT = 4
-# The broker's scripts are short; a reply slower than this means Redis is in trouble.
-BROKER_SOCKET_TIMEOUT = 5.0
 # Retention work is slow-moving (days); once a minute per worker, at a random phase, is plenty.
 RETENTION_EVERY_SECONDS = 60
 
@@ -83,27 +79,11 @@ class Sweeper(Middleware):
             asyncio.run_coroutine_threadsafe(_close_context(), thread.loop).result(timeout=10)
 
 
-def _make_broker(settings: Settings) -> dramatiq.Broker:
-    broker: dramatiq.Broker
-    if settings.core.redis_url:
-        # Timeouts, so that a Redis that stops answering (not one that refuses) cannot hold
-        # the API's after-commit wake-ups: the sweeper finds the work in the database anyway.
-        timeout = settings.core.redis_timeout_seconds
-        client = redis.Redis.from_url(
-            settings.core.redis_url,
-            socket_connect_timeout=timeout,
-            socket_timeout=max(BROKER_SOCKET_TIMEOUT, timeout),
-        )
-        broker = RedisBroker(client=client, namespace="backinstock")  # type: ignore[no-untyped-call]
-    else:
-        broker = StubBroker()
-    broker.add_middleware(AsyncIO())
-    broker.add_middleware(Sweeper())
-    return broker
-
-
-broker = _make_broker(Settings.from_env())
-dramatiq.set_broker(broker)
+# The process's broker (built here if the API has not built it yet); the sweeper runs in
+# every worker that consumes from it. Added after AsyncIO, so that its "after" hooks run
+# before AsyncIO's (Dramatiq calls them in reverse order).
+broker = tasks.broker()
+broker.add_middleware(Sweeper())
 quiet_data_loggers()  # in Dramatiq's worker processes too, where nothing else would
 
 
@@ -142,13 +122,17 @@ async def _close_context() -> None:
         await ctx.runtime.close()
 
 
-@dramatiq.actor(actor_name="waves.run", queue_name="waves", max_retries=10, min_backoff=500)
+@dramatiq.actor(
+    actor_name=tasks.RUN_WAVE.name, queue_name=tasks.RUN_WAVE.queue, max_retries=10, min_backoff=500
+)
 async def run_wave(wave_id: str) -> None:
     ctx = await context()
     await waves.run(ctx.runtime.sessions, ctx.runtime.settings, uuid.UUID(wave_id), wake_senders)
 
 
-@dramatiq.actor(actor_name="dispatch.send", queue_name="dispatch", max_retries=10, min_backoff=500)
+@dramatiq.actor(
+    actor_name=tasks.SEND.name, queue_name=tasks.SEND.queue, max_retries=10, min_backoff=500
+)
 async def send_notifications(ids: list[str]) -> None:
     ctx = await context()
     rt = ctx.runtime
@@ -158,7 +142,9 @@ async def send_notifications(ids: list[str]) -> None:
     )
 
 
-@dramatiq.actor(actor_name="dispatch.drain", queue_name="dispatch", max_retries=10, min_backoff=500)
+@dramatiq.actor(
+    actor_name=tasks.DRAIN.name, queue_name=tasks.DRAIN.queue, max_retries=10, min_backoff=500
+)
 async def drain() -> None:
     """Send due pending notifications, whoever planned them, until there are none."""
     ctx = await context()
@@ -169,22 +155,9 @@ async def drain() -> None:
         pass
 
 
-def _enqueue(actor: Any, *args: Any) -> None:
-    # Called after commit: the database already holds the work. If the broker is down the
-    # sweeper finds the work within seconds, so the request that caused it still succeeds.
-    try:
-        actor.send(*args)
-    except Exception as exc:
-        log.warning("enqueue_failed", actor=actor.actor_name, error_type=type(exc).__name__)
-
-
-def wake_wave(wave_id: uuid.UUID) -> None:
-    _enqueue(run_wave, str(wave_id))
-
-
 def wake_senders(ids: Sequence[uuid.UUID]) -> None:
     for start in range(0, len(ids), dispatch.BATCH):
-        _enqueue(send_notifications, [str(i) for i in ids[start : start + dispatch.BATCH]])
+        tasks.enqueue(tasks.SEND, [str(i) for i in ids[start : start + dispatch.BATCH]])
 
 
 async def sweep_once(ctx: WorkerContext) -> None:
@@ -195,11 +168,11 @@ async def sweep_once(ctx: WorkerContext) -> None:
         recovered = await outcomes.recover_expired(session, rt.settings.delivery)
         stale = await dispatch.stale_pending(session, timedelta(seconds=stale_after))
     for wave_id in due_waves:
-        wake_wave(wave_id)
+        tasks.wake_wave(wave_id)
     wake_senders(await followups.plan_due(rt.sessions, rt.settings))
     drains = min(DRAIN_FANOUT, math.ceil((stale + recovered) / dispatch.BATCH))
     for _ in range(drains):
-        _enqueue(drain)
+        tasks.enqueue(tasks.DRAIN)
 
 
 async def retain_once(ctx: WorkerContext) -> None:

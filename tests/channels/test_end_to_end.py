@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from backinstock.dispatch.models import Notification
+from backinstock.identity import UNSUBSCRIBE_TOKEN
 from backinstock.runtime import Runtime
-from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN
 from tests.conftest import WorkerStarter
 from tests.fakes.smtp import FakeSMTP
 from tests.fakes.twilio import FakeTwilio

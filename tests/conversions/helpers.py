@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import open_content
 from tests.helpers import bearer, subscription_body
 

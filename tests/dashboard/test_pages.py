@@ -13,6 +13,7 @@ from backinstock import db
 from backinstock.auth import service as auth
 from backinstock.auth.service import Principal
 from backinstock.dashboard import session as dashboard_session
+from backinstock.identity import DASHBOARD_SESSION_TOKEN
 from backinstock.runtime import Runtime
 from tests.conftest import ClientFactory
 from tests.helpers import bearer
@@ -183,7 +184,7 @@ async def test_an_expired_cookie_is_refused(
 ) -> None:
     await _login(client, api_keys["stats"])
     live = runtime.keys.tokens.verify_text(
-        dashboard_session.PURPOSE, client.cookies[dashboard_session.COOKIE_NAME]
+        DASHBOARD_SESSION_TOKEN, client.cookies[dashboard_session.COOKIE_NAME]
     )
     assert live is not None
     session_id = uuid.UUID(hex=live.partition(":")[0])

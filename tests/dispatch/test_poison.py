@@ -12,9 +12,11 @@ import pytest
 from sqlalchemy import func, select
 
 from backinstock.dispatch import service as dispatch
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
+from backinstock.identity import CLICK_TOKEN
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Outcome, OutgoingMessage
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import DevOutboxSender
 from tests.dispatch.test_journal import _plan
 
@@ -55,7 +57,7 @@ async def test_a_message_that_cannot_be_rendered_fails_alone(
     real_render = dispatch.render
 
     def render(channel: str, locale: str | None, context: Any, segments: int) -> Any:
-        if f"/r/{runtime.keys.tokens.sign(dispatch.CLICK_TOKEN, broken)}" in context.link:
+        if f"/r/{runtime.keys.tokens.sign(CLICK_TOKEN, broken)}" in context.link:
             raise ValueError("a template that cannot take this message")
         return real_render(channel, locale, context, segments)
 

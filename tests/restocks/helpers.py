@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
+from backinstock.senders.models import DevOutboxMessage
 from tests.helpers import bearer, phone, subscription_body
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

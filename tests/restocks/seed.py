@@ -7,9 +7,10 @@ import uuid
 
 from backinstock import db
 from backinstock.contacts import Channel
+from backinstock.identity import NormalizedContact
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.schemas import SubscriptionCreate
-from backinstock.subscriptions.service import NormalizedContact, _NewSubscription
+from backinstock.subscriptions.service import _NewSubscription
 from backinstock.subscriptions.statements import INSERT_WAITING
 from tests.helpers import phone
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
+from backinstock.senders.models import DevOutboxMessage
 from tests.conftest import BACKEND
 from tests.restocks.helpers import outbox_count, post_level, wait_for_outbox
 from tests.restocks.seed import seed_waiting

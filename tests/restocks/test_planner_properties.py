@@ -19,6 +19,7 @@ from backinstock import db
 from backinstock.config import Settings, WaveSettings
 from backinstock.contacts import Channel
 from backinstock.dispatch.models import Notification
+from backinstock.identity import NormalizedContact
 from backinstock.models import Base
 from backinstock.restocks import service as restocks
 from backinstock.restocks import waves
@@ -27,7 +28,7 @@ from backinstock.restocks.schemas import RestockIn
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Priority, Subscription
 from backinstock.subscriptions.schemas import SubscriptionCreate
-from backinstock.subscriptions.service import NormalizedContact, _NewSubscription
+from backinstock.subscriptions.service import _NewSubscription
 from backinstock.subscriptions.statements import INSERT_WAITING
 from tests.helpers import phone
 

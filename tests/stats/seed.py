@@ -23,11 +23,12 @@ from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon
 from backinstock.db import new_id
 from backinstock.dispatch.models import Notification
+from backinstock.identity import NormalizedContact
 from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
 from backinstock.subscriptions.schemas import SubscriptionCreate
-from backinstock.subscriptions.service import NormalizedContact, _NewSubscription
+from backinstock.subscriptions.service import _NewSubscription
 from backinstock.subscriptions.statements import INSERT_WAITING
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)

@@ -5,8 +5,8 @@ import uuid
 import httpx
 import pytest
 
+from backinstock.identity import UNSUBSCRIBE_TOKEN
 from backinstock.runtime import Runtime
-from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN
 from tests.helpers import bearer, subscription_body
 
 pytestmark = pytest.mark.asyncio

@@ -18,8 +18,8 @@ from backinstock.config import Settings
 from backinstock.crypto import Keys
 from backinstock.db import UTCDateTime, utcnow
 from backinstock.dispatch.models import Notification
-from backinstock.dispatch.service import CLICK_TOKEN
 from backinstock.errors import InvalidField
+from backinstock.identity import CLICK_TOKEN
 from backinstock.ops import metrics
 from backinstock.subscriptions.models import Subscription
 

@@ -25,9 +25,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from backinstock import contacts
+from backinstock import identity
 from backinstock.config import Settings
-from backinstock.contacts import Channel, InvalidContact
+from backinstock.contacts import Channel
 from backinstock.conversions.models import Conversion, Order
 from backinstock.conversions.schemas import (
     ConversionOut,
@@ -40,8 +40,9 @@ from backinstock.coupons.models import Coupon
 from backinstock.crypto import Keys
 from backinstock.db import insert_for, new_id, utcnow
 from backinstock.dispatch.models import Notification
-from backinstock.dispatch.service import CLICK_TOKEN
 from backinstock.fields import refuse_future
+from backinstock.identity import CLICK_TOKEN
+from backinstock.money import money
 from backinstock.ops import metrics
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription, SubscriptionFallback
 
@@ -64,12 +65,6 @@ class Touch:
 class Window:
     start: datetime
     end: datetime
-
-
-def money(amount: Decimal) -> str:
-    """A decimal string with at least two places: '297.00', '0.125'."""
-    cents = amount.quantize(Decimal("0.01"))
-    return f"{cents:.2f}" if cents == amount else f"{amount.normalize():f}"
 
 
 async def record(
@@ -101,7 +96,7 @@ async def record(
         order_id=payload.order_id,
         received_at=now,
         occurred_at=occurred,
-        total=money(total),
+        total=money(total, exact=True),
         currency=payload.currency,
         conversions=conversions,
         coupon=coupon_use,
@@ -204,16 +199,8 @@ def _customer_digests(settings: Settings, keys: Keys, customer: OrderCustomer) -
         (Channel.SMS, customer.phone),
         (Channel.WECHAT, customer.wechat_openid),
     ]
-    digests: list[bytes] = []
-    for channel, raw in given:
-        if not raw:
-            continue
-        try:
-            value = contacts.normalize(channel, raw, settings.core.default_phone_region)
-        except InvalidContact:
-            continue  # a malformed contact in an order matches nobody; the order still counts
-        digests += keys.blind_index.candidates(contacts.index_form(channel, value))
-    return digests
+    # A malformed contact in an order matches nobody; the order still counts.
+    return identity.lookup(settings, keys, [(channel, raw) for channel, raw in given if raw])
 
 
 async def _by_customer(
@@ -325,5 +312,5 @@ async def _convert(
         notification_id=touch.notification_id,
         channel=touch.channel,
         method=touch.method,
-        revenue=money(revenue),
+        revenue=money(revenue, exact=True),
     )

@@ -20,7 +20,8 @@ from backinstock.auth.service import KeyCache, Principal, Scope, authenticate
 from backinstock.config import Rate, Settings
 from backinstock.dashboard import pages
 from backinstock.dashboard import session as dashboard_session
-from backinstock.deps import BearerDep, RuntimeDep, SessionCookieDep, SessionDep, stats_reader
+from backinstock.dashboard.deps import SessionCookieDep, stats_reader
+from backinstock.deps import BearerDep, RuntimeDep, SessionDep
 
 router = APIRouter(include_in_schema=False)
 

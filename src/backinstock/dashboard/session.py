@@ -21,9 +21,9 @@ from backinstock.auth.service import Principal, Scope
 from backinstock.crypto import TokenSigner
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import new_id, utcnow
+from backinstock.identity import DASHBOARD_SESSION_TOKEN
 
 COOKIE_NAME = "bis_session"
-PURPOSE = "dashboard-session"
 
 
 async def issue(
@@ -43,13 +43,13 @@ async def issue(
 
 
 def cookie_for(tokens: TokenSigner, session_id: uuid.UUID, expires: int) -> str:
-    return tokens.sign_text(PURPOSE, f"{session_id.hex}:{expires}")
+    return tokens.sign_text(DASHBOARD_SESSION_TOKEN, f"{session_id.hex}:{expires}")
 
 
 def _session_id(tokens: TokenSigner, cookie: str | None) -> tuple[uuid.UUID, int] | None:
     if not cookie or len(cookie) > 200:
         return None
-    text = tokens.verify_text(PURPOSE, cookie)
+    text = tokens.verify_text(DASHBOARD_SESSION_TOKEN, cookie)
     if text is None:
         return None
     session_hex, _, expires = text.partition(":")

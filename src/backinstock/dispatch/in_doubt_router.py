@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from backinstock import cursors
 from backinstock.deps import AdminKey, SessionDep
 from backinstock.dispatch.models import InDoubt, Notification
-from backinstock.dispatch.router import decode_cursor, encode_cursor
 from backinstock.errors import error_responses
 
 router = APIRouter(tags=["operations"])
@@ -60,7 +60,7 @@ async def list_in_doubt(
         .limit(limit + 1)
     )
     if cursor:
-        query = query.where(Notification.id < decode_cursor(cursor))
+        query = query.where(Notification.id < cursors.decode_id(cursor))
     if channel:
         query = query.where(Notification.channel == channel)
     if resolution:
@@ -83,5 +83,5 @@ async def list_in_doubt(
             )
             for n in page
         ],
-        next_cursor=encode_cursor(page[-1].id) if more else None,
+        next_cursor=cursors.encode_id(page[-1].id) if more else None,
     )

@@ -8,7 +8,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     UniqueConstraint,
     Uuid,
@@ -122,24 +121,3 @@ class Notification(Base):
             sqlite_where=text(FOLLOWUP_PENDING),
         ),
     )
-
-
-class DevOutboxMessage(Base):
-    """A rendered message for a channel with no provider configured: stored, never sent.
-
-    The recipient and the content (subject and body: the shopper's name, live click and
-    unsubscribe tokens) are sealed like contacts; ``senders.outbox`` seals and opens them."""
-
-    __tablename__ = "dev_outbox"
-
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    notification_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("notifications.id", ondelete="CASCADE"), unique=True
-    )
-    channel: Mapped[str] = mapped_column(String(16))
-    recipient_masked: Mapped[str] = mapped_column(String(80))
-    recipient_key_id: Mapped[str] = mapped_column(String(32))
-    recipient_blob: Mapped[bytes] = mapped_column(LargeBinary)
-    content_key_id: Mapped[str] = mapped_column(String(32))
-    content_blob: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated
@@ -12,9 +10,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from backinstock import cursors
 from backinstock.deps import AdminKey, RuntimeDep, SessionDep
-from backinstock.dispatch.models import DevOutboxMessage
-from backinstock.errors import InvalidField, error_responses
+from backinstock.errors import error_responses
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import OutboxContent, open_content
 
 router = APIRouter(tags=["operations"])
@@ -47,17 +46,6 @@ def _item(row: DevOutboxMessage, content: OutboxContent) -> OutboxItem:
     )
 
 
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
-        raise InvalidField("cursor", "is not a cursor this endpoint returned") from None
-
-
-def encode_cursor(row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(row_id.bytes).rstrip(b"=").decode()
-
-
 @router.get(
     "/v1/dev/outbox",
     operation_id="listDevOutbox",
@@ -76,12 +64,12 @@ async def list_dev_outbox(
     bodies are stored sealed and opened only here, for an admin key."""
     query = select(DevOutboxMessage).order_by(DevOutboxMessage.id.desc()).limit(limit + 1)
     if cursor:
-        query = query.where(DevOutboxMessage.id < decode_cursor(cursor))
+        query = query.where(DevOutboxMessage.id < cursors.decode_id(cursor))
     if channel:
         query = query.where(DevOutboxMessage.channel == channel)
     rows = list(await session.scalars(query))
     page, more = rows[:limit], len(rows) > limit
     return OutboxPage(
         items=[_item(r, open_content(runtime.keys.cipher, r)) for r in page],
-        next_cursor=encode_cursor(page[-1].id) if more else None,
+        next_cursor=cursors.encode_id(page[-1].id) if more else None,
     )

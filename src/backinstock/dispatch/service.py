@@ -36,14 +36,13 @@ from backinstock.dispatch.outcomes import Contact, Delivery, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.dispatch.throttle import Throttle
+from backinstock.identity import CLICK_TOKEN, UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
 from backinstock.subscriptions.models import IN_QUEUE, Subscription, SubscriptionFallback
-from backinstock.subscriptions.service import UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 
 log = structlog.get_logger(__name__)
 
 BATCH = 200
-CLICK_TOKEN = "click"  # noqa: S105 - a token purpose, not a secret
 # Twilio's clock against ours, when looking for a message a crash left in doubt.
 LOOKUP_SKEW = timedelta(minutes=5)
 LOOKUPS_AT_ONCE = 8

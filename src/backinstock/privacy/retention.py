@@ -20,7 +20,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.config import Settings
-from backinstock.dispatch.models import DevOutboxMessage, Notification
+from backinstock.dispatch.models import Notification
+from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Status, Subscription, SubscriptionFallback
 
 BATCH = 500

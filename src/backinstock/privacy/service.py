@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock import contacts
+from backinstock import identity
 from backinstock.config import Settings
-from backinstock.contacts import Channel, InvalidContact
+from backinstock.contacts import Channel
 from backinstock.crypto import Keys
 from backinstock.errors import InvalidField
 from backinstock.subscriptions import service as subscriptions
@@ -17,13 +17,7 @@ def index_candidates(
 ) -> list[bytes]:
     """Blind-index digests for every channel the value is a valid contact of."""
     channels = [channel] if channel else list(Channel)
-    digests: list[bytes] = []
-    for candidate in channels:
-        try:
-            value = contacts.normalize(candidate, raw, settings.core.default_phone_region)
-        except InvalidContact:
-            continue
-        digests += keys.blind_index.candidates(contacts.index_form(candidate, value))
+    digests = identity.lookup(settings, keys, [(candidate, raw) for candidate in channels])
     if not digests:
         raise InvalidField("contact", "is not a valid phone number, email address or openid")
     return digests

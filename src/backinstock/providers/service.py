@@ -7,9 +7,9 @@ import uuid
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock import contacts
+from backinstock import identity
 from backinstock.config import Settings
-from backinstock.contacts import Channel, InvalidContact
+from backinstock.contacts import Channel
 from backinstock.crypto import Keys
 from backinstock.db import utcnow
 from backinstock.dispatch import outcomes
@@ -55,11 +55,9 @@ def is_stop(body: str) -> bool:
 
 async def opt_out_phone(session: AsyncSession, settings: Settings, keys: Keys, raw: str) -> int:
     """Every subscription of the number stops waiting; the number stops being a fallback."""
-    try:
-        phone = contacts.normalize(Channel.SMS, raw, settings.core.default_phone_region)
-    except InvalidContact:
+    candidates = identity.lookup(settings, keys, [(Channel.SMS, raw)])
+    if not candidates:  # not a phone number
         return 0
-    candidates = keys.blind_index.candidates(contacts.index_form(Channel.SMS, phone))
     stopped = await subscriptions.unsubscribe_by_contact(session, candidates)
     await session.execute(
         update(SubscriptionFallback)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
-from backinstock import db, worker
+from backinstock import db, tasks
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
 from backinstock.errors import error_responses
 from backinstock.restocks import service as restocks
@@ -31,6 +31,6 @@ async def post_stock_level(
     outcome = await restocks.record(session, runtime.settings, payload)
     if outcome.wave_due is not None:
         wave_id = outcome.wave_due
-        db.after_commit(session, lambda: worker.wake_wave(wave_id))
+        db.after_commit(session, lambda: tasks.wake_wave(wave_id))
     code = status.HTTP_200_OK if outcome.replay else status.HTTP_202_ACCEPTED
     return JSONResponse(outcome.result.model_dump(mode="json"), status_code=code)

@@ -17,18 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.crypto import FieldCipher, Sealed
 from backinstock.db import insert_for, new_id, transaction
-from backinstock.dispatch.models import DevOutboxMessage
+from backinstock.identity import content_aad, outbox_aad
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
+from backinstock.senders.models import DevOutboxMessage
 
 log = structlog.get_logger(__name__)
-
-
-def outbox_aad(row_id: bytes) -> bytes:
-    return b"outbox:" + row_id
-
-
-def content_aad(row_id: bytes) -> bytes:
-    return b"outbox-content:" + row_id
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, SQLColumnExpression
-
-_CENTS = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -35,8 +32,3 @@ class Filters:
         if self.channel is not None:
             clauses.append(channel == self.channel)
         return clauses
-
-
-def money(amount: Decimal | None) -> str:
-    """A decimal string with two places ("297.00"), as the API writes money."""
-    return format((amount or Decimal(0)).quantize(_CENTS, ROUND_HALF_UP), "f")

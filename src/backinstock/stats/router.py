@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from backinstock.contacts import Channel
+from backinstock.dashboard.deps import StatsReader
 from backinstock.db import utcnow
-from backinstock.deps import SessionDep, StatsReader
+from backinstock.deps import SessionDep
 from backinstock.errors import InvalidField, error_responses
 from backinstock.fields import DIGITS, INSTANT_RULE, Instant
 from backinstock.stats import csv_export, series, service

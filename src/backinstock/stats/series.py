@@ -21,8 +21,9 @@ from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
 from backinstock.dispatch.models import Notification
 from backinstock.errors import InvalidField
+from backinstock.money import money
 from backinstock.stats import service
-from backinstock.stats.filters import Filters, money
+from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import Interval, Metric, Point, Series
 from backinstock.subscriptions.models import Subscription
 

@@ -8,9 +8,6 @@ median differs (PostgreSQL's ``percentile_cont``, SQLite's ORDER BY/OFFSET).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,14 +16,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backinstock import cursors
 from backinstock.catalog.models import Product
 from backinstock.conversions.models import Conversion
 from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
 from backinstock.dispatch.models import Kind, Notification
-from backinstock.errors import InvalidField
+from backinstock.money import money
 from backinstock.restocks.models import Wave
-from backinstock.stats.filters import Filters, money
+from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 
@@ -254,19 +252,17 @@ async def demand(session: AsyncSession, limit: int, cursor: str | None) -> Deman
 
 
 def encode_cursor(last: DemandItem) -> str:
-    raw = json.dumps([last.waiting, last.sku], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return cursors.encode_json([last.waiting, last.sku])
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        waiting, sku = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidField("cursor", "is not a cursor this endpoint returned") from None
+        waiting, sku = cursors.decode_json(cursor)
+    except (ValueError, TypeError):
+        raise cursors.invalid() from None
     # Checked as strictly as the values it stands for: a forged one must not reach the database.
     if not (isinstance(waiting, int) and 0 < waiting < 2**63):
-        raise InvalidField("cursor", "is not a cursor this endpoint returned")
+        raise cursors.invalid()
     if not (isinstance(sku, str) and _SKU.fullmatch(sku)):
-        raise InvalidField("cursor", "is not a cursor this endpoint returned")
+        raise cursors.invalid()
     return waiting, sku

@@ -5,6 +5,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey
 from backinstock.errors import NotFound, error_response, error_responses
+from backinstock.identity import UNSUBSCRIBE_TOKEN
 from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
 from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
@@ -116,7 +117,7 @@ def _unknown_link(request: Request) -> Response:
 async def show_unsubscribe(token: str, request: Request, runtime: RuntimeDep) -> Response:
     """A page with one button. GET alone changes nothing, because mail scanners and link
     previews fetch links that nobody clicked; the button (or an RFC 8058 POST) unsubscribes."""
-    if runtime.keys.tokens.verify(subscriptions.UNSUBSCRIBE_TOKEN, token) is None:
+    if runtime.keys.tokens.verify(UNSUBSCRIBE_TOKEN, token) is None:
         return _unknown_link(request)
     return HTMLResponse(pages.confirm_unsubscribe(str(request.url.path)))
 
@@ -141,7 +142,7 @@ async def unsubscribe_by_token(
 ) -> Response:
     """One-click unsubscribe. Mail clients POST ``List-Unsubscribe=One-Click`` (RFC 8058);
     any body, or none, is accepted: the signed token alone names the subscription."""
-    sub_id = runtime.keys.tokens.verify(subscriptions.UNSUBSCRIBE_TOKEN, token)
+    sub_id = runtime.keys.tokens.verify(UNSUBSCRIBE_TOKEN, token)
     if sub_id is None or not await subscriptions.unsubscribe(session, sub_id):
         return _unknown_link(request)
     if _wants_json(request):

@@ -16,13 +16,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from backinstock import contacts
+from backinstock import contacts, identity
 from backinstock.catalog import service as catalog
 from backinstock.config import Settings
 from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import new_id, utcnow
 from backinstock.errors import Conflict, InvalidField, RateLimited
+from backinstock.identity import NormalizedContact, contact_aad, open_contact, profile_aad
 from backinstock.ratelimit import Hit, RateLimiter
 from backinstock.subscriptions.models import (
     IN_QUEUE,
@@ -38,36 +39,14 @@ from backinstock.subscriptions.schemas import (
 )
 from backinstock.subscriptions.statements import COUNT_AHEAD, INSERT_WAITING
 
-UNSUBSCRIBE_TOKEN = "unsubscribe"  # noqa: S105 - a token purpose, not a secret
-
-
-def contact_aad(row_id: uuid.UUID) -> bytes:
-    """Binds a contact ciphertext to its row: copied elsewhere, it does not open."""
-    return b"contact:" + row_id.bytes
-
-
-def profile_aad(row_id: uuid.UUID) -> bytes:
-    return b"profile:" + row_id.bytes
-
-
-@dataclass(frozen=True)
-class NormalizedContact:
-    channel: Channel
-    value: str
-
-    @property
-    def index_form(self) -> str:
-        return contacts.index_form(self.channel, self.value)
-
 
 def normalize_contact(
     settings: Settings, field: str, channel: Channel, raw: str
 ) -> NormalizedContact:
     try:
-        value = contacts.normalize(channel, raw, settings.core.default_phone_region)
+        return identity.normalize(settings, channel, raw)
     except InvalidContact as exc:
         raise InvalidField(field, f"{exc} for channel '{channel.value}'") from None
-    return NormalizedContact(channel, value)
 
 
 def _normalized_fallbacks(
@@ -111,8 +90,8 @@ async def subscribe(
         await _check_limits(settings, limiter, client, [])  # invalid requests count too
         raise
 
-    candidates = keys.blind_index.candidates(primary.index_form)
-    indexes = [candidates[0], *(keys.blind_index.digest(f.index_form) for f in fallbacks)]
+    candidates = identity.candidates(keys, primary)
+    indexes = [candidates[0], *(identity.index(keys, f) for f in fallbacks)]
     contact_counter = await _check_limits(settings, limiter, client, indexes)
     new = _NewSubscription.build(keys, payload, primary, candidates[0])
     inserted = (await session.execute(INSERT_WAITING, new.params)).first()
@@ -262,7 +241,7 @@ def _add_fallbacks(
                 channel=contact.channel.value,
                 contact_key_id=sealed.key_id,
                 contact_blob=sealed.blob,
-                contact_index=keys.blind_index.digest(contact.index_form),
+                contact_index=identity.index(keys, contact),
                 status="active",
             )
         )
@@ -298,14 +277,6 @@ async def queue_position(session: AsyncSession, sub: Subscription) -> int | None
     if sub.status not in IN_QUEUE:
         return None
     return await _count_ahead(session, sub.sku, sub.priority_rank, sub.created_at, sub.id) + 1
-
-
-def open_contact(
-    keys: Keys, row_id: uuid.UUID, key_id: str | None, blob: bytes | None
-) -> str | None:
-    if key_id is None or blob is None:
-        return None
-    return keys.cipher.open(Sealed(key_id, blob), contact_aad(row_id))
 
 
 def _masked(

@@ -1,0 +1,95 @@
+"""Work handed to the workers, by name: the process's broker and what is sent through it.
+
+The API (a router's after-commit wake-up) and the sweeper send messages by task name; only
+:mod:`backinstock.worker` declares the actors that run them. So a router never imports the
+worker, and importing the app builds no broker: the process's broker is built from the
+environment on first use (a wake-up, or the worker module being imported), once.
+
+In the embedded mode (no Redis) the broker is in-process and the API's own Dramatiq workers
+consume from it; with Redis the API only enqueues and ``backinstock worker`` consumes.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import redis
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AsyncIO
+
+from backinstock.config import Settings
+
+log = structlog.get_logger(__name__)
+# The broker's scripts are short; a reply slower than this means Redis is in trouble.
+BROKER_SOCKET_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """An actor's name and queue, as :mod:`backinstock.worker` declares it."""
+
+    name: str
+    queue: str
+
+
+RUN_WAVE = Task("waves.run", "waves")
+SEND = Task("dispatch.send", "dispatch")
+DRAIN = Task("dispatch.drain", "dispatch")
+TASKS = (RUN_WAVE, SEND, DRAIN)
+
+_broker: dramatiq.Broker | None = None
+_lock = threading.Lock()
+
+
+def make_broker(settings: Settings) -> dramatiq.Broker:
+    """Redis when configured, else in-process; its queues declared, so that a message sent
+    before any worker starts waits for one."""
+    broker: dramatiq.Broker
+    if settings.core.redis_url:
+        # Timeouts, so that a Redis that stops answering (not one that refuses) cannot hold
+        # the API's after-commit wake-ups: the sweeper finds the work in the database anyway.
+        timeout = settings.core.redis_timeout_seconds
+        client = redis.Redis.from_url(
+            settings.core.redis_url,
+            socket_connect_timeout=timeout,
+            socket_timeout=max(BROKER_SOCKET_TIMEOUT, timeout),
+        )
+        broker = RedisBroker(client=client, namespace="backinstock")  # type: ignore[no-untyped-call]
+    else:
+        broker = StubBroker()
+    broker.add_middleware(AsyncIO())
+    for task in TASKS:
+        broker.declare_queue(task.queue)
+    return broker
+
+
+def broker() -> dramatiq.Broker:
+    """The process's broker (also Dramatiq's global one), built on first use."""
+    global _broker
+    with _lock:
+        if _broker is None:
+            _broker = make_broker(Settings.from_env())
+            dramatiq.set_broker(_broker)
+        return _broker
+
+
+def enqueue(task: Task, *args: Any) -> None:
+    # Called after commit: the database already holds the work. If the broker is down the
+    # sweeper finds the work within seconds, so the request that caused it still succeeds.
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=task.queue, actor_name=task.name, args=args, kwargs={}, options={}
+    )
+    try:
+        broker().enqueue(message)
+    except Exception as exc:
+        log.warning("enqueue_failed", actor=task.name, error_type=type(exc).__name__)
+
+
+def wake_wave(wave_id: uuid.UUID) -> None:
+    enqueue(RUN_WAVE, str(wave_id))
