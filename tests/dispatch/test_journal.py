@@ -90,11 +90,20 @@ async def _plan(runtime: Runtime, client: httpx.AsyncClient, key: str, shoppers:
 
 
 async def _statuses(runtime: Runtime) -> Counter[str]:
+    """Messages per state, a claimed message whose call has started counted as "inflight"."""
+    started = Notification.call_started_at.is_not(None)
     async with runtime.sessions() as session:
         rows = await session.execute(
-            select(Notification.status, func.count()).group_by(Notification.status)
+            select(Notification.status, started, func.count()).group_by(
+                Notification.status, started
+            )
         )
-        return Counter({str(status): int(n) for status, n in rows})
+        return Counter(
+            {
+                "inflight" if status == "sending" and on else str(status): int(n)
+                for status, on, n in rows
+            }
+        )
 
 
 def _senders(runtime: Runtime, sms: Any) -> dict[str, Sender]:
@@ -209,7 +218,10 @@ async def test_a_claim_taken_over_can_neither_start_nor_record(
             async with db.transaction(runtime.sessions) as session:
                 await session.execute(
                     update(Notification)
-                    .where(Notification.status == Status.SENDING)
+                    .where(
+                        Notification.status == Status.SENDING,
+                        Notification.call_started_at.is_(None),
+                    )
                     .values(claim_id=other_claim)
                 )
 
@@ -236,16 +248,24 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
     policy: InDoubtPolicy,
     expected: tuple[str, str],
 ) -> None:
-    await _plan(runtime, client, api_keys["inventory"], 4)
+    await _plan(runtime, client, api_keys["inventory"], 5)
     async with db.transaction(runtime.sessions) as session:
         ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
         lapsed = db.utcnow() - timedelta(seconds=1)
-        # A dead worker's claim: two calls not started, one in flight; one not claimed.
-        for notification_id, status in zip(ids, ["sending", "sending", "inflight"], strict=False):
+        # A dead worker's claim: two calls not started, one in flight, and one in flight as
+        # a worker before revision 0010 wrote it (a rolling deploy); one not claimed.
+        states = [("sending", None), ("sending", None), ("sending", lapsed), ("inflight", None)]
+        for notification_id, (status, started) in zip(ids, states, strict=False):
             await session.execute(
                 update(Notification)
                 .where(Notification.id == notification_id)
-                .values(status=status, channel="sms", claim_id=uuid.uuid4(), lease_until=lapsed)
+                .values(
+                    status=status,
+                    call_started_at=started,
+                    channel="sms",
+                    claim_id=uuid.uuid4(),
+                    lease_until=lapsed,
+                )
             )
     async with db.transaction(runtime.sessions) as session:
         await outcomes.recover_expired(session, DeliverySettings(in_doubt_sms=policy))
@@ -262,7 +282,8 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
             )
         }
     unstarted = ("pending", None, None)
-    assert [rows[i] for i in ids] == [unstarted, unstarted, (*expected, None), unstarted]
+    in_doubt = (*expected, None)
+    assert [rows[i] for i in ids] == [unstarted, unstarted, in_doubt, in_doubt, unstarted]
 
 
 async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(

@@ -3,12 +3,14 @@
 The unit of recording is the unit of loss. A batch recorded only when it is done loses all
 of it to a crash; a journal row per call costs a transaction per message. The journal
 commits in groups instead: every call that is about to start waits for the next group
-commit (which marks it ``inflight``), and results ride along with that commit, or go on
-their own after ``flush_after`` seconds or ``flush_results`` results, whichever is first.
+commit (which marks it in flight: ``call_started_at``), and results ride along with that
+commit, or go on their own after ``flush_after`` seconds or ``flush_results`` results,
+whichever is first.
 
 So at any instant the database shows a claimed message as one of: ``sending`` (its call
-has not started: after a crash it is simply sent), ``inflight`` (its call may have reached
-the provider: after a crash it is in doubt), or its outcome. The in-flight set is at most
+has not started: after a crash it is simply sent), in flight (``sending`` with
+``call_started_at`` set: its call may have reached the provider; after a crash it is in
+doubt), or its outcome. The in-flight set is at most
 the sender's concurrency plus the results of one group not yet committed.
 
 A commit costs a WAL flush (milliseconds on a busy disk), and a call that waits for one
@@ -44,7 +46,7 @@ log = structlog.get_logger(__name__)
 FLUSH_AFTER_SECONDS = 0.05
 FLUSH_RESULTS = 64
 # A database that cannot take the results even after this many tries leaves the calls
-# ``inflight``; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
+# in flight; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
 CLOSE_TRIES = 5
 
 
@@ -76,7 +78,7 @@ class Journal:
         self._starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]] = []
         self._results: list[SendResult] = []
         self._ahead: list[OutgoingMessage] = []  # to be marked with the next commit
-        self._marked: set[uuid.UUID] = set()  # inflight in the database, allowed to start
+        self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
         self._started: set[uuid.UUID] = set()  # may have reached the provider
         self._recorded: set[uuid.UUID] = set()
         self._renew_until: datetime | None = None
@@ -95,7 +97,7 @@ class Journal:
     ) -> SendResult | None:
         if not await self._start(message):
             return None
-        result = await send()  # cancelled here: the row stays inflight, in doubt
+        result = await send()  # cancelled here: the row stays in flight, in doubt
         self.record([result])
         return result
 

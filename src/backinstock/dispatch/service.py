@@ -74,6 +74,7 @@ async def claim(
             status=Status.SENDING,
             claim_id=claim_id,
             lease_until=now + lease,
+            call_started_at=None,
             attempts=Notification.attempts + 1,
         )
         .returning(Notification.id)
