@@ -300,8 +300,10 @@ async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
 
     sender = ScriptedSender(concurrency=1, inside=look)
     await _deliver(runtime, sender, stopping, _exact(runtime, start_lookahead=4))
-    # One call running plus at most four marked ahead (and a result not yet committed).
-    assert max(in_flight) <= 1 + 4 + 1
+    # One call running, at most four marked ahead, and the results that came back since
+    # the last commit began: the marks are topped up (with those results) every two starts,
+    # so at most four wait for a commit.
+    assert max(in_flight) <= 1 + 4 + 4
     assert sender.calls == 10
     # The marked-ahead messages that never started went back, as if never claimed.
     assert await _statuses(runtime) == {"sent": 10, "pending": 20}

@@ -159,10 +159,11 @@ class Journal:
             return False
         if message.notification_id in self._marked:  # marked ahead: no commit to wait for
             self._started.add(message.notification_id)
+            self._top_up(message.channel)
             return True
         waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._starts.append((message, waiting))
-        self._ahead += self._look_ahead(message)
+        self._ahead += self._look_ahead(message.channel, message)
         self._wake.set()
         self._ensure_flusher()
         if not await waiting:
@@ -170,25 +171,48 @@ class Journal:
         self._started.add(message.notification_id)
         return True
 
-    def _look_ahead(self, message: OutgoingMessage) -> list[OutgoingMessage]:
-        """The channel's next messages to mark along with ``message``: enough that at most
-        ``lookahead`` are marked (or about to be) without having started."""
-        queue = self._queues.get(message.channel, [])
-        start = self._next_ahead.get(message.channel, 0)
+    def _top_up(self, channel: str) -> None:
+        """Mark the channel's next messages before the sender runs out of marked ones: once
+        half of the marks ahead have been used, the next half is marked by a group commit
+        the sender does not wait for. Where providers answer at once, a sender that waited
+        for each commit would be held to the database's commit rate."""
+        if self.stopping or self._closing:
+            return
+        if self._room(channel) * 2 < self._lookahead.get(channel, 0):
+            return
+        ahead = self._look_ahead(channel)
+        if ahead:
+            self._ahead += ahead
+            self._wake.set()
+            self._ensure_flusher()
+
+    def _room(self, channel: str) -> int:
+        """How many more of the channel's messages may be marked without having started:
+        ``lookahead`` less those marked (or about to be) and not started."""
+        queue = self._queues.get(channel, [])
         waiting = {m.notification_id for m in self._ahead} | self._marked
         outstanding = sum(
             1
-            for m in queue[:start]
+            for m in queue[: self._next_ahead.get(channel, 0)]
             if m.notification_id in waiting and m.notification_id not in self._started
         )
-        room = self._lookahead.get(message.channel, 0) - outstanding
+        return self._lookahead.get(channel, 0) - outstanding
+
+    def _look_ahead(
+        self, channel: str, starting: OutgoingMessage | None = None
+    ) -> list[OutgoingMessage]:
+        """The channel's next messages to mark (along with ``starting``, when a call waits
+        to start): enough that at most ``lookahead`` are marked without having started."""
+        queue = self._queues.get(channel, [])
+        start = self._next_ahead.get(channel, 0)
+        room = self._room(channel)
         ahead: list[OutgoingMessage] = []
         while start < len(queue) and len(ahead) < room:
             candidate = queue[start]
             start += 1
-            if candidate.notification_id != message.notification_id:
+            if starting is None or candidate.notification_id != starting.notification_id:
                 ahead.append(candidate)
-        self._next_ahead[message.channel] = start
+        self._next_ahead[channel] = start
         return ahead
 
     def _ensure_flusher(self) -> None:
@@ -198,7 +222,7 @@ class Journal:
     async def _flush_until_closed(self) -> None:
         while True:
             await self._due()
-            if not (self._starts or self._results or self._renew_until):
+            if not (self._starts or self._ahead or self._results or self._renew_until):
                 if self._closing:
                     return
                 continue
@@ -208,10 +232,12 @@ class Journal:
                 return
 
     async def _due(self) -> None:
-        """Return when a group should commit: a call waits to start, enough results are
-        queued, the oldest queued result has waited ``flush_after``, or closing."""
+        """Return when a group should commit: a call waits to start, messages are to be
+        marked ahead, enough results are queued, the oldest queued result has waited
+        ``flush_after``, or closing."""
         while not (
             self._starts
+            or self._ahead
             or self._closing
             or self._renew_until
             or len(self._results) >= self._flush_results
