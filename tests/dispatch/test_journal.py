@@ -21,6 +21,7 @@ from backinstock import db
 from backinstock.config import DeliverySettings, InDoubtPolicy, Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
+from backinstock.dispatch.journal import GroupCommit
 from backinstock.dispatch.models import InDoubt, Notification, Status
 from backinstock.restocks import waves
 from backinstock.restocks.models import Wave
@@ -314,3 +315,87 @@ async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
             )
         )
         assert set(back) == {(0, None)}
+
+
+async def _two_claims(runtime: Runtime, group_commit: GroupCommit) -> None:
+    """Two claims of one worker process at once (two Dramatiq threads), one group commit."""
+    async with runtime.sessions() as session:
+        ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
+    half = len(ids) // 2
+    first_calls: list[int] = []
+    both_at_work = asyncio.Event()
+
+    async def wait_for_the_other(number: int) -> None:
+        if number == 0:  # each claim's first call waits until the other claim's has begun
+            first_calls.append(number)
+            if len(first_calls) == 2:
+                both_at_work.set()
+            await both_at_work.wait()
+
+    await asyncio.gather(
+        *(
+            dispatch.deliver(
+                runtime.sessions,
+                _exact(runtime),
+                runtime.keys,
+                _senders(runtime, ScriptedSender(concurrency=1, inside=wait_for_the_other)),
+                part,
+                group_commit=group_commit,
+            )
+            for part in (ids[:half], ids[half:])
+        )
+    )
+
+
+async def test_the_claims_of_one_worker_share_its_group_commits(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 12)
+    parts_per_commit: list[int] = []
+    write = GroupCommit._write
+
+    async def counted(self: GroupCommit, parts: list[Any]) -> None:
+        parts_per_commit.append(len(parts))
+        await write(self, parts)
+
+    monkeypatch.setattr(GroupCommit, "_write", counted)
+    await _two_claims(runtime, GroupCommit(runtime.sessions))
+    assert await _statuses(runtime) == {"sent": 12}
+    # Each claim's calls wait for a commit (no marking ahead): while both claims are at
+    # work, a transaction carries both claims' starts and results: most transactions do
+    # (one claim may begin or end a commit or two ahead of the other).
+    assert max(parts_per_commit) == 2
+    assert parts_per_commit.count(2) > parts_per_commit.count(1), parts_per_commit
+
+
+async def test_a_claim_whose_part_cannot_be_written_fails_alone(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 8)
+    async with runtime.sessions() as session:
+        poisoned = await session.scalar(select(Notification.id).order_by(Notification.id))
+    record = outcomes.record_results
+
+    async def refuse_one(session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any) -> None:
+        if any(r.notification_id == poisoned for r in results):
+            raise RuntimeError("a value the database refuses")
+        await record(session, claim_id, deliveries, results)
+
+    monkeypatch.setattr(outcomes, "record_results", refuse_one)
+    await _two_claims(runtime, GroupCommit(runtime.sessions))
+    async with runtime.sessions() as session:
+        rows = dict(
+            (row.id, row.status)
+            for row in await session.execute(select(Notification.id, Notification.status))
+        )
+    # The poisoned claim's commits kept failing: its message stays in flight for the
+    # sweeper (in doubt, not lost) and its other messages, never started, went back. The
+    # other claim, which shared its commits, was recorded in full.
+    assert rows.pop(poisoned) == "sending"
+    assert Counter(rows.values()) == {"sent": 4, "pending": 3}
