@@ -129,10 +129,12 @@ class GroupCommit:
             timeout = oldest + self.flush_after - time.monotonic()
             if timeout <= 0:
                 return
+            # A timer, not asyncio.wait_for (a task per wait, and this runs per result).
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                return
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def _commit(self, due: list[Journal]) -> None:
         parts = [(journal, journal.take()) for journal in due]
@@ -196,6 +198,8 @@ class Journal:
         self._results: list[SendResult] = []
         self.results_since: float | None = None  # when the oldest queued result came back
         self._ahead: list[OutgoingMessage] = []  # to be marked with the next commit
+        # Per channel: marked ahead (or about to be) and not started; at most ``lookahead``.
+        self._unstarted_marks: dict[str, set[uuid.UUID]] = {}
         self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
         self._started: set[uuid.UUID] = set()  # may have reached the provider
         self._recorded: set[uuid.UUID] = set()
@@ -237,10 +241,14 @@ class Journal:
         if not fresh:
             return
         self._recorded.update(r.notification_id for r in fresh)
-        if not self._results:
+        first = not self._results
+        if first:
             self.results_since = time.monotonic()
         self._results += fresh
-        self._commit.wake()
+        # The first result arms the group commit's timer; later ones only matter once
+        # there are enough of them to commit at once.
+        if first or len(self._results) >= self._commit.flush_results:
+            self._commit.wake()
 
     def renew(self, until: datetime) -> None:
         """Extend the claim's lease with the next group commit. Renewals go through the
@@ -318,6 +326,7 @@ class Journal:
     def settle(self, group: _Group) -> None:
         self._failures = 0
         self._marked.update(group.allowed)
+        self._forget_unmarked(group)
         self._answer(group.starts)
 
     def fail(self, group: _Group) -> int:
@@ -328,8 +337,16 @@ class Journal:
             if not self._results:
                 self.results_since = time.monotonic()
             self._results = group.results + self._results
+        self._forget_unmarked(group)
         self._answer(group.starts)
         return self._failures
+
+    def _forget_unmarked(self, group: _Group) -> None:
+        """Messages asked to be marked ahead that were not (the claim lost them, or the
+        commit failed) no longer count against the lookahead."""
+        for message in group.wanted:
+            if message.notification_id not in self._marked:
+                self._unstarted_marks.get(message.channel, set()).discard(message.notification_id)
 
     def _answer(self, starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]]) -> None:
         for message, waiting in starts:
@@ -343,6 +360,9 @@ class Journal:
             return False
         if message.notification_id in self._marked:  # marked ahead: no commit to wait for
             self._started.add(message.notification_id)
+            self._unstarted_marks.setdefault(message.channel, set()).discard(
+                message.notification_id
+            )
             self._top_up(message.channel)
             return True
         waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -369,16 +389,8 @@ class Journal:
             self._commit.wake()
 
     def _room(self, channel: str) -> int:
-        """How many more of the channel's messages may be marked without having started:
-        ``lookahead`` less those marked (or about to be) and not started."""
-        queue = self._queues.get(channel, [])
-        waiting = {m.notification_id for m in self._ahead} | self._marked
-        outstanding = sum(
-            1
-            for m in queue[: self._next_ahead.get(channel, 0)]
-            if m.notification_id in waiting and m.notification_id not in self._started
-        )
-        return self._lookahead.get(channel, 0) - outstanding
+        """How many more of the channel's messages may be marked without having started."""
+        return self._lookahead.get(channel, 0) - len(self._unstarted_marks.get(channel, ()))
 
     def _look_ahead(
         self, channel: str, starting: OutgoingMessage | None = None
@@ -395,6 +407,7 @@ class Journal:
             if starting is None or candidate.notification_id != starting.notification_id:
                 ahead.append(candidate)
         self._next_ahead[channel] = start
+        self._unstarted_marks.setdefault(channel, set()).update(m.notification_id for m in ahead)
         return ahead
 
     def _rank(self, message: OutgoingMessage) -> int:
