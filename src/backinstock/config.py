@@ -105,7 +105,7 @@ class DeliverySettings(_Section):
     # next messages, which then start without waiting for a commit of their own. After a
     # crash up to this many more per batch may be in doubt, and are settled by the channel's
     # policy like any other (never with drop, which always marks exactly). 0: exact.
-    start_lookahead: int = Field(default=16, ge=0, le=200)
+    start_lookahead: int = Field(default=64, ge=0, le=200)
 
     @field_validator("in_doubt_email", "in_doubt_wechat")
     @classmethod

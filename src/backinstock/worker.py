@@ -36,6 +36,7 @@ from backinstock import db, tasks
 from backinstock.config import Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
+from backinstock.dispatch.journal import GroupCommit
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
@@ -93,6 +94,8 @@ class WorkerContext:
     senders: dict[str, Sender]
     throttle: Throttle
     stopping: asyncio.Event  # set on SIGTERM: start no provider call
+    # One group commit for every claim this process works at once (dispatch.journal).
+    group_commit: GroupCommit
 
 
 _contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
@@ -105,7 +108,9 @@ async def context() -> WorkerContext:
         runtime = Runtime.create(Settings.from_env())
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
         throttle: Throttle = RedisThrottle(runtime.redis) if runtime.redis else MemoryThrottle()
-        _contexts[loop] = WorkerContext(runtime, senders, throttle, asyncio.Event())
+        _contexts[loop] = WorkerContext(
+            runtime, senders, throttle, asyncio.Event(), GroupCommit(runtime.sessions)
+        )
     return _contexts[loop]
 
 
@@ -138,7 +143,14 @@ async def send_notifications(ids: list[str]) -> None:
     rt = ctx.runtime
     ids_ = [uuid.UUID(i) for i in ids]
     await dispatch.deliver(
-        rt.sessions, rt.settings, rt.keys, ctx.senders, ids_, ctx.throttle, ctx.stopping
+        rt.sessions,
+        rt.settings,
+        rt.keys,
+        ctx.senders,
+        ids_,
+        ctx.throttle,
+        ctx.stopping,
+        group_commit=ctx.group_commit,
     )
 
 
@@ -150,7 +162,14 @@ async def drain() -> None:
     ctx = await context()
     rt = ctx.runtime
     while not ctx.stopping.is_set() and await dispatch.deliver(
-        rt.sessions, rt.settings, rt.keys, ctx.senders, None, ctx.throttle, ctx.stopping
+        rt.sessions,
+        rt.settings,
+        rt.keys,
+        ctx.senders,
+        None,
+        ctx.throttle,
+        ctx.stopping,
+        group_commit=ctx.group_commit,
     ):
         pass
 

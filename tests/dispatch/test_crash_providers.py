@@ -24,6 +24,7 @@ from backinstock.runtime import Runtime
 from tests.conftest import BACKEND
 from tests.crashkit import (
     SMTP_CONNECTIONS,
+    WORKER_ARGS,
     Provider,
     Tally,
     random_faults,
@@ -47,6 +48,7 @@ CONTACTS = {
     Channel.WECHAT: r"oShopper\d{20}",
 }
 LOOKAHEAD = DeliverySettings().start_lookahead
+WORKER_THREADS = int(WORKER_ARGS[WORKER_ARGS.index("--threads") + 1])
 
 
 @pytest.fixture
@@ -58,8 +60,10 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
 
 
 def _in_flight_bound(channel: Channel, kills: int) -> int:
-    # Calls running, messages marked ahead of their start, results not yet committed.
-    return kills * (CONCURRENCY[channel] + LOOKAHEAD + FLUSH_GROUP)
+    # Calls running (the process's sender is shared by its claims), and per claim at work
+    # (one per worker thread) messages marked ahead of their start and results not yet
+    # committed.
+    return kills * (CONCURRENCY[channel] + WORKER_THREADS * (LOOKAHEAD + FLUSH_GROUP))
 
 
 def _assert_everyone_told_once_per_policy(tally: Tally, channel: Channel, kills: int) -> None:

@@ -21,6 +21,7 @@ from backinstock import db
 from backinstock.config import DeliverySettings, InDoubtPolicy, Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
+from backinstock.dispatch.journal import GroupCommit
 from backinstock.dispatch.models import InDoubt, Notification, Status
 from backinstock.restocks import waves
 from backinstock.restocks.models import Wave
@@ -90,11 +91,20 @@ async def _plan(runtime: Runtime, client: httpx.AsyncClient, key: str, shoppers:
 
 
 async def _statuses(runtime: Runtime) -> Counter[str]:
+    """Messages per state, a claimed message whose call has started counted as "inflight"."""
+    started = Notification.call_started_at.is_not(None)
     async with runtime.sessions() as session:
         rows = await session.execute(
-            select(Notification.status, func.count()).group_by(Notification.status)
+            select(Notification.status, started, func.count()).group_by(
+                Notification.status, started
+            )
         )
-        return Counter({str(status): int(n) for status, n in rows})
+        return Counter(
+            {
+                "inflight" if status == "sending" and on else str(status): int(n)
+                for status, on, n in rows
+            }
+        )
 
 
 def _senders(runtime: Runtime, sms: Any) -> dict[str, Sender]:
@@ -209,7 +219,10 @@ async def test_a_claim_taken_over_can_neither_start_nor_record(
             async with db.transaction(runtime.sessions) as session:
                 await session.execute(
                     update(Notification)
-                    .where(Notification.status == Status.SENDING)
+                    .where(
+                        Notification.status == Status.SENDING,
+                        Notification.call_started_at.is_(None),
+                    )
                     .values(claim_id=other_claim)
                 )
 
@@ -236,16 +249,24 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
     policy: InDoubtPolicy,
     expected: tuple[str, str],
 ) -> None:
-    await _plan(runtime, client, api_keys["inventory"], 4)
+    await _plan(runtime, client, api_keys["inventory"], 5)
     async with db.transaction(runtime.sessions) as session:
         ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
         lapsed = db.utcnow() - timedelta(seconds=1)
-        # A dead worker's claim: two calls not started, one in flight; one not claimed.
-        for notification_id, status in zip(ids, ["sending", "sending", "inflight"], strict=False):
+        # A dead worker's claim: two calls not started, one in flight, and one in flight as
+        # a worker before revision 0010 wrote it (a rolling deploy); one not claimed.
+        states = [("sending", None), ("sending", None), ("sending", lapsed), ("inflight", None)]
+        for notification_id, (status, started) in zip(ids, states, strict=False):
             await session.execute(
                 update(Notification)
                 .where(Notification.id == notification_id)
-                .values(status=status, channel="sms", claim_id=uuid.uuid4(), lease_until=lapsed)
+                .values(
+                    status=status,
+                    call_started_at=started,
+                    channel="sms",
+                    claim_id=uuid.uuid4(),
+                    lease_until=lapsed,
+                )
             )
     async with db.transaction(runtime.sessions) as session:
         await outcomes.recover_expired(session, DeliverySettings(in_doubt_sms=policy))
@@ -262,7 +283,8 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
             )
         }
     unstarted = ("pending", None, None)
-    assert [rows[i] for i in ids] == [unstarted, unstarted, (*expected, None), unstarted]
+    in_doubt = (*expected, None)
+    assert [rows[i] for i in ids] == [unstarted, unstarted, in_doubt, in_doubt, unstarted]
 
 
 async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
@@ -279,8 +301,10 @@ async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
 
     sender = ScriptedSender(concurrency=1, inside=look)
     await _deliver(runtime, sender, stopping, _exact(runtime, start_lookahead=4))
-    # One call running plus at most four marked ahead (and a result not yet committed).
-    assert max(in_flight) <= 1 + 4 + 1
+    # One call running, at most four marked ahead, and the results that came back since
+    # the last commit began: the marks are topped up (with those results) every two starts,
+    # so at most four wait for a commit.
+    assert max(in_flight) <= 1 + 4 + 4
     assert sender.calls == 10
     # The marked-ahead messages that never started went back, as if never claimed.
     assert await _statuses(runtime) == {"sent": 10, "pending": 20}
@@ -291,3 +315,87 @@ async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
             )
         )
         assert set(back) == {(0, None)}
+
+
+async def _two_claims(runtime: Runtime, group_commit: GroupCommit) -> None:
+    """Two claims of one worker process at once (two Dramatiq threads), one group commit."""
+    async with runtime.sessions() as session:
+        ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
+    half = len(ids) // 2
+    first_calls: list[int] = []
+    both_at_work = asyncio.Event()
+
+    async def wait_for_the_other(number: int) -> None:
+        if number == 0:  # each claim's first call waits until the other claim's has begun
+            first_calls.append(number)
+            if len(first_calls) == 2:
+                both_at_work.set()
+            await both_at_work.wait()
+
+    await asyncio.gather(
+        *(
+            dispatch.deliver(
+                runtime.sessions,
+                _exact(runtime),
+                runtime.keys,
+                _senders(runtime, ScriptedSender(concurrency=1, inside=wait_for_the_other)),
+                part,
+                group_commit=group_commit,
+            )
+            for part in (ids[:half], ids[half:])
+        )
+    )
+
+
+async def test_the_claims_of_one_worker_share_its_group_commits(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 12)
+    parts_per_commit: list[int] = []
+    write = GroupCommit._write
+
+    async def counted(self: GroupCommit, parts: list[Any]) -> None:
+        parts_per_commit.append(len(parts))
+        await write(self, parts)
+
+    monkeypatch.setattr(GroupCommit, "_write", counted)
+    await _two_claims(runtime, GroupCommit(runtime.sessions))
+    assert await _statuses(runtime) == {"sent": 12}
+    # Each claim's calls wait for a commit (no marking ahead): while both claims are at
+    # work, a transaction carries both claims' starts and results: most transactions do
+    # (one claim may begin or end a commit or two ahead of the other).
+    assert max(parts_per_commit) == 2
+    assert parts_per_commit.count(2) > parts_per_commit.count(1), parts_per_commit
+
+
+async def test_a_claim_whose_part_cannot_be_written_fails_alone(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 8)
+    async with runtime.sessions() as session:
+        poisoned = await session.scalar(select(Notification.id).order_by(Notification.id))
+    record = outcomes.record_results
+
+    async def refuse_one(session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any) -> None:
+        if any(r.notification_id == poisoned for r in results):
+            raise RuntimeError("a value the database refuses")
+        await record(session, claim_id, deliveries, results)
+
+    monkeypatch.setattr(outcomes, "record_results", refuse_one)
+    await _two_claims(runtime, GroupCommit(runtime.sessions))
+    async with runtime.sessions() as session:
+        rows = dict(
+            (row.id, row.status)
+            for row in await session.execute(select(Notification.id, Notification.status))
+        )
+    # The poisoned claim's commits kept failing: its message stays in flight for the
+    # sweeper (in doubt, not lost) and its other messages, never started, went back. The
+    # other claim, which shared its commits, was recorded in full.
+    assert rows.pop(poisoned) == "sending"
+    assert Counter(rows.values()) == {"sent": 4, "pending": 3}

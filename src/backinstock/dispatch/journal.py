@@ -3,12 +3,14 @@
 The unit of recording is the unit of loss. A batch recorded only when it is done loses all
 of it to a crash; a journal row per call costs a transaction per message. The journal
 commits in groups instead: every call that is about to start waits for the next group
-commit (which marks it ``inflight``), and results ride along with that commit, or go on
-their own after ``flush_after`` seconds or ``flush_results`` results, whichever is first.
+commit (which marks it in flight: ``call_started_at``), and results ride along with that
+commit, or go on their own after ``flush_after`` seconds or ``flush_results`` results,
+whichever is first.
 
 So at any instant the database shows a claimed message as one of: ``sending`` (its call
-has not started: after a crash it is simply sent), ``inflight`` (its call may have reached
-the provider: after a crash it is in doubt), or its outcome. The in-flight set is at most
+has not started: after a crash it is simply sent), in flight (``sending`` with
+``call_started_at`` set: its call may have reached the provider; after a crash it is in
+doubt), or its outcome. The in-flight set is at most
 the sender's concurrency plus the results of one group not yet committed.
 
 A commit costs a WAL flush (milliseconds on a busy disk), and a call that waits for one
@@ -19,6 +21,12 @@ their channel's policy settles them as it would a real doubt (SMS: looked up, ab
 email and WeChat: sent), so nobody is lost or told twice. A channel whose policy is
 ``drop`` never marks ahead: a message dropped there must have really been in flight.
 
+A worker process works several claims at once (one per Dramatiq thread), and each group
+commit costs a transaction on both sides, so the journals of one process share one
+:class:`GroupCommit`: a transaction carries every journal's starts, marks and results.
+Should it fail, each journal's part is retried alone, so that a part that cannot be
+written (a bad value) fails alone.
+
 On SIGTERM (``stopping``) no further call starts; what never started, marked ahead or not,
 is handed back to the queue by :meth:`Journal.close`.
 """
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
@@ -44,8 +54,120 @@ log = structlog.get_logger(__name__)
 FLUSH_AFTER_SECONDS = 0.05
 FLUSH_RESULTS = 64
 # A database that cannot take the results even after this many tries leaves the calls
-# ``inflight``; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
+# in flight; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
 CLOSE_TRIES = 5
+
+
+@dataclass
+class _Group:
+    """One journal's part of a group commit."""
+
+    starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]]
+    wanted: list[OutgoingMessage]  # to mark in flight: the starts, then the marks ahead
+    results: list[SendResult]
+    renew_until: datetime | None
+    allowed: set[uuid.UUID] = field(default_factory=set)
+
+
+class GroupCommit:
+    """The group commit of one worker process: one transaction for every journal's work."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        flush_after: float = FLUSH_AFTER_SECONDS,
+        flush_results: int = FLUSH_RESULTS,
+    ) -> None:
+        self._sessions = sessions
+        self.flush_after = flush_after
+        self.flush_results = flush_results
+        self._journals: dict[Journal, None] = {}  # attached, in order
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, journal: Journal) -> None:
+        self._journals[journal] = None
+
+    def wake(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._journals:
+            self._let_go_of_drained()
+            await self._due()
+            # Let the tasks that are ready run first: the calls answered by the last commit
+            # queue their next starts and results, and go along with this one (without it,
+            # two claims take turns, a commit each).
+            await asyncio.sleep(0)
+            due = [j for j in self._journals if j.has_work()]
+            if due:
+                await self._commit(due)
+            else:
+                self._let_go_of_drained()
+
+    def _let_go_of_drained(self) -> None:
+        for journal in [j for j in self._journals if j.drained()]:
+            del self._journals[journal]
+            journal.let_go()
+
+    async def _due(self) -> None:
+        """Return when a group should commit: some journal has a call waiting to start,
+        marks to make, a renewal, enough results or is closing, or the oldest queued
+        result has waited ``flush_after``."""
+        while self._journals and not any(j.urgent() for j in self._journals):
+            self._wake.clear()
+            oldest = min(
+                (j.results_since for j in self._journals if j.results_since is not None),
+                default=None,
+            )
+            if oldest is None:
+                await self._wake.wait()
+                continue
+            timeout = oldest + self.flush_after - time.monotonic()
+            if timeout <= 0:
+                return
+            # A timer, not asyncio.wait_for (a task per wait, and this runs per result).
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+
+    async def _commit(self, due: list[Journal]) -> None:
+        parts = [(journal, journal.take()) for journal in due]
+        try:
+            await self._write(parts)
+        except Exception as exc:
+            log.warning("journal_flush_failed", error_type=type(exc).__name__)
+            if len(parts) == 1:
+                await self._failed(parts)
+                return
+            for part in parts:  # each alone: one part that cannot be written fails alone
+                try:
+                    await self._write([part])
+                except Exception as alone:
+                    log.warning("journal_flush_failed", error_type=type(alone).__name__)
+                    await self._failed([part])
+                else:
+                    part[0].settle(part[1])
+            return
+        for journal, group in parts:
+            journal.settle(group)
+
+    async def _write(self, parts: list[tuple[Journal, _Group]]) -> None:
+        async with db.transaction(self._sessions) as session:
+            for journal, group in parts:
+                group.allowed = await journal.write(session, group)
+
+    async def _failed(self, parts: list[tuple[Journal, _Group]]) -> None:
+        failures = 0
+        for journal, group in parts:
+            failures = max(failures, journal.fail(group))
+        if not any(journal.closing for journal, _ in parts):
+            await asyncio.sleep(min(1.0, 0.05 * 2**failures))
 
 
 class Journal:
@@ -57,8 +179,7 @@ class Journal:
         stopping: asyncio.Event | None = None,
         *,
         lookahead: Mapping[str, int] | None = None,
-        flush_after: float = FLUSH_AFTER_SECONDS,
-        flush_results: int = FLUSH_RESULTS,
+        group_commit: GroupCommit | None = None,
     ) -> None:
         self._sessions = sessions
         self._claim_id = claim_id
@@ -71,19 +192,21 @@ class Journal:
                 self._queues.setdefault(d.message.channel, []).append(d.message)
         self._next_ahead: dict[str, int] = {}  # per channel: first message not yet asked
         self._stopping = stopping or asyncio.Event()
-        self._flush_after = flush_after
-        self._flush_results = flush_results
+        self._commit = group_commit or GroupCommit(sessions)
+        self._commit.attach(self)
         self._starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]] = []
         self._results: list[SendResult] = []
+        self.results_since: float | None = None  # when the oldest queued result came back
         self._ahead: list[OutgoingMessage] = []  # to be marked with the next commit
-        self._marked: set[uuid.UUID] = set()  # inflight in the database, allowed to start
+        # Per channel: marked ahead (or about to be) and not started; at most ``lookahead``.
+        self._unstarted_marks: dict[str, set[uuid.UUID]] = {}
+        self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
         self._started: set[uuid.UUID] = set()  # may have reached the provider
         self._recorded: set[uuid.UUID] = set()
         self._renew_until: datetime | None = None
-        self._wake = asyncio.Event()
-        self._closing = False
+        self.closing = False
         self._failures = 0
-        self._flusher: asyncio.Task[None] | None = None
+        self.released = asyncio.Event()  # the group commit has nothing more of this journal
 
     @property
     def stopping(self) -> bool:
@@ -95,7 +218,7 @@ class Journal:
     ) -> SendResult | None:
         if not await self._start(message):
             return None
-        result = await send()  # cancelled here: the row stays inflight, in doubt
+        result = await send()  # cancelled here: the row stays in flight, in doubt
         self.record([result])
         return result
 
@@ -115,26 +238,30 @@ class Journal:
     def record(self, results: list[SendResult]) -> None:
         """Queue outcomes for the next group commit (each recorded once)."""
         fresh = [r for r in results if r.notification_id not in self._recorded]
+        if not fresh:
+            return
         self._recorded.update(r.notification_id for r in fresh)
+        first = not self._results
+        if first:
+            self.results_since = time.monotonic()
         self._results += fresh
-        if len(self._results) >= self._flush_results:
-            self._wake.set()
-        self._ensure_flusher()
+        # The first result arms the group commit's timer; later ones only matter once
+        # there are enough of them to commit at once.
+        if first or len(self._results) >= self._commit.flush_results:
+            self._commit.wake()
 
     def renew(self, until: datetime) -> None:
         """Extend the claim's lease with the next group commit. Renewals go through the
         journal so that one claim's rows are only ever written by one transaction at a time
         (two would deadlock on the rows they both lock)."""
         self._renew_until = until
-        self._wake.set()
-        self._ensure_flusher()
+        self._commit.wake()
 
     async def close(self) -> None:
         """Commit what is queued, then hand back every claimed message that never started."""
-        self._closing = True
-        self._wake.set()
-        if self._flusher is not None:
-            await self._flusher
+        self.closing = True
+        self._commit.wake()
+        await self.released.wait()
         for _, waiting in self._starts:  # nothing may start once closing
             waiting.set_result(False)
         self._starts = []
@@ -151,110 +278,137 @@ class Journal:
         except Exception as exc:  # the lease lapses instead, and the sweeper hands them back
             log.warning("journal_release_failed", error_type=type(exc).__name__)
 
+    # ----------------------------------------------------------- the group commit's side
+    def has_work(self) -> bool:
+        return bool(self._starts or self._ahead or self._results or self._renew_until)
+
+    def urgent(self) -> bool:
+        return bool(
+            self._starts
+            or self._ahead
+            or self._renew_until
+            or len(self._results) >= self._commit.flush_results
+            or (self.closing and (self.drained() or self.has_work()))
+        )
+
+    def drained(self) -> bool:
+        """Closing, with nothing left to commit (or nothing that will ever commit)."""
+        return self.closing and (self._failures >= CLOSE_TRIES or not self.has_work())
+
+    def let_go(self) -> None:
+        if self._results:
+            log.warning("journal_results_unrecorded", messages=len(self._results))
+        self.released.set()
+
+    def take(self) -> _Group:
+        starts, self._starts = self._starts, []
+        ahead, self._ahead = self._ahead, []
+        results, self._results = self._results, []
+        self.results_since = None
+        renew_until, self._renew_until = self._renew_until, None
+        # A deploy stops new calls at once, even those already queued to start.
+        wanted = [] if self.stopping else [m for m, _ in starts] + ahead
+        wanted = [m for m in wanted if m.notification_id not in self._marked]
+        return _Group(starts, wanted, results, renew_until)
+
+    async def write(self, session: AsyncSession, group: _Group) -> set[uuid.UUID]:
+        allowed: set[uuid.UUID] = set()
+        if group.renew_until is not None:
+            await outcomes.renew(session, self._claim_id, group.renew_until)
+        if group.wanted:
+            allowed = await outcomes.mark_inflight(
+                session, self._claim_id, [(m, self._rank(m)) for m in group.wanted]
+            )
+        if group.results:
+            await outcomes.record_results(session, self._claim_id, self._deliveries, group.results)
+        return allowed
+
+    def settle(self, group: _Group) -> None:
+        self._failures = 0
+        self._marked.update(group.allowed)
+        self._forget_unmarked(group)
+        self._answer(group.starts)
+
+    def fail(self, group: _Group) -> int:
+        """Nothing of the group started; its results are retried. Returns the failures in
+        a row."""
+        self._failures += 1
+        if group.results:
+            if not self._results:
+                self.results_since = time.monotonic()
+            self._results = group.results + self._results
+        self._forget_unmarked(group)
+        self._answer(group.starts)
+        return self._failures
+
+    def _forget_unmarked(self, group: _Group) -> None:
+        """Messages asked to be marked ahead that were not (the claim lost them, or the
+        commit failed) no longer count against the lookahead."""
+        for message in group.wanted:
+            if message.notification_id not in self._marked:
+                self._unstarted_marks.get(message.channel, set()).discard(message.notification_id)
+
+    def _answer(self, starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]]) -> None:
+        for message, waiting in starts:
+            go = not self.stopping and message.notification_id in self._marked
+            with contextlib.suppress(asyncio.InvalidStateError):  # its sender gave up waiting
+                waiting.set_result(go)
+
     # -------------------------------------------------------------------------- internals
     async def _start(self, message: OutgoingMessage) -> bool:
-        if self.stopping or self._closing:
+        if self.stopping or self.closing:
             return False
         if message.notification_id in self._marked:  # marked ahead: no commit to wait for
             self._started.add(message.notification_id)
+            self._unstarted_marks.setdefault(message.channel, set()).discard(
+                message.notification_id
+            )
+            self._top_up(message.channel)
             return True
         waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._starts.append((message, waiting))
-        self._ahead += self._look_ahead(message)
-        self._wake.set()
-        self._ensure_flusher()
+        self._ahead += self._look_ahead(message.channel, message)
+        self._commit.wake()
         if not await waiting:
             return False
         self._started.add(message.notification_id)
         return True
 
-    def _look_ahead(self, message: OutgoingMessage) -> list[OutgoingMessage]:
-        """The channel's next messages to mark along with ``message``: enough that at most
-        ``lookahead`` are marked (or about to be) without having started."""
-        queue = self._queues.get(message.channel, [])
-        start = self._next_ahead.get(message.channel, 0)
-        waiting = {m.notification_id for m in self._ahead} | self._marked
-        outstanding = sum(
-            1
-            for m in queue[:start]
-            if m.notification_id in waiting and m.notification_id not in self._started
-        )
-        room = self._lookahead.get(message.channel, 0) - outstanding
+    def _top_up(self, channel: str) -> None:
+        """Mark the channel's next messages before the sender runs out of marked ones: once
+        half of the marks ahead have been used, the next half is marked by a group commit
+        the sender does not wait for. Where providers answer at once, a sender that waited
+        for each commit would be held to the database's commit rate."""
+        if self.stopping or self.closing:
+            return
+        if self._room(channel) * 2 < self._lookahead.get(channel, 0):
+            return
+        ahead = self._look_ahead(channel)
+        if ahead:
+            self._ahead += ahead
+            self._commit.wake()
+
+    def _room(self, channel: str) -> int:
+        """How many more of the channel's messages may be marked without having started."""
+        return self._lookahead.get(channel, 0) - len(self._unstarted_marks.get(channel, ()))
+
+    def _look_ahead(
+        self, channel: str, starting: OutgoingMessage | None = None
+    ) -> list[OutgoingMessage]:
+        """The channel's next messages to mark (along with ``starting``, when a call waits
+        to start): enough that at most ``lookahead`` are marked without having started."""
+        queue = self._queues.get(channel, [])
+        start = self._next_ahead.get(channel, 0)
+        room = self._room(channel)
         ahead: list[OutgoingMessage] = []
         while start < len(queue) and len(ahead) < room:
             candidate = queue[start]
             start += 1
-            if candidate.notification_id != message.notification_id:
+            if starting is None or candidate.notification_id != starting.notification_id:
                 ahead.append(candidate)
-        self._next_ahead[message.channel] = start
+        self._next_ahead[channel] = start
+        self._unstarted_marks.setdefault(channel, set()).update(m.notification_id for m in ahead)
         return ahead
-
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_until_closed())
-
-    async def _flush_until_closed(self) -> None:
-        while True:
-            await self._due()
-            if not (self._starts or self._results or self._renew_until):
-                if self._closing:
-                    return
-                continue
-            await self._flush()
-            if self._closing and self._results and self._failures >= CLOSE_TRIES:
-                log.warning("journal_results_unrecorded", messages=len(self._results))
-                return
-
-    async def _due(self) -> None:
-        """Return when a group should commit: a call waits to start, enough results are
-        queued, the oldest queued result has waited ``flush_after``, or closing."""
-        while not (
-            self._starts
-            or self._closing
-            or self._renew_until
-            or len(self._results) >= self._flush_results
-        ):
-            self._wake.clear()
-            timeout = self._flush_after if self._results else None
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                return
-
-    async def _flush(self) -> None:
-        starts, self._starts = self._starts, []
-        ahead, self._ahead = self._ahead, []
-        results, self._results = self._results, []
-        renew_until, self._renew_until = self._renew_until, None
-        # A deploy stops new calls at once, even those already queued to start.
-        wanted = [] if self.stopping else [m for m, _ in starts] + ahead
-        wanted = [m for m in wanted if m.notification_id not in self._marked]
-        allowed: set[uuid.UUID] = set()
-        try:
-            async with db.transaction(self._sessions) as session:
-                if renew_until is not None:
-                    await outcomes.renew(session, self._claim_id, renew_until)
-                if wanted:
-                    allowed = await outcomes.mark_inflight(
-                        session, self._claim_id, [(m, self._rank(m)) for m in wanted]
-                    )
-                if results:
-                    await outcomes.record_results(
-                        session, self._claim_id, self._deliveries, results
-                    )
-            self._failures = 0
-        except Exception as exc:  # nothing of this group started; its results are retried
-            self._failures += 1
-            allowed = set()
-            self._results = results + self._results
-            log.warning("journal_flush_failed", error_type=type(exc).__name__)
-            if not self._closing:
-                await asyncio.sleep(min(1.0, 0.05 * 2**self._failures))
-        self._marked.update(allowed)
-        for message, waiting in starts:
-            go = not self.stopping and message.notification_id in self._marked
-            with contextlib.suppress(asyncio.InvalidStateError):  # its sender gave up waiting
-                waiting.set_result(go)
 
     def _rank(self, message: OutgoingMessage) -> int:
         contact = self._deliveries[message.notification_id].contact

@@ -27,8 +27,13 @@ class Kind:
 
 class Status(enum.StrEnum):
     PENDING = "pending"  # due at next_attempt_at
-    SENDING = "sending"  # claimed; no provider call has started: safe to hand to anyone
-    INFLIGHT = "inflight"  # the provider call started: after a crash, in doubt
+    # Claimed. While ``call_started_at`` is NULL no provider call has started: safe to hand
+    # to anyone. Once it is set the call may have reached the provider: after a crash, the
+    # message is in doubt ("in flight").
+    SENDING = "sending"
+    # In flight, as written before revision 0010 (still read: a worker of that version may
+    # run beside this one during a rolling deploy).
+    INFLIGHT = "inflight"
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -49,9 +54,15 @@ class Notification(Base):
 
     The unique (subscription, wave, kind) key makes a second restock message per wave, or a
     second follow-up, impossible. Status (see docs/architecture.md, "A message's states"):
-    pending -> sending (claimed under a lease, provider not called) -> inflight (the provider
-    call has started) -> sent | failed | cancelled. A lapsed ``sending`` claim goes back to
-    pending; a lapsed ``inflight`` one is in doubt and is resolved by the channel's policy.
+    pending -> sending (claimed under a lease, provider not called) -> in flight (still
+    ``sending``, with ``call_started_at`` set: the provider call has started) -> sent | failed
+    | cancelled. A lapsed claim not started goes back to pending; a lapsed one in flight is in
+    doubt and is resolved by the channel's policy.
+
+    The in-flight mark touches no indexed column, so PostgreSQL can write it as a HOT update
+    (no index entries) into the room the table's fillfactor (85, revision 0010) leaves on
+    each page: a status change would add an entry to each of the table's indexes, for every
+    message, just to say that its call started.
     """
 
     __tablename__ = "notifications"
@@ -79,6 +90,8 @@ class Notification(Base):
     # A crash left an attempt in flight: "unresolved" until settled, then how it was settled
     # (InDoubt). None for the messages no crash touched.
     in_doubt: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # When this claim's provider call started (NULL: not yet). Not indexed, on purpose.
+    call_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)

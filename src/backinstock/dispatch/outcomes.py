@@ -52,6 +52,14 @@ class Delivery:
     skip: str | None = None  # why nothing is sent: not_waiting, no_coupon, no_contact, ...
 
 
+# A claimed row whose provider call has not started, and one whose call has (the status
+# ``inflight`` is how a worker before revision 0010 wrote the latter).
+_UNSTARTED = (Notification.status == Status.SENDING) & Notification.call_started_at.is_(None)
+_IN_FLIGHT = (
+    (Notification.status == Status.SENDING) & Notification.call_started_at.is_not(None)
+) | (Notification.status == Status.INFLIGHT)
+
+
 def _held_by(claim_id: uuid.UUID) -> ColumnElement[bool]:
     return Notification.claim_id == claim_id
 
@@ -107,16 +115,19 @@ async def mark_inflight(
 ) -> set[uuid.UUID]:
     """Record that these provider calls start (message, contact rank); returns the ids this
     claim still holds, the only ones that may be sent. The channel is kept with the row, so
-    that after a crash its in-doubt policy is known."""
+    that after a crash its in-doubt policy is known. The row stays ``sending``: the mark is
+    ``call_started_at``, which no index names (see ``Notification``)."""
     groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
     for message, rank in messages:
         groups[(message.channel, rank)].append(message.notification_id)
     allowed: set[uuid.UUID] = set()
+    now = utcnow()
     for (channel, rank), ids in groups.items():
         # Core, not ORM: this runs before every provider call, and the ORM's bookkeeping
         # for an UPDATE (session synchronisation) costs more than the statement.
         marked = await session.scalars(
-            _START, {"b_ids": ids, "b_claim": claim_id, "b_channel": channel, "b_rank": rank}
+            _START,
+            {"b_ids": ids, "b_claim": claim_id, "b_channel": channel, "b_rank": rank, "b_now": now},
         )
         allowed.update(marked)
     return allowed
@@ -141,6 +152,7 @@ async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUI
             attempts=Notification.attempts - 1,
             claim_id=None,
             lease_until=None,
+            call_started_at=None,
             next_attempt_at=utcnow(),
         )
     )
@@ -154,7 +166,7 @@ _START = (
         _TABLE.c.status == Status.SENDING.value,
     )
     .values(
-        status=Status.INFLIGHT.value,
+        call_started_at=bindparam("b_now"),
         channel=bindparam("b_channel"),
         contact_rank=bindparam("b_rank"),
     )
@@ -313,16 +325,12 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings) -> 
     lapsed = (Notification.lease_until < now,)
     back = await session.execute(
         update(Notification)
-        .where(Notification.status == Status.SENDING, *lapsed)
+        .where(_UNSTARTED, *lapsed)
         .values(status=Status.PENDING, claim_id=None, lease_until=None, next_attempt_at=now)
     )
     recovered = int(back.rowcount or 0)  # type: ignore[attr-defined]
     for channel in Channel:
-        in_flight = (
-            Notification.status == Status.INFLIGHT,
-            Notification.channel == channel,
-            *lapsed,
-        )
+        in_flight = (_IN_FLIGHT, Notification.channel == channel, *lapsed)
         if policies.policy(channel.value) is InDoubtPolicy.DROP:
             await session.execute(
                 update(Notification)
@@ -333,6 +341,7 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings) -> 
                     in_doubt=InDoubt.DROPPED,
                     claim_id=None,
                     lease_until=None,
+                    call_started_at=None,
                 )
             )
             continue
@@ -345,6 +354,7 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings) -> 
                 error="in_doubt",
                 claim_id=None,
                 lease_until=None,
+                call_started_at=None,
                 next_attempt_at=now,
             )
         )
@@ -360,7 +370,7 @@ async def settle_by_callback(
     # An in-flight row counts only once its lease has lapsed: a live worker records its
     # own result, and a report may well arrive before it does.
     doubtful = (
-        ((Notification.status == Status.INFLIGHT) & (Notification.lease_until < utcnow()))
+        (_IN_FLIGHT & (Notification.lease_until < utcnow()))
         | ((Notification.status == Status.PENDING) & (Notification.in_doubt == InDoubt.UNRESOLVED))
         | ((Notification.status == Status.FAILED) & (Notification.in_doubt == InDoubt.DROPPED))
     )

@@ -30,7 +30,7 @@ from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import utcnow
-from backinstock.dispatch.journal import Journal
+from backinstock.dispatch.journal import GroupCommit, Journal
 from backinstock.dispatch.models import InDoubt, Kind, Notification, Status
 from backinstock.dispatch.outcomes import Contact, Delivery, record_skips
 from backinstock.dispatch.quiet import hold_until
@@ -73,6 +73,7 @@ async def claim(
             status=Status.SENDING,
             claim_id=claim_id,
             lease_until=now + lease,
+            call_started_at=None,
             attempts=Notification.attempts + 1,
         )
         .returning(Notification.id)
@@ -241,8 +242,11 @@ async def deliver(
     ids: list[uuid.UUID] | None,
     throttle: Throttle | None = None,
     stopping: asyncio.Event | None = None,
+    *,
+    group_commit: GroupCommit | None = None,
 ) -> int:
-    """Claim, send and record one batch; returns how many were claimed."""
+    """Claim, send and record one batch; returns how many were claimed. ``group_commit``:
+    the worker process's, shared with its other claims (by default the claim's own)."""
     if stopping is not None and stopping.is_set():
         return 0  # shutting down: claim nothing, another worker will
     lease = timedelta(seconds=settings.waves.claim_lease_seconds)
@@ -255,7 +259,9 @@ async def deliver(
     if not claimed:
         return 0
     lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
-    journal = Journal(sessions, claim_id, deliveries, stopping, lookahead=lookahead)
+    journal = Journal(
+        sessions, claim_id, deliveries, stopping, lookahead=lookahead, group_commit=group_commit
+    )
     renewal = asyncio.create_task(_keep_claimed(journal, lease))
     try:
         sending = _send(settings, senders, throttle, deliveries, journal)
