@@ -23,7 +23,7 @@ from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import new_id, utcnow
 from backinstock.errors import Conflict, InvalidField, RateLimited
-from backinstock.ratelimit import Hit, RateLimiter
+from backinstock.ratelimit import Counted, Hit, RateLimiter
 from backinstock.subscriptions.models import (
     IN_QUEUE,
     PRIORITY_RANK,
@@ -141,7 +141,7 @@ async def subscribe(
 
 @dataclass(frozen=True)
 class _ContactCount:
-    counters: tuple[str, ...]  # the window counters incremented for the contacts
+    counters: tuple[Counted, ...]  # the window counters incremented for the contacts
     retry_after: int | None  # set when a contact is over its limit
 
 
