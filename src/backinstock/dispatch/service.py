@@ -35,8 +35,8 @@ from backinstock.dispatch.models import InDoubt, Kind, Notification, Status
 from backinstock.dispatch.outcomes import Contact, Delivery, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
-from backinstock.dispatch.throttle import Throttle
 from backinstock.identity import CLICK_TOKEN, UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
+from backinstock.ratelimit import Throttle
 from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
 from backinstock.subscriptions.models import IN_QUEUE, Subscription, SubscriptionFallback
 
