@@ -28,6 +28,7 @@ from backinstock.models import Base
 from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import MemoryRateLimiter
 from backinstock.runtime import Runtime
+from tests.clock import SteppingClock
 from tests.server import RedisServer
 
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
@@ -116,7 +117,15 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     else:
         rt.limiter = MemoryRateLimiter()
     rt.products = ProductCache()
+    rt.clock = SteppingClock()
     yield
+
+
+@pytest.fixture
+def clock(runtime: Runtime) -> SteppingClock:
+    """The test's clock: the runtime and the workers it starts read it; ``advance`` moves it."""
+    assert isinstance(runtime.clock, SteppingClock)
+    return runtime.clock
 
 
 @pytest.fixture
@@ -130,13 +139,14 @@ WorkerStarter = Callable[..., Any]
 
 @pytest.fixture
 def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerStarter]:
-    """Start in-process Dramatiq workers (with the sweeper) on the suite's broker; settings
-    given as keyword arguments apply to them, e.g. batch_interval_seconds=2."""
+    """Start in-process Dramatiq workers on the suite's broker, on the test's clock; settings
+    given as keyword arguments apply to them, e.g. batch_interval_seconds=600. The sweeper
+    runs only when the test says so (:func:`tests.workers.tick`), unless ``sweep=True``."""
     from backinstock import worker as worker_module
 
     started: list[Any] = []
 
-    def start(threads: int = 4, **settings: Any) -> Any:
+    def start(threads: int = 4, *, sweep: bool = False, **settings: Any) -> Any:
         for name, value in settings.items():
             monkeypatch.setenv(f"BACKINSTOCK_{name.upper()}", str(value))
         # Dramatiq's AsyncIO middleware keeps one event-loop thread per process: a second
@@ -144,7 +154,7 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         from dramatiq.asyncio import get_event_loop_thread
 
         assert get_event_loop_thread() is None, "stop the running worker first"
-        worker = worker_module.start_embedded_worker(threads)
+        worker = worker_module.start_embedded_worker(threads, clock=runtime.clock, sweep=sweep)
         started.append(worker)
         return worker
 

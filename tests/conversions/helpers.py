@@ -68,6 +68,13 @@ async def outbox_by_subscription(runtime: Runtime, kind: str = "restock") -> dic
         }
 
 
+async def sent_count(runtime: Runtime) -> int:
+    async with runtime.sessions() as session:
+        return int(
+            await session.scalar(select(func.count()).where(Notification.status == "sent")) or 0
+        )
+
+
 async def wait_for_sent(runtime: Runtime, expected: int, within: float = 30.0) -> int:
     """Messages recorded as sent: the dev outbox row is written before the notification is
     marked sent, and attribution looks for sent messages."""

@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from backinstock.contacts import Channel
-from backinstock.db import utcnow
-from backinstock.deps import SessionDep, StatsReader
+from backinstock.deps import RuntimeDep, SessionDep, StatsReader
 from backinstock.errors import InvalidField, error_responses
 from backinstock.fields import DIGITS, INSTANT_RULE, Instant
 from backinstock.stats import csv_export, series, service
@@ -94,12 +93,13 @@ def wants_csv(request: Request, fmt: Format | None) -> bool:
 
 
 def period_filters(
+    runtime: RuntimeDep,
     sku: SkuQuery = None,
     channel: ChannelQuery = None,
     since: SinceQuery = None,
     until: UntilQuery = None,
 ) -> Filters:
-    end = until or utcnow()
+    end = until or runtime.clock.now()
     start = since
     if start is not None and start >= end:
         raise InvalidField("since", "must be before until")
@@ -173,6 +173,7 @@ async def get_demand(
 )
 async def get_timeseries(
     request: Request,
+    runtime: RuntimeDep,
     session: SessionDep,
     _: StatsReader,
     metric: Metric,
@@ -191,9 +192,9 @@ async def get_timeseries(
     `revenue` values are decimal strings in `currency` (as in the funnel).
 
     CSV: `t,value` rows."""
-    end = until or utcnow()
+    end = until or runtime.clock.now()
     start = since or end - series.DEFAULT_SPAN[interval]
-    filters = period_filters(sku, channel, start, end)
+    filters = period_filters(runtime, sku, channel, start, end)
     result = await series.timeseries(session, metric, interval, filters, currency)
     if not wants_csv(request, fmt):
         return result
