@@ -33,8 +33,26 @@ from tests.server import RedisServer
 
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
 PG_ADMIN_URL = os.environ.get("BACKINSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-PG_DATABASE = os.environ.get("BACKINSTOCK_TEST_PG_DATABASE", "backinstock_test")
-REDIS_URL = os.environ.get("BACKINSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# Under pytest-xdist (``-n 2``) each worker process gets its own database and Redis database:
+# the given name with the worker's suffix, the given Redis database number plus its index.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … or none
+
+
+def _per_worker_database(name: str) -> str:
+    return f"{name}_{XDIST_WORKER}" if XDIST_WORKER else name
+
+
+def _per_worker_redis(url: str) -> str:
+    if not XDIST_WORKER:
+        return url
+    base, _, number = url.rpartition("/")
+    return f"{base}/{int(number or 0) + int(XDIST_WORKER.removeprefix('gw'))}"
+
+
+PG_DATABASE = _per_worker_database(
+    os.environ.get("BACKINSTOCK_TEST_PG_DATABASE", "backinstock_test")
+)
+REDIS_URL = _per_worker_redis(os.environ.get("BACKINSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/15"))
 _WORKDIR = Path(tempfile.mkdtemp(prefix="backinstock-tests-"))
 
 

@@ -23,9 +23,9 @@ from backinstock.senders.wechat import (
     fit_value,
     page_with_token,
 )
+from tests.conftest import REDIS_URL
 from tests.fakes.wechat import FakeWeChat
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
 TEMPLATE = "tmpl-back-in-stock"
 
 
