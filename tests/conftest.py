@@ -23,7 +23,6 @@ from backinstock.auth.service import Scope
 from backinstock.catalog.service import ProductCache
 from backinstock.config import Settings
 from backinstock.crypto import new_key_spec
-from backinstock.main import create_app
 from backinstock.models import Base
 from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import MemoryRateLimiter
@@ -198,6 +197,11 @@ ClientFactory = Callable[..., httpx.AsyncClient]
 async def make_client(runtime: Runtime) -> AsyncIterator[ClientFactory]:
     """Clients for the app; pass settings sections to override, e.g. rate_limits=..."""
     clients: list[httpx.AsyncClient] = []
+
+    # Imported here, not at the top: the app's routers import the worker module, which builds
+    # its broker from the environment when first imported, and the environment is the one
+    # this module sets up (per pytest-xdist process), not the one the suite was started in.
+    from backinstock.main import create_app
 
     def factory(**sections: Any) -> httpx.AsyncClient:
         rt = dataclasses.replace(
