@@ -31,8 +31,9 @@ from sqlalchemy.sql.elements import ColumnElement, Grouping
 from sqlalchemy.sql.selectable import NamedFromClause, Subquery
 
 from backinstock import db
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings
-from backinstock.db import UTCDateTime, insert_for, new_id, utcnow
+from backinstock.db import UTCDateTime, insert_for, new_id
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.restocks.models import StockLevel, Wave
 from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription
@@ -119,9 +120,10 @@ def _lease(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.waves.claim_lease_seconds)
 
 
-async def _claim(session: AsyncSession, settings: Settings, wave_id: uuid.UUID) -> Wave | None:
+async def _claim(
+    session: AsyncSession, settings: Settings, wave_id: uuid.UUID, now: datetime
+) -> Wave | None:
     """Take the wave's lease if it has work: a due step, or a step not fully written."""
-    now = utcnow()
     claimed = await session.scalar(
         update(Wave)
         .where(
@@ -154,16 +156,17 @@ async def run(
     settings: Settings,
     wave_id: uuid.UUID,
     wake_senders: Callable[[list[uuid.UUID]], None],
+    clock: Clock = SYSTEM_CLOCK,
 ) -> int:
     """Run every step of the wave that is due now; returns how many notifications it wrote."""
     written = 0
     while True:
         async with db.transaction(sessions) as session:
-            wave = await _claim(session, settings, wave_id)
+            wave = await _claim(session, settings, wave_id, clock.now())
             if wave is None:
                 return written
             queue_size = await queue_length(session, wave.sku)
-        written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders)
+        written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders, clock)
         async with db.transaction(sessions) as session:
             await session.execute(update(Wave).where(Wave.id == wave_id).values(lease_until=None))
 
@@ -180,12 +183,15 @@ async def _write_step(
     wave_id: uuid.UUID,
     queue_size: int,
     wake_senders: Callable[[list[uuid.UUID]], None],
+    clock: Clock,
 ) -> int:
     written = 0
     after: QueueKey | None = None
     while True:
         async with db.transaction(sessions) as session:
-            ids, after = await _write_chunk(session, settings, wave_id, queue_size, after)
+            ids, after = await _write_chunk(
+                session, settings, wave_id, queue_size, after, clock.now()
+            )
             if ids:
                 db.after_commit(session, lambda ids=ids: wake_senders(ids))  # type: ignore[misc]
         if not ids:
@@ -199,8 +205,8 @@ async def _write_chunk(
     wave_id: uuid.UUID,
     queue_size: int,
     after: QueueKey | None,
+    now: datetime,
 ) -> tuple[list[uuid.UUID], QueueKey | None]:
-    now = utcnow()
     # Locks the wave row: a sell-out closing the wave waits for this chunk, then cancels it.
     row = (
         await session.execute(
@@ -337,9 +343,8 @@ def _numbered(session: AsyncSession, values: list[uuid.UUID]) -> NamedFromClause
     ).subquery("numbered")
 
 
-async def due(session: AsyncSession, limit: int = 1000) -> list[uuid.UUID]:
+async def due(session: AsyncSession, now: datetime, limit: int = 1000) -> list[uuid.UUID]:
     """Open waves with work and no live lease: a step due, or a step not fully written."""
-    now = utcnow()
     query = (
         select(Wave.id)
         .where(
