@@ -40,7 +40,8 @@ from backinstock.dispatch.journal import GroupCommit
 from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
 from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
-from backinstock.restocks import followups, waves
+from backinstock.flows import followups, restock
+from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
 from backinstock.senders.registry import build_senders, close_senders
@@ -132,7 +133,7 @@ async def _close_context() -> None:
 )
 async def run_wave(wave_id: str) -> None:
     ctx = await context()
-    await waves.run(ctx.runtime.sessions, ctx.runtime.settings, uuid.UUID(wave_id), wake_senders)
+    await restock.run(ctx.runtime.sessions, ctx.runtime.settings, uuid.UUID(wave_id), wake_senders)
 
 
 @dramatiq.actor(
@@ -183,7 +184,7 @@ async def sweep_once(ctx: WorkerContext) -> None:
     rt = ctx.runtime
     stale_after = rt.settings.waves.stale_after_seconds
     async with db.transaction(rt.sessions) as session:
-        due_waves = await waves.due(session)
+        due_waves = await waves.due(session, db.utcnow())
         recovered = await outcomes.recover_expired(session, rt.settings.delivery)
         stale = await dispatch.stale_pending(session, timedelta(seconds=stale_after))
     for wave_id in due_waves:

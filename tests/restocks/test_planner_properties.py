@@ -19,10 +19,9 @@ from backinstock import db
 from backinstock.config import Settings, WaveSettings
 from backinstock.contacts import Channel
 from backinstock.dispatch.models import Notification
+from backinstock.flows import restock
 from backinstock.identity import NormalizedContact
 from backinstock.models import Base
-from backinstock.restocks import service as restocks
-from backinstock.restocks import waves
 from backinstock.restocks.models import Wave
 from backinstock.restocks.schemas import RestockIn
 from backinstock.runtime import Runtime
@@ -89,15 +88,15 @@ async def _post(runtime: Runtime, level: int, occurred: int) -> uuid.UUID | None
         event_id=f"e{occurred}",
         sku="P",
         available=level,
-        occurred_at=restocks.utcnow() + timedelta(seconds=occurred),
+        occurred_at=db.utcnow() + timedelta(seconds=occurred),
     )
     async with db.transaction(runtime.sessions) as session:
-        outcome = await restocks.record(session, runtime.settings, payload)
+        outcome = await restock.record(session, runtime.settings, payload)
     return outcome.wave_due
 
 
 async def _run(runtime: Runtime, wave_id: uuid.UUID) -> None:
-    await waves.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
+    await restock.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
 
 
 async def _tick(runtime: Runtime) -> None:
@@ -106,7 +105,7 @@ async def _tick(runtime: Runtime) -> None:
         await session.execute(
             update(Wave)
             .where(Wave.status == "open")
-            .values(next_step_at=restocks.utcnow() - timedelta(seconds=1))
+            .values(next_step_at=db.utcnow() - timedelta(seconds=1))
         )
         wave_id = await session.scalar(select(Wave.id).where(Wave.status == "open"))
     if wave_id is not None:
