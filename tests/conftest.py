@@ -26,7 +26,7 @@ from backinstock.crypto import new_key_spec
 from backinstock.main import create_app
 from backinstock.models import Base
 from backinstock.ops.logging import configure_logging
-from backinstock.ratelimit import MemoryRateLimiter
+from backinstock.ratelimit import local_limiter
 from backinstock.runtime import Runtime
 from tests.server import RedisServer
 
@@ -114,7 +114,7 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     if rt.redis is not None:
         await rt.redis.flushdb()
     else:
-        rt.limiter = MemoryRateLimiter()
+        rt.limiter = local_limiter()
     rt.products = ProductCache()
     yield
 

@@ -18,6 +18,7 @@ from backinstock.crypto import (
     KeyConfigError,
     KeyRing,
     Sealed,
+    TimedSigner,
     TokenSigner,
     load_keys,
     new_key_spec,
@@ -73,6 +74,24 @@ def test_tokens_verify_only_for_their_purpose_and_key() -> None:
     assert signer.verify("click", token) is None
     assert TokenSigner(ring("k9")).verify("unsubscribe", token) is None
     assert signer.verify("unsubscribe", token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+
+
+def test_timed_values_verify_for_their_purpose_keys_and_lifetime() -> None:
+    now = [1_000_000.0]
+    old, new = ring("k1"), ring("k2")
+    signer = TimedSigner(old, clock=lambda: now[0])
+    signed = signer.sign("dashboard-session", "abc")
+    assert signer.verify("dashboard-session", signed, max_age=60) == "abc"
+    assert signer.verify("other-purpose", signed, max_age=60) is None
+    assert TimedSigner(new).verify("dashboard-session", signed, max_age=None) is None
+    rotated = TimedSigner(KeyRing((*new.keys, *old.keys)), clock=lambda: now[0])
+    assert rotated.verify("dashboard-session", signed, max_age=60) == "abc", "old key verifies"
+    assert signer.verify("dashboard-session", rotated.sign("dashboard-session", "x"), 60) is None
+    tampered = signed[:-1] + ("A" if signed[-1] != "A" else "B")
+    assert signer.verify("dashboard-session", tampered, max_age=60) is None
+    now[0] += 61
+    assert signer.verify("dashboard-session", signed, max_age=60) is None, "expired"
+    assert signer.verify("dashboard-session", signed, max_age=None) == "abc"
 
 
 @pytest.mark.parametrize(

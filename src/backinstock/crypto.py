@@ -7,6 +7,8 @@
 * Lookups and dedupe use a keyed HMAC-SHA256 "blind index" of the normalised value under a
   separate key: equal inputs give equal digests, and the digest reveals nothing without the key.
 * Unsubscribe and tracked links carry compact HMAC-signed tokens naming one row id.
+* Values that expire (the dashboard's session cookie) are signed with a timestamp by
+  itsdangerous.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import os
 import re
 import secrets
 import stat
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from itsdangerous import BadSignature, TimestampSigner
 
 from backinstock.config import CryptoSettings
 
@@ -134,7 +139,12 @@ _MAC_BYTES = 16
 
 class TokenSigner:
     """Tokens ``base64url(version || uuid || mac)``; the MAC covers the purpose too, so an
-    unsubscribe token is not a click token. Any key of the ring verifies, the newest signs."""
+    unsubscribe token is not a click token. Any key of the ring verifies, the newest signs.
+
+    The format is frozen: these tokens sit in messages already delivered (an unsubscribe
+    link must keep working for as long as the mail does), and every character counts in an
+    SMS. itsdangerous cannot write it (its tokens are ``value.signature``), so it stays
+    these few lines of stdlib ``hmac``; see docs/architecture.md, "Kept libraries"."""
 
     def __init__(self, ring: KeyRing) -> None:
         self._keys = [raw for _, raw in ring.keys]
@@ -156,27 +166,53 @@ class TokenSigner:
                 return uuid.UUID(bytes=payload[1:])
         return None
 
-    def sign_text(self, purpose: str, text: str) -> str:
-        """``text.mac``: for small signed values such as a session cookie."""
-        mac = self._mac(self._keys[0], purpose, text.encode())
-        return f"{text}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
-
-    def verify_text(self, purpose: str, signed: str) -> str | None:
-        text, _, mac_text = signed.rpartition(".")
-        if not text or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", mac_text):
-            return None
-        try:
-            mac = base64.urlsafe_b64decode(mac_text + "==")
-        except ValueError:
-            return None
-        for key in self._keys:
-            if hmac.compare_digest(mac, self._mac(key, purpose, text.encode())):
-                return text
-        return None
-
     @staticmethod
     def _mac(key: bytes, purpose: str, payload: bytes) -> bytes:
         return _hmac(key, purpose.encode() + b"\x00" + payload)[:_MAC_BYTES]
+
+
+class _ClockedSigner(TimestampSigner):
+    """itsdangerous reads the time through ``get_timestamp``; this one asks a clock."""
+
+    def __init__(self, clock: Callable[[], float], keys: list[bytes], salt: str) -> None:
+        super().__init__(keys, salt=salt, key_derivation="hmac", digest_method=hashlib.sha256)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+class TimedSigner:
+    """Short signed values that expire, such as a session cookie: itsdangerous'
+    ``TimestampSigner`` with the purpose as its salt (a value signed for one purpose does
+    not verify for another) and HMAC-SHA256. The newest key of the ring signs and any key
+    verifies, so a rotation does not sign everybody out. ``clock`` gives the signing time
+    and the time ages are measured at."""
+
+    def __init__(self, ring: KeyRing, clock: Callable[[], float] = time.time) -> None:
+        self.ring = ring
+        self._clock = clock
+        self._signers: dict[str, TimestampSigner] = {}
+
+    def sign(self, purpose: str, text: str) -> str:
+        return self._signer(purpose).sign(text).decode()
+
+    def verify(self, purpose: str, signed: str, max_age: int | None) -> str | None:
+        """The signed text, or None when the signature is wrong or (given ``max_age``) the
+        value was signed more than ``max_age`` seconds ago."""
+        try:
+            return self._signer(purpose).unsign(signed, max_age=max_age).decode()
+        except (BadSignature, UnicodeDecodeError):  # SignatureExpired is a BadSignature
+            return None
+
+    def _signer(self, purpose: str) -> TimestampSigner:
+        signer = self._signers.get(purpose)
+        if signer is None:
+            # itsdangerous signs with the last key and tries them all, newest first.
+            oldest_first = [raw for _, raw in reversed(self.ring.keys)]
+            signer = _ClockedSigner(self._clock, oldest_first, salt=purpose)
+            self._signers[purpose] = signer
+        return signer
 
 
 @dataclass(frozen=True)
@@ -184,6 +220,7 @@ class Keys:
     cipher: FieldCipher
     blind_index: BlindIndex
     tokens: TokenSigner
+    timed: TimedSigner
     generated: bool
 
 
@@ -208,10 +245,12 @@ def load_keys(settings: CryptoSettings, *, production: bool) -> Keys:
             )
         stored = _load_or_create_key_file(Path(settings.key_file))
         specs = {name: value or stored[name] for name, value in specs.items()}
+    token_ring = KeyRing.parse(specs["token_key"], "TOKEN_KEY")
     return Keys(
         cipher=FieldCipher(KeyRing.parse(specs["encryption_keys"], "ENCRYPTION_KEYS")),
         blind_index=BlindIndex(KeyRing.parse(specs["blind_index_key"], "BLIND_INDEX_KEY")),
-        tokens=TokenSigner(KeyRing.parse(specs["token_key"], "TOKEN_KEY")),
+        tokens=TokenSigner(token_ring),
+        timed=TimedSigner(token_ring),
         generated=generated,
     )
 

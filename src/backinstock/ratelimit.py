@@ -1,24 +1,33 @@
-"""Fixed-window rate limits, in Redis when configured (shared by every API process), else in
-this process. A hit returns how many seconds to wait when over the limit.
+"""Rate limits on the ``limits`` library, for requests and for provider buckets alike.
 
-Redis is an accelerator, not a dependency of the API: while it does not answer, limits are
-counted in this process (:class:`FallbackRateLimiter`), so requests keep their answers.
+* Request limits (subscribe, dashboard sign-in) are fixed windows: a hit returns how many
+  seconds to wait when over the limit. Several limits of one request are counted in order,
+  stopping at the first that refuses, so a client over its own limit spends nothing of a
+  contact's; a count can be taken back, for requests that turn out not to count (a
+  repeated subscribe is free).
+* Provider buckets are moving windows of one second's worth of messages: a batch takes
+  what the window grants and learns how long to wait for the rest.
 
-Several limits of one request are counted in one call (one Redis round trip): in order,
-stopping at the first that refuses, so a client over its own limit spends nothing of a
-contact's. A count can be taken back, for requests that turn out not to count (a repeated
-subscribe is free).
+The counts live in Redis when configured (shared by every process, through the process's
+own Redis connection pool), else in this process. Redis is an accelerator, not a
+dependency of the API: while it does not answer, request limits are counted in this
+process (:class:`FallbackRateLimiter`), so requests keep their answers.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
 from typing import Protocol
 
 import structlog
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -26,6 +35,8 @@ from backinstock.config import Rate
 from backinstock.ops.metrics import RATE_LIMIT_LOCAL, REDIS_AVAILABLE
 
 log = structlog.get_logger(__name__)
+
+KEY_PREFIX = "bis:rl"
 
 
 @dataclass(frozen=True)
@@ -35,13 +46,28 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Counted:
+    """A window counter one hit incremented, so that the hit can be taken back."""
+
+    key: str
+    window_seconds: int
+    local: bool = False  # counted by the in-process fallback, not by Redis
+
+
+@dataclass(frozen=True)
 class Verdict:
     """The outcome of counting hits in order: which one refused (if any), and when to retry.
     ``counters`` names the window counters that were incremented, for :meth:`take_back`."""
 
     refused: int | None
     retry_after: int
-    counters: tuple[str, ...]
+    counters: tuple[Counted, ...]
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: int
+    retry_after: float  # seconds until the rest could be granted (0 when all were)
 
 
 class RateLimiter(Protocol):
@@ -49,100 +75,128 @@ class RateLimiter(Protocol):
 
     async def hit_all(self, hits: Sequence[Hit]) -> Verdict: ...
 
-    async def take_back(self, counter: str) -> None: ...
+    async def take_back(self, counter: Counted) -> None: ...
 
 
-def _window(rate: Rate, now: float) -> tuple[int, int]:
-    index = int(now // rate.window_seconds)
-    retry_after = int((index + 1) * rate.window_seconds - now) + 1
-    return index, retry_after
+class Throttle(Protocol):
+    async def take(self, bucket: str, wanted: int, rate: float) -> Grant: ...
 
 
-def _counter(hit: Hit, now: float) -> tuple[str, int]:
-    index, retry_after = _window(hit.rate, now)
-    return f"bis:rl:{hit.key}:{index}", retry_after
+@lru_cache(maxsize=64)
+def _window(rate: Rate) -> RateLimitItem:
+    return RateLimitItemPerSecond(rate.limit, multiples=rate.window_seconds)
 
 
-class MemoryRateLimiter:
-    def __init__(self) -> None:
-        self._counts: dict[str, tuple[float, int]] = {}  # counter -> (expires, count)
+@lru_cache(maxsize=64)
+def _bucket(rate: float) -> RateLimitItem:
+    """``rate`` messages a second as a whole number per window of whole seconds (2.5/s is
+    5 per 2 s); a burst is at most one window's worth."""
+    fraction = Fraction(rate).limit_denominator(3600)
+    return RateLimitItemPerSecond(max(fraction.numerator, 1), multiples=fraction.denominator)
+
+
+class Limiter:
+    """Fixed windows for request limits and moving windows for provider buckets, over one
+    ``limits`` storage."""
+
+    def __init__(self, storage: Storage, *, local: bool = False) -> None:
+        self._storage = storage
+        self._fixed = FixedWindowRateLimiter(storage)
+        self._moving = MovingWindowRateLimiter(storage)
+        self._local = local
 
     async def hit(self, key: str, rate: Rate) -> int | None:
         verdict = await self.hit_all([Hit(key, rate)])
         return verdict.retry_after if verdict.refused is not None else None
 
     async def hit_all(self, hits: Sequence[Hit]) -> Verdict:
-        now = time.time()
-        counters: list[str] = []
+        counters: list[Counted] = []
         for i, hit in enumerate(hits):
-            name, retry_after = _counter(hit, now)
-            count = self._counts.get(name, (0.0, 0))[1] + 1
-            self._counts[name] = (now + retry_after, count)
-            counters.append(name)
-            if count > hit.rate.limit:
-                self._prune(now)
-                return Verdict(i, retry_after, tuple(counters))
-        self._prune(now)
+            window = _window(hit.rate)
+            counters.append(Counted(window.key_for(hit.key), hit.rate.window_seconds, self._local))
+            if not await self._fixed.hit(window, hit.key):
+                return Verdict(i, await self._retry_after(counters[-1]), tuple(counters))
         return Verdict(None, 0, tuple(counters))
 
-    async def take_back(self, counter: str) -> None:
-        expires, count = self._counts.get(counter, (0.0, 0))
-        if count > 1:
-            self._counts[counter] = (expires, count - 1)
-        else:
-            self._counts.pop(counter, None)
+    async def take_back(self, counter: Counted) -> None:
+        await self._storage.incr(counter.key, counter.window_seconds, amount=-1)
 
-    def _prune(self, now: float) -> None:
-        if len(self._counts) > 100_000:
-            self._counts = {k: v for k, v in self._counts.items() if v[0] >= now}
+    async def take(self, bucket: str, wanted: int, rate: float) -> Grant:
+        window = _bucket(rate)
+        stats = await self._moving.get_window_stats(window, bucket)
+        granted = min(wanted, stats.remaining)
+        if granted > 0 and not await self._moving.hit(window, bucket, cost=granted):
+            granted = 0  # another worker took them meanwhile
+        if granted == wanted:
+            return Grant(granted, 0.0)
+        # The oldest message in the window leaves it then, and frees its place.
+        return Grant(granted, max(stats.reset_time - time.time(), 0.0))
 
-
-# Each counter: INCR, and set its expiry on first use; stop at the first over its limit and
-# return its 1-based position (0: none refused). One round trip and one command for all
-# (a pipeline costs the client more CPU than the server spends on the lot).
-_HIT_ALL = """
-for i, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  if count == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
-  if count > tonumber(ARGV[2 * i - 1]) then return i end
-end
-return 0
-"""
-
-# A counter that expired meanwhile must not come back as -1 without an expiry.
-_TAKE_BACK = """
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
-return 0
-"""
+    async def _retry_after(self, counter: Counted) -> int:
+        expires = await self._storage.get_expiry(counter.key)
+        return max(1, math.ceil(expires - time.time()))
 
 
-class RedisRateLimiter:
-    def __init__(self, redis: Redis) -> None:
-        self._hit_all = redis.register_script(_HIT_ALL)
-        self._take_back = redis.register_script(_TAKE_BACK)
+class LocalStorage(MemoryStorage):
+    """``limits``' in-process storage with fixed-window counters of its own.
 
-    async def hit(self, key: str, rate: Rate) -> int | None:
-        verdict = await self.hit_all([Hit(key, rate)])
-        return verdict.retry_after if verdict.refused is not None else None
+    MemoryStorage walks every counter it holds after each hit (bench/RESULTS.md, "rate
+    limits": 0.8 ms a check at 20,000 live counters), and a per-contact limit keeps a
+    counter per shopper for an hour. These counters are dropped as they are read after
+    their window, and swept only when there are more than ``SWEEP_ABOVE``. Moving windows
+    (a handful of provider buckets) stay the library's."""
 
-    async def hit_all(self, hits: Sequence[Hit]) -> Verdict:
+    SWEEP_ABOVE = 100_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counters: dict[str, tuple[float, int]] = {}  # key -> (expires, count)
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         now = time.time()
-        counters = [_counter(hit, now) for hit in hits]
-        args: list[int] = []
-        for hit in hits:
-            args += [hit.rate.limit, hit.rate.window_seconds + 1]
-        names = [name for name, _ in counters]
-        refused = int(await self._hit_all(keys=names, args=args))
-        if refused == 0:
-            return Verdict(None, 0, tuple(names))
-        return Verdict(refused - 1, counters[refused - 1][1], tuple(names[:refused]))
+        expires, count = self._live(key, now)
+        count += amount
+        if count <= 0:  # a take-back of the last count
+            self._counters.pop(key, None)
+            return count
+        self._counters[key] = (expires or now + expiry, count)
+        if len(self._counters) > self.SWEEP_ABOVE:
+            self._counters = {k: v for k, v in self._counters.items() if v[0] > now}
+        return count
 
-    async def take_back(self, counter: str) -> None:
-        await self._take_back(keys=[counter], args=[])
+    async def get(self, key: str) -> int:
+        return self._live(key, time.time())[1]
+
+    async def get_expiry(self, key: str) -> float:
+        now = time.time()
+        return self._live(key, now)[0] or now
+
+    async def clear(self, key: str) -> None:
+        self._counters.pop(key, None)
+        await super().clear(key)
+
+    def _live(self, key: str, now: float) -> tuple[float, int]:
+        expires, count = self._counters.get(key, (0.0, 0))
+        if expires <= now:
+            self._counters.pop(key, None)
+            return 0.0, 0
+        return expires, count
 
 
-# Counters of the local fallback carry this prefix, so a take-back finds the right limiter.
-_LOCAL = "local:"
+def shared_limiter(redis: Redis) -> Limiter:
+    """Counts in Redis, through ``redis``'s connection pool (its timeouts and retries)."""
+    storage = RedisStorage(
+        "async+redis://",
+        implementation="redispy",
+        key_prefix=KEY_PREFIX,
+        # Documented (RedisStorage's ``connection_pool``), though typed as a scalar option.
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+    )
+    return Limiter(storage)
+
+
+def local_limiter() -> Limiter:
+    return Limiter(LocalStorage(), local=True)
 
 
 class FallbackRateLimiter:
@@ -165,8 +219,8 @@ class FallbackRateLimiter:
         log_every_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._shared = RedisRateLimiter(redis)
-        self._local = MemoryRateLimiter()
+        self._shared = shared_limiter(redis)
+        self._local = local_limiter()
         self._retry_seconds = retry_seconds
         self._log_every = log_every_seconds
         self._clock = clock
@@ -194,12 +248,11 @@ class FallbackRateLimiter:
                 self._came_back()
                 return verdict
         self._counted_locally()
-        verdict = await self._local.hit_all(hits)
-        return dataclasses.replace(verdict, counters=tuple(_LOCAL + c for c in verdict.counters))
+        return await self._local.hit_all(hits)
 
-    async def take_back(self, counter: str) -> None:
-        if counter.startswith(_LOCAL):
-            await self._local.take_back(counter.removeprefix(_LOCAL))
+    async def take_back(self, counter: Counted) -> None:
+        if counter.local:
+            await self._local.take_back(counter)
         elif self._try_shared():  # a count Redis holds; lost with Redis if it went down
             try:
                 await self._shared.take_back(counter)

@@ -13,7 +13,7 @@ from backinstock import db
 from backinstock.catalog.service import ProductCache
 from backinstock.config import Settings
 from backinstock.crypto import Keys, load_keys
-from backinstock.ratelimit import FallbackRateLimiter, MemoryRateLimiter, RateLimiter
+from backinstock.ratelimit import FallbackRateLimiter, RateLimiter, local_limiter
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Runtime:
         keys = load_keys(settings.crypto, production=not settings.core.is_sqlite)
         engine = db.create_engine(settings.core.database_url, pool_size=settings.core.db_pool_size)
         redis = _redis_client(settings) if settings.core.redis_url else None
-        limiter: RateLimiter = FallbackRateLimiter(redis) if redis else MemoryRateLimiter()
+        limiter: RateLimiter = FallbackRateLimiter(redis) if redis else local_limiter()
         sessions = db.sessionmaker(engine)
         return cls(settings, keys, engine, sessions, redis, limiter, ProductCache())
 

@@ -37,10 +37,10 @@ from backinstock.config import Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
-from backinstock.dispatch.throttle import MemoryThrottle, RedisThrottle, Throttle
+from backinstock.flows import followups, restock
 from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
-from backinstock.flows import followups, restock
+from backinstock.ratelimit import Throttle, local_limiter, shared_limiter
 from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
@@ -108,7 +108,7 @@ async def context() -> WorkerContext:
     if loop not in _contexts:
         runtime = Runtime.create(Settings.from_env())
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
-        throttle: Throttle = RedisThrottle(runtime.redis) if runtime.redis else MemoryThrottle()
+        throttle: Throttle = shared_limiter(runtime.redis) if runtime.redis else local_limiter()
         _contexts[loop] = WorkerContext(
             runtime, senders, throttle, asyncio.Event(), GroupCommit(runtime.sessions)
         )

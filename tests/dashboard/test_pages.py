@@ -12,6 +12,7 @@ import pytest
 from backinstock import db
 from backinstock.auth import service as auth
 from backinstock.auth.service import Principal
+from backinstock.crypto import TimedSigner
 from backinstock.dashboard import session as dashboard_session
 from backinstock.identity import DASHBOARD_SESSION_TOKEN
 from backinstock.runtime import Runtime
@@ -183,13 +184,15 @@ async def test_an_expired_cookie_is_refused(
     runtime: Runtime, client: httpx.AsyncClient, api_keys: dict[str, str]
 ) -> None:
     await _login(client, api_keys["stats"])
-    live = runtime.keys.tokens.verify_text(
-        DASHBOARD_SESSION_TOKEN, client.cookies[dashboard_session.COOKIE_NAME]
+    lifetime = runtime.settings.dashboard.dashboard_session_seconds
+    live = runtime.keys.timed.verify(
+        DASHBOARD_SESSION_TOKEN, client.cookies[dashboard_session.COOKIE_NAME], lifetime
     )
     assert live is not None
-    session_id = uuid.UUID(hex=live.partition(":")[0])
-    # The session's row lives on, but the cookie's own signed expiry has passed.
-    expired = dashboard_session.cookie_for(runtime.keys.tokens, session_id, int(time.time()) - 1)
+    session_id = uuid.UUID(hex=live)
+    # The session's row lives on, but the cookie was signed longer than a lifetime ago.
+    signed_long_ago = TimedSigner(runtime.keys.timed.ring, clock=lambda: time.time() - lifetime - 1)
+    expired = dashboard_session.cookie_for(signed_long_ago, session_id)
     client.cookies.set(dashboard_session.COOKIE_NAME, expired)
 
     assert (await client.get("/dashboard")).status_code == 303
@@ -217,10 +220,12 @@ async def test_a_cookie_from_a_short_lifetime_expires(
     principal = Principal(stats.id, stats.name, frozenset(stats.scopes.split()))
     async with db.transaction(runtime.sessions) as session:
         cookie = await dashboard_session.issue(
-            session, runtime.keys.tokens, principal, lifetime_seconds=-5
+            session, runtime.keys.timed, principal, lifetime_seconds=-5
         )
     async with db.transaction(runtime.sessions) as session:
-        found = await dashboard_session.principal_from_cookie(session, runtime.keys.tokens, cookie)
+        found = await dashboard_session.principal_from_cookie(
+            session, runtime.keys.timed, cookie, lifetime_seconds=-5
+        )
     assert found is None
 
 

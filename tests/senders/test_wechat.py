@@ -23,9 +23,9 @@ from backinstock.senders.wechat import (
     fit_value,
     page_with_token,
 )
+from tests.conftest import REDIS_URL
 from tests.fakes.wechat import FakeWeChat
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
 TEMPLATE = "tmpl-back-in-stock"
 
 
@@ -101,12 +101,18 @@ async def sender(fake: FakeWeChat, tokens: AccessTokenCache) -> AsyncIterator[We
     await wechat.close()
 
 
+async def _forget_wechat_keys(client: Redis) -> None:
+    async for key in client.scan_iter(match="bis:wechat:*"):
+        await client.delete(key)
+
+
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
+    # The suite's own Redis database, and only the keys the token cache writes in it.
     client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
+    await _forget_wechat_keys(client)
     yield client
-    await client.flushdb()
+    await _forget_wechat_keys(client)
     await client.aclose()
 
 
@@ -332,6 +338,7 @@ async def test_two_caches_sharing_redis_fetch_once_and_refresh_once(
     got = await asyncio.gather(*(caches[i % 2].get() for i in range(20)))
     assert len(set(got)) == 1 and fake.stable_token_calls == 1
     assert await redis.exists(f"bis:wechat:{fake.appid}:token") == 1
+    assert await redis.exists(f"bis:wechat:{fake.appid}:token-lock") == 0, "lock released"
 
     fake.expire_tokens()
     old = got[0]

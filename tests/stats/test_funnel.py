@@ -256,7 +256,7 @@ async def test_the_dashboard_session_cookie_reads_the_figures(
         key = await s.scalar(select(ApiKey).where(ApiKey.name == "k-stats"))
         assert key is not None
         principal = Principal(key.id, key.name, frozenset(key.scopes.split()))
-        cookie = await dashboard_session.issue(s, runtime.keys.tokens, principal, 3600)
+        cookie = await dashboard_session.issue(s, runtime.keys.timed, principal, 3600)
     for path in ("funnel", "demand", "timeseries?metric=clicked"):
         client.cookies.set(dashboard_session.COOKIE_NAME, cookie)
         assert (await client.get(f"/v1/stats/{path}")).status_code == 200

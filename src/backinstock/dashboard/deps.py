@@ -32,8 +32,9 @@ async def stats_reader(
     """A ``stats`` key, or the dashboard's session cookie (the dashboard's charts read the
     same figure endpoints as API clients do)."""
     if credentials is None and cookie:
+        lifetime = runtime.settings.dashboard.dashboard_session_seconds
         principal = await dashboard_session.principal_from_cookie(
-            session, runtime.keys.tokens, cookie
+            session, runtime.keys.timed, cookie, lifetime
         )
         if principal is None:
             raise Unauthorized("The dashboard session has expired; sign in again.")

@@ -115,7 +115,8 @@ async def _check_key(request: Request, session: AsyncSession, key: str | None) -
 async def login_form(
     session: SessionDep, runtime: RuntimeDep, cookie: SessionCookieDep
 ) -> Response:
-    if await dashboard_session.principal_from_cookie(session, runtime.keys.tokens, cookie):
+    lifetime = runtime.settings.dashboard.dashboard_session_seconds
+    if await dashboard_session.principal_from_cookie(session, runtime.keys.timed, cookie, lifetime):
         return _redirect(DASHBOARD_PATH)
     return _login_page(runtime.settings, None, status.HTTP_200_OK)
 
@@ -137,7 +138,7 @@ async def login(request: Request, session: SessionDep, runtime: RuntimeDep) -> R
     response = _redirect(DASHBOARD_PATH)
     response.set_cookie(
         dashboard_session.COOKIE_NAME,
-        await dashboard_session.issue(session, runtime.keys.tokens, principal, lifetime),
+        await dashboard_session.issue(session, runtime.keys.timed, principal, lifetime),
         max_age=lifetime,
         **_cookie_options(settings),
     )
@@ -152,7 +153,7 @@ async def logout(
     of it is refused from now on."""
     if not _same_origin(request, runtime.settings):
         return _login_page(runtime.settings, "Sign out from this site's own page.", 403)
-    await dashboard_session.end(session, runtime.keys.tokens, cookie)
+    await dashboard_session.end(session, runtime.keys.timed, cookie)
     response = _redirect(LOGIN_PATH)
     response.delete_cookie(dashboard_session.COOKIE_NAME, **_cookie_options(runtime.settings))
     return response
@@ -171,8 +172,10 @@ async def dashboard(
     if credentials is not None:
         principal = await stats_reader(request, session, runtime, credentials, None)
     else:
-        tokens = runtime.keys.tokens
-        found = await dashboard_session.principal_from_cookie(session, tokens, cookie)
+        lifetime = runtime.settings.dashboard.dashboard_session_seconds
+        found = await dashboard_session.principal_from_cookie(
+            session, runtime.keys.timed, cookie, lifetime
+        )
         if found is None:
             response = _redirect(LOGIN_PATH)
             if cookie:  # expired, tampered or of a revoked key: drop it

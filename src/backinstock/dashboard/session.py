@@ -1,15 +1,15 @@
 """The dashboard's sign-in: a stats key is exchanged for a server-side session, named by a
 signed, expiring cookie.
 
-The cookie carries the session's id and expiry, signed with the token key; it holds no
-secret. It stops working when it expires, when its session is ended (signing out deletes
+The cookie carries the session's id, signed with the token key and the time of signing
+(itsdangerous' ``TimestampSigner``); it holds no secret. It stops working when it is older
+than the session lifetime, when its session is ended (signing out deletes
 the row, so a copied cookie dies with it, in every API process), and when its key is
 revoked or loses the ``stats`` scope, because every request reads the session with its key.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.auth.models import ApiKey
 from backinstock.auth.service import Principal, Scope
-from backinstock.crypto import TokenSigner
+from backinstock.crypto import TimedSigner
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import new_id, utcnow
 from backinstock.identity import DASHBOARD_SESSION_TOKEN
@@ -27,7 +27,7 @@ COOKIE_NAME = "bis_session"
 
 
 async def issue(
-    session: AsyncSession, tokens: TokenSigner, principal: Principal, lifetime_seconds: int
+    session: AsyncSession, signer: TimedSigner, principal: Principal, lifetime_seconds: int
 ) -> str:
     """Start a session for the key and return its cookie value. Ended sessions are
     deleted; expired ones are swept here, so the table holds live sign-ins only."""
@@ -39,39 +39,36 @@ async def issue(
     )
     session.add(row)
     await session.flush()
-    return cookie_for(tokens, row.id, int(expires.timestamp()))
+    return cookie_for(signer, row.id)
 
 
-def cookie_for(tokens: TokenSigner, session_id: uuid.UUID, expires: int) -> str:
-    return tokens.sign_text(DASHBOARD_SESSION_TOKEN, f"{session_id.hex}:{expires}")
+def cookie_for(signer: TimedSigner, session_id: uuid.UUID) -> str:
+    return signer.sign(DASHBOARD_SESSION_TOKEN, session_id.hex)
 
 
-def _session_id(tokens: TokenSigner, cookie: str | None) -> tuple[uuid.UUID, int] | None:
+def _session_id(signer: TimedSigner, cookie: str | None, max_age: int | None) -> uuid.UUID | None:
     if not cookie or len(cookie) > 200:
         return None
-    text = tokens.verify_text(DASHBOARD_SESSION_TOKEN, cookie)
-    if text is None:
-        return None
-    session_hex, _, expires = text.partition(":")
-    if not expires.isdigit():
+    session_hex = signer.verify(DASHBOARD_SESSION_TOKEN, cookie, max_age)
+    if session_hex is None:
         return None
     try:
-        return uuid.UUID(hex=session_hex), int(expires)
+        return uuid.UUID(hex=session_hex)
     except ValueError:
         return None
 
 
 async def principal_from_cookie(
-    session: AsyncSession, tokens: TokenSigner, cookie: str | None
+    session: AsyncSession, signer: TimedSigner, cookie: str | None, lifetime_seconds: int
 ) -> Principal | None:
-    parsed = _session_id(tokens, cookie)
-    if parsed is None or parsed[1] < time.time():
+    session_id = _session_id(signer, cookie, lifetime_seconds)
+    if session_id is None:
         return None
     key = await session.scalar(
         select(ApiKey)
         .join(DashboardSession, DashboardSession.api_key_id == ApiKey.id)
         .where(
-            DashboardSession.id == parsed[0],
+            DashboardSession.id == session_id,
             DashboardSession.expires_at > utcnow(),
             ApiKey.revoked_at.is_(None),
         )
@@ -81,8 +78,8 @@ async def principal_from_cookie(
     return Principal(key.id, key.name, frozenset(key.scopes.split()))
 
 
-async def end(session: AsyncSession, tokens: TokenSigner, cookie: str | None) -> None:
+async def end(session: AsyncSession, signer: TimedSigner, cookie: str | None) -> None:
     """Sign out: the session named by a genuine cookie (expired or not) is deleted."""
-    parsed = _session_id(tokens, cookie)
-    if parsed is not None:
-        await session.execute(delete(DashboardSession).where(DashboardSession.id == parsed[0]))
+    session_id = _session_id(signer, cookie, max_age=None)
+    if session_id is not None:
+        await session.execute(delete(DashboardSession).where(DashboardSession.id == session_id))

@@ -34,8 +34,8 @@ from backinstock.dispatch.models import InDoubt, Kind, Notification, Reason, Sta
 from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
-from backinstock.dispatch.throttle import Throttle
 from backinstock.identity import CLICK_TOKEN, UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
+from backinstock.ratelimit import Throttle
 from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
 from backinstock.subscriptions.models import (
     IN_QUEUE,

@@ -24,7 +24,7 @@ from backinstock.crypto import Keys, Sealed
 from backinstock.db import new_id, utcnow
 from backinstock.errors import Conflict, InvalidField, RateLimited
 from backinstock.identity import NormalizedContact, contact_aad, open_contact, profile_aad
-from backinstock.ratelimit import Hit, RateLimiter
+from backinstock.ratelimit import Counted, Hit, RateLimiter
 from backinstock.subscriptions.models import (
     IN_QUEUE,
     PRIORITY_RANK,
@@ -120,7 +120,7 @@ async def subscribe(
 
 @dataclass(frozen=True)
 class _ContactCount:
-    counters: tuple[str, ...]  # the window counters incremented for the contacts
+    counters: tuple[Counted, ...]  # the window counters incremented for the contacts
     retry_after: int | None  # set when a contact is over its limit
 
 
