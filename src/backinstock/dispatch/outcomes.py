@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.config import DeliverySettings, InDoubtPolicy
@@ -25,7 +25,7 @@ from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
 from backinstock.subscriptions import lifecycle
 
 MAX_ATTEMPTS = 6
-_TABLE: Table = Notification.__table__  # type: ignore[assignment]
+_TABLE = Notification.metadata.tables[Notification.__tablename__]  # Core: see mark_inflight
 
 
 @dataclass(frozen=True)

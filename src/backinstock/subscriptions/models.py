@@ -49,7 +49,8 @@ def _listed(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-IN_QUEUE_PREDICATE = text(f"status IN ({_listed(IN_QUEUE)})")
+QUEUED = _listed(IN_QUEUE)  # for textual SQL: "'waiting', 'notified'"
+IN_QUEUE_PREDICATE = text(f"status IN ({QUEUED})")
 EXPIRY_CANDIDATE = f"status = '{Status.NOTIFIED}'"
 ERASURE_CANDIDATE = f"contact_blob IS NOT NULL AND status IN ({_listed(STOPPED)})"
 
