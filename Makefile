@@ -27,11 +27,14 @@ run: $(STAMP)
 ## test: the whole suite on SQLite + in-process broker, then on PostgreSQL + Redis
 test: test-sqlite test-postgres
 
+# Two processes (pytest-xdist), each with its own database and Redis database (tests/conftest.py).
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist worksteal
+
 test-sqlite: $(DEV)
-	BACKINSTOCK_TEST_BACKEND=sqlite $(BIN)/python -m pytest -q
+	BACKINSTOCK_TEST_BACKEND=sqlite $(PYTEST)
 
 test-postgres: $(DEV)
-	BACKINSTOCK_TEST_BACKEND=postgres $(BIN)/python -m pytest -q
+	BACKINSTOCK_TEST_BACKEND=postgres $(PYTEST)
 
 lint: $(DEV)
 	$(BIN)/ruff check src tests bench alembic

@@ -23,17 +23,35 @@ from backinstock.auth.service import Scope
 from backinstock.catalog.service import ProductCache
 from backinstock.config import Settings
 from backinstock.crypto import new_key_spec
-from backinstock.main import create_app
 from backinstock.models import Base
 from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import local_limiter
 from backinstock.runtime import Runtime
+from tests.clock import SteppingClock
 from tests.server import RedisServer
 
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
 PG_ADMIN_URL = os.environ.get("BACKINSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-PG_DATABASE = os.environ.get("BACKINSTOCK_TEST_PG_DATABASE", "backinstock_test")
-REDIS_URL = os.environ.get("BACKINSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# Under pytest-xdist (``-n 2``) each worker process gets its own database and Redis database:
+# the given name with the worker's suffix, the given Redis database number plus its index.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … or none
+
+
+def _per_worker_database(name: str) -> str:
+    return f"{name}_{XDIST_WORKER}" if XDIST_WORKER else name
+
+
+def _per_worker_redis(url: str) -> str:
+    if not XDIST_WORKER:
+        return url
+    base, _, number = url.rpartition("/")
+    return f"{base}/{int(number or 0) + int(XDIST_WORKER.removeprefix('gw'))}"
+
+
+PG_DATABASE = _per_worker_database(
+    os.environ.get("BACKINSTOCK_TEST_PG_DATABASE", "backinstock_test")
+)
+REDIS_URL = _per_worker_redis(os.environ.get("BACKINSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/15"))
 _WORKDIR = Path(tempfile.mkdtemp(prefix="backinstock-tests-"))
 
 
@@ -116,7 +134,15 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     else:
         rt.limiter = local_limiter()
     rt.products = ProductCache()
+    rt.clock = SteppingClock()
     yield
+
+
+@pytest.fixture
+def clock(runtime: Runtime) -> SteppingClock:
+    """The test's clock: the runtime and the workers it starts read it; ``advance`` moves it."""
+    assert isinstance(runtime.clock, SteppingClock)
+    return runtime.clock
 
 
 @pytest.fixture
@@ -130,13 +156,14 @@ WorkerStarter = Callable[..., Any]
 
 @pytest.fixture
 def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerStarter]:
-    """Start in-process Dramatiq workers (with the sweeper) on the suite's broker; settings
-    given as keyword arguments apply to them, e.g. batch_interval_seconds=2."""
+    """Start in-process Dramatiq workers on the suite's broker, on the test's clock; settings
+    given as keyword arguments apply to them, e.g. batch_interval_seconds=600. The sweeper
+    runs only when the test says so (:func:`tests.workers.tick`), unless ``sweep=True``."""
     from backinstock import worker as worker_module
 
     started: list[Any] = []
 
-    def start(threads: int = 4, **settings: Any) -> Any:
+    def start(threads: int = 4, *, sweep: bool = False, **settings: Any) -> Any:
         for name, value in settings.items():
             monkeypatch.setenv(f"BACKINSTOCK_{name.upper()}", str(value))
         # Dramatiq's AsyncIO middleware keeps one event-loop thread per process: a second
@@ -144,7 +171,7 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         from dramatiq.asyncio import get_event_loop_thread
 
         assert get_event_loop_thread() is None, "stop the running worker first"
-        worker = worker_module.start_embedded_worker(threads)
+        worker = worker_module.start_embedded_worker(threads, clock=runtime.clock, sweep=sweep)
         started.append(worker)
         return worker
 
@@ -170,6 +197,11 @@ ClientFactory = Callable[..., httpx.AsyncClient]
 async def make_client(runtime: Runtime) -> AsyncIterator[ClientFactory]:
     """Clients for the app; pass settings sections to override, e.g. rate_limits=..."""
     clients: list[httpx.AsyncClient] = []
+
+    # Imported here, not at the top: the app's routers import the worker module, which builds
+    # its broker from the environment when first imported, and the environment is the one
+    # this module sets up (per pytest-xdist process), not the one the suite was started in.
+    from backinstock.main import create_app
 
     def factory(**sections: Any) -> httpx.AsyncClient:
         rt = dataclasses.replace(

@@ -212,7 +212,7 @@ async def run_wave(
             await _until(lambda f=fault: len(provider.recipients()) >= f.after, within)  # type: ignore[misc]
             await _inject(runtime, worker, fault, tally, dead_claims, within)
         await _until(lambda: len(set(provider.recipients())) >= shoppers, within)
-        await _until_settled(runtime, within)
+        await until_settled(runtime, within)
         tally.seconds = time.monotonic() - started
     finally:
         worker.stop()
@@ -298,7 +298,8 @@ async def open_messages(runtime: Runtime) -> int:
         return int(count or 0)
 
 
-async def _until_settled(runtime: Runtime, within: float) -> None:
+async def until_settled(runtime: Runtime, within: float) -> None:
+    """Wait until no message is open: every one sent, failed or cancelled, none claimed."""
     deadline = time.monotonic() + within
     while await open_messages(runtime):
         assert time.monotonic() < deadline, "messages still open"

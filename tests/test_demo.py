@@ -25,11 +25,13 @@ from backinstock.coupons.models import Coupon
 from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
+from tests.clock import SteppingClock
 from tests.conftest import BACKEND, ClientFactory, WorkerStarter
-from tests.conversions.helpers import wait_for_sent
+from tests.conversions.helpers import sent_count
 from tests.helpers import bearer, subscription_body
 from tests.restocks.helpers import post_level
 from tests.server import BackinstockProcess, free_port
+from tests.workers import settle, tick
 
 # The user's shell configures an email provider: the demo must switch it off for itself.
 USER_SMTP = {
@@ -157,6 +159,7 @@ async def test_the_demo_leaves_the_users_instance_alone(
     make_client: ClientFactory,
     api_keys: dict[str, str],
     start_worker: WorkerStarter,
+    clock: SteppingClock,
     tmp_path: Path,
 ) -> None:
     """The user's instance (the suite's database, with Redis on PostgreSQL) holds a shopper
@@ -170,12 +173,14 @@ async def test_the_demo_leaves_the_users_instance_alone(
     assert (await client.post("/v1/coupons/pools", json=pool, headers=bearer(key))).is_success
     start_worker()
     assert (await post_level(client, key, 5, sku="TSHIRT-RED-M")).status_code == 202
-    assert await wait_for_sent(runtime, 1) == 1
+    await settle()
+    assert await sent_count(runtime) == 1
     before = await _counts(runtime)
 
     done = await asyncio.to_thread(_demo, tmp_path, env=USER_SMTP)
     assert done.returncode == 0, done.stderr[-3000:]
-    await asyncio.sleep(1)  # well past the demo's 2 s follow-up delay since the restock
+    clock.advance(60)  # well past the demo's 2 s follow-up delay since the restock
+    await tick()
 
     assert await _counts(runtime) == before
     assert before["pool codes free"] == 2 and before["coupons issued"] == 0

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backinstock import db
 from backinstock.catalog.service import ProductCache
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings
 from backinstock.crypto import Keys, load_keys
 from backinstock.ratelimit import FallbackRateLimiter, RateLimiter, local_limiter
@@ -25,15 +26,16 @@ class Runtime:
     redis: Redis | None
     limiter: RateLimiter
     products: ProductCache
+    clock: Clock = SYSTEM_CLOCK
 
     @classmethod
-    def create(cls, settings: Settings) -> Runtime:
+    def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:
         keys = load_keys(settings.crypto, production=not settings.core.is_sqlite)
         engine = db.create_engine(settings.core.database_url, pool_size=settings.core.db_pool_size)
         redis = _redis_client(settings) if settings.core.redis_url else None
         limiter: RateLimiter = FallbackRateLimiter(redis) if redis else local_limiter()
         sessions = db.sessionmaker(engine)
-        return cls(settings, keys, engine, sessions, redis, limiter, ProductCache())
+        return cls(settings, keys, engine, sessions, redis, limiter, ProductCache(), clock)
 
     async def close(self) -> None:
         await self.engine.dispose()

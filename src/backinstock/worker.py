@@ -33,6 +33,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 
 from backinstock import db, tasks
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
@@ -61,7 +62,7 @@ class Sweeper(Middleware):
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         thread = get_event_loop_thread()
-        if thread is not None:
+        if thread is not None and _embedding.sweep:
             future = asyncio.run_coroutine_threadsafe(sweep_forever(), thread.loop)
             self._futures[id(worker)] = future
 
@@ -102,11 +103,23 @@ class WorkerContext:
 _contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
 
 
+@dataclass
+class Embedding:
+    """How this process's workers run: a test gives them its clock and ticks the sweeper
+    itself (:func:`sweep_once`), so that time moves only when it says so."""
+
+    clock: Clock = SYSTEM_CLOCK
+    sweep: bool = True
+
+
+_embedding = Embedding()
+
+
 async def context() -> WorkerContext:
     """One runtime per event loop: connections belong to the loop that opened them."""
     loop = asyncio.get_running_loop()
     if loop not in _contexts:
-        runtime = Runtime.create(Settings.from_env())
+        runtime = Runtime.create(Settings.from_env(), _embedding.clock)
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
         throttle: Throttle = shared_limiter(runtime.redis) if runtime.redis else local_limiter()
         _contexts[loop] = WorkerContext(
@@ -133,7 +146,8 @@ async def _close_context() -> None:
 )
 async def run_wave(wave_id: str) -> None:
     ctx = await context()
-    await restock.run(ctx.runtime.sessions, ctx.runtime.settings, uuid.UUID(wave_id), wake_senders)
+    rt = ctx.runtime
+    await restock.run(rt.sessions, rt.settings, uuid.UUID(wave_id), wake_senders, rt.clock)
 
 
 @dramatiq.actor(
@@ -151,6 +165,7 @@ async def send_notifications(ids: list[str]) -> None:
         ids_,
         ctx.throttle,
         ctx.stopping,
+        rt.clock,
         group_commit=ctx.group_commit,
     )
 
@@ -170,6 +185,7 @@ async def drain() -> None:
         None,
         ctx.throttle,
         ctx.stopping,
+        rt.clock,
         group_commit=ctx.group_commit,
     ):
         pass
@@ -180,26 +196,27 @@ def wake_senders(ids: Sequence[uuid.UUID]) -> None:
         tasks.enqueue(tasks.SEND, [str(i) for i in ids[start : start + dispatch.BATCH]])
 
 
-async def sweep_once(ctx: WorkerContext) -> None:
-    rt = ctx.runtime
-    stale_after = rt.settings.waves.stale_after_seconds
+async def sweep_once(rt: Runtime) -> None:
+    """One tick of the sweeper, at ``rt.clock``'s now: wake due waves, settle lapsed claims,
+    plan due follow-ups and drain forgotten work."""
+    stale_after = timedelta(seconds=rt.settings.waves.stale_after_seconds)
+    now = rt.clock.now()
     async with db.transaction(rt.sessions) as session:
-        due_waves = await waves.due(session, db.utcnow())
-        recovered = await outcomes.recover_expired(session, rt.settings.delivery)
-        stale = await dispatch.stale_pending(session, timedelta(seconds=stale_after))
+        due_waves = await waves.due(session, now)
+        recovered = await outcomes.recover_expired(session, rt.settings.delivery, now)
+        stale = await dispatch.stale_pending(session, stale_after, now)
     for wave_id in due_waves:
         tasks.wake_wave(wave_id)
-    wake_senders(await followups.plan_due(rt.sessions, rt.settings))
+    wake_senders(await followups.plan_due(rt.sessions, rt.settings, rt.clock.now()))
     drains = min(DRAIN_FANOUT, math.ceil((stale + recovered) / dispatch.BATCH))
     for _ in range(drains):
         tasks.enqueue(tasks.DRAIN)
 
 
-async def retain_once(ctx: WorkerContext) -> None:
+async def retain_once(rt: Runtime) -> None:
     """Expire exhausted subscriptions and erase stopped ones' contacts (a batch of each)."""
-    rt = ctx.runtime
     async with db.transaction(rt.sessions) as session:
-        now = db.utcnow()
+        now = rt.clock.now()
         await retention.expire_exhausted(session, rt.settings, now)
         await retention.erase_stopped(session, rt.settings, now)
 
@@ -210,10 +227,10 @@ async def sweep_forever() -> None:
     next_retention = time.monotonic() + RETENTION_EVERY_SECONDS * random.random()
     while True:
         try:
-            await sweep_once(ctx)
+            await sweep_once(ctx.runtime)
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + RETENTION_EVERY_SECONDS
-                await retain_once(ctx)
+                await retain_once(ctx.runtime)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database may be restarting: try again next tick
@@ -221,8 +238,14 @@ async def sweep_forever() -> None:
         await asyncio.sleep(interval)
 
 
-def start_embedded_worker(threads: int) -> dramatiq.Worker:
-    """The embedded mode's workers: the same actors and sweeper, inside this process."""
+def start_embedded_worker(
+    threads: int, *, clock: Clock = SYSTEM_CLOCK, sweep: bool = True
+) -> dramatiq.Worker:
+    """The embedded mode's workers: the same actors and sweeper, inside this process.
+    ``sweep=False`` leaves the sweeper's ticks to the caller (:func:`sweep_once`).
+    """
+    global _embedding
+    _embedding = Embedding(clock, sweep)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     return worker

@@ -15,12 +15,14 @@ from sqlalchemy import func, select
 from backinstock.dispatch.models import Notification
 from backinstock.identity import UNSUBSCRIBE_TOKEN
 from backinstock.runtime import Runtime
+from tests.clock import SteppingClock
 from tests.conftest import WorkerStarter
 from tests.fakes.smtp import FakeSMTP
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.wechat import FakeWeChat
 from tests.helpers import bearer, phone, subscription_body
 from tests.restocks.helpers import post_level
+from tests.workers import settle, tick_until_delivered
 
 SID, TOKEN, APPID, SECRET = "AC" + "0" * 32, "twilio-token", "wx-app", "wx-secret"
 REFUSED = "oRefusedUser0000000000000"
@@ -57,13 +59,6 @@ def provider_settings(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _until(check: Any, within: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-
-
 async def _subscribe(client: httpx.AsyncClient, key: str, **body: Any) -> dict[str, Any]:
     response = await client.post(
         "/v1/subscriptions", json=subscription_body(**{"sku": "SKU-1", **body}), headers=bearer(key)
@@ -78,6 +73,7 @@ async def test_every_channel_through_the_real_clients_with_fallbacks(
     runtime: Runtime,
     start_worker: WorkerStarter,
     providers: dict[str, Any],
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     await _subscribe(client, key, channel="sms", contact=phone(1), locale="en")
@@ -102,7 +98,8 @@ async def test_every_channel_through_the_real_clients_with_fallbacks(
     assert (await post_level(client, key, 50)).status_code == 202
 
     twilio, smtp, wechat = providers["twilio"], providers["smtp"], providers["wechat"]
-    await _until(lambda: len(smtp.messages) == 3 and twilio.messages and wechat.messages)
+    await tick_until_delivered(runtime, clock)  # the fallbacks go out on the sweeper's tick
+    assert (len(smtp.messages), len(twilio.messages), len(wechat.messages)) == (3, 1, 1)
     sms = twilio.messages[0]
     assert sms.to == phone(1) and "红色T恤 M" in sms.body and "/r/" in sms.body
     assert sms.status_callback.split("?n=")[0].endswith("/v1/providers/twilio/status")
@@ -121,18 +118,9 @@ async def test_every_channel_through_the_real_clients_with_fallbacks(
     assert mail["List-Unsubscribe-Post"].strip() == "List-Unsubscribe=One-Click"
     assert "红色T恤 M" in mail["Subject"]
 
-    # The providers have the messages before the worker has recorded their results.
-    assert await _sent_count(runtime, 5) == 5
-
-
-async def _sent_count(runtime: Runtime, expected: int, within: float = 30) -> int:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        async with runtime.sessions() as session:
-            sent = await session.scalar(select(func.count()).where(Notification.status == "sent"))
-        if sent == expected or asyncio.get_running_loop().time() > deadline:
-            return int(sent or 0)
-        await asyncio.sleep(0.05)
+    async with runtime.sessions() as session:
+        sent = await session.scalar(select(func.count()).where(Notification.status == "sent"))
+    assert sent == 5
 
 
 async def test_one_click_unsubscribe_means_not_told_again(
@@ -148,7 +136,8 @@ async def test_one_click_unsubscribe_means_not_told_again(
     start_worker(**provider_settings(providers))
     await post_level(client, key, 5, occurred=0)
     smtp = providers["smtp"]
-    await _until(lambda: len(smtp.messages) == 2)
+    await settle()
+    assert len(smtp.messages) == 2
     message = next(m.message for m in smtp.messages if "leaving@" in m.rcpt_tos[0])
     url = message["List-Unsubscribe"].strip().strip("<>")
     token = url.rsplit("/u/", 1)[1]
@@ -162,8 +151,7 @@ async def test_one_click_unsubscribe_means_not_told_again(
 
     await post_level(client, key, 0, occurred=10)
     await post_level(client, key, 5, occurred=20)  # the next restock
-    await _until(lambda: len(smtp.messages) == 3)
-    await asyncio.sleep(1.0)
+    await settle()
     recipients = [m.rcpt_tos[0] for m in smtp.messages]
     assert recipients.count("leaving@mailbox.example") == 1
     assert recipients.count("staying@mailbox.example") == 2
@@ -175,6 +163,7 @@ async def test_transient_errors_still_reach_everyone_exactly_once(
     runtime: Runtime,
     start_worker: WorkerStarter,
     providers: dict[str, Any],
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     twilio, smtp, wechat = providers["twilio"], providers["smtp"], providers["wechat"]
@@ -185,11 +174,8 @@ async def test_transient_errors_still_reach_everyone_exactly_once(
         await _subscribe(client, key, channel="wechat", contact=f"oTransient{i:016d}")
     start_worker(**provider_settings(providers))
     await post_level(client, key, 100)
-    await _until(
-        lambda: (len(twilio.messages), len(smtp.messages), len(wechat.messages)) == (20, 20, 20),
-        within=90,
-    )
-    await asyncio.sleep(1.0)
+    await tick_until_delivered(runtime, clock)  # retries are due on later ticks
+    assert (len(twilio.messages), len(smtp.messages), len(wechat.messages)) == (20, 20, 20)
     assert len({m.to for m in twilio.messages}) == 20
     assert len({m.rcpt_tos[0] for m in smtp.messages}) == 20
     assert len({m.touser for m in wechat.messages}) == 20
@@ -214,7 +200,8 @@ async def test_provider_rate_limit_is_never_exceeded(
     start_worker(threads=8, **{**provider_settings(providers), "twilio_rate_per_second": 10})
     started = asyncio.get_running_loop().time()
     await post_level(client, key, 100)
-    await _until(lambda: len(twilio.messages) == 40, within=60)
+    await settle()
+    assert len(twilio.messages) == 40
     elapsed = asyncio.get_running_loop().time() - started
     assert twilio.error_counts[20429] == 0, "the provider never had to refuse us"
     assert elapsed >= 2.5, "40 messages at 10/s after a burst of 10 take about 3 s"
@@ -239,9 +226,10 @@ async def test_wechat_consents_are_spent_one_per_message_then_email_takes_over(
     start_worker(**provider_settings(providers))
     wechat, smtp = providers["wechat"], providers["smtp"]
     await post_level(client, key, 5, occurred=0)
-    await _until(lambda: len(wechat.messages) == 1)
+    await settle()
+    assert len(wechat.messages) == 1
     await post_level(client, key, 0, occurred=10)
     await post_level(client, key, 5, occurred=20)  # the next restock: no consent left
-    await _until(lambda: len(smtp.messages) == 1)
-    await asyncio.sleep(1.0)
+    await settle()
+    assert len(smtp.messages) == 1
     assert len(wechat.messages) == 1, "a consent is never spent twice"

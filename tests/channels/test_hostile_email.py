@@ -3,7 +3,6 @@ the API, a wave, the worker and SmtpEmailSender (aiosmtplib) to the fake SMTP re
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
@@ -16,6 +15,7 @@ from tests.conftest import WorkerStarter
 from tests.fakes.smtp import FakeSMTP
 from tests.helpers import bearer, subscription_body
 from tests.restocks.helpers import at
+from tests.workers import settle
 
 # An RFC 2047 word whose decoded text is CRLF, a Reply-To header, a blank line and a body.
 HOSTILE = "=?utf-8?q?Deal=0D=0AReply-To:_attacker@evil.example=0D=0A=0D=0APHISHING?= x"
@@ -36,13 +36,6 @@ OUR_HEADERS = [
 def smtp() -> Iterator[FakeSMTP]:
     with FakeSMTP() as fake:
         yield fake
-
-
-async def _until_messages(fake: FakeSMTP, count: int, within: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while len(fake.messages) < count:
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 async def test_a_hostile_product_name_adds_no_header_or_body_line(
@@ -79,7 +72,7 @@ async def test_a_hostile_product_name_adds_no_header_or_body_line(
         response = await client.post("/v1/restocks", json=restock, headers=bearer(key))
         assert response.status_code == 202, response.text
 
-    await _until_messages(smtp, 2)
+    await settle()
     assert sorted(to for m in smtp.messages for to in m.rcpt_tos) == [
         "restock@mailbox.example",
         "sub@mailbox.example",

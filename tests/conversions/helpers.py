@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import re
 from decimal import Decimal
 from typing import Any
@@ -69,18 +68,11 @@ async def outbox_by_subscription(runtime: Runtime, kind: str = "restock") -> dic
         }
 
 
-async def wait_for_sent(runtime: Runtime, expected: int, within: float = 30.0) -> int:
-    """Messages recorded as sent: the dev outbox row is written before the notification is
-    marked sent, and attribution looks for sent messages."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        async with runtime.sessions() as session:
-            sent = int(
-                await session.scalar(select(func.count()).where(Notification.status == "sent")) or 0
-            )
-        if sent >= expected or asyncio.get_running_loop().time() > deadline:
-            return sent
-        await asyncio.sleep(0.05)
+async def sent_count(runtime: Runtime) -> int:
+    async with runtime.sessions() as session:
+        return int(
+            await session.scalar(select(func.count()).where(Notification.status == "sent")) or 0
+        )
 
 
 def tracked_token(body: str) -> str:

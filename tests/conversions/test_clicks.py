@@ -17,7 +17,8 @@ from tests.conversions.helpers import (
     subscribe_by_email,
     tracked_token,
 )
-from tests.restocks.helpers import post_level, wait_for_outbox
+from tests.restocks.helpers import outbox_count, post_level
+from tests.workers import settle
 
 
 async def _one_token(
@@ -26,7 +27,8 @@ async def _one_token(
     [sub_id] = await subscribe_by_email(client, key, 1)
     start_worker()
     await post_level(client, key, 1, sku=SKU)
-    assert await wait_for_outbox(runtime, 1) == 1
+    await settle()
+    assert await outbox_count(runtime) == 1
     return tracked_token((await outbox_by_subscription(runtime))[sub_id])
 
 

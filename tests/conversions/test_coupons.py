@@ -15,6 +15,7 @@ from backinstock.coupons import service as coupons
 from backinstock.coupons.models import Coupon
 from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
+from tests.clock import SteppingClock
 from tests.conftest import WorkerStarter
 from tests.conversions.helpers import (
     SKU,
@@ -22,11 +23,12 @@ from tests.conversions.helpers import (
     order_body,
     outbox_by_subscription,
     post_order,
+    sent_count,
     subscribe_by_email,
-    wait_for_sent,
 )
 from tests.helpers import bearer
-from tests.restocks.helpers import post_level, wait_for_outbox
+from tests.restocks.helpers import outbox_count, post_level
+from tests.workers import settle, tick
 
 
 async def _upload(
@@ -100,7 +102,7 @@ async def test_concurrent_workers_never_hand_out_a_code_twice(
     assert sum(c.startswith("GEN-") for c in issued) == 10
 
 
-FOLLOWUP_AFTER = 1
+FOLLOWUP_AFTER = 3600  # an hour: only the test's clock gets there
 
 
 def _code(body: str) -> str:
@@ -114,19 +116,27 @@ async def test_shoppers_who_did_not_buy_get_exactly_one_coupon_and_buyers_none(
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     await _upload(client, key, ["POOL-1", "POOL-2"], description="10% off")
     ids = await subscribe_by_email(client, key, 5)
     start_worker(followup_after_seconds=FOLLOWUP_AFTER)
     await post_level(client, key, 5, sku=SKU)
-    assert await wait_for_outbox(runtime, 5) == 5
-    assert await wait_for_sent(runtime, 5) == 5
+    await settle()
+    assert (await outbox_count(runtime), await sent_count(runtime)) == (5, 5)
     for i in range(2):  # two shoppers buy before any follow-up is due
         await post_order(client, key, order_body(f"o-{i}", customer={"email": email(i)}))
 
-    assert await wait_for_outbox(runtime, 8) == 8
-    await asyncio.sleep(FOLLOWUP_AFTER + 2)  # more ticks: still one each
+    clock.advance(FOLLOWUP_AFTER - 60)
+    await tick()
+    assert await outbox_count(runtime) == 5, "no follow-up before FOLLOWUP_AFTER_SECONDS"
+    clock.advance(60)
+    await tick()
+    assert await outbox_count(runtime) == 8
+    clock.advance(FOLLOWUP_AFTER)
+    await tick()  # a later tick: still one each
+    assert await outbox_count(runtime) == 8
     followups = await outbox_by_subscription(runtime, kind="followup")
     assert set(followups) == set(ids[2:])
     codes = [_code(body) for body in followups.values()]
@@ -161,14 +171,17 @@ async def test_no_follow_up_while_the_sku_is_sold_out(
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     await subscribe_by_email(client, key, 2)
     start_worker(followup_after_seconds=FOLLOWUP_AFTER)
     await post_level(client, key, 2, sku=SKU, occurred=0)
-    assert await wait_for_outbox(runtime, 2) == 2
+    await settle()
+    assert await sent_count(runtime) == 2
     await post_level(client, key, 0, sku=SKU, occurred=10)
-    await asyncio.sleep(FOLLOWUP_AFTER + 2.5)
+    clock.advance(FOLLOWUP_AFTER)
+    await tick()
     assert await outbox_by_subscription(runtime, kind="followup") == {}
     async with runtime.sessions() as session:
         decided = await session.scalar(

@@ -18,13 +18,14 @@ from tests.conversions.helpers import (
     order_body,
     outbox_by_subscription,
     post_order,
+    sent_count,
     subscribe_by_email,
     total,
     tracked_token,
-    wait_for_sent,
 )
 from tests.helpers import bearer
-from tests.restocks.helpers import post_level, wait_for_outbox
+from tests.restocks.helpers import outbox_count, post_level
+from tests.workers import settle
 
 
 async def _notified_wave(
@@ -34,8 +35,8 @@ async def _notified_wave(
     start_worker()
     response = await post_level(client, key, n, sku=SKU)
     assert response.status_code == 202, response.text
-    assert await wait_for_outbox(runtime, n) == n
-    assert await wait_for_sent(runtime, n) == n
+    await settle()
+    assert (await outbox_count(runtime), await sent_count(runtime)) == (n, n)
     return ids
 
 

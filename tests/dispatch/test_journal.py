@@ -269,7 +269,8 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
                 )
             )
     async with db.transaction(runtime.sessions) as session:
-        await outcomes.recover_expired(session, DeliverySettings(in_doubt_sms=policy))
+        policies = DeliverySettings(in_doubt_sms=policy)
+        await outcomes.recover_expired(session, policies, runtime.clock.now())
     async with runtime.sessions() as session:
         rows = {
             row.id: (row.status, row.in_doubt, row.claim_id)

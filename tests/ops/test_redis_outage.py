@@ -87,8 +87,9 @@ async def test_api_answers_while_redis_is_down_and_work_resumes_when_it_returns(
                 assert "backinstock_redis_available 0.0" in metrics
                 assert "backinstock_rate_limit_local_total" in metrics
 
-                # Nothing can reach the workers meanwhile: the work waits in the database.
-                await asyncio.sleep(2)
+                # Nothing can reach the workers meanwhile: once the worker's sweeper has found
+                # the due wave and failed to enqueue it, the work still waits in the database.
+                await _logged(tmp_path / "worker.log", "enqueue_failed")
                 assert await outbox_count(runtime) == 1
                 private_redis.start()
                 assert await wait_for_outbox(runtime, 1 + 8, within=60) == 1 + 8
@@ -98,3 +99,11 @@ async def test_api_answers_while_redis_is_down_and_work_resumes_when_it_returns(
             worker.stop()
     log = (tmp_path / "serve.log").read_text()
     assert log.count("redis_unavailable") == 1, "one warning for the outage, not one a request"
+
+
+async def _logged(log: Path, event: str, within: float = 60) -> None:
+    """Wait until a subprocess has logged ``event``: proof that its code reached that point."""
+    deadline = asyncio.get_running_loop().time() + within
+    while event not in await asyncio.to_thread(log.read_text, errors="replace"):
+        assert asyncio.get_running_loop().time() < deadline, f"{log.name}: no {event}"
+        await asyncio.sleep(0.05)

@@ -8,10 +8,11 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import select, update
 
-from backinstock import db
+from backinstock import db, worker
 from backinstock.privacy import retention
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+from tests.clock import SteppingClock
 from tests.helpers import bearer, phone, subscription_body
 
 
@@ -107,3 +108,22 @@ async def test_contacts_are_erased_retention_days_after_the_subscription_stopped
     assert fallbacks[fresh].contact_blob is not None
     response = await client.get(f"/v1/subscriptions/{stale}", headers=bearer(api_keys["all"]))
     assert response.status_code == 200, "the row stays for the figures, without its contact"
+
+
+async def test_the_sweepers_retention_pass_erases_when_the_clock_reaches_retention_days(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    clock: SteppingClock,
+) -> None:
+    (stopped,) = await _subscribe(client, api_keys["subscribe"], 1)
+    await _set(runtime, stopped, status="unsubscribed", stopped_at=clock.now())
+    retention_span = timedelta(days=runtime.settings.conversion.retention_days)
+
+    clock.advance((retention_span - timedelta(minutes=1)).total_seconds())
+    await worker.retain_once(runtime)
+    assert (await _rows(runtime))[stopped].contact_blob is not None, "kept until the day comes"
+
+    clock.advance(timedelta(minutes=2).total_seconds())
+    await worker.retain_once(runtime)
+    assert (await _rows(runtime))[stopped].contact_blob is None

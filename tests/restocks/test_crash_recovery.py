@@ -3,8 +3,6 @@ restart, and every shopper still gets exactly one message; two workers never dou
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from backinstock.senders.models import DevOutboxMessage
 from tests.conftest import BACKEND
+from tests.crashkit import until_settled
 from tests.restocks.helpers import outbox_count, post_level, wait_for_outbox
 from tests.restocks.seed import seed_waiting
 from tests.server import BackinstockProcess, ServerProcess
@@ -101,7 +100,8 @@ async def test_killed_workers_and_flushed_broker_lose_nothing_and_send_nothing_t
         second.start()
         try:
             assert await _wait_until(runtime, shoppers, within=180) == shoppers
-            await asyncio.sleep(2 * float(FAST["BACKINSTOCK_CLAIM_LEASE_SECONDS"]))
+            # Every message recorded and no claim held: nothing is left to send twice.
+            await until_settled(runtime, within=120)
         finally:
             second.stop()
     finally:
@@ -113,7 +113,7 @@ async def test_killed_workers_and_flushed_broker_lose_nothing_and_send_nothing_t
 async def test_embedded_server_killed_mid_wave_resumes_after_restart(
     api_keys: dict[str, str], runtime: Runtime, tmp_path: Path
 ) -> None:
-    shoppers = 10_000
+    shoppers = 2000  # enough for the kill to land mid-wave; the scale is not the point
     await seed_waiting(runtime, shoppers)
     server = ServerProcess(FAST, tmp_path / "serve.log")
     server.start()
@@ -125,11 +125,9 @@ async def test_embedded_server_killed_mid_wave_resumes_after_restart(
         server.kill()  # the in-process broker and its queued messages die with it
         killed_at = await outbox_count(runtime)
         assert killed_at < shoppers, "the kill must land mid-wave"
-        started = time.monotonic()
         server.start()
         assert await _wait_until(runtime, shoppers, within=180) == shoppers
-        assert time.monotonic() - started < 180
-        await asyncio.sleep(2 * float(FAST["BACKINSTOCK_CLAIM_LEASE_SECONDS"]))
+        await until_settled(runtime, within=120)
     finally:
         server.stop()
     await _assert_exactly_once(runtime, shoppers)

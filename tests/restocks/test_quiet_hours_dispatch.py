@@ -3,19 +3,18 @@ queue order when the window ends."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from backinstock import db
 from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
+from tests.clock import SteppingClock
 from tests.conftest import WorkerStarter
-from tests.restocks.helpers import outbox_count, post_level, subscribe_many, wait_for_outbox
+from tests.restocks.helpers import outbox_count, outbox_recipients, post_level, subscribe_many
+from tests.workers import settle, tick
 
 
 async def test_sms_is_held_until_the_window_ends_then_sent_in_order(
@@ -23,36 +22,33 @@ async def test_sms_is_held_until_the_window_ends_then_sent_in_order(
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     sms = await subscribe_many(client, key, 4, timezone="UTC")
     email = await subscribe_many(
         client, key, 1, start=50, channel="email", contact="late@mailbox.example"
     )
-    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    this_hour = clock.now().replace(minute=0, second=0, microsecond=0)
     hour = this_hour.hour
-    window = f"{hour:02d}:00-{(hour + 2) % 24:02d}:00"  # covers now, in UTC
-    night_worker = start_worker(quiet_hours=window)
+    window = f"{hour:02d}:00-{(hour + 2) % 24:02d}:00"  # covers the clock's now, in UTC
+    start_worker(quiet_hours=window)
     await post_level(client, key, 10)
+    await settle()
 
-    assert await wait_for_outbox(runtime, 1) == 1  # the email leaves at once
-    # The SMS may be claimed in a later batch than the email: wait until the worker has
-    # decided all four (each one held, not sent).
-    held = await _held(runtime, 4)
-    assert {str(r[0]) for r in held} == set(sms)
+    assert await outbox_count(runtime) == 1, "the email leaves at once"
+    held = await _held(runtime)
+    assert {str(r[0]) for r in held} == set(sms), "each SMS is held, not sent"
     window_end = this_hour + timedelta(hours=2)
     assert {r[1] for r in held} == {window_end}
     assert {r[2] for r in held} == {"quiet_hours"}
-    assert await outbox_count(runtime) == 1 and len(email) == 1
+    assert len(email) == 1
 
-    # The window ends: here, a worker whose quiet hours are over, and the hold moved to the past.
-    night_worker.stop()
-    async with db.transaction(runtime.sessions) as session:
-        await session.execute(
-            update(Notification)
-            .where(Notification.status == "pending")
-            .values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=5))
-        )
+    clock.advance((window_end - clock.now()).total_seconds() - 60)
+    await tick()
+    assert await outbox_count(runtime) == 1, "a minute before the window ends, still held"
+
+    clock.advance(60 + runtime.settings.waves.stale_after_seconds)
     async with runtime.sessions() as session:
         order = list(
             await session.scalars(
@@ -62,23 +58,19 @@ async def test_sms_is_held_until_the_window_ends_then_sent_in_order(
             )
         )
     assert [str(i) for i in order] == sms, "claims follow the queue order"
-    start_worker(quiet_hours="")
-    assert await wait_for_outbox(runtime, 5, within=20) == 5
+    await tick()
+    assert await outbox_count(runtime) == 5, "the window over, the sweeper sends them"
+    assert sorted((await outbox_recipients(runtime))[1:]) == sorted(sms)
 
 
-async def _held(runtime: Runtime, expected: int, within: float = 20) -> list[Any]:
-    deadline = time.monotonic() + within
-    while True:
-        async with runtime.sessions() as session:
-            held = list(
-                await session.execute(
-                    select(
-                        Notification.subscription_id,
-                        Notification.next_attempt_at,
-                        Notification.error,
-                    ).where(Notification.status == "pending", Notification.error == "quiet_hours")
-                )
+async def _held(runtime: Runtime) -> list[Any]:
+    async with runtime.sessions() as session:
+        return list(
+            await session.execute(
+                select(
+                    Notification.subscription_id,
+                    Notification.next_attempt_at,
+                    Notification.error,
+                ).where(Notification.status == "pending", Notification.error == "quiet_hours")
             )
-        if len(held) >= expected or time.monotonic() > deadline:
-            return held
-        await asyncio.sleep(0.05)
+        )

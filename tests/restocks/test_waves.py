@@ -1,24 +1,23 @@
-"""The wave rules end to end: API → database → broker → in-process workers → dev outbox."""
+"""The wave rules end to end: API → database → broker → in-process workers → dev outbox.
+
+The workers run on the test's clock and the sweeper ticks only when a test says so: each
+assertion follows a :func:`~tests.workers.settle` or :func:`~tests.workers.tick`, after which
+everything due at the clock's now has run."""
 
 from __future__ import annotations
-
-import asyncio
 
 import httpx
 from sqlalchemy import select
 
 from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
+from tests.clock import SteppingClock
 from tests.conftest import WorkerStarter
-from tests.restocks.helpers import (
-    outbox_count,
-    outbox_recipients,
-    post_level,
-    subscribe_many,
-    wait_for_outbox,
-)
+from tests.restocks.helpers import outbox_count, outbox_recipients, post_level, subscribe_many
+from tests.workers import settle, tick
 
-INTERVAL = 2.0
+# Longer than any test runs, so that only the test's clock can make a step due.
+INTERVAL = 600.0
 
 
 async def test_vips_first_then_registration_order_in_steps_sized_to_stock(
@@ -26,6 +25,7 @@ async def test_vips_first_then_registration_order_in_steps_sized_to_stock(
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     standard = await subscribe_many(client, key, 30)
@@ -37,17 +37,22 @@ async def test_vips_first_then_registration_order_in_steps_sized_to_stock(
     first = opened.json()
     assert (first["available"], first["waiting"], first["first_wave"]) == (10, 35, 10)
 
-    assert await wait_for_outbox(runtime, 10) == 10
+    await settle()
+    assert await outbox_count(runtime) == 10
     assert set(await outbox_recipients(runtime)) == set(vips) | set(standard[:5])
-    await asyncio.sleep(INTERVAL / 3)
+    clock.advance(INTERVAL * 0.9)
+    await tick()
     assert await outbox_count(runtime) == 10, "the next step waits for the interval"
 
-    assert await wait_for_outbox(runtime, 20, within=INTERVAL + 10) == 20
+    clock.advance(INTERVAL * 0.1)
+    await tick()
+    assert await outbox_count(runtime) == 20
     assert set((await outbox_recipients(runtime))[10:]) == set(standard[5:15])
 
     sold_out = await post_level(client, key, 0, event_id="erp-2", occurred=60)
     assert sold_out.json()["available"] == 0
-    await asyncio.sleep(INTERVAL + 1.5)
+    clock.advance(INTERVAL)
+    await tick()
     assert await outbox_count(runtime) == 20, "a sold-out SKU's wave stops"
 
     replay = await post_level(client, key, 10, event_id="erp-1", occurred=0)
@@ -56,7 +61,8 @@ async def test_vips_first_then_registration_order_in_steps_sized_to_stock(
     late = await post_level(client, key, 50, event_id="erp-0", occurred=-60)
     assert late.status_code == 202
     assert late.json()["applied"] is False and late.json()["available"] == 0
-    await asyncio.sleep(1.5)
+    clock.advance(INTERVAL)
+    await tick()
     assert await outbox_count(runtime) == 20, "neither a replay nor a late event restocks"
     async with runtime.sessions() as session:
         statuses = list(await session.scalars(select(Wave.status)))
@@ -68,19 +74,24 @@ async def test_a_rise_runs_the_next_step_at_once_and_covering_stock_tells_everyo
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     ids = await subscribe_many(client, key, 12)
-    start_worker(batch_interval_seconds=600)
+    start_worker(batch_interval_seconds=INTERVAL)
     await post_level(client, key, 2, occurred=0)
-    assert await wait_for_outbox(runtime, 2) == 2
+    await settle()
+    assert await outbox_count(runtime) == 2
     rise = await post_level(client, key, 5, occurred=10, location="tmall")
     assert rise.json()["available"] == 7 and rise.json()["first_wave"] == 7
-    assert await wait_for_outbox(runtime, 9) == 9
+    await settle()
+    assert await outbox_count(runtime) == 9, "a rise does not wait for the interval"
     await post_level(client, key, 100, occurred=20)
-    assert await wait_for_outbox(runtime, 12) == 12
+    await settle()
+    assert await outbox_count(runtime) == 12
     assert sorted(await outbox_recipients(runtime)) == sorted(ids)
-    await asyncio.sleep(1.0)
+    clock.advance(INTERVAL)
+    await tick()
     assert await outbox_count(runtime) == 12, "at most one message per shopper per wave"
 
 
@@ -89,16 +100,18 @@ async def test_max_notifications_over_a_subscriptions_life(
     api_keys: dict[str, str],
     runtime: Runtime,
     start_worker: WorkerStarter,
+    clock: SteppingClock,
 ) -> None:
     key = api_keys["all"]
     await subscribe_many(client, key, 1)
-    start_worker(max_notifications=2)
+    start_worker(max_notifications=2, batch_interval_seconds=INTERVAL)
     for wave in range(3):
         await post_level(client, key, 5, occurred=wave * 100)
-        await asyncio.sleep(0.2)
-        await wait_for_outbox(runtime, min(wave + 1, 2), within=10)
+        await settle()
+        assert await outbox_count(runtime) == min(wave + 1, 2)
         await post_level(client, key, 0, occurred=wave * 100 + 50)
-    await asyncio.sleep(1.5)
+    clock.advance(INTERVAL)
+    await tick()
     assert await outbox_count(runtime) == 2
 
 
@@ -112,7 +125,8 @@ async def test_messages_carry_product_links_and_scarcity(
     await subscribe_many(client, key, 5, locale="en", name="Ann")
     start_worker()
     await post_level(client, key, 2)
-    assert await wait_for_outbox(runtime, 2) == 2
+    await settle()
+    assert await outbox_count(runtime) == 2
     page = await client.get("/v1/dev/outbox", headers={"Authorization": f"Bearer {key}"})
     items = page.json()["items"]
     assert len(items) == 2

@@ -310,11 +310,10 @@ async def _fall_back(
 
 
 # --------------------------------------------------------------------- after a crash
-async def recover_expired(session: AsyncSession, policies: DeliverySettings) -> int:
+async def recover_expired(session: AsyncSession, policies: DeliverySettings, now: datetime) -> int:
     """Claims whose worker died. Unstarted messages go back to the queue on every channel;
     a message whose call was in flight is in doubt and goes where its channel's policy
     says: back to the queue to be looked up or resent, or failed (``drop``)."""
-    now = utcnow()
     lapsed = (Notification.lease_until < now,)
     back = await session.execute(
         update(Notification)

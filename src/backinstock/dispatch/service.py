@@ -24,11 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import contacts, db
 from backinstock.catalog.models import Product
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import InDoubtPolicy, Settings
 from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
-from backinstock.db import utcnow
 from backinstock.dispatch.journal import GroupCommit, Journal
 from backinstock.dispatch.models import InDoubt, Kind, Notification, Reason, Status
 from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
@@ -57,10 +57,10 @@ async def claim(
     ids: list[uuid.UUID] | None,
     lease: timedelta,
     claim_id: uuid.UUID,
+    now: datetime,
     limit: int = BATCH,
 ) -> list[uuid.UUID]:
-    """Take up to ``limit`` due pending notifications (among ``ids`` when given)."""
-    now = utcnow()
+    """Take up to ``limit`` notifications due at ``now`` (among ``ids`` when given)."""
     due = (
         select(Notification.id)
         .where(Notification.status == Status.PENDING, Notification.next_attempt_at <= now)
@@ -99,8 +99,9 @@ def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> l
 
 
 async def prepare(
-    session: AsyncSession, settings: Settings, keys: Keys, ids: list[uuid.UUID]
+    session: AsyncSession, settings: Settings, keys: Keys, ids: list[uuid.UUID], now: datetime
 ) -> list[Delivery]:
+    """What to do with each claimed message at ``now`` (send, hold for quiet hours, skip)."""
     rows = list(
         await session.execute(
             select(Notification, Subscription, Product.name, Product.url)
@@ -117,7 +118,6 @@ async def prepare(
         )
     ):
         fallbacks[fallback.subscription_id].append(fallback)
-    now = utcnow()
     return [
         _delivery(settings, keys, n, s, name, url, fallbacks[s.id], now, coupons.get(n.id))
         for n, s, name, url in rows
@@ -246,6 +246,7 @@ async def deliver(
     ids: list[uuid.UUID] | None,
     throttle: Throttle | None = None,
     stopping: asyncio.Event | None = None,
+    clock: Clock = SYSTEM_CLOCK,
     *,
     group_commit: GroupCommit | None = None,
 ) -> int:
@@ -257,8 +258,9 @@ async def deliver(
     claim_id = uuid.uuid4()
     # Claim, read and settle what needs no provider call in one transaction.
     async with db.transaction(sessions) as session:
-        claimed = await claim(session, ids, lease, claim_id)
-        deliveries = await prepare(session, settings, keys, claimed) if claimed else []
+        now = clock.now()
+        claimed = await claim(session, ids, lease, claim_id, now)
+        deliveries = await prepare(session, settings, keys, claimed, now) if claimed else []
         await record_skips(session, claim_id, deliveries)
     if not claimed:
         return 0
@@ -266,7 +268,7 @@ async def deliver(
     journal = Journal(
         sessions, claim_id, deliveries, stopping, lookahead=lookahead, group_commit=group_commit
     )
-    renewal = asyncio.create_task(_keep_claimed(journal, lease))
+    renewal = asyncio.create_task(_keep_claimed(journal, lease, clock))
     try:
         sending = _send(settings, senders, throttle, deliveries, journal)
         await _until_stopped(sending, stopping, settings.delivery.shutdown_grace_seconds)
@@ -300,12 +302,12 @@ async def _until_stopped(
         stop.cancel()
 
 
-async def _keep_claimed(journal: Journal, lease: timedelta) -> None:
+async def _keep_claimed(journal: Journal, lease: timedelta, clock: Clock) -> None:
     """Renew the claim while a slow provider works through the batch: the lease can stay
     short (fast takeover after a crash) without expiring under a live worker."""
     while True:
         await asyncio.sleep(lease.total_seconds() / 3)
-        journal.renew(utcnow() + lease)
+        journal.renew(clock.now() + lease)
 
 
 def channel_rate(settings: Settings, channel: str) -> float:
@@ -380,10 +382,12 @@ async def _settle_in_doubt(
     return [m for m in messages if m.notification_id not in done]
 
 
-async def stale_pending(session: AsyncSession, older_than: timedelta, cap: int = 100_000) -> int:
+async def stale_pending(
+    session: AsyncSession, older_than: timedelta, now: datetime, cap: int = 100_000
+) -> int:
     """Due pending work nobody has claimed for a while: a wake-up was lost, or is queued
     behind a long backlog (a drain then helps either way)."""
-    cutoff = utcnow() - older_than
+    cutoff = now - older_than
     inner = (
         select(Notification.id)
         .where(Notification.status == Status.PENDING, Notification.next_attempt_at <= cutoff)

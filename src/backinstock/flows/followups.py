@@ -24,7 +24,6 @@ from backinstock import db
 from backinstock.config import Settings
 from backinstock.coupons import service as coupons
 from backinstock.coupons.models import Coupon
-from backinstock.db import utcnow
 from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.dispatch.models import Status as MessageStatus
@@ -48,12 +47,12 @@ class Due:
 
 
 async def plan_due(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> list[uuid.UUID]:
-    """Decide the due restock messages; returns the follow-up messages planned."""
+    """Decide the restock messages due at ``now``; returns the follow-up messages planned."""
     try:
         async with db.transaction(sessions) as session:
-            return await _plan(session, settings, utcnow())
+            return await _plan(session, settings, now)
     except IntegrityError:
         # Two restock messages of one shopper decided at once by two workers: the coupon's
         # unique subscription refused the second. The next tick sees the coupon and skips.

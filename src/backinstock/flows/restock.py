@@ -29,6 +29,7 @@ from sqlalchemy.sql.selectable import Subquery
 
 from backinstock import db
 from backinstock.catalog import service as catalog
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings
 from backinstock.db import utcnow
 from backinstock.dispatch import notifications
@@ -174,16 +175,17 @@ async def run(
     settings: Settings,
     wave_id: uuid.UUID,
     wake_senders: Callable[[list[uuid.UUID]], None],
+    clock: Clock = SYSTEM_CLOCK,
 ) -> int:
     """Run every step of the wave that is due now; returns how many notifications it wrote."""
     written = 0
     while True:
         async with db.transaction(sessions) as session:
-            wave = await _begin_step(session, settings, wave_id, utcnow())
+            wave = await _begin_step(session, settings, wave_id, clock.now())
             if wave is None:
                 return written
             queue_size = await queue_length(session, wave.sku)
-        written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders)
+        written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders, clock)
         async with db.transaction(sessions) as session:
             await waves.release(session, wave_id)
 
@@ -209,12 +211,15 @@ async def _write_step(
     wave_id: uuid.UUID,
     queue_size: int,
     wake_senders: Callable[[list[uuid.UUID]], None],
+    clock: Clock,
 ) -> int:
     written = 0
     after: QueueKey | None = None
     while True:
         async with db.transaction(sessions) as session:
-            ids, after = await _write_chunk(session, settings, wave_id, queue_size, after, utcnow())
+            ids, after = await _write_chunk(
+                session, settings, wave_id, queue_size, after, clock.now()
+            )
             if ids:
                 db.after_commit(session, lambda ids=ids: wake_senders(ids))  # type: ignore[misc]
         if not ids:

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from backinstock.contacts import Channel
 from backinstock.dashboard.deps import StatsReader
-from backinstock.db import utcnow
-from backinstock.deps import SessionDep
+from backinstock.deps import RuntimeDep, SessionDep
 from backinstock.errors import InvalidField, error_responses
 from backinstock.fields import DIGITS, INSTANT_RULE, Instant
 from backinstock.stats import csv_export, series, service
@@ -95,12 +94,13 @@ def wants_csv(request: Request, fmt: Format | None) -> bool:
 
 
 def period_filters(
+    runtime: RuntimeDep,
     sku: SkuQuery = None,
     channel: ChannelQuery = None,
     since: SinceQuery = None,
     until: UntilQuery = None,
 ) -> Filters:
-    end = until or utcnow()
+    end = until or runtime.clock.now()
     start = since
     if start is not None and start >= end:
         raise InvalidField("since", "must be before until")
@@ -174,6 +174,7 @@ async def get_demand(
 )
 async def get_timeseries(
     request: Request,
+    runtime: RuntimeDep,
     session: SessionDep,
     _: StatsReader,
     metric: Metric,
@@ -192,9 +193,9 @@ async def get_timeseries(
     `revenue` values are decimal strings in `currency` (as in the funnel).
 
     CSV: `t,value` rows."""
-    end = until or utcnow()
+    end = until or runtime.clock.now()
     start = since or end - series.DEFAULT_SPAN[interval]
-    filters = period_filters(sku, channel, start, end)
+    filters = period_filters(runtime, sku, channel, start, end)
     result = await series.timeseries(session, metric, interval, filters, currency)
     if not wants_csv(request, fmt):
         return result
