@@ -113,7 +113,9 @@ async def test_killed_workers_and_flushed_broker_lose_nothing_and_send_nothing_t
 async def test_embedded_server_killed_mid_wave_resumes_after_restart(
     api_keys: dict[str, str], runtime: Runtime, tmp_path: Path
 ) -> None:
-    shoppers = 2000  # enough for the kill to land mid-wave; the scale is not the point
+    # Enough for the kill to land mid-wave on a fast host (at 2,000 the in-process outbox
+    # had sometimes finished before the first poll saw a message); the scale is not the point.
+    shoppers = 10_000
     await seed_waiting(runtime, shoppers)
     server = ServerProcess(FAST, tmp_path / "serve.log")
     server.start()
