@@ -55,8 +55,13 @@ FLOORS: tuple[Floor, ...] = (
     # What a process holds and starts with: runtime handles, the broker and task names,
     # migrations.
     Floor("runtime", ("backinstock.runtime", "backinstock.tasks", "backinstock.migrations")),
-    # Every package's services and flows; the packages among them import in one direction.
-    Floor("domain", ("backinstock.*.*", "backinstock.*.*.*", "backinstock.keyops")),
+    # Every package's services, and the flows across them (``flows``, the highest package
+    # here: it calls the owners of the tables a story writes); the packages among them
+    # import in one direction.
+    Floor(
+        "domain",
+        ("backinstock.*.*", "backinstock.*.*.*", "backinstock.flows.*", "backinstock.keyops"),
+    ),
     # Tables and API shapes.
     Floor("data", ("backinstock.models", "backinstock.*.models", "backinstock.*.schemas")),
     # What everything may use: settings, database, crypto, contacts, errors, input types.
@@ -238,10 +243,24 @@ def test_the_floors_place_modules_as_documented() -> None:
     assert floor_name("backinstock.dispatch.in_doubt_router") == "web"
     assert floor_name("backinstock.dashboard.deps") == "web"
     assert floor_name("backinstock.dispatch.service") == "domain"
+    assert floor_name("backinstock.flows.restock") == "domain"
     assert floor_name("backinstock.senders.models") == "data"
     assert floor_name("backinstock.ops.metrics") == "foundation"
     assert floor_name("backinstock.identity") == "foundation"
     assert floor_name("backinstock.dispatch") == "foundation"  # a package's __init__
+
+
+def test_only_routers_and_processes_call_the_flows() -> None:
+    """A flow calls the packages whose tables it writes; none of them may call a flow back
+    (a package's flows would be spread over the packages again)."""
+    _, graph = _real_graph()
+    callers = {
+        m
+        for m, targets in graph.items()
+        if package_of(m) != "backinstock.flows"
+        and any(package_of(t) == "backinstock.flows" for t in targets)
+    }
+    assert callers and {floor_name(m) for m in callers} <= {"process", "web"}, callers
 
 
 def test_nothing_below_the_processes_imports_the_worker() -> None:

@@ -6,6 +6,7 @@ callbacks registered with :func:`after_commit` (broker wake-ups) run only after 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import threading
@@ -17,7 +18,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, MetaData, event
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    MetaData,
+    Uuid,
+    event,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -26,6 +38,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.elements import ColumnElement, Grouping
+from sqlalchemy.sql.selectable import NamedFromClause
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -216,3 +230,29 @@ def insert_for(session: AsyncSession, table: Any) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table)
+
+
+def nth_of(
+    session: AsyncSession, values: list[uuid.UUID]
+) -> Callable[[ColumnElement[int]], ColumnElement[uuid.UUID]]:
+    """The n-th (1-based) of ``values`` in SQL, bound as one array: a set-based statement
+    pairs rows with ids made here by position, without a parameter per id."""
+    if dialect_name(session) == "postgresql":
+        array = Grouping(literal(values, postgresql.ARRAY(Uuid)))  # ($1::UUID[])[n]
+        return lambda n: array[n]
+    # SQLite keeps UUIDs as 32 hex digits, the form a JSON array of .hex strings holds.
+    document = literal(json.dumps([v.hex for v in values]))
+    return lambda n: type_coerce(func.json_extract(document, func.printf("$[%d]", n - 1)), Uuid)
+
+
+def numbered(session: AsyncSession, values: list[uuid.UUID]) -> NamedFromClause:
+    """Ids as a table (id, n), n = 1.. in list order: one bound array, not a parameter each."""
+    if dialect_name(session) == "postgresql":
+        array = literal(values, postgresql.ARRAY(Uuid))
+        return func.unnest(array).table_valued("id", with_ordinality="n").render_derived("numbered")
+    # SQLite keeps UUIDs as 32 hex digits, the form json_each hands back.
+    each = func.json_each(literal(json.dumps([v.hex for v in values]))).table_valued("key", "value")
+    each = each.alias("each")
+    return select(
+        type_coerce(each.c.value, Uuid).label("id"), (each.c.key + 1).label("n")
+    ).subquery("numbered")

@@ -38,7 +38,7 @@ from backinstock.auth import service as auth
 from backinstock.auth.service import Scope
 from backinstock.config import Settings
 from backinstock.coupons.models import Coupon
-from backinstock.dispatch.models import Kind, Notification
+from backinstock.dispatch.models import Kind, Notification, Status
 from backinstock.identity import CLICK_TOKEN
 from backinstock.main import create_app
 from backinstock.runtime import Runtime
@@ -344,7 +344,9 @@ async def _notifications(runtime: Runtime, kind: str, sku: str) -> list[Notifica
         rows = await session.scalars(
             select(Notification)
             .where(
-                Notification.kind == kind, Notification.sku == sku, Notification.status == "sent"
+                Notification.kind == kind,
+                Notification.sku == sku,
+                Notification.status == Status.SENT,
             )
             .order_by(Notification.sent_at, Notification.id)
         )

@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import identity
 from backinstock.contacts import Channel
 from backinstock.crypto import Keys, Sealed
 from backinstock.identity import NormalizedContact, contact_aad, profile_aad
+from backinstock.subscriptions import lifecycle
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 
 _BATCH = 500
@@ -37,9 +38,7 @@ async def rotate_data(
             async with sessions() as session, session.begin():
                 rows = await _batch(session, model, after)
                 for row in rows:
-                    await session.execute(
-                        update(model).where(model.id == row.id).values(**_resealed(keys, row))
-                    )
+                    await lifecycle.reseal(session, row, _resealed(keys, row))
             if not rows:
                 break
             after = rows[-1].id

@@ -38,10 +38,11 @@ from backinstock.config import Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
+from backinstock.flows import followups, restock
 from backinstock.ops.logging import quiet_data_loggers
 from backinstock.privacy import retention
 from backinstock.ratelimit import Throttle, local_limiter, shared_limiter
-from backinstock.restocks import followups, waves
+from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
 from backinstock.senders.registry import build_senders, close_senders
@@ -146,7 +147,7 @@ async def _close_context() -> None:
 async def run_wave(wave_id: str) -> None:
     ctx = await context()
     rt = ctx.runtime
-    await waves.run(rt.sessions, rt.settings, uuid.UUID(wave_id), wake_senders, rt.clock)
+    await restock.run(rt.sessions, rt.settings, uuid.UUID(wave_id), wake_senders, rt.clock)
 
 
 @dramatiq.actor(

@@ -23,7 +23,7 @@ from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
 from backinstock.dispatch.models import InDoubt, Notification, Status
-from backinstock.restocks import waves
+from backinstock.flows import restock
 from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
 from backinstock.senders.base import (
@@ -87,7 +87,7 @@ async def _plan(runtime: Runtime, client: httpx.AsyncClient, key: str, shoppers:
     async with runtime.sessions() as session:
         wave_id = await session.scalar(select(Wave.id))
     assert wave_id is not None
-    await waves.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
+    await restock.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
 
 
 async def _statuses(runtime: Runtime) -> Counter[str]:

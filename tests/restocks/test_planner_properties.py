@@ -1,7 +1,7 @@
 """Property tests of the wave planner on the real database code: whatever the shoppers and
 the sequence of stock levels, steps notify the queue's head in order (VIPs first, then
-registration order), each step's size follows the level, nobody is told twice in a wave,
-and a sell-out ends the wave."""
+registration order), each step's size follows the level, the restock's answer says how many
+its step tells, nobody is told twice in a wave, and a sell-out ends the wave."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from backinstock import db
 from backinstock.config import Settings, WaveSettings
 from backinstock.contacts import Channel
 from backinstock.dispatch.models import Notification
+from backinstock.flows import restock
+from backinstock.flows.restock import RestockOutcome
 from backinstock.identity import NormalizedContact
 from backinstock.models import Base
-from backinstock.restocks import service as restocks
-from backinstock.restocks import waves
-from backinstock.restocks.models import Wave
+from backinstock.restocks.models import Wave, WaveStatus
 from backinstock.restocks.schemas import RestockIn
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Priority, Subscription
@@ -84,20 +84,19 @@ async def _told(runtime: Runtime) -> list[uuid.UUID]:
         )
 
 
-async def _post(runtime: Runtime, level: int, occurred: int) -> uuid.UUID | None:
+async def _post(runtime: Runtime, level: int, occurred: int) -> RestockOutcome:
     payload = RestockIn(
         event_id=f"e{occurred}",
         sku="P",
         available=level,
-        occurred_at=restocks.utcnow() + timedelta(seconds=occurred),
+        occurred_at=db.utcnow() + timedelta(seconds=occurred),
     )
     async with db.transaction(runtime.sessions) as session:
-        outcome = await restocks.record(session, runtime.settings, payload)
-    return outcome.wave_due
+        return await restock.record(session, runtime.settings, payload)
 
 
 async def _run(runtime: Runtime, wave_id: uuid.UUID) -> None:
-    await waves.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
+    await restock.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
 
 
 async def _tick(runtime: Runtime) -> None:
@@ -105,10 +104,10 @@ async def _tick(runtime: Runtime) -> None:
     async with db.transaction(runtime.sessions) as session:
         await session.execute(
             update(Wave)
-            .where(Wave.status == "open")
-            .values(next_step_at=restocks.utcnow() - timedelta(seconds=1))
+            .where(Wave.status == WaveStatus.OPEN)
+            .values(next_step_at=db.utcnow() - timedelta(seconds=1))
         )
-        wave_id = await session.scalar(select(Wave.id).where(Wave.status == "open"))
+        wave_id = await session.scalar(select(Wave.id).where(Wave.status == WaveStatus.OPEN))
     if wave_id is not None:
         await _run(runtime, wave_id)
 
@@ -124,13 +123,16 @@ async def _scenario(
         level, expected = 0, 0
         for occurred, (kind, value) in enumerate(steps, start=1):
             if kind == "level":
-                due = await _post(runtime, value, occurred)
+                outcome = await _post(runtime, value, occurred)
                 if value > level:
                     expected += math.ceil(value * multiplier)
-                    assert due is not None
-                    await _run(runtime, due)
+                    assert outcome.wave_due is not None
+                    already = len(await _told(runtime))
+                    await _run(runtime, outcome.wave_due)
+                    told_now = len(await _told(runtime)) - already
+                    assert outcome.result.first_wave == told_now  # the step's own sizing
                 else:
-                    assert due is None
+                    assert outcome.wave_due is None
                 level = value
             else:
                 await _tick(runtime)
@@ -142,7 +144,7 @@ async def _scenario(
         await _tick(runtime)
         async with runtime.sessions() as session:
             open_waves = await session.scalar(
-                select(func.count()).select_from(Wave).where(Wave.status == "open")
+                select(func.count()).select_from(Wave).where(Wave.status == WaveStatus.OPEN)
             )
         assert open_waves == 0
         assert len(await _told(runtime)) == len(before), "no step after a sell-out"

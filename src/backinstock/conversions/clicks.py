@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog.models import Product
 from backinstock.catalog.service import check_link
 from backinstock.config import Settings
 from backinstock.crypto import Keys
-from backinstock.db import UTCDateTime, utcnow
+from backinstock.db import utcnow
+from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Notification
 from backinstock.errors import InvalidField
 from backinstock.identity import CLICK_TOKEN
@@ -56,14 +57,7 @@ async def record_click(
         check_link(settings.core, "product.url", row.url)
     except InvalidField:
         return None
-    await session.execute(
-        update(Notification)
-        .where(Notification.id == notification_id)
-        .values(
-            click_count=Notification.click_count + 1,
-            clicked_at=func.coalesce(Notification.clicked_at, literal(utcnow(), UTCDateTime())),
-        )
-    )
+    await notifications.record_click(session, notification_id, utcnow())
     channel = row[0] or row[1]
     metrics.CLICKS.labels(channel).inc()
     return tracked_url(row.url, channel, token)

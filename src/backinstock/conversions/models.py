@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -8,6 +9,15 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, Money, UTCDateTime, new_id, utcnow
+
+
+class Method(enum.StrEnum):
+    """How an order was tied to the shopper, most trusted first."""
+
+    TRACKED_LINK = "token"  # the notification_token the tracked link carries
+    COUPON = "coupon"  # a coupon we issued
+    CONTACT = "contact"  # the buyer's phone, email or openid, by blind index
+    CUSTOMER_ID = "customer_id"  # the shop's customer id
 
 
 class Order(Base):
@@ -40,7 +50,7 @@ class Conversion(Base):
     )
     sku: Mapped[str] = mapped_column(String(128))
     channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    # How the order was tied to the shopper: token | coupon | contact | customer_id.
+    # How the order was tied to the shopper (Method).
     method: Mapped[str] = mapped_column(String(16))
     revenue: Mapped[Decimal] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))

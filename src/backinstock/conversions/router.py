@@ -5,11 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from backinstock.conversions import clicks, orders
+from backinstock.conversions import clicks
 from backinstock.conversions.schemas import OrderIn, OrderOut
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
 from backinstock.errors import error_responses
 from backinstock.fields import DIGITS
+from backinstock.flows import orders
 from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
 

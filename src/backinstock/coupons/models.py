@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 
@@ -7,6 +8,15 @@ from sqlalchemy import ForeignKey, Index, String, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, new_id, utcnow
+
+
+class Redemption(enum.StrEnum):
+    """What an order's coupon code turned out to be."""
+
+    REDEEMED = "redeemed"  # ours, issued, and redeemed by this order
+    ALREADY_REDEEMED = "already_redeemed"
+    NOT_ISSUED = "not_issued"  # in a pool, never handed to a shopper
+    UNKNOWN = "unknown"
 
 
 class CouponPool(Base):

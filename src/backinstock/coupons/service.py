@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock.coupons.models import Coupon, CouponPool
+from backinstock.coupons.models import Coupon, CouponPool, Redemption
 from backinstock.coupons.schemas import PoolIn, PoolOut
 from backinstock.db import insert_for, new_id
 from backinstock.errors import Conflict, InvalidField
@@ -140,3 +140,20 @@ async def _generate(session: AsyncSession, prefix: str, values: dict[str, object
         if inserted is not None:
             return str(inserted)
     raise RuntimeError("no unique coupon code in several attempts: lengthen CODE_LENGTH")
+
+
+async def redeem(
+    session: AsyncSession, code: str, order_pk: uuid.UUID, occurred: datetime
+) -> tuple[Redemption, Coupon | None]:
+    """Redeem the code for the order; returns what the code was, and the coupon when this
+    order redeemed it. The row lock decides which of two racing orders redeems it."""
+    coupon = await session.scalar(select(Coupon).where(Coupon.code == code).with_for_update())
+    if coupon is None:
+        return Redemption.UNKNOWN, None
+    if coupon.issued_at is None:
+        return Redemption.NOT_ISSUED, None
+    if coupon.redeemed_at is not None:
+        return Redemption.ALREADY_REDEEMED, None
+    coupon.redeemed_at = occurred
+    coupon.order_id = order_pk
+    return Redemption.REDEEMED, coupon

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import db
 from backinstock.dispatch import outcomes
-from backinstock.dispatch.outcomes import Delivery
+from backinstock.dispatch.outcomes import Delivery, Send
 from backinstock.senders.base import OutgoingMessage, SendResult
 
 log = structlog.get_logger(__name__)
@@ -183,13 +183,13 @@ class Journal:
     ) -> None:
         self._sessions = sessions
         self._claim_id = claim_id
-        self._deliveries = {d.notification_id: d for d in deliveries}
+        # Only the messages to send: the journal records provider calls, nothing else.
+        self._deliveries = {d.notification_id: d for d in deliveries if isinstance(d, Send)}
         self._lookahead = lookahead or {}
         # Each channel's messages in claim order: the order its sender starts them in.
         self._queues: dict[str, list[OutgoingMessage]] = {}
-        for d in deliveries:
-            if d.message is not None:
-                self._queues.setdefault(d.message.channel, []).append(d.message)
+        for d in self._deliveries.values():
+            self._queues.setdefault(d.message.channel, []).append(d.message)
         self._next_ahead: dict[str, int] = {}  # per channel: first message not yet asked
         self._stopping = stopping or asyncio.Event()
         self._commit = group_commit or GroupCommit(sessions)
@@ -268,7 +268,7 @@ class Journal:
         unstarted = [
             d.notification_id
             for d in self._deliveries.values()
-            if d.message is not None and d.notification_id not in self._started
+            if d.notification_id not in self._started
         ]
         if not unstarted:
             return
@@ -411,5 +411,4 @@ class Journal:
         return ahead
 
     def _rank(self, message: OutgoingMessage) -> int:
-        contact = self._deliveries[message.notification_id].contact
-        return contact.rank if contact is not None else 0
+        return self._deliveries[message.notification_id].contact.rank

@@ -17,10 +17,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, new_id, utcnow
 
-FOLLOWUP_PENDING = "kind = 'restock' AND status = 'sent' AND followed_up_at IS NULL"
 
-
-class Kind:
+class Kind(enum.StrEnum):
     RESTOCK = "restock"  # "it's back": planned by a wave step
     FOLLOWUP = "followup"  # the coupon nudge, FOLLOWUP_AFTER_SECONDS later
 
@@ -49,6 +47,35 @@ class InDoubt(enum.StrEnum):
     DROPPED = "dropped"  # the channel's policy is not to risk a second message
 
 
+class Reason(enum.StrEnum):
+    """Why a message was not sent (``error``), when the answer is ours, not a provider's."""
+
+    NOT_WAITING = "not_waiting"  # the shopper stopped waiting: cancelled
+    NO_COUPON = "no_coupon"  # a follow-up whose coupon was erased with its shopper: cancelled
+    NO_CONTACT = "no_contact"  # every contact failed or was erased: failed
+    RENDER_FAILED = "render_failed"  # this one message cannot be made: failed
+    QUIET_HOURS = "quiet_hours"  # held until the shopper's quiet hours end: pending
+    SOLD_OUT = "sold_out"  # the wave closed before it was sent: cancelled
+    IN_DOUBT = "in_doubt"  # a crash left its call in flight
+
+
+# A skipped message the shopper no longer wants is cancelled; one nobody can send, failed.
+CANCELLING = frozenset({Reason.NOT_WAITING, Reason.NO_COUPON})
+
+
+class DeliveryReport(enum.StrEnum):
+    """What a provider finally reported about a sent message (``delivery_status``)."""
+
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+
+
+FOLLOWUP_PENDING = (
+    f"kind = '{Kind.RESTOCK}' AND status = '{Status.SENT}' AND followed_up_at IS NULL"
+)
+
+
 class Notification(Base):
     """One message to one shopper for one wave: the unit of work (the outbox row).
 
@@ -73,14 +100,16 @@ class Notification(Base):
     )
     wave_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("waves.id", ondelete="CASCADE"))
     sku: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(16), default=Kind.RESTOCK, server_default=Kind.RESTOCK)
+    kind: Mapped[str] = mapped_column(
+        String(16), default=Kind.RESTOCK.value, server_default=Kind.RESTOCK.value
+    )
     step: Mapped[int] = mapped_column(Integer)
     level: Mapped[int] = mapped_column(Integer)  # stock level when planned, for scarcity copy
     queue_size: Mapped[int] = mapped_column(Integer)
     channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Which of the shopper's contacts to use: 0 the primary, n the fallback of rank n.
     contact_rank: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=Status.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -95,7 +124,7 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
-    # What the provider later reported: delivered | undelivered | failed (None: no report).
+    # What the provider later reported (DeliveryReport; None: no report).
     delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -123,8 +152,8 @@ class Notification(Base):
         Index(
             "ix_notifications_failed_created_at",
             "created_at",
-            postgresql_where=text("status = 'failed'"),
-            sqlite_where=text("status = 'failed'"),
+            postgresql_where=text(f"status = '{Status.FAILED}'"),
+            sqlite_where=text(f"status = '{Status.FAILED}'"),
         ),
         # Restock messages still owed a follow-up decision, oldest first.
         Index(

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.config import DeliverySettings, InDoubtPolicy
 from backinstock.contacts import Channel
 from backinstock.db import utcnow
-from backinstock.dispatch.models import InDoubt, Notification, Status
+from backinstock.dispatch.models import CANCELLING, InDoubt, Notification, Reason, Status
 from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
-from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+from backinstock.subscriptions import lifecycle
 
 MAX_ATTEMPTS = 6
-_TABLE: Table = Notification.__table__  # type: ignore[assignment]
+_TABLE = Notification.metadata.tables[Notification.__tablename__]  # Core: see mark_inflight
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,41 @@ class Contact:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """One claimed notification, as prepared: a message to send, or why there is none."""
+class Claimed:
+    """One claimed notification, before it is known what to do with it."""
 
     notification_id: uuid.UUID
     subscription_id: uuid.UUID
     attempts: int
     created_at: datetime
     in_doubt: str | None  # InDoubt.UNRESOLVED: an earlier attempt may have got through
-    contact: Contact | None = None  # None: nobody to send to (unsubscribed, erased, failed)
-    message: OutgoingMessage | None = None
-    held_until: datetime | None = None  # quiet hours: send when they end
-    skip: str | None = None  # why nothing is sent: not_waiting, no_coupon, no_contact, ...
+
+
+@dataclass(frozen=True)
+class Send(Claimed):
+    """A message to hand to the contact's provider."""
+
+    contact: Contact
+    message: OutgoingMessage
+
+
+@dataclass(frozen=True)
+class Hold(Claimed):
+    """Quiet hours at the contact: back to the queue until they end, not an attempt."""
+
+    contact: Contact
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Skip(Claimed):
+    """Nothing to send, for good: cancelled or failed, by the reason."""
+
+    reason: Reason
+
+
+# What a claimed notification comes to, once prepared: one type per case.
+Delivery = Send | Hold | Skip
 
 
 # A claimed row whose provider call has not started, and one whose call has (the status
@@ -82,31 +105,20 @@ async def record_skips(
 ) -> None:
     """Claimed notifications that need no provider call: settled in the claim's transaction."""
     for delivery in deliveries:
-        if delivery.skip in ("not_waiting", "no_coupon"):
+        if isinstance(delivery, Skip):  # not wanted any more, or nobody can send it
+            status = Status.CANCELLED if delivery.reason in CANCELLING else Status.FAILED
             await _set(
-                session,
-                claim_id,
-                delivery.notification_id,
-                status=Status.CANCELLED,
-                error=delivery.skip,
+                session, claim_id, delivery.notification_id, status=status, error=delivery.reason
             )
-        elif delivery.skip is not None:  # no usable contact, or a message that cannot be made
-            await _set(
-                session,
-                claim_id,
-                delivery.notification_id,
-                status=Status.FAILED,
-                error=delivery.skip,
-            )
-        elif delivery.held_until is not None:  # not an attempt: the provider was not called
+        elif isinstance(delivery, Hold):  # not an attempt: the provider was not called
             await _set(
                 session,
                 claim_id,
                 delivery.notification_id,
                 status=Status.PENDING,
-                next_attempt_at=delivery.held_until,
+                next_attempt_at=delivery.until,
                 attempts=delivery.attempts - 1,
-                error="quiet_hours",
+                error=Reason.QUIET_HOURS,
             )
 
 
@@ -206,14 +218,14 @@ _SENT = (
 async def record_results(
     session: AsyncSession,
     claim_id: uuid.UUID,
-    deliveries: dict[uuid.UUID, Delivery],
+    deliveries: dict[uuid.UUID, Send],
     results: list[SendResult],
 ) -> None:
     now = utcnow()
     sent = [(r, deliveries[r.notification_id]) for r in results if r.outcome is Outcome.SENT]
     if sent:
         await session.execute(_SENT, [_sent_row(claim_id, r, d, now) for r, d in sent])
-        await _spend_wechat_consents(session, [d for _, d in sent])
+        await lifecycle.spend_wechat_consents(session, _consents_spent([d for _, d in sent]))
     for result in results:
         delivery = deliveries[result.notification_id]
         if result.outcome is Outcome.TRANSIENT:
@@ -223,9 +235,8 @@ async def record_results(
 
 
 def _sent_row(
-    claim_id: uuid.UUID, result: SendResult, delivery: Delivery, now: datetime
+    claim_id: uuid.UUID, result: SendResult, delivery: Send, now: datetime
 ) -> dict[str, Any]:
-    assert delivery.contact is not None  # only a delivery with a contact is sent
     resolution = InDoubt.FOUND if result.already_sent else InDoubt.RESENT
     return {
         "b_id": result.notification_id,
@@ -238,20 +249,13 @@ def _sent_row(
     }
 
 
-async def _spend_wechat_consents(session: AsyncSession, sent: list[Delivery]) -> None:
-    spent = [
+def _consents_spent(sent: list[Send]) -> list[uuid.UUID]:
+    """The shoppers whose own WeChat consent a sent message used (not a fallback's)."""
+    return [
         d.subscription_id
         for d in sent
-        if d.contact is not None
-        and d.contact.rank == 0
-        and d.contact.channel == Channel.WECHAT.value
+        if d.contact.rank == 0 and d.contact.channel == Channel.WECHAT.value
     ]
-    if spent:
-        await session.execute(
-            update(Subscription)
-            .where(Subscription.id.in_(spent))
-            .values(wechat_consents=Subscription.wechat_consents - 1)
-        )
 
 
 def backoff(attempts: int) -> timedelta:
@@ -263,7 +267,7 @@ def backoff(attempts: int) -> timedelta:
 async def _retry_or_fail(
     session: AsyncSession,
     claim_id: uuid.UUID,
-    delivery: Delivery,
+    delivery: Send,
     result: SendResult,
     now: datetime,
 ) -> None:
@@ -285,25 +289,14 @@ async def _retry_or_fail(
 async def _fall_back(
     session: AsyncSession,
     claim_id: uuid.UUID,
-    delivery: Delivery,
+    delivery: Send,
     result: SendResult,
     now: datetime,
 ) -> None:
     """The contact will never work: remember that, and try the shopper's next contact."""
     contact = delivery.contact
-    assert contact is not None
-    if contact.rank == 0:
-        await session.execute(
-            update(Subscription)
-            .where(Subscription.id == delivery.subscription_id)
-            .values(contact_failed_at=now)
-        )
-    else:
-        await session.execute(
-            update(SubscriptionFallback)
-            .where(SubscriptionFallback.id == contact.row_id)
-            .values(status="failed")
-        )
+    fallback_id = None if contact.rank == 0 else contact.row_id
+    await lifecycle.fail_contact(session, delivery.subscription_id, fallback_id, now)
     await _set(
         session,
         claim_id,
@@ -336,7 +329,7 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings, now
                 .where(*in_flight)
                 .values(
                     status=Status.FAILED,
-                    error="in_doubt",
+                    error=Reason.IN_DOUBT,
                     in_doubt=InDoubt.DROPPED,
                     claim_id=None,
                     lease_until=None,
@@ -350,7 +343,7 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings, now
             .values(
                 status=Status.PENDING,
                 in_doubt=InDoubt.UNRESOLVED,
-                error="in_doubt",
+                error=Reason.IN_DOUBT,
                 claim_id=None,
                 lease_until=None,
                 call_started_at=None,

@@ -13,6 +13,7 @@ from functools import lru_cache
 from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from backinstock.dispatch.models import Kind
 from backinstock.dispatch.sms import segments
 from backinstock.resources import resource_dir
 
@@ -27,7 +28,7 @@ class MessageContext:
     unsubscribe_url: str
     level: int
     queue_size: int
-    kind: str = "restock"  # or "followup": the coupon nudge, from <locale>.followup.*.j2
+    kind: str = Kind.RESTOCK  # a follow-up's templates are <locale>.followup.*.j2
     coupon_code: str | None = None
     coupon_description: str | None = None
 
@@ -86,7 +87,7 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "coupon_code": context.coupon_code,
         "coupon_description": context.coupon_description,
     }
-    prefix = "" if context.kind == "restock" else f"{context.kind}."
+    prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):
         try:
             template = _environment().get_template(f"{channel}/{candidate}.{prefix}{part}.j2")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import uuid
 from collections import defaultdict
@@ -31,14 +30,19 @@ from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
 from backinstock.dispatch.journal import GroupCommit, Journal
-from backinstock.dispatch.models import InDoubt, Kind, Notification, Status
-from backinstock.dispatch.outcomes import Contact, Delivery, record_skips
+from backinstock.dispatch.models import InDoubt, Kind, Notification, Reason, Status
+from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.identity import CLICK_TOKEN, UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
 from backinstock.ratelimit import Throttle
 from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
-from backinstock.subscriptions.models import IN_QUEUE, Subscription, SubscriptionFallback
+from backinstock.subscriptions.models import (
+    IN_QUEUE,
+    FallbackStatus,
+    Subscription,
+    SubscriptionFallback,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +93,7 @@ def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> l
     if consented and sub.contact_failed_at is None and sub.contact_blob and sub.contact_key_id:
         found.append(Contact(0, sub.channel, sub.contact_key_id, sub.contact_blob, sub.id))
     for f in sorted(fallbacks, key=lambda f: f.rank):
-        if f.status == "active" and f.contact_blob and f.contact_key_id:
+        if f.status == FallbackStatus.ACTIVE and f.contact_blob and f.contact_key_id:
             found.append(Contact(f.rank, f.channel, f.contact_key_id, f.contact_blob, f.id))
     return found
 
@@ -145,7 +149,7 @@ def _delivery(
     now: datetime,
     coupon: tuple[str, str | None] | None = None,
 ) -> Delivery:
-    base = Delivery(
+    claimed = Claimed(
         notification.id,
         sub.id,
         notification.attempts,
@@ -153,19 +157,19 @@ def _delivery(
         notification.in_doubt,
     )
     if sub.status not in IN_QUEUE:
-        return dataclasses.replace(base, skip="not_waiting")
+        return Skip(**vars(claimed), reason=Reason.NOT_WAITING)
     if notification.kind == Kind.FOLLOWUP and coupon is None:
-        return dataclasses.replace(base, skip="no_coupon")  # the shopper was erased meanwhile
+        # The shopper was erased meanwhile.
+        return Skip(**vars(claimed), reason=Reason.NO_COUPON)
     usable = [c for c in contacts_from(sub, fallbacks) if c.rank >= notification.contact_rank]
     if not usable:
-        return dataclasses.replace(base, skip="no_contact")
+        return Skip(**vars(claimed), reason=Reason.NO_CONTACT)
     contact = usable[0]
-    base = dataclasses.replace(base, contact=contact)
     if contact.channel == Channel.SMS.value:
         zone = sub.timezone or settings.quiet_hours.default_timezone
         held = hold_until(now, zone, settings.quiet_hours.window)
         if held is not None:
-            return dataclasses.replace(base, held_until=held)
+            return Hold(**vars(claimed), contact=contact, until=held)
     try:
         message = _message(
             settings, keys, notification, sub, contact, product_name, product_url, coupon
@@ -176,8 +180,8 @@ def _delivery(
             notification_id=str(notification.id),
             error_type=type(exc).__name__,
         )
-        return dataclasses.replace(base, skip="render_failed")
-    return dataclasses.replace(base, message=message)
+        return Skip(**vars(claimed), reason=Reason.RENDER_FAILED)
+    return Send(**vars(claimed), contact=contact, message=message)
 
 
 def _message(
@@ -324,9 +328,9 @@ async def _send(
     deliveries: list[Delivery],
     journal: Journal,
 ) -> None:
-    by_channel: dict[str, list[Delivery]] = defaultdict(list)
+    by_channel: dict[str, list[Send]] = defaultdict(list)
     for delivery in deliveries:
-        if delivery.message is not None:
+        if isinstance(delivery, Send):
             by_channel[delivery.message.channel].append(delivery)
     for channel, batch in by_channel.items():
         sender = senders[channel]
@@ -345,11 +349,11 @@ async def _send(
 
 
 async def _settle_in_doubt(
-    settings: Settings, sender: Sender, batch: list[Delivery], journal: Journal
+    settings: Settings, sender: Sender, batch: list[Send], journal: Journal
 ) -> list[OutgoingMessage]:
     """The messages to send. Where the channel reconciles, a message a crash left in doubt
     is first looked up at the provider: found, it is recorded as sent and not sent again."""
-    messages = [d.message for d in batch if d.message is not None]
+    messages = [d.message for d in batch]
     policy = settings.delivery.policy(sender.channel)
     if policy is not InDoubtPolicy.RECONCILE or not isinstance(sender, Reconciler):
         return messages

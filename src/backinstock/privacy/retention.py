@@ -16,17 +16,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.config import Settings
 from backinstock.dispatch.models import Notification
-from backinstock.senders.models import DevOutboxMessage
-from backinstock.subscriptions.models import Status, Subscription, SubscriptionFallback
+from backinstock.senders import outbox
+from backinstock.subscriptions import lifecycle
+from backinstock.subscriptions.models import STOPPED, Status, Subscription
 
-BATCH = 500
 # The partial indexes subscriptions.ix_subscriptions_expiry / _erasure cover these scans.
-STOPPED = (Status.CONVERTED.value, Status.UNSUBSCRIBED.value, Status.EXPIRED.value)
+BATCH = 500
 
 
 async def expire_exhausted(session: AsyncSession, settings: Settings, now: datetime) -> int:
@@ -44,11 +44,7 @@ async def expire_exhausted(session: AsyncSession, settings: Settings, now: datet
         )
     )
     if ids:
-        await session.execute(
-            update(Subscription)
-            .where(Subscription.id.in_(ids))
-            .values(status=Status.EXPIRED.value, stopped_at=now, updated_at=now)
-        )
+        await lifecycle.expire(session, ids, now)
     return len(ids)
 
 
@@ -72,24 +68,7 @@ async def erase_stopped(session: AsyncSession, settings: Settings, now: datetime
 
 
 async def _erase(session: AsyncSession, ids: list[uuid.UUID], now: datetime) -> None:
-    await session.execute(
-        update(Subscription)
-        .where(Subscription.id.in_(ids))
-        .values(
-            contact_key_id=None,
-            contact_blob=None,
-            contact_index=None,
-            profile_key_id=None,
-            profile_blob=None,
-            updated_at=now,
-        )
-    )
-    await session.execute(
-        update(SubscriptionFallback)
-        .where(SubscriptionFallback.subscription_id.in_(ids))
-        .values(contact_key_id=None, contact_blob=None, contact_index=None)
-    )
-    their_messages = select(Notification.id).where(Notification.subscription_id.in_(ids))
-    await session.execute(
-        delete(DevOutboxMessage).where(DevOutboxMessage.notification_id.in_(their_messages))
+    await lifecycle.erase(session, ids, now)
+    await outbox.forget(
+        session, select(Notification.id).where(Notification.subscription_id.in_(ids))
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import identity
@@ -12,13 +11,14 @@ from backinstock.config import Settings
 from backinstock.contacts import Channel
 from backinstock.crypto import Keys
 from backinstock.db import utcnow
-from backinstock.dispatch import outcomes
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch import notifications, outcomes
+from backinstock.dispatch.models import DeliveryReport
+from backinstock.subscriptions import lifecycle
 from backinstock.subscriptions import service as subscriptions
-from backinstock.subscriptions.models import SubscriptionFallback
 
-# Twilio's final statuses; "queued", "sending", "sent" are steps on the way.
-_FINAL = {"delivered", "undelivered", "failed"}
+# Twilio's final statuses are a DeliveryReport's; "queued", "sending", "sent" are steps on
+# the way.
+_FINAL = {report.value: report for report in DeliveryReport}
 # Keywords carriers and Twilio treat as opt-out, plus the Chinese 退订 ("unsubscribe") and TD.
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
 
@@ -34,19 +34,11 @@ async def record_twilio_status(
     (carried in the callback URL) settles a message a crash left in doubt: Twilio has it."""
     if notification_id is not None and message_sid:
         await outcomes.settle_by_callback(session, notification_id, message_sid)
-    status = status.lower()
-    if status not in _FINAL:
+    report = _FINAL.get(status.lower())
+    if report is None:
         return True  # progress report: nothing to record
-    result = await session.execute(
-        update(Notification)
-        .where(Notification.provider_id == message_sid)
-        .values(
-            delivery_status=status,
-            delivered_at=utcnow() if status == "delivered" else None,
-            error=f"twilio:{error_code}" if error_code else Notification.error,
-        )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    error = f"twilio:{error_code}" if error_code else None
+    return await notifications.record_delivery_report(session, message_sid, report, error, utcnow())
 
 
 def is_stop(body: str) -> bool:
@@ -59,9 +51,5 @@ async def opt_out_phone(session: AsyncSession, settings: Settings, keys: Keys, r
     if not candidates:  # not a phone number
         return 0
     stopped = await subscriptions.unsubscribe_by_contact(session, candidates)
-    await session.execute(
-        update(SubscriptionFallback)
-        .where(SubscriptionFallback.contact_index.in_(candidates))
-        .values(status="failed")
-    )
+    await lifecycle.fail_fallbacks_by_index(session, candidates)
     return stopped

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 
@@ -41,6 +42,14 @@ class RestockEvent(Base):
     __table_args__ = (UniqueConstraint("location", "event_id"),)
 
 
+class WaveStatus(enum.StrEnum):
+    OPEN = "open"  # from the restock until the SKU sells out
+    CLOSED = "closed"  # sold out: no further steps
+
+
+OPEN_WAVE = f"status = '{WaveStatus.OPEN}'"
+
+
 class Wave(Base):
     """One restock's notification campaign for a SKU, from level > 0 until it sells out.
 
@@ -53,7 +62,7 @@ class Wave(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     sku: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    status: Mapped[str] = mapped_column(String(16), default=WaveStatus.OPEN.value)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     restock_id: Mapped[uuid.UUID] = mapped_column(Uuid)
@@ -69,8 +78,8 @@ class Wave(Base):
             "uq_waves_open_sku",
             "sku",
             unique=True,
-            postgresql_where=text("status = 'open'"),
-            sqlite_where=text("status = 'open'"),
+            postgresql_where=text(OPEN_WAVE),
+            sqlite_where=text(OPEN_WAVE),
         ),
         Index("ix_waves_due", "status", "next_step_at"),
     )

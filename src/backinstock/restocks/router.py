@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from backinstock import db, tasks
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
 from backinstock.errors import error_responses
-from backinstock.restocks import service as restocks
+from backinstock.flows import restock
 from backinstock.restocks.schemas import RestockIn, RestockOut
 from backinstock.strict_json import StrictJsonRoute
 
@@ -28,7 +28,7 @@ async def post_stock_level(
 ) -> Response:
     """Record a location's absolute stock level. Idempotent on (location, event_id); events
     older than the location's latest are recorded and ignored. 0 → sold out: the wave stops."""
-    outcome = await restocks.record(session, runtime.settings, payload)
+    outcome = await restock.record(session, runtime.settings, payload)
     if outcome.wave_due is not None:
         wave_id = outcome.wave_due
         db.after_commit(session, lambda: tasks.wake_wave(wave_id))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from sqlalchemy import Select, delete
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -118,6 +119,13 @@ class DevOutboxSender:
             )
             return SendResult(row["notification_id"], Outcome.PERMANENT, error="outbox:unstorable")
         return _stored(row)
+
+
+async def forget(session: AsyncSession, notification_ids: Select[uuid.UUID]) -> None:
+    """Delete the copies of these messages (their shopper's data is being erased)."""
+    await session.execute(
+        delete(DevOutboxMessage).where(DevOutboxMessage.notification_id.in_(notification_ids))
+    )
 
 
 def _stored(row: dict[str, Any]) -> SendResult:

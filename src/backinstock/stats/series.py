@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backinstock.conversions.models import Conversion
 from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Notification, Status
 from backinstock.errors import InvalidField
 from backinstock.money import money
 from backinstock.stats import service
@@ -120,7 +120,7 @@ def _sent(*extra: ColumnElement[bool]) -> Callable[[Filters, str | None], _Sourc
 def _failed(f: Filters, _: str | None) -> _Source:
     # Never-sent failures count when created, undelivered ones when sent (as in the funnel).
     n = Notification
-    moment = case((n.status == "failed", n.created_at), else_=n.sent_at)
+    moment = case((n.status == Status.FAILED, n.created_at), else_=n.sent_at)
     where = [*service.restock_messages(f), service.failed_in_period(f)]
     return _Source(moment, func.count(), where)
 

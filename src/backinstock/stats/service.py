@@ -21,7 +21,7 @@ from backinstock.catalog.models import Product
 from backinstock.conversions.models import Conversion
 from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
-from backinstock.dispatch.models import Kind, Notification
+from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Status
 from backinstock.money import money
 from backinstock.restocks.models import Wave
 from backinstock.stats.filters import Filters
@@ -29,7 +29,7 @@ from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 
 # Reported by the provider after it had accepted the message.
-REPORTED_UNDELIVERED = ("undelivered", "failed")
+REPORTED_UNDELIVERED = (DeliveryReport.UNDELIVERED.value, DeliveryReport.FAILED.value)
 _SKU = re.compile(r"[!-~]{1,128}")
 
 
@@ -46,19 +46,20 @@ class _Messages:
 
 
 def sent_in_period(f: Filters) -> ColumnElement[bool]:
-    return and_(Notification.status == "sent", *f.period(Notification.sent_at))
+    return and_(Notification.status == Status.SENT, *f.period(Notification.sent_at))
 
 
 def failed_in_period(f: Filters) -> ColumnElement[bool]:
     """Never sent (by created_at), or sent and then reported undelivered (by sent_at)."""
-    never_sent = and_(Notification.status == "failed", *f.period(Notification.created_at))
+    never_sent = and_(Notification.status == Status.FAILED, *f.period(Notification.created_at))
     undelivered = and_(sent_in_period(f), Notification.delivery_status.in_(REPORTED_UNDELIVERED))
     return or_(never_sent, undelivered)
 
 
 def delivered() -> ColumnElement[bool]:
     # Email and WeChat have no delivery reports: accepted by the provider counts.
-    return or_(Notification.delivery_status.is_(None), Notification.delivery_status == "delivered")
+    reported = Notification.delivery_status
+    return or_(reported.is_(None), reported == DeliveryReport.DELIVERED)
 
 
 def restock_messages(f: Filters) -> list[ColumnElement[bool]]:

@@ -32,15 +32,27 @@ class Priority(enum.StrEnum):
     STANDARD = "standard"
 
 
+class FallbackStatus(enum.StrEnum):
+    ACTIVE = "active"  # tried, in rank order, once the contacts before it failed
+    FAILED = "failed"  # a provider rejected it for good, or the number opted out
+
+
 PRIORITY_RANK = {Priority.VIP: 0, Priority.STANDARD: 1}
 
 # Still in the SKU's queue: notified-but-not-converted shoppers keep their place.
 IN_QUEUE = (Status.WAITING.value, Status.NOTIFIED.value)
-IN_QUEUE_PREDICATE = text("status IN ('waiting', 'notified')")
-EXPIRY_CANDIDATE = "status = 'notified'"
-ERASURE_CANDIDATE = (
-    "contact_blob IS NOT NULL AND status IN ('converted', 'unsubscribed', 'expired')"
-)
+# No longer waiting, for good: what retention erases once RETENTION_DAYS have passed.
+STOPPED = (Status.CONVERTED.value, Status.UNSUBSCRIBED.value, Status.EXPIRED.value)
+
+
+def _listed(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+QUEUED = _listed(IN_QUEUE)  # for textual SQL: "'waiting', 'notified'"
+IN_QUEUE_PREDICATE = text(f"status IN ({QUEUED})")
+EXPIRY_CANDIDATE = f"status = '{Status.NOTIFIED}'"
+ERASURE_CANDIDATE = f"contact_blob IS NOT NULL AND status IN ({_listed(STOPPED)})"
 
 
 class Subscription(Base):
@@ -133,7 +145,7 @@ class SubscriptionFallback(Base):
     contact_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contact_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     contact_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=FallbackStatus.ACTIVE.value)
 
     subscription: Mapped[Subscription] = relationship(back_populates="fallbacks")
 

@@ -10,6 +10,7 @@ from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
 from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
 from backinstock.subscriptions import service as subscriptions
+from backinstock.subscriptions.models import Status
 from backinstock.subscriptions.schemas import SubscriptionCreate, SubscriptionOut
 
 router = APIRouter(tags=["subscriptions"], route_class=StrictJsonRoute)
@@ -146,5 +147,5 @@ async def unsubscribe_by_token(
     if sub_id is None or not await subscriptions.unsubscribe(session, sub_id):
         return _unknown_link(request)
     if _wants_json(request):
-        return JSONResponse({"status": "unsubscribed"})
+        return JSONResponse({"status": Status.UNSUBSCRIBED.value})
     return HTMLResponse(pages.unsubscribed())

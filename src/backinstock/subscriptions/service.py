@@ -28,6 +28,7 @@ from backinstock.ratelimit import Counted, Hit, RateLimiter
 from backinstock.subscriptions.models import (
     IN_QUEUE,
     PRIORITY_RANK,
+    FallbackStatus,
     Status,
     Subscription,
     SubscriptionFallback,
@@ -242,7 +243,7 @@ def _add_fallbacks(
                 contact_key_id=sealed.key_id,
                 contact_blob=sealed.blob,
                 contact_index=identity.index(keys, contact),
-                status="active",
+                status=FallbackStatus.ACTIVE.value,
             )
         )
 

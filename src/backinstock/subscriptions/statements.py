@@ -11,22 +11,26 @@ from __future__ import annotations
 from sqlalchemy import Integer, LargeBinary, SmallInteger, String, Uuid, bindparam, text
 
 from backinstock.db import UTCDateTime
+from backinstock.subscriptions.models import QUEUED, Status
 
 # The queue position (COUNT_AHEAD's count) comes back with the insert: one round trip, not
 # two. The comparison is strict, so whether the subquery sees the new row (SQLite) or not
 # (PostgreSQL's statement snapshot) does not change the count.
+# The statuses are the Status enum's own constants, interpolated once, at import: no input
+# ever reaches the SQL text (hence the noqa).
 INSERT_WAITING = (
     text(
-        "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "
+        "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "  # noqa: S608
         "contact_index, profile_key_id, profile_blob, locale, timezone, customer_id, priority, "
         "priority_rank, source, consent_text_version, status, notification_count, created_at, "
         "updated_at, wechat_consents) VALUES ("
         ":id, :sku, :channel, :contact_key_id, :contact_blob, :contact_index, :profile_key_id, "
         ":profile_blob, :locale, :timezone, :customer_id, :priority, :priority_rank, :source, "
-        ":consent_text_version, 'waiting', 0, :created_at, :created_at, :wechat_consents) "
-        "ON CONFLICT (sku, contact_index) WHERE status IN ('waiting', 'notified') DO NOTHING "
+        f":consent_text_version, '{Status.WAITING}', 0, :created_at, :created_at, "
+        ":wechat_consents) "
+        f"ON CONFLICT (sku, contact_index) WHERE status IN ({QUEUED}) DO NOTHING "
         "RETURNING id, (SELECT count(*) FROM subscriptions AS ahead "
-        "WHERE ahead.sku = :sku AND ahead.status IN ('waiting', 'notified') "
+        f"WHERE ahead.sku = :sku AND ahead.status IN ({QUEUED}) "
         "AND (ahead.priority_rank, ahead.created_at, ahead.id) < (:priority_rank, :created_at, :id)"
         ") AS ahead"
     )
@@ -48,8 +52,8 @@ INSERT_WAITING = (
 
 # How many queued subscriptions of the SKU come before (rank, created_at, id).
 COUNT_AHEAD = text(
-    "SELECT count(*) FROM subscriptions "
-    "WHERE sku = :sku AND status IN ('waiting', 'notified') "
+    "SELECT count(*) FROM subscriptions "  # noqa: S608
+    f"WHERE sku = :sku AND status IN ({QUEUED}) "
     "AND (priority_rank, created_at, id) < (:priority_rank, :created_at, :id)"
 ).bindparams(
     bindparam("priority_rank", type_=SmallInteger()),

@@ -1,5 +1,6 @@
-"""Follow-ups: FOLLOWUP_AFTER_SECONDS after a restock message, a shopper who has not bought
-while the SKU is still in stock gets one coupon, in one follow-up message, ever.
+"""A sent message becomes a coupon follow-up: FOLLOWUP_AFTER_SECONDS after a restock
+message, a shopper who has not bought while the SKU is still in stock gets one coupon, in
+one follow-up message, ever.
 
 The sweeper calls :func:`plan_due` every tick. Each restock message is decided once
 (``followed_up_at``), under ``FOR UPDATE SKIP LOCKED`` so that any number of workers split
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,8 +24,10 @@ from backinstock import db
 from backinstock.config import Settings
 from backinstock.coupons import service as coupons
 from backinstock.coupons.models import Coupon
+from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Kind, Notification
-from backinstock.restocks.waves import current_level
+from backinstock.dispatch.models import Status as MessageStatus
+from backinstock.restocks.service import current_level
 from backinstock.subscriptions.models import Status, Subscription
 
 log = structlog.get_logger(__name__)
@@ -70,11 +73,7 @@ async def _plan(session: AsyncSession, settings: Settings, now: datetime) -> lis
             served.add(item.subscription_id)
             planned.append(await _plan_one(session, settings, item, levels[item.sku], now))
     if due:
-        await session.execute(
-            update(Notification)
-            .where(Notification.id.in_([d.notification_id for d in due]))
-            .values(followed_up_at=now)
-        )
+        await notifications.mark_followed_up(session, [d.notification_id for d in due], now)
     return planned
 
 
@@ -101,7 +100,7 @@ async def _due(session: AsyncSession, cutoff: datetime, limit: int) -> list[Due]
         .join(Subscription, Subscription.id == Notification.subscription_id)
         .where(
             Notification.kind == Kind.RESTOCK,
-            Notification.status == "sent",
+            Notification.status == MessageStatus.SENT,
             Notification.followed_up_at.is_(None),
             Notification.sent_at <= cutoff,
         )
@@ -115,29 +114,14 @@ async def _due(session: AsyncSession, cutoff: datetime, limit: int) -> list[Due]
 async def _plan_one(
     session: AsyncSession, settings: Settings, item: Due, level: int, now: datetime
 ) -> uuid.UUID:
-    followup = Notification(
-        id=db.new_id(),
-        subscription_id=item.subscription_id,
-        wave_id=item.wave_id,
-        sku=item.sku,
-        kind=Kind.FOLLOWUP,
-        step=item.step,
-        level=level,
-        queue_size=item.queue_size,
-        status="pending",
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
-    )
-    session.add(followup)
-    await session.flush()
+    followup_id = await notifications.plan_followup(session, item, level=level, now=now)
     await coupons.issue(
         session,
         settings.conversion.coupon_prefix,
         subscription_id=item.subscription_id,
-        notification_id=followup.id,
+        notification_id=followup_id,
         sku=item.sku,
         channel=item.channel,
         now=now,
     )
-    return followup.id
+    return followup_id

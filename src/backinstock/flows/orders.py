@@ -1,4 +1,4 @@
-"""Orders and attribution: did a back-in-stock message sell?
+"""An order becomes conversions: did a back-in-stock message sell?
 
 An order converts a subscription for each SKU it contains when, in this order of trust:
 
@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from backinstock import identity
 from backinstock.config import Settings
 from backinstock.contacts import Channel
-from backinstock.conversions.models import Conversion, Order
+from backinstock.conversions import ledger
+from backinstock.conversions.models import Method
 from backinstock.conversions.schemas import (
     ConversionOut,
     CouponUse,
@@ -36,15 +37,18 @@ from backinstock.conversions.schemas import (
     OrderIn,
     OrderOut,
 )
-from backinstock.coupons.models import Coupon
+from backinstock.coupons import service as coupons
+from backinstock.coupons.models import Redemption
 from backinstock.crypto import Keys
-from backinstock.db import insert_for, new_id, utcnow
+from backinstock.db import utcnow
 from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Status as MessageStatus
 from backinstock.fields import refuse_future
 from backinstock.identity import CLICK_TOKEN
 from backinstock.money import money
 from backinstock.ops import metrics
-from backinstock.subscriptions.models import IN_QUEUE, Status, Subscription, SubscriptionFallback
+from backinstock.subscriptions import lifecycle
+from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 
 # Shop and service clocks differ a little: a message "sent" seconds after the order was
 # placed may still be the one the shopper followed.
@@ -58,7 +62,7 @@ class Touch:
     subscription_id: uuid.UUID
     notification_id: uuid.UUID | None
     channel: str | None
-    method: str
+    method: Method
 
 
 @dataclass(frozen=True)
@@ -72,16 +76,18 @@ async def record(
 ) -> tuple[OrderOut, bool]:
     """Record the order and its conversions; returns (answer, replayed)."""
     refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
-    stored = await _stored_answer(session, payload.order_id)
+    stored = await ledger.stored_answer(session, payload.order_id)
     if stored is not None:
         return stored, True
     now = utcnow()
     occurred = payload.occurred_at or now
     lines = _lines_by_sku(payload)
     total = sum(lines.values(), Decimal(0))
-    order_pk = await _insert_order(session, payload, total, occurred, now)
+    order_pk = await ledger.insert_order(
+        session, payload.order_id, payload.currency, total, occurred, now
+    )
     if order_pk is None:  # the same order_id committed by a concurrent request
-        stored = await _stored_answer(session, payload.order_id)
+        stored = await ledger.stored_answer(session, payload.order_id)
         assert stored is not None
         return stored, True
     # The coupon first: its row lock decides which of two racing orders redeems it.
@@ -101,15 +107,8 @@ async def record(
         conversions=conversions,
         coupon=coupon_use,
     )
-    await session.execute(
-        update(Order).where(Order.id == order_pk).values(response=answer.model_dump_json())
-    )
+    await ledger.store_answer(session, order_pk, answer)
     return answer, False
-
-
-async def _stored_answer(session: AsyncSession, order_id: str) -> OrderOut | None:
-    stored = await session.scalar(select(Order.response).where(Order.order_id == order_id))
-    return OrderOut.model_validate_json(stored) if stored else None
 
 
 def _lines_by_sku(payload: OrderIn) -> dict[str, Decimal]:
@@ -122,27 +121,6 @@ def _lines_by_sku(payload: OrderIn) -> dict[str, Decimal]:
 def _window(settings: Settings, occurred: datetime) -> Window:
     span = timedelta(seconds=settings.conversion.attribution_window_seconds)
     return Window(occurred - span, occurred + CLOCK_SKEW)
-
-
-async def _insert_order(
-    session: AsyncSession, payload: OrderIn, total: Decimal, occurred: datetime, now: datetime
-) -> uuid.UUID | None:
-    # ON CONFLICT DO NOTHING waits for a concurrent insert of the same order_id to commit,
-    # then inserts nothing: exactly one request attributes the order.
-    return await session.scalar(  # type: ignore[no-any-return]
-        insert_for(session, Order)
-        .values(
-            id=new_id(),
-            order_id=payload.order_id,
-            currency=payload.currency,
-            total=total,
-            occurred_at=occurred,
-            received_at=now,
-            response="",
-        )
-        .on_conflict_do_nothing(index_elements=[Order.order_id])
-        .returning(Order.id)
-    )
 
 
 async def _attribute(
@@ -190,7 +168,7 @@ async def _by_token(
     ).first()
     if row is None:
         return {}
-    return {row.sku: Touch(row.subscription_id, row.id, row.channel, "token")}
+    return {row.sku: Touch(row.subscription_id, row.id, row.channel, Method.TRACKED_LINK)}
 
 
 def _customer_digests(settings: Settings, keys: Keys, customer: OrderCustomer) -> list[bytes]:
@@ -233,7 +211,7 @@ async def _by_customer(
         .join(Subscription, Subscription.id == Notification.subscription_id)
         .where(
             Notification.sku.in_(skus),
-            Notification.status == "sent",
+            Notification.status == MessageStatus.SENT,
             Notification.sent_at.between(window.start, window.end),
             or_(*matches),
         )
@@ -244,7 +222,7 @@ async def _by_customer(
         if row.sku in touches:
             continue  # rows come latest first: the latest message of each SKU wins
         by_contact = row.contact_index in digests or not customer.customer_id
-        method = "contact" if by_contact else "customer_id"
+        method = Method.CONTACT if by_contact else Method.CUSTOMER_ID
         touches[row.sku] = Touch(row.subscription_id, row.id, row.channel, method)
     return touches
 
@@ -257,23 +235,17 @@ async def _redeem_coupon(
     code = payload.coupon_code
     if not code:
         return None, None
-    coupon = await session.scalar(select(Coupon).where(Coupon.code == code).with_for_update())
+    redemption, coupon = await coupons.redeem(session, code, order_pk, occurred)
     if coupon is None:
-        return CouponUse(code=code, status="unknown"), None
-    if coupon.issued_at is None:
-        return CouponUse(code=code, status="not_issued"), None
-    if coupon.redeemed_at is not None:
-        return CouponUse(code=code, status="already_redeemed"), None
-    coupon.redeemed_at = occurred
-    coupon.order_id = order_pk
+        return CouponUse(code=code, status=redemption.value), None
     metrics.COUPONS_REDEEMED.inc()
     touch = None
     if coupon.subscription_id is not None and coupon.sku is not None:
         touch = (
             coupon.sku,
-            Touch(coupon.subscription_id, coupon.notification_id, coupon.channel, "coupon"),
+            Touch(coupon.subscription_id, coupon.notification_id, coupon.channel, Method.COUPON),
         )
-    return CouponUse(code=code, status="redeemed"), touch
+    return CouponUse(code=code, status=Redemption.REDEEMED.value), touch
 
 
 async def _convert(
@@ -285,32 +257,26 @@ async def _convert(
     payload: OrderIn,
     occurred: datetime,
 ) -> ConversionOut:
-    session.add(
-        Conversion(
-            id=new_id(),
-            order_pk=order_pk,
-            subscription_id=touch.subscription_id,
-            notification_id=touch.notification_id,
-            sku=sku,
-            channel=touch.channel,
-            method=touch.method,
-            revenue=revenue,
-            currency=payload.currency,
-            converted_at=occurred,
-        )
-    )
-    # A shopper who bought stops waiting: no further restock messages, and no follow-up.
-    await session.execute(
-        update(Subscription)
-        .where(Subscription.id == touch.subscription_id, Subscription.status.in_(IN_QUEUE))
-        .values(status=Status.CONVERTED.value, stopped_at=utcnow())
-    )
-    metrics.CONVERSIONS.labels(touch.channel or "unknown", touch.method).inc()
-    return ConversionOut(
+    await ledger.add_conversion(
+        session,
+        order_pk,
         sku=sku,
         subscription_id=touch.subscription_id,
         notification_id=touch.notification_id,
         channel=touch.channel,
         method=touch.method,
+        revenue=revenue,
+        currency=payload.currency,
+        converted_at=occurred,
+    )
+    # A shopper who bought stops waiting: no further restock messages, and no follow-up.
+    await lifecycle.convert(session, touch.subscription_id, utcnow())
+    metrics.CONVERSIONS.labels(touch.channel or "unknown", touch.method.value).inc()
+    return ConversionOut(
+        sku=sku,
+        subscription_id=touch.subscription_id,
+        notification_id=touch.notification_id,
+        channel=touch.channel,
+        method=touch.method.value,
         revenue=money(revenue, exact=True),
     )

@@ -1,0 +1,174 @@
+"""The outbox's rows outside a claim: planned, cancelled, clicked, reported, followed up.
+
+This package alone writes ``notifications``. A claimed row is written by ``service``
+(the claim), ``outcomes`` and ``journal`` (what happened to its provider call); everything
+other domains cause is one named operation here (``tests/test_table_owners.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Uuid, func, insert, literal, select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.selectable import Subquery
+
+from backinstock import db
+from backinstock.db import UTCDateTime, insert_for, new_id
+from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Reason, Status
+
+
+class FollowedUp(Protocol):
+    """The restock message a follow-up follows."""
+
+    @property
+    def subscription_id(self) -> uuid.UUID: ...
+    @property
+    def wave_id(self) -> uuid.UUID: ...
+    @property
+    def sku(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def queue_size(self) -> int: ...
+
+
+class Step(Protocol):
+    """The wave step a restock message belongs to."""
+
+    @property
+    def sku(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def level(self) -> int: ...
+
+
+async def plan_restock_messages(
+    session: AsyncSession,
+    wave_id: uuid.UUID,
+    step: Step,
+    queue_size: int,
+    picked: Subquery,
+    limit: int,
+    now: datetime,
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """One "it's back" message for each shopper in ``picked`` (columns id, channel and n,
+    their place 1.. in the queue, at most ``limit``); returns (notification, subscription)
+    pairs. One INSERT … SELECT: the shoppers never travel to this process and back. Ids are
+    made here (time-ordered UUIDs, increasing in queue order, so claims follow the queue)
+    and paired with the shoppers by position."""
+    nth_id = db.nth_of(session, [new_id() for _ in range(limit)])
+    columns = {
+        Notification.id: nth_id(picked.c.n),
+        Notification.subscription_id: picked.c.id,
+        Notification.channel: picked.c.channel,
+        Notification.wave_id: literal(wave_id, Uuid),
+        Notification.sku: literal(step.sku),
+        Notification.kind: literal(Kind.RESTOCK.value),
+        Notification.step: literal(step.step),
+        Notification.level: literal(step.level),
+        Notification.queue_size: literal(queue_size),
+        Notification.status: literal(Status.PENDING.value),
+        Notification.attempts: literal(0),
+        Notification.next_attempt_at: literal(now, UTCDateTime),
+        Notification.created_at: literal(now, UTCDateTime),
+        Notification.contact_rank: literal(0),
+        Notification.click_count: literal(0),
+    }
+    # The n-th id by subscript, not by joining a numbered list (which PostgreSQL ran as a
+    # nested loop: limit² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
+    rows = select(*columns.values()).where(true())
+    stmt = (
+        insert_for(session, Notification)
+        .from_select(list(columns), rows, include_defaults=False)
+        .on_conflict_do_nothing(
+            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
+        )
+        .returning(Notification.id, Notification.subscription_id)
+    )
+    return [(r[0], r[1]) for r in await session.execute(stmt)]
+
+
+async def cancel_unsent_restock(session: AsyncSession, wave_id: uuid.UUID) -> list[uuid.UUID]:
+    """The wave sold out: its restock messages not yet claimed are cancelled. Returns their
+    shoppers (whose budget goes back)."""
+    cancelled = await session.scalars(
+        update(Notification)
+        .where(
+            Notification.wave_id == wave_id,
+            Notification.kind == Kind.RESTOCK,
+            Notification.status == Status.PENDING,
+        )
+        .values(status=Status.CANCELLED.value, error=Reason.SOLD_OUT.value)
+        .returning(Notification.subscription_id)
+    )
+    return list(cancelled)
+
+
+async def plan_followup(
+    session: AsyncSession, restock: FollowedUp, *, level: int, now: datetime
+) -> uuid.UUID:
+    """The follow-up of a sent restock message: same shopper, wave, step and queue, the
+    stock level of now. Returns its id."""
+    followup_id = new_id()
+    await session.execute(
+        insert(Notification).values(
+            id=followup_id,
+            subscription_id=restock.subscription_id,
+            wave_id=restock.wave_id,
+            sku=restock.sku,
+            kind=Kind.FOLLOWUP.value,
+            step=restock.step,
+            level=level,
+            queue_size=restock.queue_size,
+            status=Status.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+    return followup_id
+
+
+async def mark_followed_up(
+    session: AsyncSession, restock_ids: list[uuid.UUID], now: datetime
+) -> None:
+    """These restock messages' follow-ups are decided (planned or not): never again."""
+    await session.execute(
+        update(Notification).where(Notification.id.in_(restock_ids)).values(followed_up_at=now)
+    )
+
+
+async def record_click(session: AsyncSession, notification_id: uuid.UUID, now: datetime) -> None:
+    """The tracked link was followed: counted, and the first click's time kept."""
+    await session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id)
+        .values(
+            click_count=Notification.click_count + 1,
+            clicked_at=func.coalesce(Notification.clicked_at, literal(now, UTCDateTime())),
+        )
+    )
+
+
+async def record_delivery_report(
+    session: AsyncSession,
+    provider_id: str,
+    report: DeliveryReport,
+    error: str | None,
+    now: datetime,
+) -> bool:
+    """What the provider finally said about a sent message; False when none has this id."""
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.provider_id == provider_id)
+        .values(
+            delivery_status=report.value,
+            delivered_at=now if report is DeliveryReport.DELIVERED else None,
+            error=error if error else Notification.error,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

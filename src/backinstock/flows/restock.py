@@ -1,0 +1,251 @@
+"""A restock becomes messages.
+
+1. **The event** (:func:`record`, from ``POST /v1/restocks``): the location's level is
+   applied; going from 0 to more opens the SKU's wave with its first step due at once, a
+   rise while it is open makes the next step due at once, and 0 sells it out. The answer's
+   ``first_wave`` is the due step's size, from the sizing the step itself applies
+   (``waves.step_count``).
+2. **The step** (:func:`run`, the ``waves.run`` actor): under the wave's lease, the step is
+   sized on the level of that moment, then written in queue order, in chunks that each
+   commit and wake the senders.
+3. **A chunk** (:func:`_write_chunk`): one ``INSERT … SELECT`` of the next shoppers' messages
+   (dispatch), one UPDATE counting them against each shopper (subscriptions), one UPDATE of
+   the wave's progress (restocks). No shopper row travels to Python and back.
+4. **Sold out** (:func:`sell_out`): the wave closes, its messages not yet claimed are
+   cancelled, and their shoppers get their budget back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import exists, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Subquery
+
+from backinstock import db
+from backinstock.catalog import service as catalog
+from backinstock.clock import SYSTEM_CLOCK, Clock
+from backinstock.config import Settings
+from backinstock.db import utcnow
+from backinstock.dispatch import notifications
+from backinstock.dispatch.models import Notification
+from backinstock.fields import refuse_future
+from backinstock.restocks import service as stock
+from backinstock.restocks import waves
+from backinstock.restocks.models import Wave
+from backinstock.restocks.schemas import RestockIn, RestockOut
+from backinstock.subscriptions import lifecycle
+from backinstock.subscriptions.lifecycle import QueueKey
+from backinstock.subscriptions.models import IN_QUEUE, Subscription
+
+# Notifications written per transaction; woken in messages of dispatch.BATCH (a multiple of
+# it: no short messages). Larger chunks mean fewer round trips; the transaction stays short
+# because the rows never leave the database.
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class RestockOutcome:
+    result: RestockOut
+    replay: bool
+    wave_due: uuid.UUID | None  # a wave whose step the caller should wake a worker for
+
+
+# ------------------------------------------------------------------------------ the event
+async def record(session: AsyncSession, settings: Settings, payload: RestockIn) -> RestockOutcome:
+    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
+    product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
+    catalog.check_product(settings.core, product)
+    occurred_at = payload.occurred_at or utcnow()
+    event_id = await stock.record_event(session, payload, occurred_at)
+    if event_id is None:
+        replayed = await stock.stored_answer(session, payload)
+        return RestockOutcome(replayed, replay=True, wave_due=None)
+    change = await stock.apply_level(session, payload, product, occurred_at, event_id)
+    wave = await _move_wave(session, payload.sku, change, event_id, utcnow())
+    first_wave = 0 if wave is None else await _first_step(session, settings, wave, change.after)
+    result = RestockOut(
+        restock_id=event_id,
+        sku=payload.sku,
+        available=change.after,
+        waiting=await queue_length(session, payload.sku),
+        first_wave=first_wave,
+        applied=change.applied,
+    )
+    await stock.answer_event(session, event_id, result)
+    return RestockOutcome(result, replay=False, wave_due=None if wave is None else wave.id)
+
+
+async def _move_wave(
+    session: AsyncSession,
+    sku: str,
+    change: stock.LevelChange,
+    event_id: uuid.UUID,
+    now: datetime,
+) -> Wave | None:
+    """Open, advance or sell out the SKU's wave; returns the wave whose step is now due."""
+    wave = await waves.open_wave_of(session, sku)
+    if wave is not None and change.after == 0:
+        await sell_out(session, wave.id, now)
+        return None
+    if wave is not None and change.after > change.before:
+        waves.make_due(wave, now)
+        return wave
+    if wave is None and change.before == 0 and change.after > 0:
+        return await waves.open_wave(session, sku, event_id, change.after, now)
+    return None
+
+
+async def _first_step(session: AsyncSession, settings: Settings, wave: Wave, level: int) -> int:
+    eligible = await eligible_count(session, settings, wave.sku, wave.id)
+    return waves.step_count(settings, wave, level, eligible)
+
+
+async def sell_out(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> None:
+    """No further steps, and messages not yet handed to a provider are withdrawn (their
+    shoppers keep their notification budget and place)."""
+    await waves.close(session, wave_id, now)
+    withdrawn = await notifications.cancel_unsent_restock(session, wave_id)
+    await lifecycle.withdraw(session, withdrawn)
+
+
+# ------------------------------------------------------------------------------ the queue
+async def queue_length(session: AsyncSession, sku: str) -> int:
+    """Shoppers in the SKU's queue (waiting, or notified and not yet converted)."""
+    query = select(func.count()).where(Subscription.sku == sku, Subscription.status.in_(IN_QUEUE))
+    return int(await session.scalar(query) or 0)
+
+
+def _not_told_in_wave(wave_id: uuid.UUID) -> ColumnElement[bool]:
+    return ~exists().where(
+        Notification.subscription_id == Subscription.id, Notification.wave_id == wave_id
+    )
+
+
+def _eligible(settings: Settings, sku: str, wave_id: uuid.UUID) -> list[ColumnElement[bool]]:
+    return [
+        Subscription.sku == sku,
+        Subscription.status.in_(IN_QUEUE),
+        Subscription.notification_count < settings.waves.max_notifications,
+        _not_told_in_wave(wave_id),
+    ]
+
+
+async def eligible_count(
+    session: AsyncSession, settings: Settings, sku: str, wave_id: uuid.UUID
+) -> int:
+    query = select(func.count()).select_from(Subscription).where(*_eligible(settings, sku, wave_id))
+    return int(await session.scalar(query) or 0)
+
+
+def _next_in_queue(
+    settings: Settings, sku: str, wave_id: uuid.UUID, after: QueueKey | None, limit: int
+) -> Subquery:
+    """The next ``limit`` shoppers of the step, numbered 1.. in queue order. Keyset within a
+    step (no rescans); NOT EXISTS across steps, so VIPs who subscribe mid-wave are first at
+    the next step."""
+    order = (Subscription.priority_rank, Subscription.created_at, Subscription.id)
+    head = (
+        select(Subscription.id, Subscription.channel, *order[:2])
+        .where(*_eligible(settings, sku, wave_id))
+        .order_by(*order)
+        .limit(limit)
+    )
+    if after is not None:
+        head = head.where(tuple_(*order) > tuple_(*after))
+    head_rows = head.subquery("head")
+    ranked = select(
+        head_rows.c.id,
+        head_rows.c.channel,
+        func.row_number()
+        .over(order_by=(head_rows.c.priority_rank, head_rows.c.created_at, head_rows.c.id))
+        .label("n"),
+    )
+    return ranked.subquery("picked")
+
+
+# ------------------------------------------------------------------------------- the step
+async def run(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    wave_id: uuid.UUID,
+    wake_senders: Callable[[list[uuid.UUID]], None],
+    clock: Clock = SYSTEM_CLOCK,
+) -> int:
+    """Run every step of the wave that is due now; returns how many notifications it wrote."""
+    written = 0
+    while True:
+        async with db.transaction(sessions) as session:
+            wave = await _begin_step(session, settings, wave_id, clock.now())
+            if wave is None:
+                return written
+            queue_size = await queue_length(session, wave.sku)
+        written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders, clock)
+        async with db.transaction(sessions) as session:
+            await waves.release(session, wave_id)
+
+
+async def _begin_step(
+    session: AsyncSession, settings: Settings, wave_id: uuid.UUID, now: datetime
+) -> Wave | None:
+    """Take the wave's lease; size a due step on the level of now (0: sold out)."""
+    wave = await waves.take_lease(session, settings, wave_id, now)
+    if wave is None or not waves.step_due(wave, now):
+        return wave
+    level = await stock.current_level(session, wave.sku)
+    if level == 0:
+        await sell_out(session, wave.id, now)
+        return None
+    waves.begin_step(settings, wave, level, now)
+    return wave
+
+
+async def _write_step(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    wave_id: uuid.UUID,
+    queue_size: int,
+    wake_senders: Callable[[list[uuid.UUID]], None],
+    clock: Clock,
+) -> int:
+    written = 0
+    after: QueueKey | None = None
+    while True:
+        async with db.transaction(sessions) as session:
+            ids, after = await _write_chunk(
+                session, settings, wave_id, queue_size, after, clock.now()
+            )
+            if ids:
+                db.after_commit(session, lambda ids=ids: wake_senders(ids))  # type: ignore[misc]
+        if not ids:
+            return written
+        written += len(ids)
+
+
+async def _write_chunk(
+    session: AsyncSession,
+    settings: Settings,
+    wave_id: uuid.UUID,
+    queue_size: int,
+    after: QueueKey | None,
+    now: datetime,
+) -> tuple[list[uuid.UUID], QueueKey | None]:
+    wave = await waves.lock_for_chunk(session, settings, wave_id, now)
+    if wave is None or wave.planned >= wave.target:
+        return [], None
+    limit = min(CHUNK, wave.target - wave.planned)
+    picked = _next_in_queue(settings, wave.sku, wave_id, after, limit)
+    written = await notifications.plan_restock_messages(
+        session, wave_id, wave, queue_size, picked, limit, now
+    )
+    if not written:  # the queue is exhausted: this step is complete
+        await waves.end_step(session, wave_id)
+        return [], None
+    last = await lifecycle.mark_notified(session, [sub_id for _, sub_id in written], now)
+    await waves.count_planned(session, wave_id, len(written))
+    return sorted(notification_id for notification_id, _ in written), last

@@ -1,0 +1,170 @@
+"""A subscription's life after it is made, one named operation per change.
+
+This package alone writes ``subscriptions`` and ``subscription_fallbacks``: making and
+ending them from the API is ``service``; every change another domain causes is here, so
+that the states below are written in one file (``tests/test_table_owners.py`` keeps it so).
+
+    waiting ──notified──▶ notified ──convert──▶ converted
+       ▲                     │  └──expire (messages spent, window over)──▶ expired
+       └──withdraw (sold out before the message left)
+    waiting | notified ──unsubscribe (service)──▶ unsubscribed
+
+Each operation is one set-based statement over the ids it is given: the restock fan-out
+marks a thousand shoppers in one UPDATE.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from backinstock import db
+from backinstock.subscriptions.models import (
+    IN_QUEUE,
+    FallbackStatus,
+    Status,
+    Subscription,
+    SubscriptionFallback,
+)
+
+# Ids per statement where a list of ids is bound as parameters.
+CHUNK = 1000
+QueueKey = tuple[int, datetime, uuid.UUID]  # (priority_rank, created_at, id): queue order
+
+
+async def mark_notified(
+    session: AsyncSession, subscription_ids: list[uuid.UUID], now: datetime
+) -> QueueKey:
+    """A message was planned for each of these shoppers: it counts against their budget.
+    Returns the last queue key among them (where the next chunk of the step continues)."""
+    told = db.numbered(session, subscription_ids)
+    keys = await session.execute(
+        update(Subscription)
+        .where(Subscription.id.in_(select(told.c.id)))
+        .values(
+            status=Status.NOTIFIED.value,
+            notification_count=Subscription.notification_count + 1,
+            last_notified_at=now,
+            updated_at=now,
+        )
+        .returning(Subscription.priority_rank, Subscription.created_at, Subscription.id)
+    )
+    return max((r[0], r[1], r[2]) for r in keys)
+
+
+async def withdraw(session: AsyncSession, subscription_ids: Sequence[uuid.UUID]) -> None:
+    """Their message was cancelled before it left: the shoppers get their budget back, and
+    one who had no other message is waiting again."""
+    for start in range(0, len(subscription_ids), CHUNK):
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(subscription_ids[start : start + CHUNK]))
+            .values(
+                notification_count=Subscription.notification_count - 1,
+                status=_status_after_withdrawal(),
+            )
+        )
+
+
+def _status_after_withdrawal() -> ColumnElement[str]:
+    return case(
+        (
+            (Subscription.notification_count <= 1) & (Subscription.status == Status.NOTIFIED),
+            Status.WAITING.value,
+        ),
+        else_=Subscription.status,
+    )
+
+
+async def convert(session: AsyncSession, subscription_id: uuid.UUID, now: datetime) -> None:
+    """The shopper bought: no further restock messages, and no follow-up."""
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.status.in_(IN_QUEUE))
+        .values(status=Status.CONVERTED.value, stopped_at=now)
+    )
+
+
+async def expire(session: AsyncSession, subscription_ids: list[uuid.UUID], now: datetime) -> None:
+    """Every message spent and the attribution window over: nothing more can happen."""
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id.in_(subscription_ids))
+        .values(status=Status.EXPIRED.value, stopped_at=now, updated_at=now)
+    )
+
+
+async def erase(session: AsyncSession, subscription_ids: list[uuid.UUID], now: datetime) -> None:
+    """Forget the contacts, name and consent IP; the row stays for the figures."""
+    await session.execute(
+        update(Subscription)
+        .where(Subscription.id.in_(subscription_ids))
+        .values(
+            contact_key_id=None,
+            contact_blob=None,
+            contact_index=None,
+            profile_key_id=None,
+            profile_blob=None,
+            updated_at=now,
+        )
+    )
+    await session.execute(
+        update(SubscriptionFallback)
+        .where(SubscriptionFallback.subscription_id.in_(subscription_ids))
+        .values(contact_key_id=None, contact_blob=None, contact_index=None)
+    )
+
+
+async def fail_contact(
+    session: AsyncSession, subscription_id: uuid.UUID, fallback_id: uuid.UUID | None, now: datetime
+) -> None:
+    """A provider rejected a contact for good: the primary (``fallback_id`` None) or one
+    fallback. Later messages use the shopper's next contact."""
+    if fallback_id is None:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id == subscription_id)
+            .values(contact_failed_at=now)
+        )
+        return
+    await session.execute(
+        update(SubscriptionFallback)
+        .where(SubscriptionFallback.id == fallback_id)
+        .values(status=FallbackStatus.FAILED.value)
+    )
+
+
+async def fail_fallbacks_by_index(session: AsyncSession, indexes: list[bytes]) -> None:
+    """The contact opted out: it is nobody's fallback any more."""
+    await session.execute(
+        update(SubscriptionFallback)
+        .where(SubscriptionFallback.contact_index.in_(indexes))
+        .values(status=FallbackStatus.FAILED.value)
+    )
+
+
+async def spend_wechat_consents(session: AsyncSession, subscription_ids: list[uuid.UUID]) -> None:
+    """A WeChat subscribe message was sent to each: every consent allows exactly one."""
+    if subscription_ids:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(subscription_ids))
+            .values(wechat_consents=Subscription.wechat_consents - 1)
+        )
+
+
+async def reseal(
+    session: AsyncSession, row: Subscription | SubscriptionFallback, values: dict[str, Any]
+) -> None:
+    """Store a row's contact (and profile) sealed and indexed under the newest keys."""
+    if isinstance(row, Subscription):
+        stmt = update(Subscription).where(Subscription.id == row.id)
+    else:
+        stmt = update(SubscriptionFallback).where(SubscriptionFallback.id == row.id)
+    await session.execute(stmt.values(**values))
