@@ -33,7 +33,8 @@ from tests.server import RedisServer
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
 PG_ADMIN_URL = os.environ.get("BACKINSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 # Under pytest-xdist (``-n 2``) each worker process gets its own database and Redis database:
-# the given name with the worker's suffix, the given Redis database number plus its index.
+# the given name with the worker's suffix, the given Redis database number minus its index
+# (counting down: the default, 15, is the last of Redis' 16 databases).
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … or none
 
 
@@ -45,7 +46,12 @@ def _per_worker_redis(url: str) -> str:
     if not XDIST_WORKER:
         return url
     base, _, number = url.rpartition("/")
-    return f"{base}/{int(number or 0) + int(XDIST_WORKER.removeprefix('gw'))}"
+    index = int(number or 0) - int(XDIST_WORKER.removeprefix("gw"))
+    if index < 0:
+        raise RuntimeError(
+            f"BACKINSTOCK_TEST_REDIS {url}: no Redis database left for {XDIST_WORKER}"
+        )
+    return f"{base}/{index}"
 
 
 PG_DATABASE = _per_worker_database(
