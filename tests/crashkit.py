@@ -8,7 +8,6 @@ Used by the crash tests (``tests/dispatch/test_crash_providers.py``) and by
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import uuid
@@ -27,6 +26,7 @@ from tests.fakes.smtp import FakeSMTP
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.wechat import FakeWeChat
 from tests.server import BackinstockProcess, ServerProcess
+from tests.waiting import eventually
 
 SID, TOKEN, APPID, SECRET = "AC" + "0" * 32, "twilio-token", "wx-app", "wx-secret"
 # Short leases and a fast sweeper: a killed worker's claims come back within seconds.
@@ -268,10 +268,10 @@ async def claims_held(runtime: Runtime) -> set[uuid.UUID]:
 
 
 async def _until_handed_back(runtime: Runtime, claims: set[uuid.UUID], within: float) -> None:
-    deadline = time.monotonic() + within
-    while claims & await claims_held(runtime):
-        assert time.monotonic() < deadline, "a killed worker's claims were never handed back"
-        await asyncio.sleep(0.2)
+    async def handed_back() -> bool:
+        return not claims & await claims_held(runtime)
+
+    await eventually(handed_back, within, "a killed worker's claims handed back")
 
 
 async def claimed_rows(runtime: Runtime) -> int:
@@ -300,17 +300,15 @@ async def open_messages(runtime: Runtime) -> int:
 
 async def until_settled(runtime: Runtime, within: float) -> None:
     """Wait until no message is open: every one sent, failed or cancelled, none claimed."""
-    deadline = time.monotonic() + within
-    while await open_messages(runtime):
-        assert time.monotonic() < deadline, "messages still open"
-        await asyncio.sleep(0.2)
+
+    async def settled() -> bool:
+        return not await open_messages(runtime)
+
+    await eventually(settled, within, "every message settled")
 
 
 async def _until(check: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    await eventually(check, within, "the provider and the workers got there")
 
 
 def _copies_share_ids(recipients: list[str], message_ids: list[str]) -> bool:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 
@@ -30,10 +28,3 @@ def subscription_body(**overrides: Any) -> dict[str, Any]:
 def phone(n: int) -> str:
     """A distinct valid mainland-China mobile number per n."""
     return f"+86138{n:08d}"
-
-
-async def fresh_minute() -> None:
-    """Limits count in fixed one-minute windows: start a burst well inside one."""
-    left = 60 - time.time() % 60
-    if left < 15:
-        await asyncio.sleep(left + 0.1)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.waiting import eventually_sync
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -87,16 +89,15 @@ class ServerProcess(BackinstockProcess):
 
     def start(self) -> None:
         super().start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        eventually_sync(self._healthy, 30, "the server answers /healthz")
+
+    def _healthy(self) -> bool:
+        if not self.running:
+            raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -123,17 +124,16 @@ class RedisServer:
         args += ["--save", "", "--appendonly", "no", "--dir", str(self._workdir)]
         with (self._workdir / "redis.log").open("ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        eventually_sync(self._pongs, 10, "redis-server answers PING")
+
+    def _pongs(self) -> bool:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+        return False
 
     def stop(self) -> None:
         if self._proc is None:

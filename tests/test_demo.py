@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tests.conversions.helpers import sent_count
 from tests.helpers import bearer, subscription_body
 from tests.restocks.helpers import post_level
 from tests.server import BackinstockProcess, free_port
+from tests.waiting import eventually_sync
 from tests.workers import settle, tick
 
 # The user's shell configures an email provider: the demo must switch it off for itself.
@@ -128,13 +128,13 @@ def test_the_demo_fills_its_own_instance_and_its_command_serves_it(tmp_path: Pat
 
 
 def _wait_healthy(server: BackinstockProcess, base: str) -> None:
-    for _ in range(300):
+    def healthy() -> bool:
         assert server.running, server.log_path.read_text()[-2000:]
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError("the demo's server did not start")
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        return False
+
+    eventually_sync(healthy, 30, "the demo's server answers /healthz")
 
 
 async def _counts(runtime: Runtime) -> dict[str, Any]:

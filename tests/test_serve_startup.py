@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import httpx
@@ -19,6 +18,7 @@ from rich.console import Console
 
 from backinstock import cli
 from backinstock.config import Settings
+from tests.waiting import eventually_sync
 
 
 def _free_port() -> int:
@@ -38,16 +38,15 @@ def test_serve_writes_only_json_lines_and_starts_with_serving(migrated: str) -> 
         env={**os.environ, "BACKINSTOCK_LOG_JSON": "true", "BACKINSTOCK_LOG_LEVEL": "INFO"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def healthy() -> bool:
             assert process.poll() is None, process.communicate()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not answer /healthz"
-            time.sleep(0.2)
+                return False
+
+        eventually_sync(healthy, 60, "serve answers /healthz")
     finally:
         process.terminate()
         out, errors = process.communicate(timeout=60)

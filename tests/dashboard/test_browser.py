@@ -7,7 +7,6 @@ Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,11 +22,12 @@ from sqlalchemy import func, select, update
 from backinstock import db
 from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Notification, Status
 from backinstock.runtime import Runtime
 from tests.conftest import BACKEND
 from tests.helpers import bearer, phone, subscription_body
 from tests.server import BackinstockProcess, ServerProcess
+from tests.waiting import eventually
 
 CHROMIUM = Path(os.environ.get("BACKINSTOCK_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Chromium's background connections (updates, sync, QUIC probes) pile up without a network.
@@ -100,17 +100,16 @@ def server(runtime: Runtime, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 async def _wait_for_sent(runtime: Runtime, expected: int) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            async with db.transaction(runtime.sessions) as session:
-                sent = await session.scalar(
-                    select(func.count())
-                    .select_from(Notification)
-                    .where(Notification.status == "sent")
-                )
-            if sent == expected:
-                return
-            await asyncio.sleep(0.2)
+    async def all_sent() -> bool:  # by the worker process the page's server runs beside
+        async with runtime.sessions() as session:
+            sent = await session.scalar(
+                select(func.count())
+                .select_from(Notification)
+                .where(Notification.status == Status.SENT)
+            )
+        return sent == expected
+
+    await eventually(all_sent, 60, f"{expected} messages sent")
 
 
 async def _seed_through_the_api(base_url: str, keys: dict[str, str]) -> dict[str, str]:

@@ -331,3 +331,27 @@ def _day(value: str) -> date:
 def _first(form: dict[str, list[str]], key: str) -> str | None:
     values = form.get(key)
     return values[0] if values else None
+
+
+class SlowFakeTwilio(FakeTwilio):
+    """FakeTwilio answering after ``delay`` seconds and counting requests in flight, plus
+    the client ports it saw (one port per TCP connection the sender opened)."""
+
+    def __init__(self, delay: float, **kwargs: object) -> None:
+        self.delay = delay
+        self.in_flight = self.max_in_flight = 0
+        self.client_ports: set[int] = set()
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    async def _create_message(self, request: Request) -> JSONResponse:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if request.client is not None:
+                self.client_ports.add(request.client.port)
+        try:
+            await asyncio.sleep(self.delay)
+            return await super()._create_message(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1

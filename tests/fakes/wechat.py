@@ -86,6 +86,7 @@ class FakeWeChat(BackgroundServer):
         self.error_counts: Counter[int] = Counter()  # errcode (or HTTP status) -> count
         self._rng = random.Random(seed)  # seeded so failure patterns are reproducible
         self._lock = threading.Lock()  # the server thread writes, the test thread reads
+        self._delivered = threading.Condition(self._lock)
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self._current: str | None = None
         self._msgids = itertools.count(3_216_613_418_405_265_409)
@@ -103,6 +104,11 @@ class FakeWeChat(BackgroundServer):
     def messages(self) -> list[WeChatMessage]:
         with self._lock:
             return list(self._messages)
+
+    def wait_for_messages(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` messages were delivered (woken by each delivery)."""
+        with self._delivered:
+            return self._delivered.wait_for(lambda: len(self._messages) >= count, timeout)
 
     @property
     def max_observed_rate(self) -> int:
@@ -211,6 +217,7 @@ class FakeWeChat(BackgroundServer):
         )
         with self._lock:
             self._messages.append(msg)
+            self._delivered.notify_all()
         return JSONResponse({"errcode": 0, "errmsg": "ok", "msgid": msg.msgid})
 
     def _fail(self, errcode: int, errmsg: str) -> Response:

@@ -15,6 +15,7 @@ from tests.conversions.helpers import order_body
 from tests.helpers import bearer, subscription_body
 from tests.restocks.helpers import outbox_count, post_level, wait_for_outbox
 from tests.server import BackinstockProcess, RedisServer, ServerProcess
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -103,7 +104,8 @@ async def test_api_answers_while_redis_is_down_and_work_resumes_when_it_returns(
 
 async def _logged(log: Path, event: str, within: float = 60) -> None:
     """Wait until a subprocess has logged ``event``: proof that its code reached that point."""
-    deadline = asyncio.get_running_loop().time() + within
-    while event not in await asyncio.to_thread(log.read_text, errors="replace"):
-        assert asyncio.get_running_loop().time() < deadline, f"{log.name}: no {event}"
-        await asyncio.sleep(0.05)
+
+    async def logged() -> bool:
+        return event in await asyncio.to_thread(log.read_text, errors="replace")
+
+    await eventually(logged, within, f"{log.name} logs {event}")

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +11,7 @@ from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from backinstock.senders.models import DevOutboxMessage
 from tests.helpers import bearer, phone, subscription_body
+from tests.waiting import poll_until
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -70,9 +69,8 @@ async def outbox_count(runtime: Runtime) -> int:
 
 
 async def wait_for_outbox(runtime: Runtime, expected: int, within: float = 30.0) -> int:
-    deadline = time.monotonic() + within
-    count = await outbox_count(runtime)
-    while count < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        count = await outbox_count(runtime)
-    return count
+    async def reached() -> bool:
+        return await outbox_count(runtime) >= expected
+
+    await poll_until(reached, within)
+    return await outbox_count(runtime)

@@ -10,42 +10,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from twilio.base.exceptions import TwilioRestException
 
 from backinstock.config import TwilioSettings
 from backinstock.senders.base import Outcome, OutgoingMessage, SendResult
 from backinstock.senders.twilio_sms import TwilioSmsSender, classify
-from tests.fakes.twilio import FakeTwilio
+from tests.fakes.twilio import FakeTwilio, SlowFakeTwilio
 
 FROM = "+15005550006"
 SERVICE_SID = "MG" + "b" * 32
 CALLBACK = "https://app.test/webhooks/twilio/status"
-
-
-class SlowFakeTwilio(FakeTwilio):
-    """FakeTwilio answering after ``delay`` seconds and counting requests in flight, plus
-    the client ports it saw (one port per TCP connection the sender opened)."""
-
-    def __init__(self, delay: float, **kwargs: object) -> None:
-        self.delay = delay
-        self.in_flight = self.max_in_flight = 0
-        self.client_ports: set[int] = set()
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-
-    async def _create_message(self, request: Request) -> JSONResponse:
-        with self._lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            if request.client is not None:
-                self.client_ports.add(request.client.port)
-        try:
-            await asyncio.sleep(self.delay)
-            return await super()._create_message(request)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
 
 
 def _settings(fake: FakeTwilio, **overrides: str) -> TwilioSettings:

@@ -65,11 +65,8 @@ def closed_port_url() -> str:
 
 
 async def delivered_at_least(fake: FakeWeChat, count: int) -> None:
-    for _ in range(10_000):  # polls the fake's thread-side record; ~10 s at most
-        if len(fake.messages) >= count:
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"fewer than {count} messages delivered")
+    delivered = await asyncio.to_thread(fake.wait_for_messages, count, 30)
+    assert delivered, f"fewer than {count} messages delivered"
 
 
 def outcomes(results: list[SendResult]) -> Counter[Outcome]:
