@@ -6,13 +6,11 @@ never echoed; money is a decimal string, never a JSON number; and a body sent wi
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from backinstock.runtime import Runtime
 from tests.boundary import (
     Path,
     dotted,
@@ -21,17 +19,9 @@ from tests.boundary import (
     pool_body,
     post_json,
     restock_body,
-    unlimited_client,
     with_value,
 )
 from tests.helpers import bearer
-
-
-@pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with unlimited_client(runtime) as c:
-        yield c
-
 
 SUB, RESTOCK, ORDER, POOL, ERASE = (
     "/v1/subscriptions",

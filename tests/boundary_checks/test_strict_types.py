@@ -4,13 +4,11 @@ body that is not strict JSON is the documented malformed_json (400), never bad_r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from backinstock.runtime import Runtime
 from tests.boundary import (
     Path,
     dotted,
@@ -19,17 +17,9 @@ from tests.boundary import (
     pool_body,
     post_json,
     restock_body,
-    unlimited_client,
     with_value,
 )
 from tests.helpers import bearer
-
-
-@pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with unlimited_client(runtime) as c:
-        yield c
-
 
 SUB, RESTOCK, ORDER = "/v1/subscriptions", "/v1/restocks", "/v1/orders"
 # (endpoint, body, path, values refused, values accepted)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,7 +23,6 @@ from tests.boundary import (
     pool_body,
     post_json,
     restock_body,
-    unlimited_client,
     with_value,
 )
 from tests.conftest import WorkerStarter
@@ -84,12 +83,6 @@ NOT_TEXT = {
     "c1": "\x85",
     "line_separator": "\u2028",
 }
-
-
-@pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with unlimited_client(runtime) as c:
-        yield c
 
 
 def _case_id(value: object) -> str:
