@@ -28,6 +28,7 @@ from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import local_limiter
 from backinstock.runtime import Runtime
 from tests.clock import SteppingClock
+from tests.schedule import pytest_collection_modifyitems  # noqa: F401 - the suite's order
 from tests.server import RedisServer
 
 BACKEND = os.environ.get("BACKINSTOCK_TEST_BACKEND", "sqlite")
