@@ -1,5 +1,15 @@
+"""The ``backinstock`` command's key management and refusals.
+
+Most commands run in this process through typer's runner (in a thread: a command runs its
+own event loop), against the suite's database with the suite's environment: a subprocess
+would add only an interpreter start. The commands the README runs (``keys create``,
+``serve``) run as real processes in tests/test_readme.py, ``keys list`` and ``keys revoke``
+in the first test here, and a script's ``KEY=$(… keys create …)`` in a real shell below.
+"""
+
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -8,17 +18,31 @@ import sys
 
 import httpx
 from sqlalchemy import select
+from typer.testing import CliRunner, Result
 
+from backinstock.cli import app
 from backinstock.config import Settings
 from backinstock.crypto import load_keys, new_key_spec
 from backinstock.main import create_app
+from backinstock.ops.logging import configure_logging
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 from tests.conftest import ClientFactory
 from tests.helpers import bearer, subscription_body
 
+RUNNER = CliRunner()
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """``backinstock ARGS`` in this process, with ``env`` added to the environment."""
+    try:
+        return await asyncio.to_thread(RUNNER.invoke, app, list(args), env=env)
+    finally:
+        configure_logging("WARNING", json=False)  # the command set up logging for itself
+
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``backinstock ARGS`` as its own process."""
     return subprocess.run(
         [sys.executable, "-m", "backinstock", *args],
         capture_output=True,
@@ -35,8 +59,8 @@ def sh(script: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_keys_create_list_revoke(runtime: Runtime, client: httpx.AsyncClient) -> None:
-    created = cli("keys", "create", "--name", "storefront", "--scope", "subscribe")
-    assert created.returncode == 0, created.stderr
+    created = await run("keys", "create", "--name", "storefront", "--scope", "subscribe")
+    assert created.exit_code == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("bis_") and len(key) > 40
     ok = await client.post("/v1/subscriptions", json=subscription_body(), headers=bearer(key))
@@ -45,10 +69,10 @@ async def test_keys_create_list_revoke(runtime: Runtime, client: httpx.AsyncClie
     listed = cli("keys", "list")
     assert "storefront" in listed.stdout and key not in listed.stdout
 
-    duplicate = cli("keys", "create", "--name", "storefront", "--scope", "stats")
-    assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
-    bad_scope = cli("keys", "create", "--name", "x", "--scope", "root")
-    assert bad_scope.returncode != 0
+    duplicate = await run("keys", "create", "--name", "storefront", "--scope", "stats")
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.stderr
+    bad_scope = await run("keys", "create", "--name", "x", "--scope", "root")
+    assert bad_scope.exit_code != 0
 
     revoked = cli("keys", "revoke", "storefront")
     assert revoked.returncode == 0, revoked.stderr
@@ -58,12 +82,12 @@ async def test_keys_create_list_revoke(runtime: Runtime, client: httpx.AsyncClie
 async def test_an_existing_name_fails_on_stderr_and_keeps_its_key(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
-    first = cli("keys", "create", "--name", "storefront", "--scope", "subscribe")
+    first = await run("keys", "create", "--name", "storefront", "--scope", "subscribe")
     key = first.stdout.strip()
-    assert first.returncode == 0 and key.startswith("bis_"), "stdout carries the key alone"
+    assert first.exit_code == 0 and key.startswith("bis_"), "stdout carries the key alone"
 
-    again = cli("keys", "create", "--name", "storefront", "--scope", "subscribe")
-    assert again.returncode == 1 and again.stdout == ""
+    again = await run("keys", "create", "--name", "storefront", "--scope", "subscribe")
+    assert again.exit_code == 1 and again.stdout == ""
     message = " ".join(again.stderr.split())
     assert "'storefront' already exists" in message and "--replace" in message
 
@@ -81,23 +105,28 @@ async def test_an_existing_name_fails_on_stderr_and_keeps_its_key(
 async def test_replace_gives_the_name_a_new_key_and_ends_the_old_one(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
-    old = cli("keys", "create", "--name", "storefront", "--scope", "subscribe").stdout.strip()
-    replaced = cli("keys", "create", "--name", "storefront", "--scope", "subscribe", "--replace")
-    assert replaced.returncode == 0, replaced.stderr
+    old = (await run("keys", "create", "--name", "storefront", "--scope", "subscribe")).stdout
+    old = old.strip()
+    replaced = await run(
+        "keys", "create", "--name", "storefront", "--scope", "subscribe", "--replace"
+    )
+    assert replaced.exit_code == 0, replaced.stderr
     new = replaced.stdout.strip()
     assert new.startswith("bis_") and new != old
     assert "replaced key 'storefront'" in " ".join(replaced.stderr.split())
     assert await _status_in_fresh_process(client, old) == 401
     assert await _status_in_fresh_process(client, new) == 201
-    assert cli("keys", "list").stdout.count("storefront") == 1
+    assert (await run("keys", "list")).stdout.count("storefront") == 1
 
     # A revoked name comes back with --replace; a new name is simply created with it.
-    assert cli("keys", "revoke", "storefront").returncode == 0
-    revived = cli("keys", "create", "--name", "storefront", "--scope", "subscribe", "--replace")
+    assert (await run("keys", "revoke", "storefront")).exit_code == 0
+    revived = await run(
+        "keys", "create", "--name", "storefront", "--scope", "subscribe", "--replace"
+    )
     # 200: the same shopper again, already waiting
     assert await _status_in_fresh_process(client, revived.stdout.strip()) == 200
-    fresh = cli("keys", "create", "--name", "erp", "--scope", "inventory", "--replace")
-    assert fresh.returncode == 0 and "created key 'erp'" in fresh.stderr
+    fresh = await run("keys", "create", "--name", "erp", "--scope", "inventory", "--replace")
+    assert fresh.exit_code == 0 and "created key 'erp'" in fresh.stderr
 
 
 async def _status_in_fresh_process(client: httpx.AsyncClient, key: str) -> int:
@@ -128,8 +157,8 @@ async def test_rotate_data_reseals_under_the_newest_keys(
         "BACKINSTOCK_ENCRYPTION_KEYS": f"{new_key_spec('t2')},{settings.crypto.encryption_keys}",
         "BACKINSTOCK_BLIND_INDEX_KEY": f"{new_key_spec('t2')},{settings.crypto.blind_index_key}",
     }
-    result = cli("keys", "rotate-data", env=new_env)
-    assert result.returncode == 0, result.stderr
+    result = await run("keys", "rotate-data", env=new_env)
+    assert result.exit_code == 0, result.stderr
     assert "re-encrypted 2 rows under key 't2'" in result.stderr
 
     async with runtime.sessions() as session:
@@ -158,18 +187,18 @@ async def test_rotate_data_reseals_under_the_newest_keys(
     assert again.json()["fallbacks"][0]["contact_masked"] == "a***@b.cn"
 
 
-def test_serve_refuses_generated_keys_with_postgres() -> None:
+async def test_serve_refuses_generated_keys_with_postgres() -> None:
     env = {
         "BACKINSTOCK_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/nowhere",
         "BACKINSTOCK_ENCRYPTION_KEYS": "",
         "BACKINSTOCK_BLIND_INDEX_KEY": "",
         "BACKINSTOCK_TOKEN_KEY": "",
     }
-    result = cli("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "true"})
-    assert result.returncode == 2
+    result = await run("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "true"})
+    assert result.exit_code == 2
     refusal = json.loads(result.stdout.strip().splitlines()[-1])  # a log line like any other
     assert refusal["event"] == "refusing_to_start"
     assert "BACKINSTOCK_ENCRYPTION_KEYS" in refusal["reason"]
-    result = cli("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "false"})
-    assert result.returncode == 2
+    result = await run("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "false"})
+    assert result.exit_code == 2
     assert "Refusing to start" in result.stderr
