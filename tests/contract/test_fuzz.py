@@ -47,6 +47,7 @@ enabled = true
 
 [generation]
 mode = "all"
+database = "none"
 max-examples = {EXAMPLES}
 
 [phases.examples]
