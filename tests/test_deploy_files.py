@@ -15,15 +15,18 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner, Result
 
-from backinstock.cli import ENV_KEY_SETTINGS
+from backinstock.cli import ENV_KEY_SETTINGS, app
 from backinstock.config import CryptoSettings
 from backinstock.crypto import KeyRing, load_keys
+from backinstock.ops.logging import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``backinstock ARGS`` as its own process, as a container runs it."""
     return subprocess.run(
         [sys.executable, "-m", "backinstock", *args],
         capture_output=True,
@@ -31,6 +34,15 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         env={**os.environ, **(env or {})},
         timeout=120,
     )
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """``backinstock ARGS`` in this process (typer's runner): for what a process start adds
+    nothing to, such as whether a command knows an option."""
+    try:
+        return CliRunner().invoke(app, list(args), env=env)
+    finally:
+        configure_logging("WARNING", json=False)  # the command set up logging for itself
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +77,8 @@ def test_worker_healthcheck_is_passable_or_disabled(compose: dict[str, Any]) -> 
     text = " ".join(command)
     assert "healthz" not in text and "8000" not in text and "urllib" not in text
     assert command[:2] == ["backinstock", "check"]
-    shown = cli(*command[1:], "--help")
-    assert shown.returncode == 0, shown.stderr
+    shown = run(*command[1:], "--help")
+    assert shown.exit_code == 0, shown.stderr
 
 
 @pytest.mark.parametrize("service", ["api", "worker"])
@@ -112,7 +124,7 @@ def test_generate_env_prints_three_loadable_key_rings(tmp_path: Path) -> None:
     )
     assert keys.cipher.newest_key_id == "k1"
     assert not (tmp_path / "unused.json").exists()
-    again = cli("keys", "generate-env")
+    again = run("keys", "generate-env")
     assert set(again.stdout.splitlines()[2:]).isdisjoint(done.stdout.splitlines()[2:])
 
 
@@ -130,8 +142,8 @@ def test_readme_compose_commands_exist() -> None:
     for command in commands:
         words = shlex.split(command)
         # every option the README passes must be one the command knows
-        shown = cli(*[w for w in words if not w.startswith("-")][:2], "--help")
-        assert shown.returncode == 0, (command, shown.stderr)
+        shown = run(*[w for w in words if not w.startswith("-")][:2], "--help")
+        assert shown.exit_code == 0, (command, shown.stderr)
         for option in (w for w in words if w.startswith("--")):
             assert option in shown.stdout, (command, option)
 
@@ -143,7 +155,7 @@ def test_check_passes_when_the_database_and_redis_answer(migrated: str) -> None:
 
 def test_check_fails_when_redis_does_not_answer(migrated: str) -> None:
     unreachable = "redis://:sekrit@127.0.0.1:1/0"
-    done = cli("check", "--timeout", "2", env={"BACKINSTOCK_REDIS_URL": unreachable})
-    assert done.returncode == 1
+    done = run("check", "--timeout", "2", env={"BACKINSTOCK_REDIS_URL": unreachable})
+    assert done.exit_code == 1
     assert "redis does not answer" in done.stderr
     assert "sekrit" not in done.stderr + done.stdout
