@@ -18,27 +18,21 @@ import sys
 
 import httpx
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from backinstock.cli import app
 from backinstock.config import Settings
 from backinstock.crypto import load_keys, new_key_spec
 from backinstock.main import create_app
-from backinstock.ops.logging import configure_logging
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+from tests.commands import invoke
 from tests.conftest import ClientFactory
 from tests.helpers import bearer, subscription_body
 
-RUNNER = CliRunner()
-
 
 async def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    """``backinstock ARGS`` in this process, with ``env`` added to the environment."""
-    try:
-        return await asyncio.to_thread(RUNNER.invoke, app, list(args), env=env)
-    finally:
-        configure_logging("WARNING", json=False)  # the command set up logging for itself
+    """``backinstock ARGS`` in this process, in a thread: a command runs its own event loop."""
+    return await asyncio.to_thread(invoke, *args, env=env)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

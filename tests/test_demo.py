@@ -25,6 +25,7 @@ from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
 from tests.clock import SteppingClock
+from tests.commands import invoke
 from tests.conftest import BACKEND, ClientFactory, WorkerStarter
 from tests.conversions.helpers import sent_count
 from tests.helpers import bearer, subscription_body
@@ -211,31 +212,32 @@ async def test_the_demo_leaves_the_users_instance_alone(
         assert env["BACKINSTOCK_REDIS_URL"] == "", "the demo's server must not use the user's Redis"
 
 
-def test_the_demo_refuses_a_database_that_is_not_its_own(tmp_path: Path) -> None:
+def test_the_demo_refuses_a_database_that_is_not_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refusals come before the demo opens anything: the command runs in this process, from
+    # the directory the user's shell would be in.
+    monkeypatch.chdir(tmp_path)
     other = tmp_path / "shop.db"
-    created = subprocess.run(
-        [sys.executable, "-m", "backinstock", *KEYS_CREATE_ERP],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "BACKINSTOCK_DATABASE_URL": f"sqlite+aiosqlite:///{other}"},
-        timeout=120,
+    created = invoke(
+        *KEYS_CREATE_ERP, env={"BACKINSTOCK_DATABASE_URL": f"sqlite+aiosqlite:///{other}"}
     )
-    assert created.returncode == 0, created.stderr
+    assert created.exit_code == 0, created.stderr
     content = other.read_bytes()
 
-    refused = _demo(tmp_path, "--database", str(other))
-    assert refused.returncode == 2
+    refused = invoke("demo", "--database", str(other))
+    assert refused.exit_code == 2
     assert "not a demo database" in " ".join(refused.stderr.split())
     assert other.read_bytes() == content
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        taken = _demo(tmp_path, "--port", str(busy.getsockname()[1]))
-    assert taken.returncode == 2 and "in use" in taken.stderr
+        taken = invoke("demo", "--port", str(busy.getsockname()[1]))
+    assert taken.exit_code == 2 and "in use" in taken.stderr
 
     if BACKEND == "sqlite":  # the suite's own database is a file: the user's instance
         url = os.environ["BACKINSTOCK_DATABASE_URL"]
-        own = _demo(tmp_path, "--database", url.removeprefix("sqlite+aiosqlite:///"))
-        assert own.returncode == 2
+        own = invoke("demo", "--database", url.removeprefix("sqlite+aiosqlite:///"))
+        assert own.exit_code == 2
         assert "BACKINSTOCK_DATABASE_URL" in own.stderr

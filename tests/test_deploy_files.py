@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner, Result
 
-from backinstock.cli import ENV_KEY_SETTINGS, app
+from backinstock.cli import ENV_KEY_SETTINGS
 from backinstock.config import CryptoSettings
 from backinstock.crypto import KeyRing, load_keys
-from backinstock.ops.logging import configure_logging
+from tests.commands import invoke as run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,15 +33,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         env={**os.environ, **(env or {})},
         timeout=120,
     )
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    """``backinstock ARGS`` in this process (typer's runner): for what a process start adds
-    nothing to, such as whether a command knows an option."""
-    try:
-        return CliRunner().invoke(app, list(args), env=env)
-    finally:
-        configure_logging("WARNING", json=False)  # the command set up logging for itself
 
 
 @pytest.fixture(scope="module")
