@@ -50,6 +50,19 @@ def _secrets(i: int) -> list[str]:
     return [phone, digits, email, f"oOpenId{i:020d}", f"Shopper Name {i:05d}"]
 
 
+# Every shape of a secret above, looked for at every position (matches may overlap): a
+# secret is in a text exactly when it is among these matches. One pass over the text, where
+# looking for each of the 1,500 secrets in turn read a dump of megabytes 1,500 times.
+_SHAPES = re.compile(
+    r"(?=(139\d{8}|shopper\d{5}@mailbox\.example|oOpenId\d{20}|Shopper Name \d{5}))"
+)
+
+
+def _found(text: str, secrets: set[str]) -> list[str]:
+    """The secrets ``text`` holds (a phone number also shows as its digits alone)."""
+    return sorted({match.group(1) for match in _SHAPES.finditer(text)} & secrets)
+
+
 def _database_dump(settings: Settings) -> str:
     if BACKEND == "postgres":
         pg_dump = shutil.which("pg_dump")
@@ -111,10 +124,9 @@ async def test_no_contact_in_database_dump_or_logs(
     logs = log_path.read_text()
     assert dump.count("subscriptions") > 0 and len(logs) > 0
     assert logs.count('"route": "/v1/subscriptions"') >= N
-    for i in range(N):
-        for secret in _secrets(i):
-            assert secret not in dump, f"plaintext contact #{i} in the database dump"
-            assert secret not in logs, f"plaintext contact #{i} in the server log"
+    secrets = {secret for i in range(N) for secret in _secrets(i)}
+    assert not _found(dump, secrets), "plaintext contacts in the database dump"
+    assert not _found(logs, secrets), "plaintext contacts in the server log"
 
 
 MESSAGED = 30
