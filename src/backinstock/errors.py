@@ -151,6 +151,9 @@ def error_response(
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    if "[key]" in parts:  # a refused map key: name the map, never the key that was sent
+        at = parts.index("[key]")
+        parts = [*parts[: max(at - 1, 0)], "[key]", *parts[at + 1 :]]
     return ".".join(parts) or "body"
 
 

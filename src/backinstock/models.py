@@ -1,7 +1,7 @@
 """Every domain's tables, imported once so that ``Base.metadata`` is complete."""
 
 from backinstock.auth.models import ApiKey
-from backinstock.catalog.models import Product
+from backinstock.catalog.models import Product, ProductName
 from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
@@ -22,6 +22,7 @@ __all__ = [
     "Notification",
     "Order",
     "Product",
+    "ProductName",
     "RestockEvent",
     "StockLevel",
     "Subscription",

@@ -51,7 +51,13 @@ FREE_TEXT: list[tuple[str, Any, Path]] = [
     ],
     *[
         ("/v1/restocks", restock_body, path)
-        for path in [("event_id",), ("sku",), ("location",), ("product", "name")]
+        for path in [
+            ("event_id",),
+            ("sku",),
+            ("location",),
+            ("product", "name"),
+            ("product", "names", "en"),
+        ]
     ],
     *[
         ("/v1/orders", order_body, path)

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import contacts, db
+from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
 from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import InDoubtPolicy, Settings
@@ -111,6 +112,7 @@ async def prepare(
         )
     )
     coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind == Kind.FOLLOWUP])
+    names = await catalog.names_of(session, [n.sku for n, *_ in rows])
     fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
     for fallback in await session.scalars(
         select(SubscriptionFallback).where(
@@ -119,8 +121,18 @@ async def prepare(
     ):
         fallbacks[fallback.subscription_id].append(fallback)
     return [
-        _delivery(settings, keys, n, s, name, url, fallbacks[s.id], now, coupons.get(n.id))
-        for n, s, name, url in rows
+        _delivery(
+            settings,
+            keys,
+            n,
+            s,
+            catalog.name_for(s.locale, names.get(n.sku, []), default),
+            url,
+            fallbacks[s.id],
+            now,
+            coupons.get(n.id),
+        )
+        for n, s, default, url in rows
     ]
 
 

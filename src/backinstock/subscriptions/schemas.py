@@ -29,11 +29,24 @@ Sku = Annotated[
 
 
 Contact = Annotated[Text, Field(min_length=1, max_length=320)]
+Locale = Annotated[
+    str,
+    Field(
+        max_length=35,
+        pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$",
+        description="A BCP 47 language tag such as 'zh-CN' or 'en'.",
+    ),
+]
+ProductName = Annotated[Text, Field(min_length=1, max_length=300)]
 _TIMEZONES = frozenset(available_timezones())
 
 
 class ProductIn(RequestBody):
-    name: Text | None = Field(default=None, min_length=1, max_length=300)
+    name: ProductName | None = Field(
+        default=None,
+        description="The product's name in the subscription's locale (a stock event's: the "
+        "default name, used where no name in a shopper's locale or language is known).",
+    )
     url: Text | None = Field(default=None, max_length=2048)
     image_url: Text | None = Field(default=None, max_length=2048)
 
@@ -77,8 +90,9 @@ class SubscriptionCreate(RequestBody):
     channel: Channel
     contact: Contact
     fallbacks: list[FallbackIn] = Field(default_factory=list, max_length=3)
-    locale: str = Field(
-        default="zh-CN", max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"
+    locale: Locale = Field(
+        default="zh-CN",
+        description="The shopper's language: their messages, and the locale of product.name.",
     )
     timezone: str | None = Field(default=None, max_length=64)
     name: Text | None = Field(default=None, max_length=100)

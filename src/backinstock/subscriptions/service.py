@@ -85,7 +85,12 @@ async def subscribe(
     try:
         primary = normalize_contact(settings, "contact", payload.channel, payload.contact)
         fallbacks = _normalized_fallbacks(settings, payload, primary)
-        product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
+        given = payload.product
+        product = (
+            catalog.ProductInfo(given.name, given.url, given.image_url, payload.locale)
+            if given
+            else catalog.ProductInfo()
+        )
         catalog.check_product(settings.core, product)
     except InvalidField:
         await _check_limits(settings, limiter, client, [])  # invalid requests count too
