@@ -33,6 +33,7 @@ OWNERS: Mapping[str, str] = {
     "stock_levels": "backinstock.restocks",
     "waves": "backinstock.restocks",
     "notifications": "backinstock.dispatch",
+    "confirmations_sent": "backinstock.dispatch",
     "dev_outbox": "backinstock.senders",
     "coupon_pools": "backinstock.coupons",
     "coupons": "backinstock.coupons",

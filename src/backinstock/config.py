@@ -198,6 +198,28 @@ class ConversionSettings(_Section):
     followup_batch: int = Field(default=200, ge=1)
 
 
+_CHANNELS = ("sms", "email", "wechat")
+
+
+class OptInSettings(_Section):
+    # Channels whose subscriptions made with a secret key also wait for the shopper to
+    # confirm (double opt-in), e.g. "sms,email"; publishable keys' always do. WeChat
+    # subscriptions are confirmed by the mini-program's own consent, so they never wait.
+    double_opt_in_channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a request may wait for its confirmation, keeping its place in line; then it
+    # is erased.
+    confirm_window_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+
+    @field_validator("double_opt_in_channels", mode="before")
+    @classmethod
+    def _channels(cls, value: Any) -> Any:
+        channels = _split_csv(value)
+        unknown = [c for c in channels if c not in _CHANNELS]
+        if unknown:
+            raise ValueError(f"channels are {', '.join(_CHANNELS)}; got {', '.join(unknown)}")
+        return channels
+
+
 class DashboardSettings(_Section):
     # How long a dashboard sign-in lasts before the stats key must be entered again.
     dashboard_session_seconds: int = Field(default=28_800, ge=60)
@@ -262,6 +284,7 @@ class Settings:
     rate_limits: RateLimitSettings
     quiet_hours: QuietHoursSettings
     conversion: ConversionSettings
+    opt_in: OptInSettings
     dashboard: DashboardSettings
     twilio: TwilioSettings
     smtp: SmtpSettings
@@ -277,6 +300,7 @@ class Settings:
             rate_limits=RateLimitSettings(),
             quiet_hours=QuietHoursSettings(),
             conversion=ConversionSettings(),
+            opt_in=OptInSettings(),
             dashboard=DashboardSettings(),
             twilio=TwilioSettings(),
             smtp=SmtpSettings(),

@@ -6,7 +6,7 @@ from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import Base
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import ConfirmationSent, Notification
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
 from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
@@ -14,6 +14,7 @@ from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 __all__ = [
     "ApiKey",
     "Base",
+    "ConfirmationSent",
     "Conversion",
     "Coupon",
     "CouponPool",

@@ -214,11 +214,13 @@ async def sweep_once(rt: Runtime) -> None:
 
 
 async def retain_once(rt: Runtime) -> None:
-    """Expire exhausted subscriptions and erase stopped ones' contacts (a batch of each)."""
+    """Expire exhausted subscriptions, erase stopped ones' contacts and unconfirmed
+    requests (a batch of each)."""
     async with db.transaction(rt.sessions) as session:
         now = rt.clock.now()
         await retention.expire_exhausted(session, rt.settings, now)
         await retention.erase_stopped(session, rt.settings, now)
+        await retention.discard_unconfirmed(session, rt.settings, now)
 
 
 async def sweep_forever() -> None:

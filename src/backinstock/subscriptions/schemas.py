@@ -130,9 +130,13 @@ class SubscriptionOut(BaseModel):
         description="The contact with its middle hidden; null once erased."
     )
     fallbacks: list[FallbackOut]
-    status: Status
+    status: Status = Field(
+        description="pending: waits for its shopper to confirm (double opt-in); waiting and "
+        "notified: in the SKU's queue; converted, unsubscribed, expired: stopped."
+    )
     position: int | None = Field(
-        description="1-based place in the SKU's queue; null when no longer waiting."
+        description="1-based place in the SKU's queue (for a pending subscription, the place "
+        "it takes once confirmed within CONFIRM_WINDOW_SECONDS); null when no longer waiting."
     )
     priority: Priority
     locale: str
@@ -142,6 +146,14 @@ class SubscriptionOut(BaseModel):
     notification_count: int
     created_at: datetime
     updated_at: datetime
+
+
+class ConfirmationOut(BaseModel):
+    """A confirmed subscription, as the confirmation link's JSON answer shows it."""
+
+    id: uuid.UUID
+    status: Status
+    position: int | None = Field(description="1-based place in the SKU's queue.")
 
 
 class EraseRequest(RequestBody):
