@@ -149,12 +149,29 @@ class Rate:
 class RateLimitSettings(_Section):
     rate_limit_per_ip: str = "300/minute"
     rate_limit_per_contact: str = "10/hour"
+    # A publishable key sits in a web page: anybody can use it, so its requests are counted
+    # per client IP (whatever the key) and per contact, under tighter limits.
+    publishable_rate_limit_per_ip: str = "10/minute"
+    publishable_rate_limit_per_contact: str = "5/hour"
 
-    @field_validator("rate_limit_per_ip", "rate_limit_per_contact")
+    @field_validator(
+        "rate_limit_per_ip",
+        "rate_limit_per_contact",
+        "publishable_rate_limit_per_ip",
+        "publishable_rate_limit_per_contact",
+    )
     @classmethod
     def _valid_rate(cls, value: str) -> str:
         Rate.parse(value)
         return value
+
+    @cached_property
+    def publishable_per_ip(self) -> Rate | None:
+        return Rate.parse(self.publishable_rate_limit_per_ip)
+
+    @cached_property
+    def publishable_per_contact(self) -> Rate | None:
+        return Rate.parse(self.publishable_rate_limit_per_contact)
 
     @cached_property
     def per_ip(self) -> Rate | None:

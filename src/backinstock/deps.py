@@ -32,7 +32,11 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-_bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer bis_...`")
+_bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key: `Bearer bis_...` (secret, with scopes), or `Bearer pk_...` "
+    "(publishable: only createSubscription, from the key's origins).",
+)
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
 
 

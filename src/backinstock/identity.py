@@ -42,6 +42,8 @@ def confirmation_code(keys: Keys, subscription_id: uuid.UUID) -> str:
 
 def confirms(keys: Keys, subscription_id: uuid.UUID, code: str) -> bool:
     """Whether ``code`` is the subscription's code (under any key of the ring)."""
+    if not code.isascii():  # compare_digest takes ASCII text only
+        return False
     codes = keys.tokens.codes(CONFIRM_CODE, subscription_id, CONFIRM_CODE_DIGITS)
     return any(hmac.compare_digest(code, expected) for expected in codes)
 

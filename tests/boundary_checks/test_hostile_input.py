@@ -152,7 +152,7 @@ class Submitted:
         return found
 
 
-TOKEN_IN_URL = re.compile(r"/[ursS]/(?!\{token\})[A-Za-z0-9_.~-]{6,}")
+TOKEN_IN_URL = re.compile(r"/[cursS]/(?!\{token\})[A-Za-z0-9_.~-]{6,}")
 LINK = re.compile(r"https?://[^\s\"'<>]*/([ur])/([A-Za-z0-9_.~-]+)")
 
 

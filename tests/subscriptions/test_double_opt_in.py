@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backinstock import db, worker
+from backinstock.auth import service as auth
 from backinstock.config import OptInSettings, TwilioSettings
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.models import Kind, Notification, Status
@@ -436,3 +437,32 @@ async def test_a_confirmation_whose_worker_died_is_sent_by_the_next_one(
     await tick()
     await tick()
     assert sub["id"] in await outbox_by_subscription(runtime, kind=Kind.CONFIRMATION)
+
+
+async def test_a_pages_request_is_confirmed_by_email_and_then_notified(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    smtp: FakeSMTP,
+) -> None:
+    """A publishable key needs no setting: its requests always wait for confirmation."""
+    async with db.transaction(runtime.sessions) as session:
+        page_key = await auth.create_key(session, "page", [], origins=["https://shop.example"])
+    start_worker(**smtp_settings(smtp))
+    body = subscription_body(sku=SKU, channel="email", contact="pat@mailbox.example", locale="en")
+    del body["customer_id"]
+    made = await client.post(
+        "/v1/subscriptions",
+        json=body,
+        headers={**bearer(page_key), "Origin": "https://shop.example"},
+    )
+    assert made.status_code == 201 and made.json()["status"] == "pending"
+    await settle()
+    text = smtp.messages[0].message.get_body(("plain",))
+    assert text is not None
+    assert (await client.post(link_in(str(text.get_content())))).status_code == 200
+    await post_level(client, api_keys["all"], 3, sku=SKU)
+    await settle()
+    assert [m.rcpt_tos for m in smtp.messages] == [["pat@mailbox.example"]] * 2
+    assert "back in stock" in str(smtp.messages[1].message["Subject"])

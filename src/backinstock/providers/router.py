@@ -29,7 +29,10 @@ async def _verified_form(request: Request, runtime: Runtime) -> dict[str, str]:
     token = runtime.settings.twilio.twilio_auth_token
     if not token:
         raise NotFound("Twilio is not configured.")
-    params = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    # Blank values are kept: Twilio signs every parameter it sends, an empty Body included.
+    params = dict(
+        parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    )
     # Twilio signs the URL it called: our public URL, not the one a proxy forwarded to us.
     url = runtime.settings.core.public_base_url.rstrip("/") + request.url.path
     if request.url.query:

@@ -57,7 +57,7 @@ async def opt_out_phone(session: AsyncSession, settings: Settings, keys: Keys, r
     return stopped
 
 
-_REPLY_CODE = re.compile(rf"\d{{{identity.CONFIRM_CODE_DIGITS}}}")
+_REPLY_CODE = re.compile(rf"[0-9]{{{identity.CONFIRM_CODE_DIGITS}}}")  # ASCII digits only
 
 
 def reply_code(body: str) -> str | None:

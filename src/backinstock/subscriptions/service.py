@@ -89,6 +89,20 @@ class Terms:
             per_contact=limits.per_contact,
         )
 
+    @classmethod
+    def publishable(cls, settings: Settings, channel: Channel, client_ip: str) -> Terms:
+        """A publishable key's (a browser's): confirmed by the shopper (WeChat: by the
+        mini-program's consent), counted under the tighter limits, and only filling gaps in
+        what is known of the product."""
+        limits = settings.rate_limits
+        return cls(
+            pending=needs_confirmation(settings, channel, publishable=True),
+            per_client=limits.publishable_per_ip,
+            per_contact=limits.publishable_per_contact,
+            overwrite_product=False,
+            consent_ip=client_ip,
+        )
+
 
 def needs_confirmation(settings: Settings, channel: Channel, *, publishable: bool) -> bool:
     """Whether a new subscription waits for its shopper to confirm. A WeChat subscription
