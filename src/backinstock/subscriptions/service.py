@@ -164,11 +164,14 @@ async def subscribe(
     contact_counter = await _check_limits(terms, limiter, client, indexes)
     new = _NewSubscription.build(keys, payload, primary, candidates[0], terms, now)
     inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+    existing: Subscription | None = None
     if inserted is None:  # already there, under this or an older index key
         existing = await _active_for_contact(session, payload.sku, candidates)
         if existing is not None and _unconfirmed_too_long(settings, existing, now):
             await lifecycle.discard(session, [existing.id])  # as retention would have
             inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+            if inserted is None:  # a concurrent request made it meanwhile
+                existing = await _active_for_contact(session, payload.sku, candidates)
     if inserted is None:
         for counter in contact_counter.counters:  # a repeat is free
             await limiter.take_back(counter)
