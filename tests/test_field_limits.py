@@ -211,9 +211,9 @@ async def test_the_longest_values_reach_the_dev_outbox(
         assert response.status_code == 201, response.text[:300]
         assert len(response.json()["contact_masked"]) <= MAX_MASK_CHARS
     start_worker()
-    restock = restock_body(
-        event_id="e" * 128, location="l" * 64, available=10**9, product={"name": "货" * 300}
-    )
+    # The stock event renames the product in both shoppers' locales, at the longest.
+    longest = {"names": {"en": "货" * 300, "zh-CN": "货" * 300}}
+    restock = restock_body(event_id="e" * 128, location="l" * 64, available=10**9, product=longest)
     assert (await post_json(client, key, "/v1/restocks", restock)).status_code == 202
     await settle()
     assert await outbox_count(runtime) == 2
