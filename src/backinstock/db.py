@@ -22,7 +22,10 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     MetaData,
+    String,
     Uuid,
+    bindparam,
+    column,
     event,
     func,
     literal,
@@ -256,3 +259,38 @@ def numbered(session: AsyncSession, values: list[uuid.UUID]) -> NamedFromClause:
     return select(
         type_coerce(each.c.value, Uuid).label("id"), (each.c.key + 1).label("n")
     ).subquery("numbered")
+
+
+def rows_table(dialect: str, name: str, **types: Any) -> NamedFromClause:
+    """A table of rows bound at execution (``rows_params``): ``rows_table(d, "r", id=Uuid,
+    rank=Integer)``.
+
+    A set-based statement joins it (``UPDATE … FROM r``) with one bound array per column
+    (PostgreSQL: ``unnest``) or one JSON document (SQLite: ``json_each``), so its text, and
+    the plan PostgreSQL prepares for it, is the same however many rows it carries, unlike
+    an ``IN`` list or an ``executemany`` that runs the statement once per row. Build the
+    statement once and keep it: only the parameters change."""
+    if dialect == "postgresql":
+        arrays = [bindparam(f"{name}_{n}", type_=postgresql.ARRAY(t)) for n, t in types.items()]
+        typed = [column(n, t) for n, t in types.items()]
+        return func.unnest(*arrays).table_valued(*typed).render_derived(name)
+    each = func.json_each(bindparam(name, type_=String)).table_valued("value").alias(f"{name}_")
+    return select(
+        *(
+            type_coerce(func.json_extract(each.c.value, f"$[{i}]"), t).label(n)
+            for i, (n, t) in enumerate(types.items())
+        )
+    ).subquery(name)
+
+
+def rows_params(dialect: str, name: str, **columns: list[Any]) -> dict[str, Any]:
+    """The parameters that fill ``rows_table(dialect, name, …)``: one list per column."""
+    if dialect == "postgresql":
+        return {f"{name}_{n}": values for n, values in columns.items()}
+    rows = zip(*columns.values(), strict=True)
+    return {name: json.dumps([[_json_value(v) for v in row] for row in rows])}
+
+
+def _json_value(value: Any) -> Any:
+    # SQLite keeps UUIDs as 32 hex digits (SQLAlchemy's non-native Uuid).
+    return value.hex if isinstance(value, uuid.UUID) else value
