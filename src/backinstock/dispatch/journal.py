@@ -51,7 +51,7 @@ from backinstock.senders.base import OutgoingMessage, SendResult
 
 log = structlog.get_logger(__name__)
 
-FLUSH_AFTER_SECONDS = 0.05
+FLUSH_AFTER_SECONDS = 0.25  # the defaults of RECORD_AFTER_SECONDS and RECORD_RESULTS
 FLUSH_RESULTS = 64
 # A database that cannot take the results even after this many tries leaves the calls
 # in flight; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
