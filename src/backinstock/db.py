@@ -24,12 +24,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Uuid,
+    any_,
     bindparam,
     column,
     event,
     func,
     literal,
     select,
+    true,
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql
@@ -281,6 +283,24 @@ def rows_table(dialect: str, name: str, **types: Any) -> NamedFromClause:
             for i, (n, t) in enumerate(types.items())
         )
     ).subquery(name)
+
+
+def among(session: AsyncSession, key: Any, ids: list[uuid.UUID]) -> Any:
+    """``key IN ids`` bound as one array on PostgreSQL (``= ANY``: one statement text, and
+    the key's index, whatever the length) and as one JSON document on SQLite."""
+    if dialect_name(session) == "postgresql":
+        return key == any_(literal(ids, postgresql.ARRAY(Uuid)))
+    each = func.json_each(literal(json.dumps([v.hex for v in ids]))).table_valued("value")
+    return key.in_(select(type_coerce(each.c.value, Uuid)))
+
+
+def in_rows(dialect: str, name: str, key: ColumnElement[Any], column: str = "id") -> Any:
+    """``key`` is among the rows' ``column``: a join to ``rows_table`` is planned on that
+    alone, and PostgreSQL, planning for the array it is given, may read the whole table
+    to hash it. Stated as ``= ANY(array)`` too, the rows are found by the key's index."""
+    if dialect == "postgresql":
+        return key == any_(bindparam(f"{name}_{column}", type_=postgresql.ARRAY(key.type)))
+    return true()
 
 
 def rows_params(dialect: str, name: str, **columns: list[Any]) -> dict[str, Any]:

@@ -167,6 +167,7 @@ def _start_statement(dialect: str) -> ReturningUpdate[Any]:
         update(_TABLE)
         .where(
             _TABLE.c.id == starting.c.id,
+            db.in_rows(dialect, "starting", _TABLE.c.id),
             _TABLE.c.claim_id == bindparam("b_claim"),
             _TABLE.c.status == Status.SENDING.value,
         )
@@ -268,7 +269,11 @@ def _sent_statement(dialect: str) -> Update:
     )
     return (
         update(_TABLE)
-        .where(_TABLE.c.id == accepted.c.id, _TABLE.c.claim_id == bindparam("b_claim"))
+        .where(
+            _TABLE.c.id == accepted.c.id,
+            db.in_rows(dialect, "accepted", _TABLE.c.id),
+            _TABLE.c.claim_id == bindparam("b_claim"),
+        )
         .values(
             status=Status.SENT.value,
             sent_at=bindparam("b_now"),

@@ -154,10 +154,9 @@ async def spend_wechat_consents(session: AsyncSession, subscription_ids: list[uu
     (Ids bound as one array: this runs with every group commit of a WeChat wave, and an
     ``IN`` list is a new statement for PostgreSQL to plan at every length.)"""
     if subscription_ids:
-        spent = db.numbered(session, subscription_ids)
         await session.execute(
             update(Subscription)
-            .where(Subscription.id.in_(select(spent.c.id)))
+            .where(db.among(session, Subscription.id, subscription_ids))
             .values(wechat_consents=Subscription.wechat_consents - 1)
         )
 
