@@ -198,6 +198,7 @@ class Journal:
         self._results: list[SendResult] = []
         self.results_since: float | None = None  # when the oldest queued result came back
         self._ahead: list[OutgoingMessage] = []  # to be marked with the next commit
+        self._ahead_due = False  # ... which must come now: a sender is running low
         # Per channel: marked ahead (or about to be) and not started; at most ``lookahead``.
         self._unstarted_marks: dict[str, set[uuid.UUID]] = {}
         self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
@@ -285,7 +286,7 @@ class Journal:
     def urgent(self) -> bool:
         return bool(
             self._starts
-            or self._ahead
+            or (self._ahead and self._ahead_due)
             or self._renew_until
             or len(self._results) >= self._commit.flush_results
             or (self.closing and (self.drained() or self.has_work()))
@@ -303,6 +304,7 @@ class Journal:
     def take(self) -> _Group:
         starts, self._starts = self._starts, []
         ahead, self._ahead = self._ahead, []
+        self._ahead_due = False
         results, self._results = self._results, []
         self.results_since = None
         renew_until, self._renew_until = self._renew_until, None
@@ -378,15 +380,24 @@ class Journal:
         """Mark the channel's next messages before the sender runs out of marked ones: once
         half of the marks ahead have been used, the next half is marked by a group commit
         the sender does not wait for. Where providers answer at once, a sender that waited
-        for each commit would be held to the database's commit rate."""
+        for each commit would be held to the database's commit rate.
+
+        That commit need not come at once: the marks ride along with the next one (another
+        claim's, or this claim's results), and force one only when a quarter of the marks
+        are left. Forced at once, they cost a commit per half lookahead per claim."""
         if self.stopping or self.closing:
             return
-        if self._room(channel) * 2 < self._lookahead.get(channel, 0):
-            return
-        ahead = self._look_ahead(channel)
-        if ahead:
-            self._ahead += ahead
+        lookahead = self._lookahead.get(channel, 0)
+        if self._room(channel) * 2 >= lookahead:
+            self._ahead += self._look_ahead(channel)
+        if self._ahead and not self._ahead_due and self._marks_left(channel) * 4 <= lookahead:
+            self._ahead_due = True
             self._commit.wake()
+
+    def _marks_left(self, channel: str) -> int:
+        """The channel's messages marked in the database that have not started."""
+        queued = sum(1 for m in self._ahead if m.channel == channel)
+        return len(self._unstarted_marks.get(channel, ())) - queued
 
     def _room(self, channel: str) -> int:
         """How many more of the channel's messages may be marked without having started."""
