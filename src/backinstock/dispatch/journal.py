@@ -67,6 +67,7 @@ class _Group:
     results: list[SendResult]
     renew_until: datetime | None
     allowed: set[uuid.UUID] = field(default_factory=set)
+    over: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or failed
 
 
 class GroupCommit:
@@ -199,6 +200,8 @@ class Journal:
         self.results_since: float | None = None  # when the oldest queued result came back
         self._ahead: list[OutgoingMessage] = []  # to be marked with the next commit
         self._ahead_due = False  # ... which must come now: a sender is running low
+        # Marks being committed: a call that reaches one waits for that commit.
+        self._in_commit: dict[uuid.UUID, asyncio.Event] = {}
         # Per channel: marked ahead (or about to be) and not started; at most ``lookahead``.
         self._unstarted_marks: dict[str, set[uuid.UUID]] = {}
         self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
@@ -310,8 +313,11 @@ class Journal:
         renew_until, self._renew_until = self._renew_until, None
         # A deploy stops new calls at once, even those already queued to start.
         wanted = [] if self.stopping else [m for m, _ in starts] + ahead
-        wanted = [m for m in wanted if m.notification_id not in self._marked]
-        return _Group(starts, wanted, results, renew_until)
+        unmarked = {m.notification_id: m for m in wanted if m.notification_id not in self._marked}
+        group = _Group(starts, list(unmarked.values()), results, renew_until)
+        for notification_id in unmarked:
+            self._in_commit[notification_id] = group.over
+        return group
 
     async def write(self, session: AsyncSession, group: _Group) -> set[uuid.UUID]:
         allowed: set[uuid.UUID] = set()
@@ -330,6 +336,7 @@ class Journal:
         self._marked.update(group.allowed)
         self._forget_unmarked(group)
         self._answer(group.starts)
+        self._over(group)
 
     def fail(self, group: _Group) -> int:
         """Nothing of the group started; its results are retried. Returns the failures in
@@ -341,7 +348,13 @@ class Journal:
             self._results = group.results + self._results
         self._forget_unmarked(group)
         self._answer(group.starts)
+        self._over(group)
         return self._failures
+
+    def _over(self, group: _Group) -> None:
+        for message in group.wanted:
+            self._in_commit.pop(message.notification_id, None)
+        group.over.set()
 
     def _forget_unmarked(self, group: _Group) -> None:
         """Messages asked to be marked ahead that were not (the claim lost them, or the
@@ -360,6 +373,11 @@ class Journal:
     async def _start(self, message: OutgoingMessage) -> bool:
         if self.stopping or self.closing:
             return False
+        marking = self._in_commit.get(message.notification_id)
+        if marking is not None:  # its mark is being committed: wait for that commit, not
+            await marking.wait()  # for one of its own
+            if self.stopping or self.closing:
+                return False
         if message.notification_id in self._marked:  # marked ahead: no commit to wait for
             self._started.add(message.notification_id)
             self._unstarted_marks.setdefault(message.channel, set()).discard(
