@@ -45,6 +45,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import db
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.dispatch import outcomes
 from backinstock.dispatch.outcomes import Delivery, Send
 from backinstock.senders.base import OutgoingMessage, SendResult
@@ -181,8 +182,10 @@ class Journal:
         *,
         lookahead: Mapping[str, int] | None = None,
         group_commit: GroupCommit | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
+        self._clock = clock  # when calls start and end, as recorded
         self._claim_id = claim_id
         # Only the messages to send: the journal records provider calls, nothing else.
         self._deliveries = {d.notification_id: d for d in deliveries if isinstance(d, Send)}
@@ -278,7 +281,7 @@ class Journal:
             return
         try:
             async with db.transaction(self._sessions) as session:
-                await outcomes.release(session, self._claim_id, unstarted)
+                await outcomes.release(session, self._claim_id, unstarted, self._clock.now())
         except Exception as exc:  # the lease lapses instead, and the sweeper hands them back
             log.warning("journal_release_failed", error_type=type(exc).__name__)
 
@@ -325,10 +328,15 @@ class Journal:
             await outcomes.renew(session, self._claim_id, group.renew_until)
         if group.wanted:
             allowed = await outcomes.mark_inflight(
-                session, self._claim_id, [(m, self._rank(m)) for m in group.wanted]
+                session,
+                self._claim_id,
+                [(m, self._rank(m)) for m in group.wanted],
+                self._clock.now(),
             )
         if group.results:
-            await outcomes.record_results(session, self._claim_id, self._deliveries, group.results)
+            await outcomes.record_results(
+                session, self._claim_id, self._deliveries, group.results, self._clock.now()
+            )
         return allowed
 
     def settle(self, group: _Group) -> None:

@@ -136,7 +136,10 @@ async def record_skips(
 
 
 async def mark_inflight(
-    session: AsyncSession, claim_id: uuid.UUID, messages: list[tuple[OutgoingMessage, int]]
+    session: AsyncSession,
+    claim_id: uuid.UUID,
+    messages: list[tuple[OutgoingMessage, int]],
+    now: datetime,
 ) -> set[uuid.UUID]:
     """Record that these provider calls start (message, contact rank); returns the ids this
     claim still holds, the only ones that may be sent. The channel is kept with the row, so
@@ -153,7 +156,7 @@ async def mark_inflight(
         rank=[rank for _, rank in messages],
     )
     marked = await session.scalars(
-        _start_statement(dialect), {**rows, "b_claim": claim_id, "b_now": utcnow()}
+        _start_statement(dialect), {**rows, "b_claim": claim_id, "b_now": now}
     )
     return set(marked)
 
@@ -185,7 +188,9 @@ async def renew(session: AsyncSession, claim_id: uuid.UUID, until: datetime) -> 
     await session.execute(_RENEW, {"b_claim": claim_id, "b_until": until})
 
 
-async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUID]) -> None:
+async def release(
+    session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUID], now: datetime
+) -> None:
     """Claimed messages whose call never started go back to the queue, not an attempt
     (marked in flight ahead of time or not: this worker knows they never left)."""
     if not ids:
@@ -200,7 +205,7 @@ async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUI
             claim_id=None,
             lease_until=None,
             call_started_at=None,
-            next_attempt_at=utcnow(),
+            next_attempt_at=now,
         )
     )
 
@@ -221,8 +226,8 @@ async def record_results(
     claim_id: uuid.UUID,
     deliveries: dict[uuid.UUID, Send],
     results: list[SendResult],
+    now: datetime,
 ) -> None:
-    now = utcnow()
     sent = [(r, deliveries[r.notification_id]) for r in results if r.outcome is Outcome.SENT]
     if sent:
         await _record_sent(session, claim_id, sent, now)
