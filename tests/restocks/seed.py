@@ -4,7 +4,7 @@ row builder (the API would take minutes for thousands).
 The rows go in as one multi-row INSERT per chunk: the service's own INSERT answers each
 shopper's queue position, a scan of the queue per row (seconds at 5,000, minutes at
 20,000), which a seed has no use for. Each row is the one the service would write: the same
-builder, status ``waiting``, no notification yet."""
+builder (status ``waiting``), no notification yet."""
 
 from __future__ import annotations
 
@@ -45,14 +45,8 @@ async def seed_waiting(
         index = runtime.keys.blind_index.digest(contact.index_form)
         row = _NewSubscription.build(runtime.keys, payload, contact, index)
         ids.append(row.id)
-        rows.append(
-            row.params
-            | {
-                "status": Status.WAITING.value,
-                "notification_count": 0,
-                "updated_at": row.params["created_at"],
-            }
-        )
+        assert row.params["status"] == Status.WAITING.value
+        rows.append(row.params | {"notification_count": 0, "updated_at": row.params["created_at"]})
     async with db.transaction(runtime.sessions) as session:
         for start in range(0, n, CHUNK):
             await session.execute(insert(Subscription), rows[start : start + CHUNK])
