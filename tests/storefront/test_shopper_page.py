@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from backinstock import db
 from backinstock.config import OptInSettings
@@ -20,8 +21,11 @@ from backinstock.identity import (
 )
 from backinstock.runtime import Runtime
 from backinstock.subscriptions import lifecycle
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, WorkerStarter
+from tests.conversions.helpers import outbox_by_subscription
 from tests.helpers import bearer, phone, subscription_body
+from tests.restocks.helpers import post_level
+from tests.workers import settle
 
 ANN = "ann.lee@mailbox.example"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -333,3 +337,26 @@ async def test_an_erased_contact_shows_nothing_and_a_deleted_one_is_not_found(
     )
     assert erase.status_code == 200
     assert (await client.get(page_path(runtime, other))).status_code == 404
+
+
+@pytest.mark.parametrize("channel", ["email", "sms"])
+async def test_every_message_links_to_the_page_of_its_shopper(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    channel: str,
+) -> None:
+    key = api_keys["all"]
+    contact = ANN if channel == "email" else phone(3)
+    sub = await subscribe(client, key, sku="SKU-1", channel=channel, contact=contact)
+    start_worker()
+    assert (await post_level(client, key, 5)).status_code == 202
+    await settle()
+    body = (await outbox_by_subscription(runtime))[sub["id"]]
+    found = re.search(r"http://127\.0\.0\.1:8000(/s/[A-Za-z0-9_-]{44})", body)
+    assert found, body
+    assert found.group(1) == page_path(runtime, sub)
+    assert "/u/" not in body if channel == "sms" else "/u/" in body
+    page = await client.get(found.group(1))
+    assert "notified" not in page.text and "我们已通知您" in page.text
