@@ -106,6 +106,11 @@ class DeliverySettings(_Section):
     # crash up to this many more per batch may be in doubt, and are settled by the channel's
     # policy like any other (never with drop, which always marks exactly). 0: exact.
     start_lookahead: int = Field(default=64, ge=0, le=200)
+    # Providers' answers are recorded by a group commit once this many wait, or once the
+    # oldest has waited this long (calls about to start commit at once, and take them
+    # along). A crash leaves at most this many answered calls unrecorded: in doubt.
+    record_results: int = Field(default=64, ge=1, le=100_000)
+    record_after_seconds: float = Field(default=0.25, gt=0, le=3600)
 
     @field_validator("in_doubt_email", "in_doubt_wechat")
     @classmethod

@@ -123,9 +123,18 @@ async def context() -> WorkerContext:
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
         throttle: Throttle = shared_limiter(runtime.redis) if runtime.redis else local_limiter()
         _contexts[loop] = WorkerContext(
-            runtime, senders, throttle, asyncio.Event(), GroupCommit(runtime.sessions)
+            runtime, senders, throttle, asyncio.Event(), group_commit(runtime)
         )
     return _contexts[loop]
+
+
+def group_commit(runtime: Runtime) -> GroupCommit:
+    delivery = runtime.settings.delivery
+    return GroupCommit(
+        runtime.sessions,
+        flush_after=delivery.record_after_seconds,
+        flush_results=delivery.record_results,
+    )
 
 
 async def _stop_sending() -> None:

@@ -313,7 +313,13 @@ async def deliver(
         return 0
     lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
     journal = Journal(
-        sessions, claim_id, deliveries, stopping, lookahead=lookahead, group_commit=group_commit
+        sessions,
+        claim_id,
+        deliveries,
+        stopping,
+        lookahead=lookahead,
+        group_commit=group_commit,
+        clock=clock,
     )
     renewal = asyncio.create_task(_keep_claimed(journal, lease, clock))
     try:
