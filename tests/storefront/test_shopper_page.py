@@ -197,6 +197,7 @@ async def test_posts_from_other_sites_and_bad_forms_are_refused(
         (b"stop=all", {"content-type": "text/plain"}),
         (b"stop=%FF%00", FORM),
         (b"stop=all&" + b"x" * 5000, FORM),
+        (b"&".join(b"f%d=1" % i for i in range(11)) + b"&stop=all", FORM),
     ]:
         bad = await client.post(path, content=content, headers=headers)
         assert bad.status_code == 400, content

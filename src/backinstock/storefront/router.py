@@ -221,7 +221,10 @@ def _form(body: bytes, content_type: str) -> dict[str, str]:
         return {}
     if len(body) > _MAX_FORM_BYTES:
         return {}
-    fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    except ValueError:  # more fields than the page's form has: not the page's form
+        return {}
     return {name: values[0] for name, values in fields.items() if values}
 
 
