@@ -91,7 +91,7 @@ def product_page(base_url: str, key: str, lang: str, products: list[Product], cs
         )
     return f"""<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8"><title>Shop</title>
-<style>
+<style nonce="shop-css">
 body {{ font: 16px/1.5 Georgia, "Songti SC", serif; color: #2b2118; background: #fbf8f3;
   margin: 0; padding: 1.5rem; }}
 nav {{ margin-bottom: 1rem; }}
@@ -116,11 +116,14 @@ class Shop:
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
+        self.headers: dict[str, str] = {}
         self.server = BackgroundServer(Starlette(routes=[Route("/{path:path}", self._page)]))
 
     async def _page(self, request: Request) -> Response:
         html = self.pages.get(request.url.path)
-        return HTMLResponse(html) if html is not None else Response(status_code=404)
+        if html is None:
+            return Response(status_code=404)
+        return HTMLResponse(html, headers=self.headers)
 
     @property
     def origin(self) -> str:
@@ -488,6 +491,12 @@ async def test_refusals_show_in_the_widget(
     ]
     for site in shops:
         site.pages["/p"] = product_page(service.base_url, key, "en", products)
+        # A strict policy: the widget needs its origin in script-src and connect-src, and
+        # no inline style (its stylesheet is a constructable one).
+        site.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; script-src {service.base_url}; "
+            f"connect-src {service.base_url}; style-src 'nonce-shop-css'; img-src data:"
+        )
     from playwright.async_api import expect
 
     async def submit(seen: Visit, index: int, contact: str) -> Any:
@@ -530,6 +539,8 @@ async def test_refusals_show_in_the_widget(
     assert await status_of(runtime, "SKU-1") == ["pending"]
     assert await status_of(runtime, "SKU-2") == []
 
+    styled = seen.page.get_by_role("button", name="Notify me when available").first
+    assert await styled.evaluate("(e) => getComputedStyle(e).backgroundColor") == "rgb(29, 36, 48)"
     for tab in (elsewhere, stranger_tab, seen):
         assert await tab.page.evaluate("window.__pwned === undefined")
         assert tab.problems == [], tab.problems
