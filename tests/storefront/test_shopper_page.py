@@ -289,10 +289,14 @@ async def test_the_page_speaks_the_subscriptions_language_or_the_browsers(
     page = await client.get(page_path(runtime, zh))
     assert '<html lang="zh-CN">' in page.text and "我的到货提醒" in page.text
     assert "目前排在第 1 位。" in page.text and "红色T恤 M" in page.text
+    # Each button's name holds its visible words (what speech control users say) and says
+    # which product it stops.
+    assert 'aria-label="停止提醒：「红色T恤 M」">停止提醒</button>' in page.text
 
     english = await client.get(page_path(runtime, zh), params={"lang": "en"})
     assert '<html lang="en">' in english.text and "Your back-in-stock alerts" in english.text
     assert "Red T-shirt M" in english.text, "the product's name in the page's language"
+    assert 'aria-label="Stop alerts for Red T-shirt M">Stop</button>' in english.text
 
     by_browser = await client.get(
         page_path(runtime, french), headers={"accept-language": "de;q=1, zh-TW;q=0.9, en;q=0.5"}

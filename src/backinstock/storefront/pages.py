@@ -67,7 +67,7 @@ TEXT: dict[str, dict[str, str]] = {
         "waiting": "目前排在第 {n} 位。",
         "notified": "已到货，我们已通知您。下次补货时您仍排在第 {n} 位。",
         "stop": "停止提醒",
-        "stop_one": "停止「{name}」的到货提醒",
+        "stop_one": "停止提醒：「{name}」",
         "stop_all": "全部停止",
         "stopped": "已停止：不会再收到「{name}」的到货通知。",
         "stopped_all": "已全部停止：不会再收到这些商品的到货通知。",
