@@ -158,6 +158,25 @@ async def test_publishable_keys_are_created_for_origins_listed_and_revoked(
     assert await _status_in_fresh_process(client, key) == 401
 
 
+def test_widget_prints_this_instances_pinned_snippet() -> None:
+    from backinstock.storefront import widget
+
+    result = cli(
+        "widget", "--key", "pk_test", "--sku", 'A"<B', "--locale", "en",
+        env={"BACKINSTOCK_PUBLIC_BASE_URL": "https://notify.shop.example/"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    latest = widget.latest()
+    assert result.stdout.splitlines() == [
+        f'<script src="https://notify.shop.example{latest.path}"',
+        f'        integrity="{widget.RELEASES[widget.LATEST]}"',
+        '        crossorigin="anonymous" defer></script>',
+        '<div data-backinstock-sku="A&quot;&lt;B" data-backinstock-key="pk_test" '
+        'data-locale="en"></div>',
+    ]
+    assert f"{widget.gzip_size(latest.body):,} bytes gzipped" in result.stderr
+
+
 async def _status_in_fresh_process(client: httpx.AsyncClient, key: str) -> int:
     # A revoked key stops working once the few-second key cache forgets it; a new app has
     # an empty cache, which is what a restarted or other API process sees.

@@ -7,6 +7,7 @@ from backinstock.dispatch.sms import is_gsm7, segments
 
 LINK = "https://shop.example/r/AQGiAJGYWHaXqXfdeRWLBYzg7hsIaEXx9nEe_EqY9Awp"
 STOP = "https://shop.example/u/AQGiAJGYWHaXqXfdeRWLBYzg7hsIaEXx9nEe_EqY9Awp"
+PAGE = "https://shop.example/s/AQGiAJGYWHaXqXfdeRWLBYzg7hsIaEXx9nEe_EqY9Awp"
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,8 @@ def test_gsm7_detection() -> None:
 @pytest.mark.parametrize("locale", ["zh-CN", "en"])
 @pytest.mark.parametrize("max_segments", [3, 4])
 def test_restock_sms_stays_within_the_stated_segments(locale: str, max_segments: int) -> None:
-    # Two tracked links alone fill two UCS-2 segments, so three is the useful floor in Chinese.
+    # Two links alone fill two UCS-2 segments, so three is the useful floor in Chinese: the
+    # shopper's page (which stops this alert or all) stands in for the unsubscribe link.
     context = MessageContext(
         name="张女士",
         product_name="超长商品名称" * 40,
@@ -46,15 +48,16 @@ def test_restock_sms_stays_within_the_stated_segments(locale: str, max_segments:
         unsubscribe_url=STOP,
         level=2,
         queue_size=50,
+        page_url=PAGE,
     )
     text = render("sms", locale, context, max_segments).text
     assert segments(text) <= max_segments
-    assert LINK in text and STOP in text, "links are never cut"
+    assert LINK in text and PAGE in text, "links are never cut"
     assert "超长商品名称" in text
 
 
 def test_short_messages_are_untouched() -> None:
-    context = MessageContext("Ann", "Red T-shirt", LINK, STOP, level=5, queue_size=3)
+    context = MessageContext("Ann", "Red T-shirt", LINK, STOP, level=5, queue_size=3, page_url=PAGE)
     text = render("sms", "en", context).text
-    assert text.startswith("Ann, Red T-shirt is back in stock!")
+    assert text.startswith("Ann, Red T-shirt is back in stock!") and text.endswith(f"Stop: {PAGE}")
     assert segments(text) == 2 and is_gsm7(text)

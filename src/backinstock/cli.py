@@ -296,6 +296,33 @@ def _demo_summary(instance: DemoInstance, serve_command: str, result: DemoResult
 
 
 @app.command()
+def widget(
+    key: Annotated[str, typer.Option(help="The page's publishable key.")] = "pk_…",
+    sku: Annotated[str, typer.Option(help="The product's SKU.")] = "TSHIRT-RED-M",
+    locale: Annotated[str, typer.Option(help="The shopper's language: zh-CN or en.")] = "zh-CN",
+) -> None:
+    """Print the snippet a store pastes into a product page: this instance's widget
+    (PUBLIC_BASE_URL), pinned to the newest version by its Subresource Integrity hash."""
+    from html import escape
+
+    from backinstock.storefront import widget as released
+
+    base = _settings().core.public_base_url.rstrip("/")
+    latest = released.latest()
+    typer.echo(
+        f'<script src="{escape(base + latest.path)}"\n'
+        f'        integrity="{latest.integrity}"\n'
+        f'        crossorigin="anonymous" defer></script>\n'
+        f'<div data-backinstock-sku="{escape(sku)}" data-backinstock-key="{escape(key)}" '
+        f'data-locale="{escape(locale)}"></div>'
+    )
+    err.print(
+        f"widget {latest.version}: {len(latest.body):,} bytes, "
+        f"{len(latest.gzipped):,} bytes gzipped; the script once per page, a div per product"
+    )
+
+
+@app.command()
 def migrate() -> None:
     """Apply the database migrations to BACKINSTOCK_DATABASE_URL."""
     settings = _settings()

@@ -31,6 +31,7 @@ CLICK_TOKEN = "click"  # noqa: S105 - the tracked link of a message (/r/…)
 UNSUBSCRIBE_TOKEN = "unsubscribe"  # noqa: S105 - a message's unsubscribe link (/u/…)
 DASHBOARD_SESSION_TOKEN = "dashboard-session"  # noqa: S105 - the dashboard's session cookie
 CONFIRM_TOKEN = "confirm"  # noqa: S105 - a confirmation message's link (/c/…): double opt-in
+SHOPPER_PAGE_TOKEN = "shopper-page"  # noqa: S105 - a shopper's own page (/s/…), in every message
 CONFIRM_CODE = "confirm-code"  # the code an SMS confirmation asks the shopper to reply
 CONFIRM_CODE_DIGITS = 6
 

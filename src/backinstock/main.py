@@ -28,6 +28,7 @@ from backinstock.providers.router import router as providers_router
 from backinstock.restocks.router import router as restocks_router
 from backinstock.runtime import Runtime
 from backinstock.stats.router import router as stats_router
+from backinstock.storefront.router import router as storefront_router
 from backinstock.subscriptions.router import router as subscriptions_router
 
 DESCRIPTION = """Back-in-stock notifications: shoppers subscribe to a sold-out SKU; restocks
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(StorefrontCors)
     routers = (
         subscriptions_router,
+        storefront_router,
         restocks_router,
         conversions_router,
         coupons_router,

@@ -7,7 +7,6 @@ Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs 
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -24,23 +23,12 @@ from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon
 from backinstock.dispatch.models import Notification, Status
 from backinstock.runtime import Runtime
+from tests.browser import artifacts, chromium
 from tests.conftest import BACKEND
 from tests.helpers import bearer, phone, subscription_body
 from tests.server import BackinstockProcess, ServerProcess
 from tests.waiting import eventually
 
-CHROMIUM = Path(os.environ.get("BACKINSTOCK_TEST_CHROMIUM", "/usr/bin/chromium"))
-# Chromium's background connections (updates, sync, QUIC probes) pile up without a network.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ENV = {
     "BACKINSTOCK_RATE_LIMIT_PER_IP": "",
     "BACKINSTOCK_RATE_LIMIT_PER_CONTACT": "",
@@ -62,19 +50,6 @@ SHOPPERS = [
     ("SKU-C", "email"),
 ]
 PRODUCTS = {"SKU-A": "Linen shirt, blue, M", "SKU-B": "红色T恤 M", "SKU-C": "Canvas tote"}
-
-
-def _require_browser() -> None:
-    missing = None
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
-    else:
-        try:
-            import playwright.async_api  # noqa: F401
-        except ImportError:
-            missing = "the playwright package is missing (pip install -e '.[dev]')"
-    if missing:
-        pytest.fail(f"the dashboard's browser test needs Chromium: {missing}")
 
 
 def _contact(channel: str, n: int) -> str:
@@ -191,25 +166,14 @@ async def _seed_clicks_orders_and_coupons(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    _require_browser()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium("the dashboard's browser test") as launched:
+        yield launched
 
 
 @pytest.fixture
 def screenshot(tmp_path: Path) -> Path:
     """Where the full-page screenshot goes: BACKINSTOCK_TEST_ARTIFACTS, else a tmp folder."""
-    folder = Path(os.environ.get("BACKINSTOCK_TEST_ARTIFACTS", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / "dashboard.png"
+    return artifacts(tmp_path) / "dashboard.png"
 
 
 def _chart_data(chart_id: str) -> str:

@@ -108,6 +108,17 @@ async def test_a_json_body_is_not_a_login(
     assert response.status_code == 401
 
 
+async def test_a_form_with_more_fields_than_the_forms_is_no_login(
+    client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    padding = "&".join(f"f{i}=1" for i in range(11))
+    response = await client.post(
+        "/dashboard/login", content=f"{padding}&key={api_keys['stats']}", headers=FORM
+    )
+    assert response.status_code == 401
+    assert 'role="alert"' in response.text
+
+
 async def test_a_form_posted_from_another_site_is_refused(
     client: httpx.AsyncClient, api_keys: dict[str, str]
 ) -> None:

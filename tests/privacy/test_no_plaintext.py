@@ -130,7 +130,7 @@ async def test_no_contact_in_database_dump_or_logs(
 
 
 MESSAGED = 30
-_TOKEN = re.compile(r"/[ru]/([A-Za-z0-9_-]{20,})")
+_TOKEN = re.compile(r"/[rus]/([A-Za-z0-9_-]{20,})")
 
 
 def _shopper(i: int) -> dict[str, object]:
@@ -145,8 +145,9 @@ def _shopper(i: int) -> dict[str, object]:
 async def test_dev_outbox_keeps_names_and_link_tokens_sealed(
     settings: Settings, runtime: Runtime, api_keys: dict[str, str], tmp_path: Path
 ) -> None:
-    """Rendered messages carry the shopper's name and live click and unsubscribe tokens:
-    the dev outbox stores them sealed, and only the admin view opens them."""
+    """Rendered messages carry the shopper's name and live click, shopper's page and
+    unsubscribe tokens: the dev outbox stores them sealed, and only the admin view opens
+    them."""
     env = {"BACKINSTOCK_LOG_LEVEL": "DEBUG", "BACKINSTOCK_RATE_LIMIT_PER_IP": ""}
     worker = BackinstockProcess(
         ["worker", "--processes", "1", "--threads", "2"], env, tmp_path / "worker.log"
@@ -176,9 +177,11 @@ async def test_dev_outbox_keeps_names_and_link_tokens_sealed(
     names = [f"Outbox Shopper {i:05d}" for i in range(MESSAGED)]
     emailed = [name for i, name in enumerate(names) if i % 3 == 1]
     tokens = set(_TOKEN.findall(bodies))
-    # Email greets by name; SMS and email carry a click and an unsubscribe link each.
+    # Email greets by name; SMS and email carry a click and a shopper's page link each,
+    # email an unsubscribe link too.
     assert all(name in bodies for name in emailed), "the admin view opens every message"
-    assert len(tokens) == 2 * (MESSAGED * 2 // 3), "a click and an unsubscribe token each"
+    texted = len([i for i in range(MESSAGED) if i % 3 == 0])
+    assert len(tokens) == 2 * texted + 3 * len(emailed), "every token is in the view"
 
     dump = _database_dump(settings)
     assert "dev_outbox" in dump

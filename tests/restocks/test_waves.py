@@ -132,6 +132,6 @@ async def test_messages_carry_product_links_and_scarcity(
     assert len(items) == 2
     body = items[0]["body"]
     assert "Ann" in body and "only 2 left" in body
-    assert "/r/" in body and "/u/" in body
+    assert "/r/" in body and "/s/" in body  # an SMS's "Stop" link is the shopper's page
     assert items[0]["to"].startswith("+86 138")
     assert "13800000" not in page.text

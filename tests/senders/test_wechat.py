@@ -190,6 +190,11 @@ def test_page_with_token() -> None:
     assert page_with_token("pages/p", "https://h/r/abc_-9") == "pages/p?bis_token=abc_-9"
     assert page_with_token("pages/p?x=1", "https://h/r/abc/") == "pages/p?x=1&bis_token=abc"
     assert page_with_token("pages/p", None) == "pages/p"
+    # The shopper's own page rides along for a web-view: no template field holds a link.
+    assert (
+        page_with_token("pages/p", "https://h/r/abc", "https://h/s/def")
+        == "pages/p?bis_token=abc&bis_page=def"
+    )
 
 
 # --------------------------------------------------------------------------- classification

@@ -10,10 +10,12 @@ import jinja2
 
 _HERE = Path(__file__).resolve().parent
 STATIC_DIR = _HERE / "static"
+# The shopper's page (storefront) extends base.html too: one look for every page.
+TEMPLATES_DIR = _HERE / "templates"
 STATIC_PREFIX = "/dashboard/static"
 
 _templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(_HERE / "templates"),
+    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

@@ -92,7 +92,10 @@ async def _submitted_key(request: Request) -> str | None:
     body = await request.body()
     if len(body) > _MAX_FORM_BYTES:
         return None
-    fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    except ValueError:  # more fields than the form has: no key was sent
+        return None
     values = fields.get("key") or [""]
     return values[0].strip() or None
 

@@ -35,6 +35,8 @@ class MessageContext:
     coupon_description: str | None = None
     code: str | None = None  # a confirmation's reply code (SMS)
     valid_hours: int = 24  # how long a confirmation's link and code work
+    # The shopper's own page (/s/…): everything they wait for, each stoppable.
+    page_url: str = ""
 
     @property
     def scarce(self) -> bool:
@@ -92,6 +94,7 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "coupon_description": context.coupon_description,
         "code": context.code,
         "valid_hours": context.valid_hours,
+        "page_url": context.page_url,
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):

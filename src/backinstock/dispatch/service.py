@@ -38,6 +38,7 @@ from backinstock.dispatch.render import MessageContext, render
 from backinstock.identity import (
     CLICK_TOKEN,
     CONFIRM_TOKEN,
+    SHOPPER_PAGE_TOKEN,
     UNSUBSCRIBE_TOKEN,
     confirmation_code,
     contact_aad,
@@ -250,6 +251,7 @@ def _message(
         coupon_description=coupon[1] if coupon else None,
         code=confirmation_code(keys, sub.id) if confirming else None,
         valid_hours=max(1, settings.opt_in.confirm_window_seconds // 3600),
+        page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub.id)}",
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(
@@ -268,6 +270,7 @@ def _message(
             "locale": sub.locale,
             "kind": notification.kind,
             "coupon_code": context.coupon_code,
+            "page_url": context.page_url,
         },
     )
 

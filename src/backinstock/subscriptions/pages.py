@@ -44,14 +44,21 @@ def confirm_subscription(action: str) -> str:
     return _PAGE.format(title="Confirm your alert / 确认到货提醒", body=body)
 
 
-def confirmed(position: int | None) -> str:
+def confirmed(position: int | None, shopper_page: str | None = None) -> str:
     place = (
         f"<p>You are number {position} in line. / 您目前排在第 {position} 位。</p>"
         if position
         else ""
     )
+    page = (
+        f'<p><a href="{escape(shopper_page)}">Everything you wait for / 我的到货提醒</a></p>'
+        if shopper_page
+        else ""
+    )
     body = (
-        "<p>Confirmed: we will tell you when it is back. / 已确认，到货后我们会通知您。</p>" + place
+        "<p>Confirmed: we will tell you when it is back. / 已确认，到货后我们会通知您。</p>"
+        + place
+        + page
     )
     return _PAGE.format(title="Confirmed / 已确认", body=body)
 

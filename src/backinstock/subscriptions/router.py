@@ -8,7 +8,7 @@ from backinstock.auth.service import Principal
 from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey, SubscriberKey
 from backinstock.errors import InvalidField, NotFound, error_response, error_responses
 from backinstock.flows import optin
-from backinstock.identity import CONFIRM_TOKEN, UNSUBSCRIBE_TOKEN
+from backinstock.identity import CONFIRM_TOKEN, SHOPPER_PAGE_TOKEN, UNSUBSCRIBE_TOKEN
 from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
 from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
@@ -265,7 +265,8 @@ async def confirm_subscription(
     if _wants_json(request):
         body = ConfirmationOut(id=sub_id, status=done.status, position=done.position)
         return Response(body.model_dump_json(), media_type="application/json")
-    return HTMLResponse(pages.confirmed(done.position))
+    shopper_page = f"/s/{runtime.keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub_id)}"
+    return HTMLResponse(pages.confirmed(done.position, shopper_page))
 
 
 def _not_a_link(request: Request, message: str) -> Response:

@@ -104,7 +104,9 @@ class WeChatSender:
         return {
             "touser": message.to,
             "template_id": self._settings.wechat_template_id,
-            "page": page_with_token(self._settings.wechat_page, message.link),
+            "page": page_with_token(
+                self._settings.wechat_page, message.link, message.data.get("page_url")
+            ),
             "miniprogram_state": self._settings.wechat_miniprogram_state,
             "lang": "zh_CN" if is_zh(message) else "en_US",
             "data": template_data(message, self._field_map),

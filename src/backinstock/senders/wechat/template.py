@@ -97,11 +97,17 @@ def check_field_map(field_map: dict[str, str]) -> dict[str, str]:
     return dict(field_map)
 
 
-def page_with_token(page: str, link: str | None) -> str:
+def page_with_token(page: str, link: str | None, page_url: str | None = None) -> str:
     """The mini-program page plus ``bis_token``: the last path segment of the /r/ link, so
-    the page can record the click like the web redirect does."""
-    token = urlsplit(link).path.rstrip("/").rpartition("/")[2] if link else ""
-    if not token:
+    the page can record the click like the web redirect does; and ``bis_page``, the last
+    segment of the shopper's own page (``/s/…``), which a mini-program may open in a
+    web-view: no field of a subscribe message has room for a link."""
+    params = []
+    for name, url in (("bis_token", link), ("bis_page", page_url)):
+        token = urlsplit(url).path.rstrip("/").rpartition("/")[2] if url else ""
+        if token:
+            params.append(f"{name}={quote(token, safe='')}")
+    if not params:
         return page
     separator = "&" if "?" in page else "?"
-    return f"{page}{separator}bis_token={quote(token, safe='')}"
+    return page + separator + "&".join(params)
