@@ -6,6 +6,7 @@ import asyncio
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -142,6 +143,25 @@ def worker(
     poll_ms: Annotated[
         int, typer.Option(help="How often an idle worker polls Redis, in milliseconds.")
     ] = 100,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the worker processes' Prometheus metrics, summed, on this port "
+            "(at /metrics; see docs/operations.md).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface for --metrics-port (0.0.0.0 for a scraper elsewhere).")
+    ] = "127.0.0.1",
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the processes keep their metrics files (emptied at start; default: "
+            "a directory per port under the system's temporary directory)."
+        ),
+    ] = None,
 ) -> None:
     """Dramatiq workers, each with the sweeper and wave scheduler (production mode)."""
     settings = _settings()
@@ -171,10 +191,26 @@ def worker(
         "--worker-shutdown-timeout",
         str(int((settings.delivery.shutdown_grace_seconds + 5) * 1000)),
     ]
+    if metrics_port is not None:
+        args += ["--fork-function", _worker_metrics(metrics_port, metrics_host, metrics_dir)]
     # Dramatiq's idle consumers poll every 0.5-1x this; its 1 s default alone would eat the
     # "first message within a second" budget twice (the wave, then the first send batch).
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112 - dramatiq reads this name
     os.execv(sys.executable, args)  # noqa: S606 - dramatiq's supervisor handles signals
+
+
+def _worker_metrics(port: int, host: str, directory: Path | None) -> str:
+    """Set up the environment the worker processes count in (prometheus_client's
+    multiprocess mode, read when they first import it) and return the function Dramatiq
+    forks to serve the sum."""
+    from backinstock.ops import exposition
+
+    directory = directory or Path(tempfile.gettempdir()) / f"backinstock-worker-metrics-{port}"
+    exposition.prepare_directory(directory)
+    os.environ[exposition.MULTIPROC_DIR] = str(directory)
+    os.environ[exposition.HOST] = host
+    os.environ[exposition.PORT] = str(port)
+    return exposition.FORK_FUNCTION
 
 
 @app.command()

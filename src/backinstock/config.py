@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 from functools import cached_property
 from typing import Annotated, Any
@@ -198,6 +198,21 @@ class ConversionSettings(_Section):
     followup_batch: int = Field(default=200, ge=1)
 
 
+class MetricsSettings(_Section):
+    """What the API's /metrics reads from the database (the pipeline figures)."""
+
+    # Scrapes within this many seconds of the last read share it (several Prometheus
+    # servers, or a dashboard's own polling, cost one read).
+    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # The stock feeds (locations) whose last event's age is shown. Empty: the first
+    # METRICS_MAX_LOCATIONS locations by name. Locations are client input: each is a
+    # series, so their number is capped.
+    metrics_locations: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_max_locations: int = Field(default=50, ge=0, le=1000)
+
+    _split_locations = field_validator("metrics_locations", mode="before")(_split_csv)
+
+
 class DashboardSettings(_Section):
     # How long a dashboard sign-in lasts before the stats key must be entered again.
     dashboard_session_seconds: int = Field(default=28_800, ge=60)
@@ -266,6 +281,7 @@ class Settings:
     twilio: TwilioSettings
     smtp: SmtpSettings
     wechat: WeChatSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -281,4 +297,5 @@ class Settings:
             twilio=TwilioSettings(),
             smtp=SmtpSettings(),
             wechat=WeChatSettings(),
+            metrics=MetricsSettings(),
         )

@@ -383,10 +383,12 @@ async def test_a_claim_whose_part_cannot_be_written_fails_alone(
         poisoned = await session.scalar(select(Notification.id).order_by(Notification.id))
     record = outcomes.record_results
 
-    async def refuse_one(session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any) -> None:
+    async def refuse_one(
+        session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any
+    ) -> list[outcomes.Recorded]:
         if any(r.notification_id == poisoned for r in results):
             raise RuntimeError("a value the database refuses")
-        await record(session, claim_id, deliveries, results)
+        return await record(session, claim_id, deliveries, results)
 
     monkeypatch.setattr(outcomes, "record_results", refuse_one)
     await _two_claims(runtime, GroupCommit(runtime.sessions))
