@@ -1,0 +1,51 @@
+"""The alert rules in monitoring/ are valid and do what their unit tests say, by Debian's
+``promtool`` (the ``prometheus`` package, which .ci/run installs), and each one has a test
+and an entry in the operations page. Without promtool this fails rather than skips."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "monitoring"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed (Debian's prometheus package; .ci/run installs it)"
+    return subprocess.run(
+        [promtool, *args], cwd=MONITORING, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_rules_pass_their_promtool_unit_tests() -> None:
+    checked = _promtool("check", "rules", "alerts.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = _promtool("test", "rules", "alerts.test.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def _alerts() -> list[str]:
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    return [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_every_alert_is_tested_and_documented() -> None:
+    tests = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())
+    tested = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    headings = set(re.findall(r"^### (\w+)$", operations, re.MULTILINE))
+    for alert in _alerts():
+        assert alert in tested, f"{alert}: no promtool test shows it firing"
+        assert alert in headings, f"{alert}: no '### {alert}' in docs/operations.md"
