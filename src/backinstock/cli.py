@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import structlog
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -254,6 +255,74 @@ def check(
     if problems:
         raise typer.Exit(1)
     err.print("[green]ok[/green]")
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between redraws with --watch.", min=0)
+    ] = 2.0,
+    count: Annotated[
+        int | None, typer.Option(help="With --watch, stop after this many redraws.", min=1)
+    ] = None,
+) -> None:
+    """Open waves with progress per SKU, pending work by channel, the oldest due message
+    and the providers configured, read from BACKINSTOCK_DATABASE_URL."""
+    from rich.live import Live
+
+    from backinstock import status as status_view
+
+    settings = _settings()
+    _ensure_schema(settings)
+    console = Console()
+
+    async def frames() -> None:
+        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        sessions = db.sessionmaker(engine)
+
+        async def frame() -> RenderableType:
+            async with sessions() as session:
+                report = await status_view.gather(session, settings, db.utcnow())
+            return status_view.render(report)
+
+        try:
+            if not watch:
+                console.print(await frame())
+                return
+            drawn = 0
+            # A terminal is redrawn in place; a pipe or a file gets one frame after another.
+            with (
+                Live(console=console, auto_refresh=False)
+                if console.is_terminal
+                else _Frames(console) as live
+            ):
+                while count is None or drawn < count:
+                    if drawn:
+                        await asyncio.sleep(interval)
+                    live.update(await frame(), refresh=True)
+                    drawn += 1
+        finally:
+            await engine.dispose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(frames())
+
+
+class _Frames:
+    """``--watch`` without a terminal: each redraw printed in turn."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def __enter__(self) -> _Frames:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def update(self, renderable: RenderableType, refresh: bool = False) -> None:
+        self._console.print(renderable)
 
 
 @app.command()
