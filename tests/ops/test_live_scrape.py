@@ -144,7 +144,16 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
             "max_over_time(backinstock_oldest_due_notification_age_seconds[30m])"
         )
         assert _value(waited) > 0, "the wave's messages were seen waiting"
-        assert _value(prometheus.query("backinstock_restock_first_message_seconds_count")) == 1
+        first_message = 'backinstock_restock_first_message_seconds_count{job="backinstock-api"}'
+        assert _value(prometheus.query(first_message)) == 1
+        worker_only = prometheus.query(
+            '{job="backinstock-worker",__name__=~"backinstock_restock.*"}'
+        )
+        assert not worker_only, "a worker host serves only what its processes count"
+        dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+        for panel in dashboard["panels"]:  # every panel's query is one Prometheus runs
+            for target in panel["targets"]:
+                prometheus.query(target["expr"])
 
         # A second wave, and its worker host stopped in the middle of it.
         await seed_waiting(runtime, SECOND_WAVE, sku="SKU-2", channel=Channel.SMS)

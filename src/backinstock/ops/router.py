@@ -16,7 +16,7 @@ from backinstock.stats import pipeline
 router = APIRouter(tags=["operations"])
 # The pipeline figures are this process's to serve: registered with the API, never in a
 # worker process (whose metrics endpoint serves what its processes count).
-REGISTRY.register(pipeline.COLLECTOR)
+REGISTRY.register(pipeline.collector())
 
 
 class ReadinessChecks(BaseModel):

@@ -33,7 +33,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
-from sqlalchemy import exists, func, literal, select, text
+from sqlalchemy import func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.config import Settings
@@ -176,21 +176,25 @@ def _locations_query(limit: int) -> Any:
 @dataclass(frozen=True)
 class WaveProgress:
     wave_id: uuid.UUID
-    open: bool  # some of its messages are pending or being sent
+    open: int  # its messages pending or being sent
     first_sent: datetime | None
     last_sent: datetime | None
 
 
 async def wave_progress(session: AsyncSession, wave_id: uuid.UUID) -> WaveProgress:
-    """Three probes of ``ix_notifications_wave_progress``."""
+    """Three reads of ``ix_notifications_wave_progress``: an index-only count of the
+    wave's open messages (an EXISTS would be cheaper only in theory: PostgreSQL's generic
+    plan for it, which a prepared statement gets after a few runs, scans the table
+    expecting an early match, and reads all of it for a wave with none), and its first
+    and last sent message, one index entry each."""
     of_wave = Notification.wave_id == wave_id
     sent = (of_wave, Notification.status == Status.SENT)
     still_open = await session.scalar(
-        select(exists().where(of_wave, Notification.status.in_(OPEN)))
+        select(func.count()).where(of_wave, Notification.status.in_(OPEN))
     )
     first = await session.scalar(select(func.min(Notification.sent_at)).where(*sent))
     last = await session.scalar(select(func.max(Notification.sent_at)).where(*sent))
-    return WaveProgress(wave_id, bool(still_open), first, last)
+    return WaveProgress(wave_id, int(still_open or 0), first, last)
 
 
 @dataclass
@@ -357,7 +361,17 @@ def _figures(f: Figures) -> Iterator[Metric]:
     )
 
 
-COLLECTOR = PipelineCollector()
+_collector: PipelineCollector | None = None
+
+
+def collector() -> PipelineCollector:
+    """The process's collector, made on first use: by the API only. (Its histograms are
+    metric objects: made in a worker process running in multiprocess mode, they would
+    write files that the worker's endpoint serves.)"""
+    global _collector
+    if _collector is None:
+        _collector = PipelineCollector()
+    return _collector
 
 
 @dataclass
@@ -365,7 +379,6 @@ class PipelineCache:
     """Reads the figures at most every ``METRICS_CACHE_SECONDS`` (by the process's clock);
     scrapes meanwhile, and scrapes that arrive during a read, share it."""
 
-    collector: PipelineCollector = field(default_factory=lambda: COLLECTOR)
     read_at: datetime | None = None
     timer: WaveTimer | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -378,6 +391,7 @@ class PipelineCache:
         now: datetime,
     ) -> None:
         fresh_for = timedelta(seconds=settings.metrics.metrics_cache_seconds)
+        figures_of = collector()
         async with self._lock:
             if self.read_at is not None and now - self.read_at < fresh_for:
                 return
@@ -387,18 +401,18 @@ class PipelineCache:
                     figures = await read_figures(session, settings, now)
                     await self._timer().advance(session, now)
             except Exception as exc:  # the database is down: /readyz says so
-                self.collector.refresh_failures += 1
+                figures_of.refresh_failures += 1
                 log.warning("pipeline_figures_failed", error_type=type(exc).__name__)
                 return
             finally:
-                self.collector.refresh_seconds = time.perf_counter() - started
-            self.collector.figures = figures
-            self.collector.redis_up = None if redis is None else await _pongs(redis)
+                figures_of.refresh_seconds = time.perf_counter() - started
+            figures_of.figures = figures
+            figures_of.redis_up = None if redis is None else await _pongs(redis)
             self.read_at = now
 
     def _timer(self) -> WaveTimer:
         if self.timer is None:
-            self.timer = WaveTimer(self.collector.first_message, self.collector.last_message)
+            self.timer = WaveTimer(collector().first_message, collector().last_message)
         return self.timer
 
 
