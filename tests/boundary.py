@@ -55,7 +55,12 @@ def unlimited_client(runtime: Runtime) -> httpx.AsyncClient:
     app exceptions answered as the server would (500), not raised into the test."""
     settings = dataclasses.replace(
         runtime.settings,
-        rate_limits=RateLimitSettings(rate_limit_per_ip="", rate_limit_per_contact=""),
+        rate_limits=RateLimitSettings(
+            rate_limit_per_ip="",
+            rate_limit_per_contact="",
+            publishable_rate_limit_per_ip="",
+            publishable_rate_limit_per_contact="",
+        ),
     )
     app = create_app(runtime=dataclasses.replace(runtime, settings=settings))
     transport = httpx.ASGITransport(

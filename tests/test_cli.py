@@ -100,6 +100,39 @@ async def test_replace_gives_the_name_a_new_key_and_ends_the_old_one(
     assert fresh.returncode == 0 and "created key 'erp'" in fresh.stderr
 
 
+async def test_publishable_keys_are_created_for_origins_listed_and_revoked(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    created = cli(
+        "keys", "create", "--name", "shop-page", "--publishable",
+        "--origin", "https://Shop.example/", "--origin", "http://localhost:5173",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("pk_") and len(key) > 40
+    assert "https://shop.example" in created.stderr
+
+    listed = cli("keys", "list").stdout
+    assert "shop-page" in listed and "publishable" in listed and key not in listed
+    assert "https://shop.example" in listed and "http://localhost:5173" in listed
+
+    for refused in (
+        ["--origin", "http://shop.example"],  # http from a public host
+        ["--origin", "https://shop.example/p/1"],  # a path
+        [],  # no origin
+        ["--origin", "https://shop.example", "--scope", "subscribe"],  # scopes
+    ):
+        result = cli("keys", "create", "--name", "other", "--publishable", *refused)
+        assert result.returncode == 2 and result.stdout == "", refused
+    no_scope = cli("keys", "create", "--name", "other")
+    origin_alone = cli("keys", "create", "--name", "other", "--origin", "https://shop.example")
+    assert no_scope.returncode == 2 and origin_alone.returncode == 2
+    assert "other" not in cli("keys", "list").stdout
+
+    assert cli("keys", "revoke", "shop-page").returncode == 0
+    assert await _status_in_fresh_process(client, key) == 401
+
+
 async def _status_in_fresh_process(client: httpx.AsyncClient, key: str) -> int:
     # A revoked key stops working once the few-second key cache forgets it; a new app has
     # an empty cache, which is what a restarted or other API process sees.

@@ -68,6 +68,10 @@ def emails(n: int) -> list[dict[str, str]]:
     return [{"channel": "email", "contact": f"f{i}@mailbox.example"} for i in range(n)]
 
 
+def names(n: int) -> dict[str, str]:
+    return {f"en-{i:02d}": f"Name {i}" for i in range(n)}
+
+
 def items(n: int) -> list[dict[str, Any]]:
     return [{"sku": f"SKU-{i}", "quantity": 1, "unit_price": "1.00"} for i in range(n)]
 
@@ -99,6 +103,8 @@ LIMITS: list[Limit] = [
     text(RESTOCK, restock_body, ("location",), 64, 202),
     Limit(RESTOCK, restock_body, ("available",), lambda: 10**9, lambda: 10**9 + 1, 202),
     text(RESTOCK, restock_body, ("product", "name"), 300, 202, "红"),
+    text(RESTOCK, restock_body, ("product", "names", "zh-CN"), 300, 202, "红"),
+    Limit(RESTOCK, restock_body, ("product", "names"), lambda: names(20), lambda: names(21), 202),
     # Orders (201).
     text(ORDER, order_body, ("order_id",), 128, 201),
     Limit(ORDER, order_body, ("items",), lambda: items(500), lambda: items(501), 201),
@@ -205,9 +211,9 @@ async def test_the_longest_values_reach_the_dev_outbox(
         assert response.status_code == 201, response.text[:300]
         assert len(response.json()["contact_masked"]) <= MAX_MASK_CHARS
     start_worker()
-    restock = restock_body(
-        event_id="e" * 128, location="l" * 64, available=10**9, product={"name": "货" * 300}
-    )
+    # The stock event renames the product in both shoppers' locales, at the longest.
+    longest = {"names": {"en": "货" * 300, "zh-CN": "货" * 300}}
+    restock = restock_body(event_id="e" * 128, location="l" * 64, available=10**9, product=longest)
     assert (await post_json(client, key, "/v1/restocks", restock)).status_code == 202
     await settle()
     assert await outbox_count(runtime) == 2

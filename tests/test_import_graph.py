@@ -56,6 +56,7 @@ FLOORS: tuple[Floor, ...] = (
             "backinstock.*.deps",
             "backinstock.*.pages",
             "backinstock.ops.middleware",
+            "backinstock.ops.cors",
         ),
     ),
     # What a process holds and starts with: runtime handles, the broker and task names,

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import db, keyops, migrations
 from backinstock.auth import service as auth
-from backinstock.auth.service import Scope
+from backinstock.auth.service import KeyKind, Scope
 from backinstock.config import Settings
 from backinstock.crypto import KeyConfigError, load_keys, new_key_spec
 from backinstock.errors import ApiError, Conflict
@@ -411,7 +411,26 @@ def migrate() -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A unique name, e.g. 'storefront'.")],
-    scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
+    scope: Annotated[
+        list[Scope] | None,
+        typer.Option(help="Repeat for several scopes (secret keys; not with --publishable)."),
+    ] = None,
+    publishable: Annotated[
+        bool,
+        typer.Option(
+            "--publishable",
+            help="A browser-safe key (pk_…) for a web page: it can only create pending "
+            "subscriptions, from the --origin pages.",
+        ),
+    ] = False,
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --publishable: a page origin allowed to use the key, e.g. "
+            "https://shop.example (https; http only for 127.0.0.1 or localhost). Repeat "
+            "for several."
+        ),
+    ] = None,
     replace: Annotated[
         bool,
         typer.Option(
@@ -422,15 +441,17 @@ def keys_create(
     ] = False,
 ) -> None:
     """Create an API key; the key is printed once, alone on stdout. An existing name is an
-    error (exit 1) unless --replace is given."""
+    error (exit 1) unless --replace is given. A secret key (bis_…) needs --scope; a
+    publishable key (--publishable, pk_…) needs --origin and takes no scope."""
+    scopes, origins = _key_grants(scope or [], publishable, origin or [])
     settings = _settings()
     _ensure_schema(settings)
 
     async def create(session: AsyncSession) -> tuple[str, bool]:
         if replace:
-            return await auth.replace_key(session, name, scope)
+            return await auth.replace_key(session, name, scopes, origins)
         try:
-            return await auth.create_key(session, name, scope), False
+            return await auth.create_key(session, name, scopes, origins), False
         except Conflict as exc:
             raise Conflict(
                 f"{exc.message}: nothing was created. Add --replace to give it a new key "
@@ -438,15 +459,38 @@ def keys_create(
             ) from None
 
     secret, replaced = _with_session(settings, create)
-    scopes = " ".join(sorted(s.value for s in scope))
+    grants = (
+        f"publishable, origins: {' '.join(origins)}"
+        if origins is not None
+        else f"scopes: {' '.join(sorted(s.value for s in scopes))}"
+    )
     if replaced:
-        err.print(
-            f"replaced key '{name}' (scopes: {scopes}); the old key stops working within 5 seconds"
-        )
+        err.print(f"replaced key '{name}' ({grants}); the old key stops working within 5 seconds")
     else:
-        err.print(f"created key '{name}' with scopes: {scopes}")
-    err.print("store it now: it cannot be shown again")
+        err.print(f"created key '{name}' with {grants}")
+    if origins is None:
+        err.print("store it now: it cannot be shown again")
+    else:
+        err.print("it may sit in your pages' source; it cannot be shown again")
     typer.echo(secret)
+
+
+def _key_grants(
+    scopes: list[Scope], publishable: bool, origins: list[str]
+) -> tuple[list[Scope], list[str] | None]:
+    """The scopes, or (for a publishable key) the normalised origins, a new key is given."""
+    if not publishable:
+        if origins:
+            raise typer.BadParameter("--origin is for publishable keys: add --publishable")
+        if not scopes:
+            raise typer.BadParameter("a secret key needs at least one --scope")
+        return scopes, None
+    if scopes:
+        raise typer.BadParameter("a publishable key has no scopes: leave out --scope")
+    try:
+        return [], auth.normalize_origins(origins)
+    except auth.InvalidOrigin as exc:
+        raise typer.BadParameter(str(exc), param_hint="--origin") from None
 
 
 @keys_app.command("generate-env")
@@ -462,7 +506,8 @@ def keys_generate_env() -> None:
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List API keys (never their secrets)."""
+    """List API keys (never their secrets): secret keys with their scopes, publishable keys
+    with their origins."""
     settings = _settings()
     _ensure_schema(settings)
 
@@ -471,17 +516,19 @@ def keys_list() -> None:
             (
                 k.name,
                 k.prefix + "…",
-                k.scopes,
+                k.kind,
+                k.scopes if k.kind == KeyKind.SECRET else "\n".join((k.origins or "").split()),
                 k.created_at.isoformat(timespec="seconds"),
                 k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
             )
             for k in await auth.list_keys(session)
         ]
 
-    table = Table("name", "prefix", "scopes", "created", "revoked")
+    table = Table("name", "prefix", "kind", "scopes / origins", "created", "revoked")
     for row in _with_session(settings, rows):
         table.add_row(*row)
-    Console().print(table)
+    # Piped or redirected, the table is as wide as it needs: origins are not cut short.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
 @keys_app.command("revoke")

@@ -106,6 +106,11 @@ class DeliverySettings(_Section):
     # crash up to this many more per batch may be in doubt, and are settled by the channel's
     # policy like any other (never with drop, which always marks exactly). 0: exact.
     start_lookahead: int = Field(default=64, ge=0, le=200)
+    # Providers' answers are recorded by a group commit once this many wait, or once the
+    # oldest has waited this long (calls about to start commit at once, and take them
+    # along). A crash leaves at most this many answered calls unrecorded: in doubt.
+    record_results: int = Field(default=64, ge=1, le=100_000)
+    record_after_seconds: float = Field(default=0.25, gt=0, le=3600)
 
     @field_validator("in_doubt_email", "in_doubt_wechat")
     @classmethod
@@ -149,12 +154,29 @@ class Rate:
 class RateLimitSettings(_Section):
     rate_limit_per_ip: str = "300/minute"
     rate_limit_per_contact: str = "10/hour"
+    # A publishable key sits in a web page: anybody can use it, so its requests are counted
+    # per client IP (whatever the key) and per contact, under tighter limits.
+    publishable_rate_limit_per_ip: str = "10/minute"
+    publishable_rate_limit_per_contact: str = "5/hour"
 
-    @field_validator("rate_limit_per_ip", "rate_limit_per_contact")
+    @field_validator(
+        "rate_limit_per_ip",
+        "rate_limit_per_contact",
+        "publishable_rate_limit_per_ip",
+        "publishable_rate_limit_per_contact",
+    )
     @classmethod
     def _valid_rate(cls, value: str) -> str:
         Rate.parse(value)
         return value
+
+    @cached_property
+    def publishable_per_ip(self) -> Rate | None:
+        return Rate.parse(self.publishable_rate_limit_per_ip)
+
+    @cached_property
+    def publishable_per_contact(self) -> Rate | None:
+        return Rate.parse(self.publishable_rate_limit_per_contact)
 
     @cached_property
     def per_ip(self) -> Rate | None:
@@ -211,6 +233,28 @@ class MetricsSettings(_Section):
     metrics_max_locations: int = Field(default=50, ge=0, le=1000)
 
     _split_locations = field_validator("metrics_locations", mode="before")(_split_csv)
+
+
+_CHANNELS = ("sms", "email", "wechat")
+
+
+class OptInSettings(_Section):
+    # Channels whose subscriptions made with a secret key also wait for the shopper to
+    # confirm (double opt-in), e.g. "sms,email"; publishable keys' always do. WeChat
+    # subscriptions are confirmed by the mini-program's own consent, so they never wait.
+    double_opt_in_channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a request may wait for its confirmation, keeping its place in line; then it
+    # is erased.
+    confirm_window_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+
+    @field_validator("double_opt_in_channels", mode="before")
+    @classmethod
+    def _channels(cls, value: Any) -> Any:
+        channels = _split_csv(value)
+        unknown = [c for c in channels if c not in _CHANNELS]
+        if unknown:
+            raise ValueError(f"channels are {', '.join(_CHANNELS)}; got {', '.join(unknown)}")
+        return channels
 
 
 class DashboardSettings(_Section):
@@ -277,6 +321,7 @@ class Settings:
     rate_limits: RateLimitSettings
     quiet_hours: QuietHoursSettings
     conversion: ConversionSettings
+    opt_in: OptInSettings
     dashboard: DashboardSettings
     twilio: TwilioSettings
     smtp: SmtpSettings
@@ -293,6 +338,7 @@ class Settings:
             rate_limits=RateLimitSettings(),
             quiet_hours=QuietHoursSettings(),
             conversion=ConversionSettings(),
+            opt_in=OptInSettings(),
             dashboard=DashboardSettings(),
             twilio=TwilioSettings(),
             smtp=SmtpSettings(),

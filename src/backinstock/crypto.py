@@ -166,6 +166,19 @@ class TokenSigner:
                 return uuid.UUID(bytes=payload[1:])
         return None
 
+    def codes(self, purpose: str, subject: uuid.UUID, digits: int) -> list[str]:
+        """A short decimal code for ``subject`` under each key, the newest first (the one
+        to send): the same MAC as a token's, reduced to ``digits`` digits. Short enough to
+        type back in an SMS; not a secret on its own, since whoever replies must also hold
+        the phone number the subject is for."""
+        payload = _TOKEN_VERSION + subject.bytes
+        return [
+            str(int.from_bytes(self._mac(key, purpose, payload)[:8], "big") % 10**digits).zfill(
+                digits
+            )
+            for key in self._keys
+        ]
+
     @staticmethod
     def _mac(key: bytes, purpose: str, payload: bytes) -> bytes:
         return _hmac(key, purpose.encode() + b"\x00" + payload)[:_MAC_BYTES]

@@ -22,11 +22,16 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     MetaData,
+    String,
     Uuid,
+    any_,
+    bindparam,
+    column,
     event,
     func,
     literal,
     select,
+    true,
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql
@@ -256,3 +261,56 @@ def numbered(session: AsyncSession, values: list[uuid.UUID]) -> NamedFromClause:
     return select(
         type_coerce(each.c.value, Uuid).label("id"), (each.c.key + 1).label("n")
     ).subquery("numbered")
+
+
+def rows_table(dialect: str, name: str, **types: Any) -> NamedFromClause:
+    """A table of rows bound at execution (``rows_params``): ``rows_table(d, "r", id=Uuid,
+    rank=Integer)``.
+
+    A set-based statement joins it (``UPDATE … FROM r``) with one bound array per column
+    (PostgreSQL: ``unnest``) or one JSON document (SQLite: ``json_each``), so its text, and
+    the plan PostgreSQL prepares for it, is the same however many rows it carries, unlike
+    an ``IN`` list or an ``executemany`` that runs the statement once per row. Build the
+    statement once and keep it: only the parameters change."""
+    if dialect == "postgresql":
+        arrays = [bindparam(f"{name}_{n}", type_=postgresql.ARRAY(t)) for n, t in types.items()]
+        typed = [column(n, t) for n, t in types.items()]
+        return func.unnest(*arrays).table_valued(*typed).render_derived(name)
+    each = func.json_each(bindparam(name, type_=String)).table_valued("value").alias(f"{name}_")
+    return select(
+        *(
+            type_coerce(func.json_extract(each.c.value, f"$[{i}]"), t).label(n)
+            for i, (n, t) in enumerate(types.items())
+        )
+    ).subquery(name)
+
+
+def among(session: AsyncSession, key: Any, ids: list[uuid.UUID]) -> Any:
+    """``key IN ids`` bound as one array on PostgreSQL (``= ANY``: one statement text, and
+    the key's index, whatever the length) and as one JSON document on SQLite."""
+    if dialect_name(session) == "postgresql":
+        return key == any_(literal(ids, postgresql.ARRAY(Uuid)))
+    each = func.json_each(literal(json.dumps([v.hex for v in ids]))).table_valued("value")
+    return key.in_(select(type_coerce(each.c.value, Uuid)))
+
+
+def in_rows(dialect: str, name: str, key: ColumnElement[Any], column: str = "id") -> Any:
+    """``key`` is among the rows' ``column``: a join to ``rows_table`` is planned on that
+    alone, and PostgreSQL, planning for the array it is given, may read the whole table
+    to hash it. Stated as ``= ANY(array)`` too, the rows are found by the key's index."""
+    if dialect == "postgresql":
+        return key == any_(bindparam(f"{name}_{column}", type_=postgresql.ARRAY(key.type)))
+    return true()
+
+
+def rows_params(dialect: str, name: str, **columns: list[Any]) -> dict[str, Any]:
+    """The parameters that fill ``rows_table(dialect, name, …)``: one list per column."""
+    if dialect == "postgresql":
+        return {f"{name}_{n}": values for n, values in columns.items()}
+    rows = zip(*columns.values(), strict=True)
+    return {name: json.dumps([[_json_value(v) for v in row] for row in rows])}
+
+
+def _json_value(value: Any) -> Any:
+    # SQLite keeps UUIDs as 32 hex digits (SQLAlchemy's non-native Uuid).
+    return value.hex if isinstance(value, uuid.UUID) else value

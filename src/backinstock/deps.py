@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import db
-from backinstock.auth.service import KeyCache, Principal, Scope, authenticate
+from backinstock.auth.service import KeyCache, Principal, Scope, authenticate, request_origin
 from backinstock.errors import Forbidden, Unauthorized
 from backinstock.runtime import Runtime
 
@@ -32,7 +32,11 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-_bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer bis_...`")
+_bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key: `Bearer bis_...` (secret, with scopes), or `Bearer pk_...` "
+    "(publishable: only createSubscription, from the key's origins).",
+)
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
 
 
@@ -49,6 +53,8 @@ async def bearer_principal(
 
 
 def check_scope(principal: Principal, scope: Scope) -> Principal:
+    if principal.publishable:
+        raise Forbidden("A publishable key can only create subscriptions (POST /v1/subscriptions).")
     if scope.value not in principal.scopes:
         raise Forbidden(f"This API key lacks the '{scope.value}' scope.")
     return principal
@@ -63,6 +69,22 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+async def subscriber(request: Request, session: SessionDep, credentials: BearerDep) -> Principal:
+    """A secret key with the ``subscribe`` scope, or a publishable key used from one of its
+    origins (the request's ``Origin``, which browsers set and scripts cannot change)."""
+    principal = await bearer_principal(request, session, credentials)
+    if not principal.publishable:
+        return check_scope(principal, Scope.SUBSCRIBE)
+    origin = request_origin(request.headers.get("origin"))
+    if origin is None:
+        raise Forbidden("A publishable key is used from a web page: the request has no Origin.")
+    if origin not in principal.origins:
+        raise Forbidden("This publishable key is not for this origin.")
+    return principal
+
+
+# Creating subscriptions: a secret key with the subscribe scope, or a publishable key.
+SubscriberKey = Annotated[Principal, Depends(subscriber)]
 SubscribeKey = Annotated[Principal, Depends(require_scope(Scope.SUBSCRIBE))]
 InventoryKey = Annotated[Principal, Depends(require_scope(Scope.INVENTORY))]
 StatsKey = Annotated[Principal, Depends(require_scope(Scope.STATS))]

@@ -45,6 +45,7 @@ ERROR_DESCRIPTIONS = {
     403: "The API key lacks the scope",
     404: "Not found",
     409: "Conflict",
+    410: "Gone: expired or withdrawn",
     413: "Request body too large",
     415: "`unsupported_media_type`: the body was not sent with `Content-Type: application/json`",
     422: "A field is invalid",
@@ -126,6 +127,7 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_field",
@@ -151,6 +153,9 @@ def error_response(
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    if "[key]" in parts:  # a refused map key: name the map, never the key that was sent
+        at = parts.index("[key]")
+        parts = [*parts[: max(at - 1, 0)], "[key]", *parts[at + 1 :]]
     return ".".join(parts) or "body"
 
 

@@ -16,6 +16,7 @@ are bound to.
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,22 @@ from backinstock.crypto import Keys, Sealed
 CLICK_TOKEN = "click"  # noqa: S105 - the tracked link of a message (/r/…)
 UNSUBSCRIBE_TOKEN = "unsubscribe"  # noqa: S105 - a message's unsubscribe link (/u/…)
 DASHBOARD_SESSION_TOKEN = "dashboard-session"  # noqa: S105 - the dashboard's session cookie
+CONFIRM_TOKEN = "confirm"  # noqa: S105 - a confirmation message's link (/c/…): double opt-in
+CONFIRM_CODE = "confirm-code"  # the code an SMS confirmation asks the shopper to reply
+CONFIRM_CODE_DIGITS = 6
+
+
+def confirmation_code(keys: Keys, subscription_id: uuid.UUID) -> str:
+    """The code a pending SMS subscription is confirmed with by replying it."""
+    return keys.tokens.codes(CONFIRM_CODE, subscription_id, CONFIRM_CODE_DIGITS)[0]
+
+
+def confirms(keys: Keys, subscription_id: uuid.UUID, code: str) -> bool:
+    """Whether ``code`` is the subscription's code (under any key of the ring)."""
+    if not code.isascii():  # compare_digest takes ASCII text only
+        return False
+    codes = keys.tokens.codes(CONFIRM_CODE, subscription_id, CONFIRM_CODE_DIGITS)
+    return any(hmac.compare_digest(code, expected) for expected in codes)
 
 
 def contact_aad(row_id: uuid.UUID) -> bytes:

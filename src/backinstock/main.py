@@ -19,6 +19,7 @@ from backinstock.dashboard import router as dashboard
 from backinstock.dispatch.in_doubt_router import router as in_doubt_router
 from backinstock.dispatch.router import router as outbox_router
 from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers, remember_routes
+from backinstock.ops.cors import StorefrontCors
 from backinstock.ops.logging import configure_logging
 from backinstock.ops.middleware import RequestContextMiddleware
 from backinstock.ops.router import router as ops_router
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.core.max_body_bytes)
+    # Added last, so outermost: every answer on its paths (a 413 included) carries the grant.
+    app.add_middleware(StorefrontCors)
     routers = (
         subscriptions_router,
         restocks_router,

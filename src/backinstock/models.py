@@ -1,12 +1,12 @@
 """Every domain's tables, imported once so that ``Base.metadata`` is complete."""
 
 from backinstock.auth.models import ApiKey
-from backinstock.catalog.models import Product
+from backinstock.catalog.models import Product, ProductName
 from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import Base
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import ConfirmationSent, Notification
 from backinstock.restocks.models import RestockEvent, StockLevel, Wave
 from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
@@ -14,6 +14,7 @@ from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 __all__ = [
     "ApiKey",
     "Base",
+    "ConfirmationSent",
     "Conversion",
     "Coupon",
     "CouponPool",
@@ -22,6 +23,7 @@ __all__ = [
     "Notification",
     "Order",
     "Product",
+    "ProductName",
     "RestockEvent",
     "StockLevel",
     "Subscription",

@@ -155,9 +155,18 @@ async def context() -> WorkerContext:
         senders = build_senders(runtime.settings, runtime.sessions, runtime.keys, runtime.redis)
         throttle: Throttle = shared_limiter(runtime.redis) if runtime.redis else local_limiter()
         _contexts[loop] = WorkerContext(
-            runtime, senders, throttle, asyncio.Event(), GroupCommit(runtime.sessions)
+            runtime, senders, throttle, asyncio.Event(), group_commit(runtime)
         )
     return _contexts[loop]
+
+
+def group_commit(runtime: Runtime) -> GroupCommit:
+    delivery = runtime.settings.delivery
+    return GroupCommit(
+        runtime.sessions,
+        flush_after=delivery.record_after_seconds,
+        flush_results=delivery.record_results,
+    )
 
 
 async def _stop_sending() -> None:
@@ -257,11 +266,13 @@ def _count_recovered(recovered: outcomes.Recovered) -> None:
 
 
 async def retain_once(rt: Runtime) -> None:
-    """Expire exhausted subscriptions and erase stopped ones' contacts (a batch of each)."""
+    """Expire exhausted subscriptions, erase stopped ones' contacts and unconfirmed
+    requests (a batch of each)."""
     async with db.transaction(rt.sessions) as session:
         now = rt.clock.now()
         await retention.expire_exhausted(session, rt.settings, now)
         await retention.erase_stopped(session, rt.settings, now)
+        await retention.discard_unconfirmed(session, rt.settings, now)
 
 
 async def sweep_forever() -> None:

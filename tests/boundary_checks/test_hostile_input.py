@@ -51,7 +51,13 @@ FREE_TEXT: list[tuple[str, Any, Path]] = [
     ],
     *[
         ("/v1/restocks", restock_body, path)
-        for path in [("event_id",), ("sku",), ("location",), ("product", "name")]
+        for path in [
+            ("event_id",),
+            ("sku",),
+            ("location",),
+            ("product", "name"),
+            ("product", "names", "en"),
+        ]
     ],
     *[
         ("/v1/orders", order_body, path)
@@ -146,7 +152,7 @@ class Submitted:
         return found
 
 
-TOKEN_IN_URL = re.compile(r"/[ursS]/(?!\{token\})[A-Za-z0-9_.~-]{6,}")
+TOKEN_IN_URL = re.compile(r"/[cursS]/(?!\{token\})[A-Za-z0-9_.~-]{6,}")
 LINK = re.compile(r"https?://[^\s\"'<>]*/([ur])/([A-Za-z0-9_.~-]+)")
 
 

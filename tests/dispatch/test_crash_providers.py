@@ -39,8 +39,8 @@ postgres_only = pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL + R
 sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="embedded: SQLite, in-process")
 # Sends at once per worker process (the senders' defaults): what a kill can leave in flight.
 CONCURRENCY = {Channel.SMS: 20, Channel.EMAIL: SMTP_CONNECTIONS, Channel.WECHAT: 20}
-# A journal group commits the results of up to this many finished calls at once.
-FLUSH_GROUP = 64
+# A claim's journal queues up to this many finished calls before they are committed.
+FLUSH_GROUP = DeliverySettings().record_results
 # The shape of every contact tests/restocks/seed.py gives each channel.
 CONTACTS = {
     Channel.SMS: r"\+86138\d{8}",

@@ -384,11 +384,11 @@ async def test_a_claim_whose_part_cannot_be_written_fails_alone(
     record = outcomes.record_results
 
     async def refuse_one(
-        session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any
+        session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any, now: Any
     ) -> list[outcomes.Recorded]:
         if any(r.notification_id == poisoned for r in results):
             raise RuntimeError("a value the database refuses")
-        return await record(session, claim_id, deliveries, results)
+        return await record(session, claim_id, deliveries, results, now)
 
     monkeypatch.setattr(outcomes, "record_results", refuse_one)
     await _two_claims(runtime, GroupCommit(runtime.sessions))
@@ -402,3 +402,27 @@ async def test_a_claim_whose_part_cannot_be_written_fails_alone(
     # other claim, which shared its commits, was recorded in full.
     assert rows.pop(poisoned) == "sending"
     assert Counter(rows.values()) == {"sent": 4, "pending": 3}
+
+
+async def test_calls_are_recorded_at_the_dispatchers_clock(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime, clock: Any
+) -> None:
+    """When a call started and ended is the injected clock's time, not the host's."""
+    await _plan(runtime, client, api_keys["inventory"], 3)
+    clock.advance(3 * 86400)  # days from the host's time: a host-time stamp would show
+    told_at = clock.now()  # the clock runs on from here, three days ahead of the host
+    sender = ScriptedSender(concurrency=1)
+    await dispatch.deliver(
+        runtime.sessions,
+        _exact(runtime),
+        runtime.keys,
+        _senders(runtime, sender),
+        None,
+        None,
+        None,
+        clock,
+    )
+    async with runtime.sessions() as session:
+        stamps = list(await session.scalars(select(Notification.sent_at)))
+    assert len(stamps) == 3
+    assert all(stamp is not None and told_at <= stamp <= clock.now() for stamp in stamps)

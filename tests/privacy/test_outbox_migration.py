@@ -10,13 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from backinstock import migrations
 from backinstock.config import CryptoSettings
 from backinstock.crypto import load_keys
 from backinstock.senders.outbox import open_content
-from tests.conftest import BACKEND, PG_ADMIN_URL, PG_DATABASE
+from tests.conftest import BACKEND
+from tests.scratch_db import scratch_database
 
 BODY = "张女士，您关注的「红色T恤 M」到货了！http://127.0.0.1:8000/r/AQGiJmwSGn-Ou_SgcfzQ"
 
@@ -24,28 +25,8 @@ BODY = "张女士，您关注的「红色T恤 M」到货了！http://127.0.0.1:8
 @pytest.fixture
 def scratch(tmp_path: Path) -> Iterator[tuple[str, Engine]]:
     """(async URL for Alembic, sync engine for the test) of an empty database."""
-    if BACKEND != "postgres":
-        path = tmp_path / "migration.db"
-        engine = create_engine(f"sqlite:///{path}")
-        yield f"sqlite+aiosqlite:///{path}", engine
-        engine.dispose()
-        return
-    name = f"{PG_DATABASE}_migration"
-    admin = create_engine(
-        f"{PG_ADMIN_URL.replace('postgresql://', 'postgresql+psycopg2://')}/postgres",
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    engine = create_engine(
-        f"{PG_ADMIN_URL.replace('postgresql://', 'postgresql+psycopg2://')}/{name}"
-    )
-    yield f"{PG_ADMIN_URL.replace('postgresql://', 'postgresql+asyncpg://')}/{name}", engine
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    with scratch_database(tmp_path, "migration") as database:
+        yield database
 
 
 def _insert_plain_row(engine: Engine, row_id: uuid.UUID) -> None:

@@ -11,7 +11,7 @@ from backinstock.identity import NormalizedContact
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.schemas import SubscriptionCreate
 from backinstock.subscriptions.service import _NewSubscription
-from backinstock.subscriptions.statements import INSERT_WAITING
+from backinstock.subscriptions.statements import INSERT_SUBSCRIPTION
 from tests.helpers import phone
 
 
@@ -34,6 +34,6 @@ async def seed_waiting(
             payload = SubscriptionCreate(sku=sku, channel=channel, contact=contact.value)
             index = runtime.keys.blind_index.digest(contact.index_form)
             row = _NewSubscription.build(runtime.keys, payload, contact, index)
-            await session.execute(INSERT_WAITING, row.params)
+            await session.execute(INSERT_SUBSCRIPTION, row.params)
             ids.append(row.id)
     return ids

@@ -29,7 +29,7 @@ from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Priority, Subscription
 from backinstock.subscriptions.schemas import SubscriptionCreate
 from backinstock.subscriptions.service import _NewSubscription
-from backinstock.subscriptions.statements import INSERT_WAITING
+from backinstock.subscriptions.statements import INSERT_SUBSCRIPTION
 from tests.helpers import phone
 
 Action = tuple[str, int]  # ("level", n) or ("tick", 0)
@@ -62,7 +62,7 @@ async def _seed(runtime: Runtime, vip_flags: list[bool]) -> list[uuid.UUID]:
             )
             index = runtime.keys.blind_index.digest(contact.index_form)
             row = _NewSubscription.build(runtime.keys, payload, contact, index)
-            await session.execute(INSERT_WAITING, row.params)
+            await session.execute(INSERT_SUBSCRIPTION, row.params)
             rows.append((0 if vip else 1, i, row.id))
     return [sub_id for _, _, sub_id in sorted(rows)]
 

@@ -29,7 +29,7 @@ from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
 from backinstock.subscriptions.schemas import SubscriptionCreate
 from backinstock.subscriptions.service import _NewSubscription
-from backinstock.subscriptions.statements import INSERT_WAITING
+from backinstock.subscriptions.statements import INSERT_SUBSCRIPTION
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 # Subscriptions behind seeded messages are this old, out of every period the tests ask for.
@@ -72,7 +72,7 @@ class Seeder:
         payload = SubscriptionCreate(sku=sku, channel=contact.channel, contact=contact.value)
         index = self.runtime.keys.blind_index.digest(contact.index_form)
         row = _NewSubscription.build(self.runtime.keys, payload, contact, index)
-        await self.session.execute(INSERT_WAITING, {**row.params, "created_at": created_at})
+        await self.session.execute(INSERT_SUBSCRIPTION, {**row.params, "created_at": created_at})
         if status != "waiting":
             await self.session.execute(
                 update(Subscription).where(Subscription.id == row.id).values(status=status)

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, utcnow
 
 
 class Product(Base):
-    """What shoppers wait for; names and links come from the storefront and the ERP."""
+    """What shoppers wait for; names and links come from the storefront and the ERP.
+
+    ``name`` is the SKU's default name: the first name known for it, or the one a stock
+    event sent without a locale. Names per locale are :class:`ProductName` rows."""
 
     __tablename__ = "products"
 
@@ -17,4 +20,19 @@ class Product(Base):
     name: Mapped[str | None] = mapped_column(String(300), nullable=True)
     url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     image_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ProductName(Base):
+    """A product's name in one locale (canonical form, e.g. ``zh-CN``, ``en``, ``en-GB``):
+    a message is written with the name in its shopper's locale."""
+
+    __tablename__ = "product_names"
+
+    sku: Mapped[str] = mapped_column(
+        String(128), ForeignKey("products.sku", ondelete="CASCADE"), primary_key=True
+    )
+    locale: Mapped[str] = mapped_column(String(35), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

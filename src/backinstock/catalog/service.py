@@ -1,14 +1,24 @@
-"""Products: the names and links shoppers see, and the rule for which links we will send."""
+"""Products: the names and links shoppers see, and the rule for which links we will send.
+
+A product has a default name (``products.name``) and a name per locale
+(``product_names``). A subscription's ``product.name`` is in the subscription's locale; a
+stock event may carry names by locale (``product.names``) and a ``product.name`` without
+one, which becomes the default. The first name ever known for a SKU is its default until a
+stock event says otherwise. A message uses the name in its shopper's locale, else one in
+the same language, else the default (:func:`name_for`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock.catalog.models import Product
+from backinstock.catalog.models import Product, ProductName
 from backinstock.config import CoreSettings
 from backinstock.db import insert_for, utcnow
 from backinstock.errors import InvalidField
@@ -19,9 +29,72 @@ class ProductInfo:
     name: str | None = None
     url: str | None = None
     image_url: str | None = None
+    # The locale ``name`` is in; None: the SKU's default name (a stock event's).
+    locale: str | None = None
+    # Further names, by locale (a stock event's ``product.names``).
+    names: tuple[tuple[str, str], ...] = ()
 
     def is_empty(self) -> bool:
-        return self.name is None and self.url is None and self.image_url is None
+        return self.name is None and self.url is None and self.image_url is None and not self.names
+
+    def localized(self) -> list[tuple[str, str]]:
+        """(canonical locale, name) pairs this information gives."""
+        pairs = [(canonical_locale(locale), name) for locale, name in self.names]
+        if self.name is not None and self.locale is not None:
+            pairs.insert(0, (canonical_locale(self.locale), self.name))
+        return list(dict(pairs).items())
+
+
+def canonical_locale(locale: str) -> str:
+    """BCP 47 case conventions: ``zh_cn`` → ``zh-CN``, ``zh-hans-cn`` → ``zh-Hans-CN``."""
+    parts = locale.replace("_", "-").split("-")
+    out = [parts[0].lower()]
+    for part in parts[1:]:
+        if len(part) == 2 and part.isalpha():
+            out.append(part.upper())
+        elif len(part) == 4 and part.isalpha():
+            out.append(part.title())
+        else:
+            out.append(part.lower())
+    return "-".join(out)
+
+
+def language_of(locale: str) -> str:
+    return canonical_locale(locale).split("-")[0]
+
+
+def name_for(locale: str, names: Sequence[tuple[str, str]], default: str | None) -> str | None:
+    """The product's name for a shopper of ``locale``: the name in that locale, else the
+    first known in the same language (``zh-TW`` takes ``zh-CN``'s), else the default.
+    ``names`` are (canonical locale, name) pairs, oldest first."""
+    wanted = canonical_locale(locale)
+    exact = next((name for loc, name in names if loc == wanted), None)
+    if exact is not None:
+        return exact
+    language = wanted.split("-")[0]
+    same = next((name for loc, name in names if loc.split("-")[0] == language), None)
+    return same if same is not None else default
+
+
+async def names_of(session: AsyncSession, skus: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """Each SKU's names by locale, oldest first."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    if not skus:
+        return found
+    rows = await session.execute(
+        select(ProductName.sku, ProductName.locale, ProductName.name)
+        .where(ProductName.sku.in_(sorted(set(skus))))
+        .order_by(ProductName.sku, ProductName.created_at, ProductName.locale)
+    )
+    for sku, locale, name in rows:
+        found.setdefault(sku, []).append((locale, name))
+    return found
+
+
+async def product_name(session: AsyncSession, sku: str, locale: str) -> str | None:
+    """The name a shopper of ``locale`` sees for ``sku`` (None when none is known)."""
+    default = await session.scalar(select(Product.name).where(Product.sku == sku))
+    return name_for(locale, (await names_of(session, [sku])).get(sku, []), default)
 
 
 def check_link(settings: CoreSettings, field: str, url: str) -> None:
@@ -60,39 +133,70 @@ def check_product(settings: CoreSettings, info: ProductInfo, prefix: str = "prod
             raise InvalidField(f"{prefix}.image_url", "must be an absolute http(s) URL")
 
 
-async def upsert_product(session: AsyncSession, sku: str, info: ProductInfo) -> None:
-    """Create the product row if missing; given fields overwrite, missing ones are kept."""
-    values = {"name": info.name, "url": info.url, "image_url": info.image_url}
-    given = {k: v for k, v in values.items() if v is not None}
-    stmt = insert_for(session, Product).values(sku=sku, updated_at=utcnow(), **values)
-    if given:
+async def upsert_product(
+    session: AsyncSession, sku: str, info: ProductInfo, *, overwrite: bool = True
+) -> None:
+    """Create the product row if missing and record what ``info`` gives. Given fields
+    overwrite, missing ones are kept; with ``overwrite=False`` (what a browser sent, through
+    a publishable key) given fields only fill what is not known yet. A name without a locale
+    is the default name; a localized one becomes the default only if the SKU had none."""
+    now = utcnow()
+    default = info.name if info.locale is None else None
+    localized = info.localized()
+    first = info.name if info.name is not None else (localized[0][1] if localized else None)
+    values = {"name": first, "url": info.url, "image_url": info.image_url}
+    stmt = insert_for(session, Product).values(sku=sku, updated_at=now, **values)
+    changes = {
+        column: stmt.excluded[column]
+        if overwrite and (column != "name" or default is not None)
+        else func.coalesce(getattr(Product, column), stmt.excluded[column])
+        for column, value in values.items()
+        if value is not None
+    }
+    if changes:
         stmt = stmt.on_conflict_do_update(
-            index_elements=[Product.sku], set_={**given, "updated_at": utcnow()}
+            index_elements=[Product.sku], set_={**changes, "updated_at": now}
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=[Product.sku])
     await session.execute(stmt)
+    for locale, name in localized:
+        named = insert_for(session, ProductName).values(
+            sku=sku, locale=locale, name=name, created_at=now, updated_at=now
+        )
+        keys = [ProductName.sku, ProductName.locale]
+        if overwrite:
+            named = named.on_conflict_do_update(
+                index_elements=keys, set_={"name": name, "updated_at": now}
+            )
+        else:
+            named = named.on_conflict_do_nothing(index_elements=keys)
+        await session.execute(named)
 
 
 class ProductCache:
     """Remembers product info this process wrote recently, so the thousands of subscribes
     that carry the same name and link for a SKU do not each rewrite (and lock) its row.
-    A changed name or link is written at once; an unchanged one again after ``ttl``."""
+    A changed name or link is written at once; an unchanged one again after ``ttl``.
+    Entries are per SKU and locale (shoppers of each locale send their own name)."""
 
     def __init__(self, ttl: float = 60.0, size: int = 10_000) -> None:
         self._ttl = ttl
         self._size = size
-        self._written: dict[str, tuple[float, ProductInfo]] = {}
+        self._written: dict[tuple[str, str | None, bool], tuple[float, ProductInfo]] = {}
 
-    async def upsert(self, session: AsyncSession, sku: str, info: ProductInfo) -> None:
-        seen = self._written.get(sku)
+    async def upsert(
+        self, session: AsyncSession, sku: str, info: ProductInfo, *, overwrite: bool = True
+    ) -> None:
+        key = (sku, info.locale, overwrite)
+        seen = self._written.get(key)
         now = time.monotonic()
         if seen is not None and seen[0] > now and seen[1] == info:
             return
-        await upsert_product(session, sku, info)
+        await upsert_product(session, sku, info, overwrite=overwrite)
         if len(self._written) >= self._size:
             self._written.clear()
         # Remembered before commit: if the transaction fails, the next writer within the ttl
         # skips a write the database never saw; the product's metadata is a display hint, and
         # restocks and the next change rewrite it.
-        self._written[sku] = (now + self._ttl, info)
+        self._written[key] = (now + self._ttl, info)

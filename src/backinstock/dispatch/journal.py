@@ -45,6 +45,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import db
+from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.dispatch import outcomes
 from backinstock.dispatch.outcomes import Delivery, Recorded, Send
 from backinstock.ops import metrics
@@ -52,7 +53,7 @@ from backinstock.senders.base import OutgoingMessage, SendResult
 
 log = structlog.get_logger(__name__)
 
-FLUSH_AFTER_SECONDS = 0.05
+FLUSH_AFTER_SECONDS = 0.25  # the defaults of RECORD_AFTER_SECONDS and RECORD_RESULTS
 FLUSH_RESULTS = 64
 # A database that cannot take the results even after this many tries leaves the calls
 # in flight; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
@@ -68,6 +69,7 @@ class _Group:
     results: list[SendResult]
     renew_until: datetime | None
     allowed: set[uuid.UUID] = field(default_factory=set)
+    over: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or failed
     recorded: list[Recorded] = field(default_factory=list)  # counted once committed
 
 
@@ -182,8 +184,10 @@ class Journal:
         *,
         lookahead: Mapping[str, int] | None = None,
         group_commit: GroupCommit | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
+        self._clock = clock  # when calls start and end, as recorded
         self._claim_id = claim_id
         # Only the messages to send: the journal records provider calls, nothing else.
         self._deliveries = {d.notification_id: d for d in deliveries if isinstance(d, Send)}
@@ -200,6 +204,9 @@ class Journal:
         self._results: list[SendResult] = []
         self.results_since: float | None = None  # when the oldest queued result came back
         self._ahead: list[OutgoingMessage] = []  # to be marked with the next commit
+        self._ahead_due = False  # ... which must come now: a sender is running low
+        # Marks being committed: a call that reaches one waits for that commit.
+        self._in_commit: dict[uuid.UUID, asyncio.Event] = {}
         # Per channel: marked ahead (or about to be) and not started; at most ``lookahead``.
         self._unstarted_marks: dict[str, set[uuid.UUID]] = {}
         self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
@@ -281,7 +288,7 @@ class Journal:
             return
         try:
             async with db.transaction(self._sessions) as session:
-                await outcomes.release(session, self._claim_id, unstarted)
+                await outcomes.release(session, self._claim_id, unstarted, self._clock.now())
         except Exception as exc:  # the lease lapses instead, and the sweeper hands them back
             log.warning("journal_release_failed", error_type=type(exc).__name__)
 
@@ -292,7 +299,7 @@ class Journal:
     def urgent(self) -> bool:
         return bool(
             self._starts
-            or self._ahead
+            or (self._ahead and self._ahead_due)
             or self._renew_until
             or len(self._results) >= self._commit.flush_results
             or (self.closing and (self.drained() or self.has_work()))
@@ -310,13 +317,17 @@ class Journal:
     def take(self) -> _Group:
         starts, self._starts = self._starts, []
         ahead, self._ahead = self._ahead, []
+        self._ahead_due = False
         results, self._results = self._results, []
         self.results_since = None
         renew_until, self._renew_until = self._renew_until, None
         # A deploy stops new calls at once, even those already queued to start.
         wanted = [] if self.stopping else [m for m, _ in starts] + ahead
-        wanted = [m for m in wanted if m.notification_id not in self._marked]
-        return _Group(starts, wanted, results, renew_until)
+        unmarked = {m.notification_id: m for m in wanted if m.notification_id not in self._marked}
+        group = _Group(starts, list(unmarked.values()), results, renew_until)
+        for notification_id in unmarked:
+            self._in_commit[notification_id] = group.over
+        return group
 
     async def write(self, session: AsyncSession, group: _Group) -> set[uuid.UUID]:
         allowed: set[uuid.UUID] = set()
@@ -324,11 +335,14 @@ class Journal:
             await outcomes.renew(session, self._claim_id, group.renew_until)
         if group.wanted:
             allowed = await outcomes.mark_inflight(
-                session, self._claim_id, [(m, self._rank(m)) for m in group.wanted]
+                session,
+                self._claim_id,
+                [(m, self._rank(m)) for m in group.wanted],
+                self._clock.now(),
             )
         if group.results:
             group.recorded = await outcomes.record_results(
-                session, self._claim_id, self._deliveries, group.results
+                session, self._claim_id, self._deliveries, group.results, self._clock.now()
             )
         return allowed
 
@@ -338,6 +352,7 @@ class Journal:
         self._marked.update(group.allowed)
         self._forget_unmarked(group)
         self._answer(group.starts)
+        self._over(group)
 
     def fail(self, group: _Group) -> int:
         """Nothing of the group started; its results are retried. Returns the failures in
@@ -349,7 +364,13 @@ class Journal:
             self._results = group.results + self._results
         self._forget_unmarked(group)
         self._answer(group.starts)
+        self._over(group)
         return self._failures
+
+    def _over(self, group: _Group) -> None:
+        for message in group.wanted:
+            self._in_commit.pop(message.notification_id, None)
+        group.over.set()
 
     def _forget_unmarked(self, group: _Group) -> None:
         """Messages asked to be marked ahead that were not (the claim lost them, or the
@@ -368,6 +389,11 @@ class Journal:
     async def _start(self, message: OutgoingMessage) -> bool:
         if self.stopping or self.closing:
             return False
+        marking = self._in_commit.get(message.notification_id)
+        if marking is not None:  # its mark is being committed: wait for that commit, not
+            await marking.wait()  # for one of its own
+            if self.stopping or self.closing:
+                return False
         if message.notification_id in self._marked:  # marked ahead: no commit to wait for
             self._started.add(message.notification_id)
             self._unstarted_marks.setdefault(message.channel, set()).discard(
@@ -388,15 +414,24 @@ class Journal:
         """Mark the channel's next messages before the sender runs out of marked ones: once
         half of the marks ahead have been used, the next half is marked by a group commit
         the sender does not wait for. Where providers answer at once, a sender that waited
-        for each commit would be held to the database's commit rate."""
+        for each commit would be held to the database's commit rate.
+
+        That commit need not come at once: the marks ride along with the next one (another
+        claim's, or this claim's results), and force one only when a quarter of the marks
+        are left. Forced at once, they cost a commit per half lookahead per claim."""
         if self.stopping or self.closing:
             return
-        if self._room(channel) * 2 < self._lookahead.get(channel, 0):
-            return
-        ahead = self._look_ahead(channel)
-        if ahead:
-            self._ahead += ahead
+        lookahead = self._lookahead.get(channel, 0)
+        if self._room(channel) * 2 >= lookahead:
+            self._ahead += self._look_ahead(channel)
+        if self._ahead and not self._ahead_due and self._marks_left(channel) * 4 <= lookahead:
+            self._ahead_due = True
             self._commit.wake()
+
+    def _marks_left(self, channel: str) -> int:
+        """The channel's messages marked in the database that have not started."""
+        queued = sum(1 for m in self._ahead if m.channel == channel)
+        return len(self._unstarted_marks.get(channel, ())) - queued
 
     def _room(self, channel: str) -> int:
         """How many more of the channel's messages may be marked without having started."""

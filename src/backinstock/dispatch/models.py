@@ -8,6 +8,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     UniqueConstraint,
     Uuid,
@@ -21,6 +22,9 @@ from backinstock.db import Base, UTCDateTime, new_id, utcnow
 class Kind(enum.StrEnum):
     RESTOCK = "restock"  # "it's back": planned by a wave step
     FOLLOWUP = "followup"  # the coupon nudge, FOLLOWUP_AFTER_SECONDS later
+    # "Please confirm": a pending subscription's double opt-in link (and SMS code). In no
+    # wave; never held for quiet hours (the shopper asked a moment ago).
+    CONFIRMATION = "confirmation"
 
 
 class Status(enum.StrEnum):
@@ -51,6 +55,7 @@ class Reason(enum.StrEnum):
     """Why a message was not sent (``error``), when the answer is ours, not a provider's."""
 
     NOT_WAITING = "not_waiting"  # the shopper stopped waiting: cancelled
+    NOT_PENDING = "not_pending"  # a confirmation whose request was confirmed or stopped: cancelled
     NO_COUPON = "no_coupon"  # a follow-up whose coupon was erased with its shopper: cancelled
     NO_CONTACT = "no_contact"  # every contact failed or was erased: failed
     RENDER_FAILED = "render_failed"  # this one message cannot be made: failed
@@ -60,7 +65,7 @@ class Reason(enum.StrEnum):
 
 
 # A skipped message the shopper no longer wants is cancelled; one nobody can send, failed.
-CANCELLING = frozenset({Reason.NOT_WAITING, Reason.NO_COUPON})
+CANCELLING = frozenset({Reason.NOT_WAITING, Reason.NO_COUPON, Reason.NOT_PENDING})
 
 
 class DeliveryReport(enum.StrEnum):
@@ -101,7 +106,10 @@ class Notification(Base):
     subscription_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("subscriptions.id", ondelete="CASCADE")
     )
-    wave_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("waves.id", ondelete="CASCADE"))
+    # The wave of a restock message and its follow-up; NULL for a confirmation.
+    wave_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("waves.id", ondelete="CASCADE"), nullable=True
+    )
     sku: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(
         String(16), default=Kind.RESTOCK.value, server_default=Kind.RESTOCK.value
@@ -175,3 +183,15 @@ class Notification(Base):
             sqlite_where=text(FOLLOWUP_PENDING),
         ),
     )
+
+
+class ConfirmationSent(Base):
+    """When a contact was last sent a confirmation for a SKU: nobody gets more than one a
+    day (``CONFIRMATION_INTERVAL``), however often a page asks. Keyed by the contact's
+    blind index, never the contact; rows older than a day are deleted."""
+
+    __tablename__ = "confirmations_sent"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    contact_index: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -8,16 +8,26 @@ other domains cause is one named operation here (``tests/test_table_owners.py``)
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Uuid, func, insert, literal, select, true, update
+from sqlalchemy import Uuid, delete, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import Subquery
 
 from backinstock import db
 from backinstock.db import UTCDateTime, insert_for, new_id
-from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Reason, Status
+from backinstock.dispatch.models import (
+    ConfirmationSent,
+    DeliveryReport,
+    Kind,
+    Notification,
+    Reason,
+    Status,
+)
+
+# Nobody is sent more than one confirmation per SKU within this.
+CONFIRMATION_INTERVAL = timedelta(days=1)
 
 
 class FollowedUp(Protocol):
@@ -26,7 +36,7 @@ class FollowedUp(Protocol):
     @property
     def subscription_id(self) -> uuid.UUID: ...
     @property
-    def wave_id(self) -> uuid.UUID: ...
+    def wave_id(self) -> uuid.UUID | None: ...
     @property
     def sku(self) -> str: ...
     @property
@@ -131,6 +141,56 @@ async def plan_followup(
         )
     )
     return followup_id
+
+
+async def plan_confirmation(
+    session: AsyncSession, subscription_id: uuid.UUID, sku: str, channel: str, now: datetime
+) -> uuid.UUID:
+    """The "please confirm" message of a pending subscription, to its primary contact, due
+    now. It belongs to no wave. Returns its id."""
+    confirmation_id = new_id()
+    await session.execute(
+        insert(Notification).values(
+            id=confirmation_id,
+            subscription_id=subscription_id,
+            wave_id=None,
+            sku=sku,
+            kind=Kind.CONFIRMATION.value,
+            step=0,
+            level=0,
+            queue_size=0,
+            channel=channel,
+            status=Status.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+    return confirmation_id
+
+
+async def take_confirmation_turn(
+    session: AsyncSession, sku: str, contact_index: bytes, now: datetime
+) -> bool:
+    """Whether a confirmation for ``sku`` may go to this contact now, recorded if so: at
+    most one per CONFIRMATION_INTERVAL. One upsert, so two requests racing get one turn."""
+    stmt = insert_for(session, ConfirmationSent).values(
+        sku=sku, contact_index=contact_index, sent_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[ConfirmationSent.sku, ConfirmationSent.contact_index],
+        set_={"sent_at": now},
+        where=ConfirmationSent.sent_at <= now - CONFIRMATION_INTERVAL,
+    ).returning(ConfirmationSent.sku)
+    return (await session.execute(stmt)).first() is not None
+
+
+async def forget_confirmation_turns(session: AsyncSession, now: datetime) -> int:
+    """Turns older than the interval decide nothing any more: their blind indexes go."""
+    result = await session.execute(
+        delete(ConfirmationSent).where(ConfirmationSent.sent_at <= now - CONFIRMATION_INTERVAL)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def mark_followed_up(

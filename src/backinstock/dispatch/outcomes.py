@@ -7,16 +7,29 @@ whose lease lapsed while another took the row over can neither start nor record 
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    Update,
+    Uuid,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
+from backinstock import db
 from backinstock.config import DeliverySettings, InDoubtPolicy
 from backinstock.contacts import Channel
 from backinstock.db import utcnow
@@ -127,26 +140,51 @@ async def record_skips(
 
 
 async def mark_inflight(
-    session: AsyncSession, claim_id: uuid.UUID, messages: list[tuple[OutgoingMessage, int]]
+    session: AsyncSession,
+    claim_id: uuid.UUID,
+    messages: list[tuple[OutgoingMessage, int]],
+    now: datetime,
 ) -> set[uuid.UUID]:
     """Record that these provider calls start (message, contact rank); returns the ids this
     claim still holds, the only ones that may be sent. The channel is kept with the row, so
     that after a crash its in-doubt policy is known. The row stays ``sending``: the mark is
     ``call_started_at``, which no index names (see ``Notification``)."""
-    groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
-    for message, rank in messages:
-        groups[(message.channel, rank)].append(message.notification_id)
-    allowed: set[uuid.UUID] = set()
-    now = utcnow()
-    for (channel, rank), ids in groups.items():
-        # Core, not ORM: this runs before every provider call, and the ORM's bookkeeping
-        # for an UPDATE (session synchronisation) costs more than the statement.
-        marked = await session.scalars(
-            _START,
-            {"b_ids": ids, "b_claim": claim_id, "b_channel": channel, "b_rank": rank, "b_now": now},
+    if not messages:
+        return set()
+    dialect = db.dialect_name(session)
+    rows = db.rows_params(
+        dialect,
+        "starting",
+        id=[m.notification_id for m, _ in messages],
+        channel=[m.channel for m, _ in messages],
+        rank=[rank for _, rank in messages],
+    )
+    marked = await session.scalars(
+        _start_statement(dialect), {**rows, "b_claim": claim_id, "b_now": now}
+    )
+    return set(marked)
+
+
+# Core statements built once per backend: these run with every group commit, and building
+# an ORM statement (and its cache key) each time cost more than running it.
+@functools.cache
+def _start_statement(dialect: str) -> ReturningUpdate[Any]:
+    starting = db.rows_table(dialect, "starting", id=Uuid, channel=String, rank=Integer)
+    return (
+        update(_TABLE)
+        .where(
+            _TABLE.c.id == starting.c.id,
+            db.in_rows(dialect, "starting", _TABLE.c.id),
+            _TABLE.c.claim_id == bindparam("b_claim"),
+            _TABLE.c.status == Status.SENDING.value,
         )
-        allowed.update(marked)
-    return allowed
+        .values(
+            call_started_at=bindparam("b_now"),
+            channel=starting.c.channel,
+            contact_rank=starting.c.rank,
+        )
+        .returning(_TABLE.c.id)
+    )
 
 
 async def renew(session: AsyncSession, claim_id: uuid.UUID, until: datetime) -> None:
@@ -154,7 +192,9 @@ async def renew(session: AsyncSession, claim_id: uuid.UUID, until: datetime) -> 
     await session.execute(_RENEW, {"b_claim": claim_id, "b_until": until})
 
 
-async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUID]) -> None:
+async def release(
+    session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUID], now: datetime
+) -> None:
     """Claimed messages whose call never started go back to the queue, not an attempt
     (marked in flight ahead of time or not: this worker knows they never left)."""
     if not ids:
@@ -169,25 +209,11 @@ async def release(session: AsyncSession, claim_id: uuid.UUID, ids: list[uuid.UUI
             claim_id=None,
             lease_until=None,
             call_started_at=None,
-            next_attempt_at=utcnow(),
+            next_attempt_at=now,
         )
     )
 
 
-_START = (
-    update(_TABLE)
-    .where(
-        _TABLE.c.id.in_(bindparam("b_ids", expanding=True)),
-        _TABLE.c.claim_id == bindparam("b_claim"),
-        _TABLE.c.status == Status.SENDING.value,
-    )
-    .values(
-        call_started_at=bindparam("b_now"),
-        channel=bindparam("b_channel"),
-        contact_rank=bindparam("b_rank"),
-    )
-    .returning(_TABLE.c.id)
-)
 _RENEW = (
     update(_TABLE)
     .where(
@@ -208,44 +234,23 @@ class Recorded:
     event: str  # sent, transient, permanent, retry, retries_exhausted, fallback, found, resent
 
 
-_SENT = (
-    update(_TABLE)
-    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.claim_id == bindparam("b_claim"))
-    .values(
-        status=Status.SENT.value,
-        sent_at=bindparam("b_now"),
-        provider_id=bindparam("b_provider_id"),
-        channel=bindparam("b_channel"),
-        contact_rank=bindparam("b_rank"),
-        lease_until=None,
-        claim_id=None,
-        error=None,
-        in_doubt=case(
-            (_TABLE.c.in_doubt == InDoubt.UNRESOLVED.value, bindparam("b_resolution")),
-            else_=_TABLE.c.in_doubt,
-        ),
-    )
-)
-
-
 async def record_results(
     session: AsyncSession,
     claim_id: uuid.UUID,
     deliveries: dict[uuid.UUID, Send],
     results: list[SendResult],
+    now: datetime,
 ) -> list[Recorded]:
     """Write each provider answer; returns what they came to (see :class:`Recorded`)."""
-    now = utcnow()
     recorded: list[Recorded] = []
     sent = [(r, deliveries[r.notification_id]) for r in results if r.outcome is Outcome.SENT]
     if sent:
-        await session.execute(_SENT, [_sent_row(claim_id, r, d, now) for r, d in sent])
+        await _record_sent(session, claim_id, sent, now)
         await lifecycle.spend_wechat_consents(session, _consents_spent([d for _, d in sent]))
         for result, delivery in sent:
             recorded.append(Recorded(delivery.contact.channel, "sent"))
             if delivery.in_doubt == InDoubt.UNRESOLVED:
-                resolution = InDoubt.FOUND if result.already_sent else InDoubt.RESENT
-                recorded.append(Recorded(delivery.contact.channel, resolution.value))
+                recorded.append(Recorded(delivery.contact.channel, _resolution(result).value))
     for result in results:
         delivery = deliveries[result.notification_id]
         channel = delivery.contact.channel
@@ -259,19 +264,65 @@ async def record_results(
     return recorded
 
 
-def _sent_row(
-    claim_id: uuid.UUID, result: SendResult, delivery: Send, now: datetime
-) -> dict[str, Any]:
-    resolution = InDoubt.FOUND if result.already_sent else InDoubt.RESENT
-    return {
-        "b_id": result.notification_id,
-        "b_claim": claim_id,
-        "b_now": now,
-        "b_provider_id": result.provider_id,
-        "b_channel": delivery.contact.channel,
-        "b_rank": delivery.contact.rank,
-        "b_resolution": resolution.value,
-    }
+async def _record_sent(
+    session: AsyncSession,
+    claim_id: uuid.UUID,
+    sent: list[tuple[SendResult, Send]],
+    now: datetime,
+) -> None:
+    """One statement for every message the providers accepted (it runs with each group
+    commit: a statement per message cost the database more than the rest of the commit)."""
+    dialect = db.dialect_name(session)
+    rows = db.rows_params(
+        dialect,
+        "accepted",
+        id=[r.notification_id for r, _ in sent],
+        provider_id=[r.provider_id for r, _ in sent],
+        channel=[d.contact.channel for _, d in sent],
+        rank=[d.contact.rank for _, d in sent],
+        resolution=[_resolution(r).value for r, _ in sent],
+    )
+    await session.execute(_sent_statement(dialect), {**rows, "b_claim": claim_id, "b_now": now})
+
+
+@functools.cache
+def _sent_statement(dialect: str) -> Update:
+    accepted = db.rows_table(
+        dialect,
+        "accepted",
+        id=Uuid,
+        provider_id=String,
+        channel=String,
+        rank=Integer,
+        resolution=String,
+    )
+    return (
+        update(_TABLE)
+        .where(
+            _TABLE.c.id == accepted.c.id,
+            db.in_rows(dialect, "accepted", _TABLE.c.id),
+            _TABLE.c.claim_id == bindparam("b_claim"),
+        )
+        .values(
+            status=Status.SENT.value,
+            sent_at=bindparam("b_now"),
+            provider_id=accepted.c.provider_id,
+            channel=accepted.c.channel,
+            contact_rank=accepted.c.rank,
+            lease_until=None,
+            claim_id=None,
+            error=None,
+            in_doubt=case(
+                (_TABLE.c.in_doubt == InDoubt.UNRESOLVED.value, accepted.c.resolution),
+                else_=_TABLE.c.in_doubt,
+            ),
+        )
+    )
+
+
+def _resolution(result: SendResult) -> InDoubt:
+    """How a message that turns out to be in doubt was settled, should it be."""
+    return InDoubt.FOUND if result.already_sent else InDoubt.RESENT
 
 
 def _consents_spent(sent: list[Send]) -> list[uuid.UUID]:

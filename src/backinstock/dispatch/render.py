@@ -28,9 +28,13 @@ class MessageContext:
     unsubscribe_url: str
     level: int
     queue_size: int
-    kind: str = Kind.RESTOCK  # a follow-up's templates are <locale>.followup.*.j2
+    # A follow-up's templates are <locale>.followup.*.j2, a confirmation's
+    # <locale>.confirmation.*.j2.
+    kind: str = Kind.RESTOCK
     coupon_code: str | None = None
     coupon_description: str | None = None
+    code: str | None = None  # a confirmation's reply code (SMS)
+    valid_hours: int = 24  # how long a confirmation's link and code work
 
     @property
     def scarce(self) -> bool:
@@ -86,6 +90,8 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "left": context.level,
         "coupon_code": context.coupon_code,
         "coupon_description": context.coupon_description,
+        "code": context.code,
+        "valid_hours": context.valid_hours,
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import contacts, db
+from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
 from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import InDoubtPolicy, Settings
@@ -34,7 +35,14 @@ from backinstock.dispatch.models import CANCELLING, InDoubt, Kind, Notification,
 from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
-from backinstock.identity import CLICK_TOKEN, UNSUBSCRIBE_TOKEN, contact_aad, profile_aad
+from backinstock.identity import (
+    CLICK_TOKEN,
+    CONFIRM_TOKEN,
+    UNSUBSCRIBE_TOKEN,
+    confirmation_code,
+    contact_aad,
+    profile_aad,
+)
 from backinstock.ops import metrics
 from backinstock.ratelimit import Throttle
 from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
@@ -44,6 +52,7 @@ from backinstock.subscriptions.models import (
     Subscription,
     SubscriptionFallback,
 )
+from backinstock.subscriptions.models import Status as SubscriptionStatus
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +121,7 @@ async def prepare(
         )
     )
     coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind == Kind.FOLLOWUP])
+    names = await catalog.names_of(session, [n.sku for n, *_ in rows])
     fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
     for fallback in await session.scalars(
         select(SubscriptionFallback).where(
@@ -120,8 +130,18 @@ async def prepare(
     ):
         fallbacks[fallback.subscription_id].append(fallback)
     return [
-        _delivery(settings, keys, n, s, name, url, fallbacks[s.id], now, coupons.get(n.id))
-        for n, s, name, url in rows
+        _delivery(
+            settings,
+            keys,
+            n,
+            s,
+            catalog.name_for(s.locale, names.get(n.sku, []), default),
+            url,
+            fallbacks[s.id],
+            now,
+            coupons.get(n.id),
+        )
+        for n, s, default, url in rows
     ]
 
 
@@ -163,16 +183,19 @@ def _delivery(
             and notification.contact_rank == 0
         ),
     )
-    if sub.status not in IN_QUEUE:
-        return Skip(**vars(claimed), reason=Reason.NOT_WAITING)
-    if notification.kind == Kind.FOLLOWUP and coupon is None:
-        # The shopper was erased meanwhile.
-        return Skip(**vars(claimed), reason=Reason.NO_COUPON)
-    usable = [c for c in contacts_from(sub, fallbacks) if c.rank >= notification.contact_rank]
+    reason = _not_wanted(notification, sub, coupon)
+    if reason is not None:
+        return Skip(**vars(claimed), reason=reason)
+    confirming = notification.kind == Kind.CONFIRMATION
+    # A confirmation goes to the contact that asked for it, never to a fallback.
+    candidates = contacts_from(sub, [] if confirming else fallbacks)
+    usable = [c for c in candidates if c.rank >= notification.contact_rank]
     if not usable:
         return Skip(**vars(claimed), reason=Reason.NO_CONTACT)
     contact = usable[0]
-    if contact.channel == Channel.SMS.value:
+    # Quiet hours hold what we decided to say; a confirmation answers what the shopper
+    # asked for a moment ago, and its window is running.
+    if contact.channel == Channel.SMS.value and not confirming:
         zone = sub.timezone or settings.quiet_hours.default_timezone
         held = hold_until(now, zone, settings.quiet_hours.window)
         if held is not None:
@@ -191,6 +214,19 @@ def _delivery(
     return Send(**vars(claimed), contact=contact, message=message)
 
 
+def _not_wanted(
+    notification: Notification, sub: Subscription, coupon: tuple[str, str | None] | None
+) -> Reason | None:
+    """Why a claimed message is no longer to be sent, if it is not."""
+    if notification.kind == Kind.CONFIRMATION:
+        return None if sub.status == SubscriptionStatus.PENDING else Reason.NOT_PENDING
+    if sub.status not in IN_QUEUE:
+        return Reason.NOT_WAITING
+    if notification.kind == Kind.FOLLOWUP and coupon is None:
+        return Reason.NO_COUPON  # the shopper was erased meanwhile
+    return None
+
+
 def _message(
     settings: Settings,
     keys: Keys,
@@ -203,16 +239,24 @@ def _message(
 ) -> OutgoingMessage:
     to = keys.cipher.open(Sealed(contact.key_id, contact.blob), contact_aad(contact.row_id))
     base = settings.core.public_base_url.rstrip("/")
+    confirming = notification.kind == Kind.CONFIRMATION
+    link = (
+        f"{base}/c/{keys.tokens.sign(CONFIRM_TOKEN, sub.id)}"
+        if confirming
+        else f"{base}/r/{keys.tokens.sign(CLICK_TOKEN, notification.id)}"
+    )
     context = MessageContext(
         name=_name(keys, sub),
         product_name=product_name or sub.sku,
-        link=f"{base}/r/{keys.tokens.sign(CLICK_TOKEN, notification.id)}",
+        link=link,
         unsubscribe_url=f"{base}/u/{keys.tokens.sign(UNSUBSCRIBE_TOKEN, sub.id)}",
         level=notification.level,
         queue_size=notification.queue_size,
         kind=notification.kind,
         coupon_code=coupon[0] if coupon else None,
         coupon_description=coupon[1] if coupon else None,
+        code=confirmation_code(keys, sub.id) if confirming else None,
+        valid_hours=max(1, settings.opt_in.confirm_window_seconds // 3600),
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(
@@ -274,7 +318,13 @@ async def deliver(
     _observe_claim(claim_id, deliveries)
     lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
     journal = Journal(
-        sessions, claim_id, deliveries, stopping, lookahead=lookahead, group_commit=group_commit
+        sessions,
+        claim_id,
+        deliveries,
+        stopping,
+        lookahead=lookahead,
+        group_commit=group_commit,
+        clock=clock,
     )
     renewal = asyncio.create_task(_keep_claimed(journal, lease, clock))
     try:
@@ -299,7 +349,7 @@ def _observe_claim(claim_id: uuid.UUID, deliveries: list[Delivery]) -> None:
             log.info(
                 "message_held",
                 notification_id=str(delivery.notification_id),
-                wave_id=str(delivery.wave_id),
+                wave_id=_text(delivery.wave_id),
                 channel=delivery.contact.channel,
                 until=delivery.until.isoformat(),
             )
@@ -309,9 +359,13 @@ def _observe_claim(claim_id: uuid.UUID, deliveries: list[Delivery]) -> None:
             log.info(
                 "message_skipped",
                 notification_id=str(delivery.notification_id),
-                wave_id=str(delivery.wave_id),
+                wave_id=_text(delivery.wave_id),
                 reason=delivery.reason.value,
             )
+
+
+def _text(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 async def _until_stopped(

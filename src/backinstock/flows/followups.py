@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 class Due:
     notification_id: uuid.UUID
     subscription_id: uuid.UUID
-    wave_id: uuid.UUID
+    wave_id: uuid.UUID | None  # a restock message's (always set: only confirmations lack one)
     sku: str
     step: int
     queue_size: int

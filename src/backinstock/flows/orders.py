@@ -41,7 +41,7 @@ from backinstock.coupons import service as coupons
 from backinstock.coupons.models import Redemption
 from backinstock.crypto import Keys
 from backinstock.db import utcnow
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Kind, Notification
 from backinstock.dispatch.models import Status as MessageStatus
 from backinstock.fields import refuse_future
 from backinstock.identity import CLICK_TOKEN
@@ -212,6 +212,7 @@ async def _by_customer(
         .where(
             Notification.sku.in_(skus),
             Notification.status == MessageStatus.SENT,
+            Notification.kind != Kind.CONFIRMATION,  # asking to confirm sells nothing
             Notification.sent_at.between(window.start, window.end),
             or_(*matches),
         )

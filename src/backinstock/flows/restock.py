@@ -60,9 +60,18 @@ class RestockOutcome:
 
 
 # ------------------------------------------------------------------------------ the event
+def _product_info(payload: RestockIn) -> catalog.ProductInfo:
+    """A stock event's product: its ``name`` is the default, ``names`` are per locale."""
+    if payload.product is None:
+        return catalog.ProductInfo()
+    given = payload.product
+    names = tuple((payload.product.names or {}).items())
+    return catalog.ProductInfo(given.name, given.url, given.image_url, None, names)
+
+
 async def record(session: AsyncSession, settings: Settings, payload: RestockIn) -> RestockOutcome:
     refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
-    product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
+    product = _product_info(payload)
     catalog.check_product(settings.core, product)
     occurred_at = payload.occurred_at or utcnow()
     event_id = await stock.record_event(session, payload, occurred_at)

@@ -5,6 +5,9 @@ Two steps, run by every worker's sweeper about once a minute, in small batches:
 * **Expiry.** A subscription that has had its ``MAX_NOTIFICATIONS`` messages can never be
   told again. Once its last message is older than the attribution window (so an order can no
   longer convert it) it becomes ``expired`` and leaves the queue and the "waiting" figures.
+* **Unconfirmed requests.** A subscription still ``pending`` (double opt-in) after
+  ``CONFIRM_WINDOW_SECONDS`` is erased, row and all, with its confirmation messages: it never
+  became a subscription. Confirmation turns older than a day are forgotten too.
 * **Erasure.** ``RETENTION_DAYS`` after a subscription stopped waiting (converted,
   unsubscribed, expired), its contacts, name and consent IP are erased: ciphertext and blind
   index set to NULL, fallback contacts too, and its dev-outbox copies deleted. The row stays,
@@ -20,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.config import Settings
+from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Notification
 from backinstock.senders import outbox
 from backinstock.subscriptions import lifecycle
@@ -72,3 +76,22 @@ async def _erase(session: AsyncSession, ids: list[uuid.UUID], now: datetime) -> 
     await outbox.forget(
         session, select(Notification.id).where(Notification.subscription_id.in_(ids))
     )
+
+
+async def discard_unconfirmed(session: AsyncSession, settings: Settings, now: datetime) -> int:
+    cutoff = now - timedelta(seconds=settings.opt_in.confirm_window_seconds)
+    ids = list(
+        await session.scalars(
+            select(Subscription.id)
+            .where(Subscription.status == Status.PENDING.value, Subscription.created_at < cutoff)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        await outbox.forget(
+            session, select(Notification.id).where(Notification.subscription_id.in_(ids))
+        )
+        await lifecycle.discard(session, ids)
+    await notifications.forget_confirmation_turns(session, now)
+    return len(ids)

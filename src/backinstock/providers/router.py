@@ -29,7 +29,10 @@ async def _verified_form(request: Request, runtime: Runtime) -> dict[str, str]:
     token = runtime.settings.twilio.twilio_auth_token
     if not token:
         raise NotFound("Twilio is not configured.")
-    params = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    # Blank values are kept: Twilio signs every parameter it sends, an empty Body included.
+    params = dict(
+        parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    )
     # Twilio signs the URL it called: our public URL, not the one a proxy forwarded to us.
     url = runtime.settings.core.public_base_url.rstrip("/") + request.url.path
     if request.url.query:
@@ -68,11 +71,17 @@ async def twilio_status(
     responses={200: {"content": {"application/xml": {}}}, **error_responses(403, 404)},
 )
 async def twilio_inbound(request: Request, session: SessionDep, runtime: RuntimeDep) -> Response:
-    """Inbound SMS: STOP, UNSUBSCRIBE or 退订 unsubscribes every subscription of the number."""
+    """Inbound SMS: STOP, UNSUBSCRIBE or 退订 unsubscribes every subscription of the number
+    (pending requests too); a reply of a confirmation code (six digits) confirms the
+    number's pending request it was sent for (double opt-in)."""
     form = await _verified_form(request, runtime)
-    if providers.is_stop(form.get("Body", "")):
-        stopped = await providers.opt_out_phone(
-            session, runtime.settings, runtime.keys, form.get("From", "")
-        )
+    body, sender = form.get("Body", ""), form.get("From", "")
+    if providers.is_stop(body):
+        stopped = await providers.opt_out_phone(session, runtime.settings, runtime.keys, sender)
         log.info("sms_opt_out", subscriptions=stopped)
+    elif (code := providers.reply_code(body)) is not None:
+        confirmed = await providers.confirm_by_reply(
+            session, runtime.settings, runtime.keys, sender, code, runtime.clock.now()
+        )
+        log.info("sms_confirmation", subscriptions=confirmed)
     return Response(_EMPTY_TWIML, media_type="application/xml")

@@ -1,8 +1,10 @@
-"""What providers tell us afterwards: delivery reports and inbound opt-outs."""
+"""What providers tell us afterwards: delivery reports, inbound opt-outs and confirmations."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,3 +55,29 @@ async def opt_out_phone(session: AsyncSession, settings: Settings, keys: Keys, r
     stopped = await subscriptions.unsubscribe_by_contact(session, candidates)
     await lifecycle.fail_fallbacks_by_index(session, candidates)
     return stopped
+
+
+_REPLY_CODE = re.compile(rf"[0-9]{{{identity.CONFIRM_CODE_DIGITS}}}")  # ASCII digits only
+
+
+def reply_code(body: str) -> str | None:
+    """The confirmation code an inbound SMS carries, if it is one (spaces ignored)."""
+    compact = "".join(body.split())
+    return compact if _REPLY_CODE.fullmatch(compact) else None
+
+
+async def confirm_by_reply(
+    session: AsyncSession, settings: Settings, keys: Keys, raw: str, code: str, now: datetime
+) -> int:
+    """The number replied a confirmation code: its pending SMS request with that code is
+    confirmed (double opt-in). Only the number a request was for can confirm it by reply,
+    since the code is checked against that number's own requests. Returns how many."""
+    candidates = identity.lookup(settings, keys, [(Channel.SMS, raw)])
+    if not candidates:
+        return 0
+    confirmed = 0
+    for sub_id in await subscriptions.pending_for_contact(session, candidates, Channel.SMS):
+        if identity.confirms(keys, sub_id, code):
+            done = await subscriptions.confirm(session, settings, sub_id, now)
+            confirmed += done.confirmed_now
+    return confirmed

@@ -5,10 +5,19 @@ import uuid
 from pydantic import BaseModel, Field
 
 from backinstock.fields import INSTANT_RULE, Instant, RequestBody, StrictInt, Text
-from backinstock.subscriptions.schemas import ProductIn, Sku
+from backinstock.subscriptions.schemas import Locale, ProductIn, ProductName, Sku
 
 # A stock level, per location and summed over a SKU's locations: the level columns are 32-bit.
 MAX_LEVEL = 1_000_000_000
+
+
+class StockProductIn(ProductIn):
+    names: dict[Locale, ProductName] | None = Field(
+        default=None,
+        max_length=20,
+        description='The product\'s name by locale, e.g. {"zh-CN": "红色T恤 M", '
+        '"en": "Red T-shirt M"}: each message uses the name in its shopper\'s locale.',
+    )
 
 
 class RestockIn(RequestBody):
@@ -27,7 +36,7 @@ class RestockIn(RequestBody):
         + INSTANT_RULE
         + " More than MAX_CLOCK_SKEW_SECONDS (default 300) in the future: 422.",
     )
-    product: ProductIn | None = None
+    product: StockProductIn | None = None
 
 
 class RestockOut(BaseModel):

@@ -2,7 +2,7 @@
 (so that one scrape sees the work of every worker host) and ``backinstock status`` prints.
 
 Every figure is an index look-up or an index-only count, never a scan of the sent history
-(revision 0011 adds what they need; ``bench/pipeline.py`` measures them on a million rows):
+(revision 0014 adds what they need; ``bench/pipeline.py`` measures them on a million rows):
 
 - notifications pending, sending and failed by channel: ``ix_notifications_status_channel``,
   a partial index without the sent rows;
@@ -460,6 +460,8 @@ async def open_waves(session: AsyncSession, now: datetime, limit: int = 50) -> l
     )
     counts: dict[uuid.UUID, dict[str, int]] = {w.id: {} for w in waves}
     for wave_id, status, is_held, n in rows:
+        if wave_id is None:  # the IN above leaves none; the column allows it (confirmations)
+            continue
         state = "held" if status == Status.PENDING and is_held else status
         state = Status.SENDING.value if state == Status.INFLIGHT.value else state
         counts[wave_id][state] = counts[wave_id].get(state, 0) + int(n)

@@ -31,7 +31,10 @@ class Format(enum.StrEnum):
 
 
 class Funnel(BaseModel):
-    subscribed: int = Field(description="Subscriptions created in the period.")
+    subscribed: int = Field(
+        description="Subscriptions created in the period (pending requests, not yet confirmed "
+        "by their shopper, excluded)."
+    )
     waiting: int = Field(
         description="Of the subscriptions created in the period, those still in the queue now "
         "(status waiting or notified)."

@@ -25,6 +25,7 @@ from backinstock.money import money
 from backinstock.stats import service
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import Interval, Metric, Point, Series
+from backinstock.subscriptions.models import Status as SubscriptionStatus
 from backinstock.subscriptions.models import Subscription
 
 MAX_BUCKETS = 2000
@@ -105,7 +106,12 @@ def _moment(value: datetime | str) -> datetime:
 
 def _subscribed(f: Filters, _: str | None) -> _Source:
     s = Subscription
-    where = [*f.period(s.created_at), *f.narrow(s.sku, s.channel)]
+    # A pending request (double opt-in) is not a subscription until its shopper confirms.
+    where = [
+        *f.period(s.created_at),
+        *f.narrow(s.sku, s.channel),
+        s.status != SubscriptionStatus.PENDING,
+    ]
     return _Source(s.created_at, func.count(), where)
 
 

@@ -27,6 +27,7 @@ from backinstock.restocks.models import Wave
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
+from backinstock.subscriptions.models import Status as SubscriptionStatus
 
 # Reported by the provider after it had accepted the message.
 REPORTED_UNDELIVERED = (DeliveryReport.UNDELIVERED.value, DeliveryReport.FAILED.value)
@@ -114,10 +115,13 @@ def _rate(part: int, whole: int) -> float:
 
 async def _subscriptions(session: AsyncSession, f: Filters) -> tuple[int, int]:
     s = Subscription
+    # A pending request (double opt-in) is not a subscription until its shopper confirms.
     row = (
         await session.execute(
             select(func.count(), func.count().filter(s.status.in_(IN_QUEUE))).where(
-                *f.period(s.created_at), *f.narrow(s.sku, s.channel)
+                *f.period(s.created_at),
+                *f.narrow(s.sku, s.channel),
+                s.status != SubscriptionStatus.PENDING,
             )
         )
     ).one()

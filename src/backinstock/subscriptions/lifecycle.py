@@ -4,10 +4,12 @@ This package alone writes ``subscriptions`` and ``subscription_fallbacks``: maki
 ending them from the API is ``service``; every change another domain causes is here, so
 that the states below are written in one file (``tests/test_table_owners.py`` keeps it so).
 
+    pending ──confirm (within CONFIRM_WINDOW_SECONDS)──▶ waiting
+       └──discard (unconfirmed past the window: erased, row and all)
     waiting ──notified──▶ notified ──convert──▶ converted
        ▲                     │  └──expire (messages spent, window over)──▶ expired
        └──withdraw (sold out before the message left)
-    waiting | notified ──unsubscribe (service)──▶ unsubscribed
+    pending | waiting | notified ──unsubscribe (service)──▶ unsubscribed
 
 Each operation is one set-based statement over the ids it is given: the restock fan-out
 marks a thousand shoppers in one UPDATE.
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,6 +38,36 @@ from backinstock.subscriptions.models import (
 # Ids per statement where a list of ids is bound as parameters.
 CHUNK = 1000
 QueueKey = tuple[int, datetime, uuid.UUID]  # (priority_rank, created_at, id): queue order
+
+
+async def confirm(
+    session: AsyncSession, subscription_ids: list[uuid.UUID], now: datetime, since: datetime
+) -> list[uuid.UUID]:
+    """The shoppers confirmed these requests (double opt-in): those made at ``since`` or
+    later start waiting, in the place their registration time gives them. Returns them."""
+    done = await session.scalars(
+        update(Subscription)
+        .where(
+            Subscription.id.in_(subscription_ids),
+            Subscription.status == Status.PENDING.value,
+            Subscription.created_at >= since,
+        )
+        .values(status=Status.WAITING.value, confirmed_at=now, updated_at=now)
+        .returning(Subscription.id)
+    )
+    return list(done)
+
+
+async def discard(session: AsyncSession, subscription_ids: list[uuid.UUID]) -> None:
+    """Requests nobody confirmed: erased, rows and all (their confirmation messages go
+    with them); they never were subscriptions and count in no figure."""
+    unconfirmed = select(Subscription.id).where(
+        Subscription.id.in_(subscription_ids), Subscription.status == Status.PENDING.value
+    )
+    await session.execute(
+        delete(SubscriptionFallback).where(SubscriptionFallback.subscription_id.in_(unconfirmed))
+    )
+    await session.execute(delete(Subscription).where(Subscription.id.in_(unconfirmed)))
 
 
 async def mark_notified(
@@ -150,11 +182,13 @@ async def fail_fallbacks_by_index(session: AsyncSession, indexes: list[bytes]) -
 
 
 async def spend_wechat_consents(session: AsyncSession, subscription_ids: list[uuid.UUID]) -> None:
-    """A WeChat subscribe message was sent to each: every consent allows exactly one."""
+    """A WeChat subscribe message was sent to each: every consent allows exactly one.
+    (Ids bound as one array: this runs with every group commit of a WeChat wave, and an
+    ``IN`` list is a new statement for PostgreSQL to plan at every length.)"""
     if subscription_ids:
         await session.execute(
             update(Subscription)
-            .where(Subscription.id.in_(subscription_ids))
+            .where(db.among(session, Subscription.id, subscription_ids))
             .values(wechat_consents=Subscription.wechat_consents - 1)
         )
 

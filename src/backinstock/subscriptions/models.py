@@ -20,6 +20,9 @@ from backinstock.db import Base, UTCDateTime, new_id, utcnow
 
 
 class Status(enum.StrEnum):
+    # Made through a publishable key (or a channel in DOUBLE_OPT_IN_CHANNELS): waits for the
+    # shopper to confirm before it takes its place in the queue.
+    PENDING = "pending"
     WAITING = "waiting"
     NOTIFIED = "notified"
     CONVERTED = "converted"
@@ -41,6 +44,8 @@ PRIORITY_RANK = {Priority.VIP: 0, Priority.STANDARD: 1}
 
 # Still in the SKU's queue: notified-but-not-converted shoppers keep their place.
 IN_QUEUE = (Status.WAITING.value, Status.NOTIFIED.value)
+# Not stopped: one of these per SKU and contact (a pending request, or its queued successor).
+ACTIVE = (Status.PENDING.value, *IN_QUEUE)
 # No longer waiting, for good: what retention erases once RETENTION_DAYS have passed.
 STOPPED = (Status.CONVERTED.value, Status.UNSUBSCRIBED.value, Status.EXPIRED.value)
 
@@ -51,6 +56,9 @@ def _listed(values: tuple[str, ...]) -> str:
 
 QUEUED = _listed(IN_QUEUE)  # for textual SQL: "'waiting', 'notified'"
 IN_QUEUE_PREDICATE = text(f"status IN ({QUEUED})")
+ACTIVE_SQL = _listed(ACTIVE)  # "'pending', 'waiting', 'notified'"
+ACTIVE_PREDICATE = text(f"status IN ({ACTIVE_SQL})")
+UNCONFIRMED = f"status = '{Status.PENDING}'"
 EXPIRY_CANDIDATE = f"status = '{Status.NOTIFIED}'"
 ERASURE_CANDIDATE = f"contact_blob IS NOT NULL AND status IN ({_listed(STOPPED)})"
 
@@ -84,6 +92,8 @@ class Subscription(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the shopper confirmed a pending request (double opt-in): the consent's record.
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     fallbacks: Mapped[list[SubscriptionFallback]] = relationship(
@@ -94,14 +104,15 @@ class Subscription(Base):
     )
 
     __table_args__ = (
-        # One waiting subscription per SKU and contact: the database, not luck, dedupes.
+        # One pending or waiting subscription per SKU and contact: the database, not luck,
+        # dedupes (a pending request confirmed becomes the waiting one).
         Index(
-            "uq_subscriptions_waiting_contact",
+            "uq_subscriptions_active_contact",
             "sku",
             "contact_index",
             unique=True,
-            postgresql_where=IN_QUEUE_PREDICATE,
-            sqlite_where=IN_QUEUE_PREDICATE,
+            postgresql_where=ACTIVE_PREDICATE,
+            sqlite_where=ACTIVE_PREDICATE,
         ),
         # The queue order: VIPs first, then registration order.
         Index(
@@ -121,6 +132,13 @@ class Subscription(Base):
             "last_notified_at",
             postgresql_where=text(EXPIRY_CANDIDATE),
             sqlite_where=text(EXPIRY_CANDIDATE),
+        ),
+        # Unconfirmed requests, oldest first: erased once CONFIRM_WINDOW_SECONDS have passed.
+        Index(
+            "ix_subscriptions_unconfirmed",
+            "created_at",
+            postgresql_where=text(UNCONFIRMED),
+            sqlite_where=text(UNCONFIRMED),
         ),
         Index(
             "ix_subscriptions_erasure",

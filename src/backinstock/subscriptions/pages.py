@@ -1,4 +1,5 @@
-"""The small pages a shopper sees after following an unsubscribe link."""
+"""The small pages a shopper sees after following an unsubscribe or a confirmation link:
+no script, no external resource."""
 
 from __future__ import annotations
 
@@ -32,3 +33,32 @@ def unsubscribed() -> str:
 def invalid_link() -> str:
     body = "<p>This link is not valid. / 链接无效。</p>"
     return _PAGE.format(title="Link not valid", body=body)
+
+
+def confirm_subscription(action: str) -> str:
+    body = (
+        "<p>Tell me when this product is back in stock. / 商品到货时通知我。</p>"
+        f'<form method="post" action="{escape(action)}">'
+        '<button type="submit">Confirm / 确认</button></form>'
+    )
+    return _PAGE.format(title="Confirm your alert / 确认到货提醒", body=body)
+
+
+def confirmed(position: int | None) -> str:
+    place = (
+        f"<p>You are number {position} in line. / 您目前排在第 {position} 位。</p>"
+        if position
+        else ""
+    )
+    body = (
+        "<p>Confirmed: we will tell you when it is back. / 已确认，到货后我们会通知您。</p>" + place
+    )
+    return _PAGE.format(title="Confirmed / 已确认", body=body)
+
+
+def confirmation_expired() -> str:
+    body = (
+        "<p>This request has expired or was withdrawn: please ask again on the product page. "
+        "/ 此申请已过期或已取消，请回到商品页面重新订阅。</p>"
+    )
+    return _PAGE.format(title="Link expired / 链接已过期", body=body)

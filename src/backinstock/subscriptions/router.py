@@ -3,15 +3,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey
-from backinstock.errors import NotFound, error_response, error_responses
-from backinstock.identity import UNSUBSCRIBE_TOKEN
+from backinstock import db, tasks
+from backinstock.auth.service import Principal
+from backinstock.deps import RuntimeDep, SessionDep, SubscribeKey, SubscriberKey
+from backinstock.errors import InvalidField, NotFound, error_response, error_responses
+from backinstock.flows import optin
+from backinstock.identity import CONFIRM_TOKEN, UNSUBSCRIBE_TOKEN
 from backinstock.ops.metrics import SUBSCRIPTIONS_CREATED
 from backinstock.strict_json import StrictJsonRoute
 from backinstock.subscriptions import pages
 from backinstock.subscriptions import service as subscriptions
-from backinstock.subscriptions.models import Status
-from backinstock.subscriptions.schemas import SubscriptionCreate, SubscriptionOut
+from backinstock.subscriptions.models import IN_QUEUE, Priority, Status
+from backinstock.subscriptions.schemas import (
+    ConfirmationOut,
+    SubscriptionCreate,
+    SubscriptionOut,
+)
+from backinstock.subscriptions.service import Terms
 
 router = APIRouter(tags=["subscriptions"], route_class=StrictJsonRoute)
 
@@ -22,7 +30,7 @@ router = APIRouter(tags=["subscriptions"], route_class=StrictJsonRoute)
     status_code=status.HTTP_201_CREATED,
     response_model=SubscriptionOut,
     responses={
-        200: {"model": SubscriptionOut, "description": "Already waiting: the same one"},
+        200: {"model": SubscriptionOut, "description": "Already pending or waiting: the same one"},
         **error_responses(400, 401, 403, 413, 422, 429),
     },
 )
@@ -31,23 +39,53 @@ async def create_subscription(
     request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
-    principal: SubscribeKey,
+    principal: SubscriberKey,
 ) -> Response:
-    """Subscribe a shopper to a SKU: 201 with the new subscription, 200 with the waiting one
-    for the same SKU and primary contact (a repeat). Rate limited per API key and client IP
-    (RATE_LIMIT_PER_IP) and per contact (RATE_LIMIT_PER_CONTACT, new subscriptions only):
-    every contact the subscription may message counts, fallbacks included. Over a limit:
-    429 with Retry-After."""
+    """Subscribe a shopper to a SKU: 201 with the new subscription, 200 with the pending or
+    waiting one for the same SKU and primary contact (a repeat). Rate limited per API key
+    and client IP (RATE_LIMIT_PER_IP) and per contact (RATE_LIMIT_PER_CONTACT, new
+    subscriptions only): every contact the subscription may message counts, fallbacks
+    included. Over a limit: 429 with Retry-After.
+
+    On a channel in DOUBLE_OPT_IN_CHANNELS the subscription starts ``pending``: its shopper
+    is sent a confirmation (at most one per SKU a day) and it waits in the queue once they
+    confirm, keeping the place its ``position`` shows if they do within
+    CONFIRM_WINDOW_SECONDS. Repeating the request of a pending subscription confirms it.
+
+    With a publishable key (`pk_…`, from a web page): the request's `Origin` must be one of
+    the key's origins (else 403); the subscription always starts pending (WeChat: confirmed
+    by the mini-program's consent); limits are PUBLISHABLE_RATE_LIMIT_PER_IP per client IP
+    and PUBLISHABLE_RATE_LIMIT_PER_CONTACT; `fallbacks`, `customer_id` and a `vip` priority
+    are refused (422), the consent IP recorded is the request's, product details only fill
+    what is not known yet, and the answer leaves out `customer_id` and fallbacks. Browsers'
+    CORS preflight (`OPTIONS`) is answered 204 for the origins of every publishable key that
+    is not revoked (`Access-Control-Allow-Origin`, methods `POST`, headers `Authorization,
+    Content-Type`, max age 600 s) and 403 for others; answers to those origins carry the
+    grant, errors included, and expose `Retry-After`."""
     client_ip = request.client.host if request.client else "unknown"
-    out, created = await subscriptions.subscribe(
+    settings = runtime.settings
+    if principal.publishable:
+        _refuse_what_a_page_cannot_vouch_for(payload)
+        terms = Terms.publishable(settings, payload.channel, client_ip)
+        client = f"pk-ip:{client_ip}"
+    else:
+        terms = Terms.secret(settings, payload.channel)
+        client = f"ip:{principal.key_id}:{client_ip}"
+    requested = await optin.subscribe(
         session,
-        runtime.settings,
+        settings,
         runtime.keys,
         runtime.limiter,
         runtime.products,
         payload,
-        client=f"ip:{principal.key_id}:{client_ip}",
+        client=client,
+        terms=terms,
+        now=runtime.clock.now(),
     )
+    out, created = _as_seen_by(principal, requested.out), requested.created
+    if requested.confirmation is not None:
+        ids = [str(requested.confirmation)]
+        db.after_commit(session, lambda: tasks.enqueue(tasks.SEND, ids))
     if created:
         SUBSCRIPTIONS_CREATED.labels(channel=out.channel.value).inc()
     # Serialised by pydantic in one step: a dict for JSONResponse costs twice the CPU.
@@ -56,6 +94,24 @@ async def create_subscription(
         status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         media_type="application/json",
     )
+
+
+def _refuse_what_a_page_cannot_vouch_for(payload: SubscriptionCreate) -> None:
+    """Fields only the storefront's server may set: a page is anybody's to script."""
+    if payload.fallbacks:
+        raise InvalidField("fallbacks", "is not accepted with a publishable key")
+    if payload.customer_id is not None:
+        raise InvalidField("customer_id", "is not accepted with a publishable key")
+    if payload.priority is not Priority.STANDARD:
+        raise InvalidField("priority", "only 'standard' is accepted with a publishable key")
+
+
+def _as_seen_by(principal: Principal, out: SubscriptionOut) -> SubscriptionOut:
+    """A publishable key's answer names no customer id and no fallback contact: a repeat
+    may answer a subscription its storefront's server made."""
+    if not principal.publishable:
+        return out
+    return out.model_copy(update={"customer_id": None, "fallbacks": []})
 
 
 @router.get(
@@ -149,3 +205,70 @@ async def unsubscribe_by_token(
     if _wants_json(request):
         return JSONResponse({"status": Status.UNSUBSCRIBED.value})
     return HTMLResponse(pages.unsubscribed())
+
+
+@router.get(
+    "/c/{token}",
+    operation_id="showConfirmation",
+    tags=["shoppers"],
+    response_class=HTMLResponse,
+    responses={
+        404: {
+            "description": "Unknown or forged token (HTML, or the error shape "
+            "when only JSON is accepted)"
+        }
+    },
+)
+async def show_confirmation(token: str, request: Request, runtime: RuntimeDep) -> Response:
+    """The link in a confirmation message: a page with one button. GET alone confirms
+    nothing, because mail scanners and link previews fetch links nobody clicked; the
+    button POSTs."""
+    if runtime.keys.tokens.verify(CONFIRM_TOKEN, token) is None:
+        return _not_a_link(request, "This confirmation link is not valid.")
+    return HTMLResponse(pages.confirm_subscription(str(request.url.path)))
+
+
+@router.post(
+    "/c/{token}",
+    operation_id="confirmSubscription",
+    tags=["shoppers"],
+    response_class=HTMLResponse,
+    responses={
+        200: {
+            "description": "Confirmed (or confirmed before): the subscription waits, in its "
+            'place. HTML, or when only JSON is accepted `{"id", "status", '
+            '"position"}`'
+        },
+        404: {"description": "Unknown or forged token"},
+        410: {
+            "description": "Too late: the request was not confirmed within "
+            "CONFIRM_WINDOW_SECONDS (and is erased), or it was withdrawn"
+        },
+    },
+)
+async def confirm_subscription(
+    token: str, request: Request, session: SessionDep, runtime: RuntimeDep
+) -> Response:
+    """Double opt-in: the shopper confirms the request, which takes its place in the queue
+    (the place it was given when made). Any body, or none, is accepted: the signed token
+    alone names the subscription. Confirming again answers the same."""
+    sub_id = runtime.keys.tokens.verify(CONFIRM_TOKEN, token)
+    if sub_id is None:
+        return _not_a_link(request, "This confirmation link is not valid.")
+    done = await subscriptions.confirm(session, runtime.settings, sub_id, runtime.clock.now())
+    if done.status is None or done.status not in IN_QUEUE:
+        if _wants_json(request):
+            return error_response(
+                410, "gone", "This request has expired or was withdrawn; subscribe again."
+            )
+        return HTMLResponse(pages.confirmation_expired(), status_code=410)
+    if _wants_json(request):
+        body = ConfirmationOut(id=sub_id, status=done.status, position=done.position)
+        return Response(body.model_dump_json(), media_type="application/json")
+    return HTMLResponse(pages.confirmed(done.position))
+
+
+def _not_a_link(request: Request, message: str) -> Response:
+    if _wants_json(request):
+        return error_response(404, "not_found", message)
+    return HTMLResponse(pages.invalid_link(), status_code=404)

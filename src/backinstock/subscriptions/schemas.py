@@ -29,11 +29,24 @@ Sku = Annotated[
 
 
 Contact = Annotated[Text, Field(min_length=1, max_length=320)]
+Locale = Annotated[
+    str,
+    Field(
+        max_length=35,
+        pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$",
+        description="A BCP 47 language tag such as 'zh-CN' or 'en'.",
+    ),
+]
+ProductName = Annotated[Text, Field(min_length=1, max_length=300)]
 _TIMEZONES = frozenset(available_timezones())
 
 
 class ProductIn(RequestBody):
-    name: Text | None = Field(default=None, min_length=1, max_length=300)
+    name: ProductName | None = Field(
+        default=None,
+        description="The product's name in the subscription's locale (a stock event's: the "
+        "default name, used where no name in a shopper's locale or language is known).",
+    )
     url: Text | None = Field(default=None, max_length=2048)
     image_url: Text | None = Field(default=None, max_length=2048)
 
@@ -77,8 +90,9 @@ class SubscriptionCreate(RequestBody):
     channel: Channel
     contact: Contact
     fallbacks: list[FallbackIn] = Field(default_factory=list, max_length=3)
-    locale: str = Field(
-        default="zh-CN", max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"
+    locale: Locale = Field(
+        default="zh-CN",
+        description="The shopper's language: their messages, and the locale of product.name.",
     )
     timezone: str | None = Field(default=None, max_length=64)
     name: Text | None = Field(default=None, max_length=100)
@@ -116,9 +130,13 @@ class SubscriptionOut(BaseModel):
         description="The contact with its middle hidden; null once erased."
     )
     fallbacks: list[FallbackOut]
-    status: Status
+    status: Status = Field(
+        description="pending: waits for its shopper to confirm (double opt-in); waiting and "
+        "notified: in the SKU's queue; converted, unsubscribed, expired: stopped."
+    )
     position: int | None = Field(
-        description="1-based place in the SKU's queue; null when no longer waiting."
+        description="1-based place in the SKU's queue (for a pending subscription, the place "
+        "it takes once confirmed within CONFIRM_WINDOW_SECONDS); null when no longer waiting."
     )
     priority: Priority
     locale: str
@@ -128,6 +146,14 @@ class SubscriptionOut(BaseModel):
     notification_count: int
     created_at: datetime
     updated_at: datetime
+
+
+class ConfirmationOut(BaseModel):
+    """A confirmed subscription, as the confirmation link's JSON answer shows it."""
+
+    id: uuid.UUID
+    status: Status
+    position: int | None = Field(description="1-based place in the SKU's queue.")
 
 
 class EraseRequest(RequestBody):

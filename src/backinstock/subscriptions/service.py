@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -18,15 +18,16 @@ from sqlalchemy.orm import selectinload
 
 from backinstock import contacts, identity
 from backinstock.catalog import service as catalog
-from backinstock.config import Settings
+from backinstock.config import Rate, Settings
 from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import Keys, Sealed
 from backinstock.db import new_id, utcnow
 from backinstock.errors import Conflict, InvalidField, RateLimited
 from backinstock.identity import NormalizedContact, contact_aad, open_contact, profile_aad
 from backinstock.ratelimit import Counted, Hit, RateLimiter
+from backinstock.subscriptions import lifecycle
 from backinstock.subscriptions.models import (
-    IN_QUEUE,
+    ACTIVE,
     PRIORITY_RANK,
     FallbackStatus,
     Status,
@@ -38,7 +39,7 @@ from backinstock.subscriptions.schemas import (
     SubscriptionCreate,
     SubscriptionOut,
 )
-from backinstock.subscriptions.statements import COUNT_AHEAD, INSERT_WAITING
+from backinstock.subscriptions.statements import COUNT_AHEAD, INSERT_SUBSCRIPTION
 
 
 def normalize_contact(
@@ -64,6 +65,60 @@ def _normalized_fallbacks(
     return result
 
 
+@dataclass(frozen=True)
+class Terms:
+    """What the key that made a request allows it."""
+
+    # New subscriptions wait for their shopper to confirm (double opt-in).
+    pending: bool = False
+    # The rate limits per client and per contact (None: that limit is off).
+    per_client: Rate | None = None
+    per_contact: Rate | None = None
+    # Product information overwrites what is known (False: it only fills gaps).
+    overwrite_product: bool = True
+    # The consent IP recorded, instead of the payload's (a browser cannot know its own).
+    consent_ip: str | None = None
+
+    @classmethod
+    def secret(cls, settings: Settings, channel: Channel) -> Terms:
+        """A secret key's: its channel may need confirming too (DOUBLE_OPT_IN_CHANNELS)."""
+        limits = settings.rate_limits
+        return cls(
+            pending=needs_confirmation(settings, channel, publishable=False),
+            per_client=limits.per_ip,
+            per_contact=limits.per_contact,
+        )
+
+    @classmethod
+    def publishable(cls, settings: Settings, channel: Channel, client_ip: str) -> Terms:
+        """A publishable key's (a browser's): confirmed by the shopper (WeChat: by the
+        mini-program's consent), counted under the tighter limits, and only filling gaps in
+        what is known of the product."""
+        limits = settings.rate_limits
+        return cls(
+            pending=needs_confirmation(settings, channel, publishable=True),
+            per_client=limits.publishable_per_ip,
+            per_contact=limits.publishable_per_contact,
+            overwrite_product=False,
+            consent_ip=client_ip,
+        )
+
+
+def needs_confirmation(settings: Settings, channel: Channel, *, publishable: bool) -> bool:
+    """Whether a new subscription waits for its shopper to confirm. A WeChat subscription
+    never does: the mini-program's own consent (wx.requestSubscribeMessage) confirms it."""
+    if channel is Channel.WECHAT:
+        return False
+    return publishable or channel.value in settings.opt_in.double_opt_in_channels
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    out: SubscriptionOut
+    created: bool
+    contact_index: bytes  # the primary contact's blind index (newest key)
+
+
 async def subscribe(
     session: AsyncSession,
     settings: Settings,
@@ -72,37 +127,60 @@ async def subscribe(
     products: catalog.ProductCache,
     payload: SubscriptionCreate,
     client: str,
-) -> tuple[SubscriptionOut, bool]:
-    """Create the subscription, or return the waiting one for the same SKU and contact.
+    terms: Terms | None = None,
+    now: datetime | None = None,
+) -> Subscribed:
+    """Create the subscription, or return the pending or waiting one for the same SKU and
+    contact.
 
-    Returns the subscription and whether it was created. ``client`` names the caller for the
-    per-client rate limit. The contact rate limit counts every contact the subscription
-    may message (the primary and each fallback: a fallback number would otherwise be an
-    SMS-pumping path), and only creations: repeating a request is free and idempotent. All
-    limits cost one Redis call, and a new subscription one INSERT (whose ON CONFLICT does
-    the dedupe and whose RETURNING brings its queue position).
+    ``client`` names the caller for the per-client rate limit. The contact rate limit
+    counts every contact the subscription may message (the primary and each fallback: a
+    fallback number would otherwise be an SMS-pumping path), and only creations: repeating
+    a request is free and idempotent. All limits cost one Redis call, and a new
+    subscription one INSERT (whose ON CONFLICT does the dedupe and whose RETURNING brings
+    its queue position). A repeat that needs no confirmation confirms a pending request
+    (a secret key vouches for its shopper); a pending request older than the confirmation
+    window is gone, and the repeat starts a new one. ``now``: the clock's time (for the
+    window).
     """
+    terms = terms or Terms.secret(settings, payload.channel)
+    now = now or utcnow()
     try:
         primary = normalize_contact(settings, "contact", payload.channel, payload.contact)
         fallbacks = _normalized_fallbacks(settings, payload, primary)
-        product = catalog.ProductInfo(**(payload.product.model_dump() if payload.product else {}))
+        given = payload.product
+        product = (
+            catalog.ProductInfo(given.name, given.url, given.image_url, payload.locale)
+            if given
+            else catalog.ProductInfo()
+        )
         catalog.check_product(settings.core, product)
     except InvalidField:
-        await _check_limits(settings, limiter, client, [])  # invalid requests count too
+        await _check_limits(terms, limiter, client, [])  # invalid requests count too
         raise
 
     candidates = identity.candidates(keys, primary)
     indexes = [candidates[0], *(identity.index(keys, f) for f in fallbacks)]
-    contact_counter = await _check_limits(settings, limiter, client, indexes)
-    new = _NewSubscription.build(keys, payload, primary, candidates[0])
-    inserted = (await session.execute(INSERT_WAITING, new.params)).first()
-    if inserted is None:  # already waiting, under this or an older index key
+    contact_counter = await _check_limits(terms, limiter, client, indexes)
+    new = _NewSubscription.build(keys, payload, primary, candidates[0], terms, now)
+    inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+    existing: Subscription | None = None
+    if inserted is None:  # already there, under this or an older index key
+        existing = await _active_for_contact(session, payload.sku, candidates)
+        if existing is not None and _unconfirmed_too_long(settings, existing, now):
+            await lifecycle.discard(session, [existing.id])  # as retention would have
+            inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+            if inserted is None:  # a concurrent request made it meanwhile
+                existing = await _active_for_contact(session, payload.sku, candidates)
+    if inserted is None:
         for counter in contact_counter.counters:  # a repeat is free
             await limiter.take_back(counter)
-        existing = await _waiting_for_contact(session, payload.sku, candidates)
         if existing is None:  # stopped waiting between the two statements: a rare race
             raise Conflict("The subscription changed meanwhile; retry the request.")
-        return await _present(session, keys, existing), False
+        if existing.status == Status.PENDING and not terms.pending:
+            await lifecycle.confirm(session, [existing.id], now, _window_start(settings, now))
+            existing = await _load(session, existing.id) or existing
+        return Subscribed(await _present(session, keys, existing), False, candidates[0])
 
     if contact_counter.retry_after is not None:
         raise RateLimited(
@@ -110,13 +188,22 @@ async def subscribe(
             contact_counter.retry_after,
         )
     if not product.is_empty():
-        await products.upsert(session, payload.sku, product)
+        await products.upsert(session, payload.sku, product, overwrite=terms.overwrite_product)
     out = new.present(fallbacks)
     if fallbacks:
         _add_fallbacks(session, keys, new.id, fallbacks)
         await session.flush()
     out.position = int(inserted.ahead) + 1
-    return out, True
+    return Subscribed(out, True, candidates[0])
+
+
+def _window_start(settings: Settings, now: datetime) -> datetime:
+    """Pending requests made before this are past their confirmation window."""
+    return now - timedelta(seconds=settings.opt_in.confirm_window_seconds)
+
+
+def _unconfirmed_too_long(settings: Settings, sub: Subscription, now: datetime) -> bool:
+    return sub.status == Status.PENDING and sub.created_at < _window_start(settings, now)
 
 
 @dataclass(frozen=True)
@@ -126,12 +213,12 @@ class _ContactCount:
 
 
 async def _check_limits(
-    settings: Settings, limiter: RateLimiter, client: str, indexes: list[bytes]
+    terms: Terms, limiter: RateLimiter, client: str, indexes: list[bytes]
 ) -> _ContactCount:
     """Count the client and (given their blind indexes) the contacts in one call. An
     over-limit client is refused here; an over-limit contact only once the request proves
     to be a creation, which the caller knows after the INSERT."""
-    per_client, per_contact = settings.rate_limits.per_ip, settings.rate_limits.per_contact
+    per_client, per_contact = terms.per_client, terms.per_contact
     hits = [Hit(client, per_client)] if per_client is not None else []
     first_contact = len(hits)
     if per_contact is not None:
@@ -161,10 +248,13 @@ class _NewSubscription:
         payload: SubscriptionCreate,
         primary: NormalizedContact,
         index: bytes,
+        terms: Terms | None = None,
+        now: datetime | None = None,
     ) -> _NewSubscription:
-        sub_id, now = new_id(), utcnow()
+        terms = terms or Terms()
+        sub_id, now = new_id(), now or utcnow()
         sealed = keys.cipher.seal(primary.value, contact_aad(sub_id))
-        profile = _seal_profile(keys, sub_id, payload)
+        profile = _seal_profile(keys, sub_id, payload, terms.consent_ip)
         rank = PRIORITY_RANK[payload.priority]
         params = {
             "id": sub_id,
@@ -183,6 +273,7 @@ class _NewSubscription:
             "source": payload.source,
             "consent_text_version": payload.consent.text_version if payload.consent else None,
             "wechat_consents": payload.consent.wechat_messages if payload.consent else 1,
+            "status": (Status.PENDING if terms.pending else Status.WAITING).value,
             "created_at": now,
         }
         return cls(sub_id, rank, now, params, payload, primary)
@@ -198,7 +289,7 @@ class _NewSubscription:
                 FallbackOut(channel=f.channel, contact_masked=contacts.mask(f.channel, f.value))
                 for f in fallbacks
             ],
-            status=Status.WAITING,
+            status=Status(self.params["status"]),
             position=None,
             priority=self.payload.priority,
             locale=self.payload.locale,
@@ -218,11 +309,11 @@ async def _count_ahead(
     return int(await session.scalar(COUNT_AHEAD, params) or 0)
 
 
-def _seal_profile(keys: Keys, sub_id: uuid.UUID, payload: SubscriptionCreate) -> Sealed | None:
-    profile = {
-        "name": payload.name,
-        "consent_ip": str(payload.consent.ip) if payload.consent and payload.consent.ip else None,
-    }
+def _seal_profile(
+    keys: Keys, sub_id: uuid.UUID, payload: SubscriptionCreate, consent_ip: str | None = None
+) -> Sealed | None:
+    given = str(payload.consent.ip) if payload.consent and payload.consent.ip else None
+    profile = {"name": payload.name, "consent_ip": consent_ip or given}
     if not any(profile.values()):
         return None
     return keys.cipher.seal(json.dumps(profile, ensure_ascii=False), profile_aad(sub_id))
@@ -248,7 +339,7 @@ def _add_fallbacks(
         )
 
 
-async def _waiting_for_contact(
+async def _active_for_contact(
     session: AsyncSession, sku: str, candidates: list[bytes]
 ) -> Subscription | None:
     stmt = (
@@ -256,7 +347,7 @@ async def _waiting_for_contact(
         .where(
             Subscription.sku == sku,
             Subscription.contact_index.in_(candidates),
-            Subscription.status.in_(IN_QUEUE),
+            Subscription.status.in_(ACTIVE),
         )
         .options(selectinload(Subscription.fallbacks))
     )
@@ -274,8 +365,9 @@ async def _load(session: AsyncSession, sub_id: uuid.UUID) -> Subscription | None
 
 
 async def queue_position(session: AsyncSession, sub: Subscription) -> int | None:
-    """1-based place in the SKU's queue: VIPs first, then registration order."""
-    if sub.status not in IN_QUEUE:
+    """1-based place in the SKU's queue: VIPs first, then registration order. A pending
+    subscription's is the place it takes once confirmed (it keeps its registration time)."""
+    if sub.status not in ACTIVE:
         return None
     return await _count_ahead(session, sub.sku, sub.priority_rank, sub.created_at, sub.id) + 1
 
@@ -326,22 +418,23 @@ async def get(session: AsyncSession, keys: Keys, sub_id: uuid.UUID) -> Subscript
 
 
 async def unsubscribe(session: AsyncSession, sub_id: uuid.UUID) -> bool:
-    """Stop a subscription waiting; False when there is no such subscription."""
+    """Stop a subscription waiting (or a request waiting for confirmation); False when
+    there is no such subscription."""
     sub = await session.get(Subscription, sub_id)
     if sub is None:
         return False
-    if sub.status in IN_QUEUE:
+    if sub.status in ACTIVE:
         now = utcnow()
         sub.status, sub.stopped_at, sub.updated_at = Status.UNSUBSCRIBED.value, now, now
     return True
 
 
 async def unsubscribe_by_contact(session: AsyncSession, candidates: list[bytes]) -> int:
-    """Every queued subscription of a contact stops waiting (an SMS 'STOP', say)."""
+    """Every subscription of a contact stops waiting, pending ones too (an SMS 'STOP')."""
     now = utcnow()
     result = await session.execute(
         update(Subscription)
-        .where(Subscription.contact_index.in_(candidates), Subscription.status.in_(IN_QUEUE))
+        .where(Subscription.contact_index.in_(candidates), Subscription.status.in_(ACTIVE))
         .values(status=Status.UNSUBSCRIBED.value, stopped_at=now, updated_at=now)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -366,3 +459,41 @@ async def delete_by_contact(session: AsyncSession, candidates: list[bytes]) -> i
     )
     await session.execute(delete(Subscription).where(Subscription.id.in_(ids)))
     return len(ids)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What confirming a subscription came to."""
+
+    status: Status | None  # None: no such subscription (expired and erased, or never)
+    position: int | None
+    confirmed_now: bool
+
+
+async def confirm(
+    session: AsyncSession, settings: Settings, sub_id: uuid.UUID, now: datetime
+) -> Confirmation:
+    """The shopper confirmed their request (double opt-in): within the confirmation window
+    it takes its place in the queue, the one its registration time gives it. Confirming
+    twice changes nothing; a request past its window stays pending until retention erases
+    it, and cannot be confirmed."""
+    done = await lifecycle.confirm(session, [sub_id], now, _window_start(settings, now))
+    sub = await _load(session, sub_id)
+    if sub is None:
+        return Confirmation(None, None, False)
+    return Confirmation(Status(sub.status), await queue_position(session, sub), bool(done))
+
+
+async def pending_for_contact(
+    session: AsyncSession, candidates: list[bytes], channel: Channel
+) -> list[uuid.UUID]:
+    """The contact's requests still waiting for confirmation on ``channel``."""
+    return list(
+        await session.scalars(
+            select(Subscription.id).where(
+                Subscription.contact_index.in_(candidates),
+                Subscription.channel == channel.value,
+                Subscription.status == Status.PENDING.value,
+            )
+        )
+    )

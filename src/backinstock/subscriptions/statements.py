@@ -11,14 +11,16 @@ from __future__ import annotations
 from sqlalchemy import Integer, LargeBinary, SmallInteger, String, Uuid, bindparam, text
 
 from backinstock.db import UTCDateTime
-from backinstock.subscriptions.models import QUEUED, Status
+from backinstock.subscriptions.models import ACTIVE_SQL, QUEUED
 
 # The queue position (COUNT_AHEAD's count) comes back with the insert: one round trip, not
 # two. The comparison is strict, so whether the subquery sees the new row (SQLite) or not
 # (PostgreSQL's statement snapshot) does not change the count.
 # The statuses are the Status enum's own constants, interpolated once, at import: no input
-# ever reaches the SQL text (hence the noqa).
-INSERT_WAITING = (
+# ever reaches the SQL text (hence the noqa). A new subscription is ``waiting``, or
+# ``pending`` until its shopper confirms; the position of a pending one is the place it
+# takes once confirmed.
+INSERT_SUBSCRIPTION = (
     text(
         "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "  # noqa: S608
         "contact_index, profile_key_id, profile_blob, locale, timezone, customer_id, priority, "
@@ -26,9 +28,9 @@ INSERT_WAITING = (
         "updated_at, wechat_consents) VALUES ("
         ":id, :sku, :channel, :contact_key_id, :contact_blob, :contact_index, :profile_key_id, "
         ":profile_blob, :locale, :timezone, :customer_id, :priority, :priority_rank, :source, "
-        f":consent_text_version, '{Status.WAITING}', 0, :created_at, :created_at, "
+        ":consent_text_version, :status, 0, :created_at, :created_at, "
         ":wechat_consents) "
-        f"ON CONFLICT (sku, contact_index) WHERE status IN ({QUEUED}) DO NOTHING "
+        f"ON CONFLICT (sku, contact_index) WHERE status IN ({ACTIVE_SQL}) DO NOTHING "
         "RETURNING id, (SELECT count(*) FROM subscriptions AS ahead "
         f"WHERE ahead.sku = :sku AND ahead.status IN ({QUEUED}) "
         "AND (ahead.priority_rank, ahead.created_at, ahead.id) < (:priority_rank, :created_at, :id)"
