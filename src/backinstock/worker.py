@@ -301,6 +301,7 @@ def start_embedded_worker(
     """
     global _embedding
     _embedding = Embedding(clock, sweep)
+    metrics.initialise_worker_metrics()
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     return worker
