@@ -4,6 +4,7 @@ and an entry in the operations page. Without promtool this fails rather than ski
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -50,3 +51,16 @@ def test_every_alert_is_tested_and_documented() -> None:
     for alert in _alerts():
         assert alert in tested, f"{alert}: no promtool test shows it firing"
         assert alert in headings, f"{alert}: no '### {alert}' in docs/operations.md"
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    """promtool parses each panel's query (as a recording rule); the live scrape test
+    runs them against a Prometheus with data."""
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    rules = [{"record": f"dashboard:panel_{i}", "expr": e} for i, e in enumerate(exprs)]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = _promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
