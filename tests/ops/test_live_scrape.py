@@ -41,7 +41,7 @@ MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 SHOPPERS = 20_000
 SECOND_WAVE = 4_000
 STOP_AFTER = 200  # messages of the second wave accepted when the worker host is stopped
-WITHIN = 240  # a deadline against a hang, not a measure
+WITHIN = 600  # a deadline against a hang on a busy host, not a measure
 SENT_SERIES = 'backinstock_messages_total{channel="sms",outcome="sent"}'
 SENT = f"sum by (channel) ({SENT_SERIES})"
 LATENCY_COUNT = 'backinstock_provider_call_seconds_count{channel="sms"}'
@@ -184,8 +184,10 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
         assert _value(oldest) > 30
 
         second.start()  # a replacement host finishes the wave
+        # The second wave's shoppers have the first wave's numbers (another SKU): count
+        # messages, not numbers.
         await eventually(
-            lambda: len(set(provider.recipients())) >= SHOPPERS + SECOND_WAVE,
+            lambda: len(provider.recipients()) >= SHOPPERS + SECOND_WAVE,
             WITHIN,
             "everyone of the second wave is told",
         )
