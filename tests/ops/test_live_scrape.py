@@ -13,10 +13,14 @@ One test, PostgreSQL + Redis only (production's shape: workers are separate proc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -111,6 +115,10 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
         async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as client:
             answer = await _restock(client, api_keys, "SKU-1", SHOPPERS, request_id)
         assert answer.json()["first_wave"] == SHOPPERS
+        await eventually(lambda: bool(provider.recipients()), WITHIN, "the wave has begun")
+        shown = await asyncio.to_thread(_status)  # what the operator sees meanwhile
+        wave = next(line for line in shown.splitlines() if "SKU-1" in line)
+        assert f"/ {SHOPPERS}" in wave and "━" in wave, wave
         await eventually(
             lambda: len(set(provider.recipients())) >= SHOPPERS, WITHIN, "everyone is told"
         )
@@ -205,6 +213,18 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
     # The host summed its two Dramatiq processes: both counted, in files of their own.
     pids = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "worker-1-metrics").glob("counter_*.db")}
     assert len(pids) >= 2, pids
+
+
+def _status() -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "backinstock", "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def _restock(
