@@ -176,25 +176,34 @@ def _locations_query(limit: int) -> Any:
 @dataclass(frozen=True)
 class WaveProgress:
     wave_id: uuid.UUID
-    open: int  # its messages pending or being sent
+    open: bool  # some of its messages are pending or being sent
     first_sent: datetime | None
     last_sent: datetime | None
 
 
 async def wave_progress(session: AsyncSession, wave_id: uuid.UUID) -> WaveProgress:
-    """Three reads of ``ix_notifications_wave_progress``: an index-only count of the
-    wave's open messages (an EXISTS would be cheaper only in theory: PostgreSQL's generic
-    plan for it, which a prepared statement gets after a few runs, scans the table
-    expecting an early match, and reads all of it for a wave with none), and its first
-    and last sent message, one index entry each."""
+    """Probes of ``ix_notifications_wave_progress``, one index entry each: is a message of
+    the wave still open (one probe per open status, in the index's own order: an EXISTS
+    over all three, or a LIMIT without that order, gets a generic plan from PostgreSQL,
+    after a prepared statement's first runs, that scans the table expecting an early
+    match, and reads all of it for a wave with none), and its first and last message
+    sent."""
     of_wave = Notification.wave_id == wave_id
+    still_open = False
+    for status in OPEN:
+        probe = (
+            select(Notification.wave_id)
+            .where(of_wave, Notification.status == status)
+            .order_by(Notification.wave_id, Notification.status, Notification.sent_at)
+            .limit(1)
+        )
+        if await session.scalar(probe) is not None:
+            still_open = True
+            break
     sent = (of_wave, Notification.status == Status.SENT)
-    still_open = await session.scalar(
-        select(func.count()).where(of_wave, Notification.status.in_(OPEN))
-    )
     first = await session.scalar(select(func.min(Notification.sent_at)).where(*sent))
     last = await session.scalar(select(func.max(Notification.sent_at)).where(*sent))
-    return WaveProgress(wave_id, int(still_open or 0), first, last)
+    return WaveProgress(wave_id, still_open, first, last)
 
 
 @dataclass
