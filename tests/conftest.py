@@ -27,6 +27,7 @@ from backinstock.models import Base
 from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import local_limiter
 from backinstock.runtime import Runtime
+from backinstock.stats.pipeline import PipelineCache
 from tests.clock import SteppingClock
 from tests.schedule import pytest_collection_modifyitems  # noqa: F401 - the suite's order
 from tests.server import RedisServer
@@ -141,6 +142,7 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     else:
         rt.limiter = local_limiter()
     rt.products = ProductCache()
+    rt.pipeline = PipelineCache()
     rt.clock = SteppingClock()
     yield
 

@@ -145,3 +145,66 @@ class RedisServer:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
+
+
+class PrometheusServer:
+    """Debian's ``prometheus`` on a free loopback port, with a configuration directory the
+    test lays out (the repository's files, unchanged, plus its targets) and its own
+    storage. Fails rather than skips without the binary (.ci/run installs it)."""
+
+    def __init__(self, config_dir: Path, workdir: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._config_dir = config_dir
+        self._workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        prometheus = shutil.which("prometheus")
+        assert prometheus, "prometheus is needed (Debian's prometheus package; .ci/run installs it)"
+        args = [
+            prometheus,
+            f"--config.file={self._config_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self._workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+        with (self._workdir / "prometheus.log").open("ab") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        eventually_sync(self._ready, 30, "prometheus is ready")
+
+    def _ready(self) -> bool:
+        if self._proc is None or self._proc.poll() is not None:
+            log = (self._workdir / "prometheus.log").read_text(errors="replace")
+            raise RuntimeError(f"prometheus exited: {log[-2000:]}")
+        try:
+            return httpx.get(f"{self.base_url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def query(self, promql: str) -> list[dict[str, object]]:
+        """An instant query's result (a vector: each item has ``metric`` and ``value``)."""
+        response = httpx.get(f"{self.base_url}/api/v1/query", params={"query": promql}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", body
+        result: list[dict[str, object]] = body["data"]["result"]
+        return result
+
+    def alert_states(self, name: str) -> set[str]:
+        response = httpx.get(f"{self.base_url}/api/v1/alerts", timeout=10)
+        return {
+            a["state"]
+            for a in response.json()["data"]["alerts"]
+            if a["labels"]["alertname"] == name
+        }
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._proc = None

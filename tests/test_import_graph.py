@@ -34,7 +34,13 @@ FLOORS: tuple[Floor, ...] = (
     # Programs people run, and generators.
     Floor(
         "entry",
-        ("backinstock.__main__", "backinstock.cli", "backinstock.demo", "backinstock.openapi"),
+        (
+            "backinstock.__main__",
+            "backinstock.cli",
+            "backinstock.demo",
+            "backinstock.openapi",
+            "backinstock.status",
+        ),
     ),
     # The two processes: the API app (which may start the embedded worker) and the worker
     # (broker consumers: actors and the sweeper). Routers are below, so they cannot import it.

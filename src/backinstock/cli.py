@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import structlog
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -142,6 +144,25 @@ def worker(
     poll_ms: Annotated[
         int, typer.Option(help="How often an idle worker polls Redis, in milliseconds.")
     ] = 100,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the worker processes' Prometheus metrics, summed, on this port "
+            "(at /metrics; see docs/operations.md).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface for --metrics-port (0.0.0.0 for a scraper elsewhere).")
+    ] = "127.0.0.1",
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the processes keep their metrics files (emptied at start; default: "
+            "a directory per port under the system's temporary directory)."
+        ),
+    ] = None,
 ) -> None:
     """Dramatiq workers, each with the sweeper and wave scheduler (production mode)."""
     settings = _settings()
@@ -171,10 +192,26 @@ def worker(
         "--worker-shutdown-timeout",
         str(int((settings.delivery.shutdown_grace_seconds + 5) * 1000)),
     ]
+    if metrics_port is not None:
+        args += ["--fork-function", _worker_metrics(metrics_port, metrics_host, metrics_dir)]
     # Dramatiq's idle consumers poll every 0.5-1x this; its 1 s default alone would eat the
     # "first message within a second" budget twice (the wave, then the first send batch).
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112 - dramatiq reads this name
     os.execv(sys.executable, args)  # noqa: S606 - dramatiq's supervisor handles signals
+
+
+def _worker_metrics(port: int, host: str, directory: Path | None) -> str:
+    """Set up the environment the worker processes count in (prometheus_client's
+    multiprocess mode, read when they first import it) and return the function Dramatiq
+    forks to serve the sum."""
+    from backinstock.ops import exposition
+
+    directory = directory or Path(tempfile.gettempdir()) / f"backinstock-worker-metrics-{port}"
+    exposition.prepare_directory(directory)
+    os.environ[exposition.MULTIPROC_DIR] = str(directory)
+    os.environ[exposition.HOST] = host
+    os.environ[exposition.PORT] = str(port)
+    return exposition.FORK_FUNCTION
 
 
 @app.command()
@@ -218,6 +255,74 @@ def check(
     if problems:
         raise typer.Exit(1)
     err.print("[green]ok[/green]")
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between redraws with --watch.", min=0)
+    ] = 2.0,
+    count: Annotated[
+        int | None, typer.Option(help="With --watch, stop after this many redraws.", min=1)
+    ] = None,
+) -> None:
+    """Open waves with progress per SKU, pending work by channel, the oldest due message
+    and the providers configured, read from BACKINSTOCK_DATABASE_URL."""
+    from rich.live import Live
+
+    from backinstock import status as status_view
+
+    settings = _settings()
+    _ensure_schema(settings)
+    console = Console()
+
+    async def frames() -> None:
+        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        sessions = db.sessionmaker(engine)
+
+        async def frame() -> RenderableType:
+            async with sessions() as session:
+                report = await status_view.gather(session, settings, db.utcnow())
+            return status_view.render(report)
+
+        try:
+            if not watch:
+                console.print(await frame())
+                return
+            drawn = 0
+            # A terminal is redrawn in place; a pipe or a file gets one frame after another.
+            with (
+                Live(console=console, auto_refresh=False)
+                if console.is_terminal
+                else _Frames(console) as live
+            ):
+                while count is None or drawn < count:
+                    if drawn:
+                        await asyncio.sleep(interval)
+                    live.update(await frame(), refresh=True)
+                    drawn += 1
+        finally:
+            await engine.dispose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(frames())
+
+
+class _Frames:
+    """``--watch`` without a terminal: each redraw printed in turn."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def __enter__(self) -> _Frames:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def update(self, renderable: RenderableType, refresh: bool = False) -> None:
+        self._console.print(renderable)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 from functools import cached_property
 from typing import Annotated, Any
@@ -220,6 +220,21 @@ class ConversionSettings(_Section):
     followup_batch: int = Field(default=200, ge=1)
 
 
+class MetricsSettings(_Section):
+    """What the API's /metrics reads from the database (the pipeline figures)."""
+
+    # Scrapes within this many seconds of the last read share it (several Prometheus
+    # servers, or a dashboard's own polling, cost one read).
+    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # The stock feeds (locations) whose last event's age is shown. Empty: the first
+    # METRICS_MAX_LOCATIONS locations by name. Locations are client input: each is a
+    # series, so their number is capped.
+    metrics_locations: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_max_locations: int = Field(default=50, ge=0, le=1000)
+
+    _split_locations = field_validator("metrics_locations", mode="before")(_split_csv)
+
+
 _CHANNELS = ("sms", "email", "wechat")
 
 
@@ -311,6 +326,7 @@ class Settings:
     twilio: TwilioSettings
     smtp: SmtpSettings
     wechat: WeChatSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -327,4 +343,5 @@ class Settings:
             twilio=TwilioSettings(),
             smtp=SmtpSettings(),
             wechat=WeChatSettings(),
+            metrics=MetricsSettings(),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -15,6 +15,7 @@ from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings
 from backinstock.crypto import Keys, load_keys
 from backinstock.ratelimit import FallbackRateLimiter, RateLimiter, local_limiter
+from backinstock.stats.pipeline import PipelineCache
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Runtime:
     limiter: RateLimiter
     products: ProductCache
     clock: Clock = SYSTEM_CLOCK
+    pipeline: PipelineCache = field(default_factory=PipelineCache)  # /metrics' figures
 
     @classmethod
     def create(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:

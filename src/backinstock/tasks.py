@@ -79,11 +79,26 @@ def broker() -> dramatiq.Broker:
         return _broker
 
 
+# Log context a message carries to the worker that runs it (worker.LogContext binds it),
+# so that the worker's lines for a restock carry the request id of its webhook.
+CARRIED_LOG_CONTEXT = ("request_id", "wave_id")
+
+
+def log_context() -> dict[str, str]:
+    bound = structlog.contextvars.get_contextvars()
+    return {key: str(bound[key]) for key in CARRIED_LOG_CONTEXT if bound.get(key)}
+
+
 def enqueue(task: Task, *args: Any) -> None:
     # Called after commit: the database already holds the work. If the broker is down the
     # sweeper finds the work within seconds, so the request that caused it still succeeds.
+    carried = log_context()
     message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=task.queue, actor_name=task.name, args=args, kwargs={}, options={}
+        queue_name=task.queue,
+        actor_name=task.name,
+        args=args,
+        kwargs={},
+        options={"log_context": carried} if carried else {},
     )
     try:
         broker().enqueue(message)

@@ -39,7 +39,8 @@ from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
 from backinstock.flows import followups, restock
-from backinstock.ops.logging import quiet_data_loggers
+from backinstock.ops import metrics
+from backinstock.ops.logging import configure_logging, quiet_data_loggers
 from backinstock.privacy import retention
 from backinstock.ratelimit import Throttle, local_limiter, shared_limiter
 from backinstock.restocks import waves
@@ -82,11 +83,42 @@ class Sweeper(Middleware):
             asyncio.run_coroutine_threadsafe(_close_context(), thread.loop).result(timeout=10)
 
 
+class LogContext(Middleware):
+    """Each message's work logs with what the message carries (the request id of the
+    webhook that caused it, its wave; see ``tasks.enqueue``) and its actor. Bound in the
+    worker thread before the actor runs: the actor's coroutine is handed to the event loop
+    from that thread (``run_coroutine_threadsafe``) and runs in a copy of its context."""
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        carried = message.options.get("log_context") or {}
+        bound = {key: carried[key] for key in tasks.CARRIED_LOG_CONTEXT if carried.get(key)}
+        if message.actor_name == tasks.RUN_WAVE.name and message.args:
+            bound["wave_id"] = str(message.args[0])
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(actor=message.actor_name, **bound)
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    after_skip_message = after_process_message
+
+    def after_process_boot(self, broker: Any) -> None:
+        """A Dramatiq worker process (``backinstock worker``): our lines in the configured
+        shape and level (Dramatiq keeps its own handler), and every channel's counters
+        at 0."""
+        core = Settings.from_env().core
+        configure_logging(core.log_level, core.log_json, libraries=False)
+        metrics.initialise_worker_metrics()
+
+
 # The process's broker (built here if the API has not built it yet); the sweeper runs in
 # every worker that consumes from it. Added after AsyncIO, so that its "after" hooks run
 # before AsyncIO's (Dramatiq calls them in reverse order).
 broker = tasks.broker()
 broker.add_middleware(Sweeper())
+broker.add_middleware(LogContext())
 quiet_data_loggers()  # in Dramatiq's worker processes too, where nothing else would
 
 
@@ -214,12 +246,23 @@ async def sweep_once(rt: Runtime) -> None:
         due_waves = await waves.due(session, now)
         recovered = await outcomes.recover_expired(session, rt.settings.delivery, now)
         stale = await dispatch.stale_pending(session, stale_after, now)
+    metrics.SWEEPS.inc()
+    _count_recovered(recovered)
     for wave_id in due_waves:
         tasks.wake_wave(wave_id)
     wake_senders(await followups.plan_due(rt.sessions, rt.settings, rt.clock.now()))
-    drains = min(DRAIN_FANOUT, math.ceil((stale + recovered) / dispatch.BATCH))
+    drains = min(DRAIN_FANOUT, math.ceil((stale + recovered.requeued) / dispatch.BATCH))
     for _ in range(drains):
         tasks.enqueue(tasks.DRAIN)
+
+
+def _count_recovered(recovered: outcomes.Recovered) -> None:
+    for channel, messages in recovered.in_doubt.items():
+        metrics.MESSAGES.labels(channel=channel, outcome="in_doubt").inc(messages)
+        log.warning("messages_in_doubt", channel=channel, messages=messages)
+    for channel, messages in recovered.dropped.items():
+        metrics.MESSAGES.labels(channel=channel, outcome="resolved").inc(messages)
+        metrics.IN_DOUBT_RESOLUTIONS.labels(channel=channel, resolution="dropped").inc(messages)
 
 
 async def retain_once(rt: Runtime) -> None:
@@ -245,6 +288,7 @@ async def sweep_forever() -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database may be restarting: try again next tick
+            metrics.SWEEP_FAILURES.inc()
             log.warning("sweep_failed", error_type=type(exc).__name__)
         await asyncio.sleep(interval)
 
@@ -257,6 +301,7 @@ def start_embedded_worker(
     """
     global _embedding
     _embedding = Embedding(clock, sweep)
+    metrics.initialise_worker_metrics()
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     return worker

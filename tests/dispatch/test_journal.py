@@ -385,10 +385,10 @@ async def test_a_claim_whose_part_cannot_be_written_fails_alone(
 
     async def refuse_one(
         session: Any, claim_id: uuid.UUID, deliveries: Any, results: Any, now: Any
-    ) -> None:
+    ) -> list[outcomes.Recorded]:
         if any(r.notification_id == poisoned for r in results):
             raise RuntimeError("a value the database refuses")
-        await record(session, claim_id, deliveries, results, now)
+        return await record(session, claim_id, deliveries, results, now)
 
     monkeypatch.setattr(outcomes, "record_results", refuse_one)
     await _two_claims(runtime, GroupCommit(runtime.sessions))

@@ -47,7 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backinstock import db
 from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.dispatch import outcomes
-from backinstock.dispatch.outcomes import Delivery, Send
+from backinstock.dispatch.outcomes import Delivery, Recorded, Send
+from backinstock.ops import metrics
 from backinstock.senders.base import OutgoingMessage, SendResult
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,7 @@ class _Group:
     renew_until: datetime | None
     allowed: set[uuid.UUID] = field(default_factory=set)
     over: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or failed
+    recorded: list[Recorded] = field(default_factory=list)  # counted once committed
 
 
 class GroupCommit:
@@ -225,7 +227,11 @@ class Journal:
     ) -> SendResult | None:
         if not await self._start(message):
             return None
+        started = time.perf_counter()
         result = await send()  # cancelled here: the row stays in flight, in doubt
+        metrics.PROVIDER_CALL_SECONDS.labels(channel=message.channel).observe(
+            time.perf_counter() - started
+        )
         self.record([result])
         return result
 
@@ -248,6 +254,7 @@ class Journal:
         if not fresh:
             return
         self._recorded.update(r.notification_id for r in fresh)
+        self._log_answers(fresh)
         first = not self._results
         if first:
             self.results_since = time.monotonic()
@@ -334,13 +341,14 @@ class Journal:
                 self._clock.now(),
             )
         if group.results:
-            await outcomes.record_results(
+            group.recorded = await outcomes.record_results(
                 session, self._claim_id, self._deliveries, group.results, self._clock.now()
             )
         return allowed
 
     def settle(self, group: _Group) -> None:
         self._failures = 0
+        count_recorded(group.recorded)
         self._marked.update(group.allowed)
         self._forget_unmarked(group)
         self._answer(group.starts)
@@ -449,3 +457,39 @@ class Journal:
 
     def _rank(self, message: OutgoingMessage) -> int:
         return self._deliveries[message.notification_id].contact.rank
+
+    def _log_answers(self, results: list[SendResult]) -> None:
+        """One line per provider answer (a batch's for the dev outbox), naming the
+        notification and its wave: with the request id bound by the worker (see
+        worker.LogContext), one restock is followed from webhook to provider with grep."""
+        for result in results:
+            delivery = self._deliveries.get(result.notification_id)
+            log.info(
+                "provider_answered",
+                notification_id=str(result.notification_id),
+                wave_id=str(delivery.wave_id) if delivery and delivery.wave_id else None,
+                channel=delivery.contact.channel if delivery else None,
+                outcome=result.outcome.value,
+                provider_id=result.provider_id,
+                error=result.error,
+                already_sent=result.already_sent or None,
+            )
+
+
+# A recorded event and the counter it adds to (resolutions count twice: how, and that one
+# was resolved).
+def count_recorded(recorded: list[Recorded]) -> None:
+    """Count what a committed group of results came to."""
+    for item in recorded:
+        channel, event = item.channel, item.event
+        if event in ("sent", "transient", "permanent"):
+            metrics.MESSAGES.labels(channel=channel, outcome=event).inc()
+        elif event == "retry":
+            metrics.RETRIES.labels(channel=channel).inc()
+        elif event == "retries_exhausted":
+            metrics.GAVE_UP.labels(reason=event).inc()
+        elif event == "fallback":
+            metrics.FALLBACKS.labels(channel=channel).inc()
+        else:  # found, resent: an in-doubt message settled
+            metrics.MESSAGES.labels(channel=channel, outcome="resolved").inc()
+            metrics.IN_DOUBT_RESOLUTIONS.labels(channel=channel, resolution=event).inc()

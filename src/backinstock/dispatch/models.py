@@ -76,6 +76,9 @@ class DeliveryReport(enum.StrEnum):
     FAILED = "failed"
 
 
+OPEN_OR_FAILED = (
+    f"status IN ('{Status.PENDING}', '{Status.SENDING}', '{Status.INFLIGHT}', '{Status.FAILED}')"
+)
 FOLLOWUP_PENDING = (
     f"kind = '{Kind.RESTOCK}' AND status = '{Status.SENT}' AND followed_up_at IS NULL"
 )
@@ -145,7 +148,16 @@ class Notification(Base):
     __table_args__ = (
         UniqueConstraint("subscription_id", "wave_id", "kind"),
         Index("ix_notifications_work", "status", "next_attempt_at"),
-        Index("ix_notifications_wave", "wave_id"),
+        # A wave's progress: open messages, first and last sent (stats/pipeline.py).
+        Index("ix_notifications_wave_progress", "wave_id", "status", "sent_at"),
+        # Open and failed messages by channel, for /metrics: sent history is not in it.
+        Index(
+            "ix_notifications_status_channel",
+            "status",
+            "channel",
+            postgresql_where=text(OPEN_OR_FAILED),
+            sqlite_where=text(OPEN_OR_FAILED),
+        ),
         # Crash resolutions, for /metrics: only the few rows a crash touched.
         Index(
             "ix_notifications_in_doubt",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,6 +59,10 @@ class Claimed:
     attempts: int
     created_at: datetime
     in_doubt: str | None  # InDoubt.UNRESOLVED: an earlier attempt may have got through
+    # The wave it belongs to: every log line about the message names it.
+    wave_id: uuid.UUID | None = field(default=None, kw_only=True)
+    # The shopper's own WeChat contact was passed over: no subscribe-message consent left.
+    consent_exhausted: bool = field(default=False, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -221,23 +225,43 @@ _RENEW = (
 
 
 # ------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Recorded:
+    """What one write of results came to, for the metrics: counted by the journal once
+    the transaction that wrote them has committed, so that a retried write counts once."""
+
+    channel: str
+    event: str  # sent, transient, permanent, retry, retries_exhausted, fallback, found, resent
+
+
 async def record_results(
     session: AsyncSession,
     claim_id: uuid.UUID,
     deliveries: dict[uuid.UUID, Send],
     results: list[SendResult],
     now: datetime,
-) -> None:
+) -> list[Recorded]:
+    """Write each provider answer; returns what they came to (see :class:`Recorded`)."""
+    recorded: list[Recorded] = []
     sent = [(r, deliveries[r.notification_id]) for r in results if r.outcome is Outcome.SENT]
     if sent:
         await _record_sent(session, claim_id, sent, now)
         await lifecycle.spend_wechat_consents(session, _consents_spent([d for _, d in sent]))
+        for result, delivery in sent:
+            recorded.append(Recorded(delivery.contact.channel, "sent"))
+            if delivery.in_doubt == InDoubt.UNRESOLVED:
+                recorded.append(Recorded(delivery.contact.channel, _resolution(result).value))
     for result in results:
         delivery = deliveries[result.notification_id]
+        channel = delivery.contact.channel
         if result.outcome is Outcome.TRANSIENT:
-            await _retry_or_fail(session, claim_id, delivery, result, now)
+            retried = await _retry_or_fail(session, claim_id, delivery, result, now)
+            recorded.append(Recorded(channel, "transient"))
+            recorded.append(Recorded(channel, "retry" if retried else "retries_exhausted"))
         elif result.outcome is Outcome.PERMANENT:
             await _fall_back(session, claim_id, delivery, result, now)
+            recorded += [Recorded(channel, "permanent"), Recorded(channel, "fallback")]
+    return recorded
 
 
 async def _record_sent(
@@ -322,7 +346,8 @@ async def _retry_or_fail(
     delivery: Send,
     result: SendResult,
     now: datetime,
-) -> None:
+) -> bool:
+    """Back to the queue for another attempt (True), or failed once attempts run out."""
     if delivery.attempts < MAX_ATTEMPTS:
         await _set(
             session,
@@ -332,10 +357,11 @@ async def _retry_or_fail(
             next_attempt_at=now + backoff(delivery.attempts),
             error=result.error,
         )
-    else:
-        await _set(
-            session, claim_id, delivery.notification_id, status=Status.FAILED, error=result.error
-        )
+        return True
+    await _set(
+        session, claim_id, delivery.notification_id, status=Status.FAILED, error=result.error
+    )
+    return False
 
 
 async def _fall_back(
@@ -362,7 +388,18 @@ async def _fall_back(
 
 
 # --------------------------------------------------------------------- after a crash
-async def recover_expired(session: AsyncSession, policies: DeliverySettings, now: datetime) -> int:
+@dataclass
+class Recovered:
+    """What one sweep settled of the claims whose workers died."""
+
+    requeued: int = 0  # back to the queue: never started, or in doubt to look up or resend
+    in_doubt: dict[str, int] = field(default_factory=dict)  # per channel: calls left in flight
+    dropped: dict[str, int] = field(default_factory=dict)  # per channel: failed by policy
+
+
+async def recover_expired(
+    session: AsyncSession, policies: DeliverySettings, now: datetime
+) -> Recovered:
     """Claims whose worker died. Unstarted messages go back to the queue on every channel;
     a message whose call was in flight is in doubt and goes where its channel's policy
     says: back to the queue to be looked up or resent, or failed (``drop``)."""
@@ -372,11 +409,11 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings, now
         .where(_UNSTARTED, *lapsed)
         .values(status=Status.PENDING, claim_id=None, lease_until=None, next_attempt_at=now)
     )
-    recovered = int(back.rowcount or 0)  # type: ignore[attr-defined]
+    recovered = Recovered(requeued=int(back.rowcount or 0))  # type: ignore[attr-defined]
     for channel in Channel:
         in_flight = (_IN_FLIGHT, Notification.channel == channel, *lapsed)
         if policies.policy(channel.value) is InDoubtPolicy.DROP:
-            await session.execute(
+            dropped = await session.execute(
                 update(Notification)
                 .where(*in_flight)
                 .values(
@@ -388,6 +425,9 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings, now
                     call_started_at=None,
                 )
             )
+            if count := int(dropped.rowcount or 0):  # type: ignore[attr-defined]
+                recovered.in_doubt[channel.value] = count
+                recovered.dropped[channel.value] = count
             continue
         doubted = await session.execute(
             update(Notification)
@@ -402,7 +442,9 @@ async def recover_expired(session: AsyncSession, policies: DeliverySettings, now
                 next_attempt_at=now,
             )
         )
-        recovered += int(doubted.rowcount or 0)  # type: ignore[attr-defined]
+        if count := int(doubted.rowcount or 0):  # type: ignore[attr-defined]
+            recovered.requeued += count
+            recovered.in_doubt[channel.value] = count
     return recovered
 
 

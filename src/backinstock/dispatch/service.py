@@ -31,7 +31,7 @@ from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
 from backinstock.dispatch.journal import GroupCommit, Journal
-from backinstock.dispatch.models import InDoubt, Kind, Notification, Reason, Status
+from backinstock.dispatch.models import CANCELLING, InDoubt, Kind, Notification, Reason, Status
 from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, render
@@ -44,6 +44,7 @@ from backinstock.identity import (
     contact_aad,
     profile_aad,
 )
+from backinstock.ops import metrics
 from backinstock.ratelimit import Throttle
 from backinstock.senders.base import Outcome, OutgoingMessage, Reconciler, Sender, SendResult
 from backinstock.subscriptions.models import (
@@ -176,6 +177,12 @@ def _delivery(
         notification.attempts,
         notification.created_at,
         notification.in_doubt,
+        wave_id=notification.wave_id,
+        consent_exhausted=(
+            sub.channel == Channel.WECHAT.value
+            and sub.wechat_consents <= 0
+            and notification.contact_rank == 0
+        ),
     )
     reason = _not_wanted(notification, sub, coupon)
     if reason is not None:
@@ -311,6 +318,7 @@ async def deliver(
         await record_skips(session, claim_id, deliveries)
     if not claimed:
         return 0
+    _observe_claim(claim_id, deliveries)
     lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
     journal = Journal(
         sessions,
@@ -329,6 +337,38 @@ async def deliver(
         renewal.cancel()
         await journal.close()
     return len(claimed)
+
+
+def _observe_claim(claim_id: uuid.UUID, deliveries: list[Delivery]) -> None:
+    """Log and count what a committed claim came to before any provider call: the batch,
+    and each message held for quiet hours or settled without a call."""
+    waves = sorted({str(d.wave_id) for d in deliveries if d.wave_id is not None})
+    log.info("batch_claimed", claim_id=str(claim_id), messages=len(deliveries), wave_ids=waves)
+    for delivery in deliveries:
+        if delivery.consent_exhausted:
+            metrics.CONSENT_EXHAUSTED.inc()
+        if isinstance(delivery, Hold):
+            metrics.QUIET_HOLDS.labels(channel=delivery.contact.channel).inc()
+            log.info(
+                "message_held",
+                notification_id=str(delivery.notification_id),
+                wave_id=_text(delivery.wave_id),
+                channel=delivery.contact.channel,
+                until=delivery.until.isoformat(),
+            )
+        elif isinstance(delivery, Skip):
+            if delivery.reason not in CANCELLING:
+                metrics.GAVE_UP.labels(reason=delivery.reason.value).inc()
+            log.info(
+                "message_skipped",
+                notification_id=str(delivery.notification_id),
+                wave_id=_text(delivery.wave_id),
+                reason=delivery.reason.value,
+            )
+
+
+def _text(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 async def _until_stopped(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
 from sqlalchemy import exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -35,6 +36,7 @@ from backinstock.db import utcnow
 from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Notification
 from backinstock.fields import refuse_future
+from backinstock.ops import metrics
 from backinstock.restocks import service as stock
 from backinstock.restocks import waves
 from backinstock.restocks.models import Wave
@@ -43,6 +45,7 @@ from backinstock.subscriptions import lifecycle
 from backinstock.subscriptions.lifecycle import QueueKey
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 
+log = structlog.get_logger(__name__)
 # Notifications written per transaction; woken in messages of dispatch.BATCH (a multiple of
 # it: no short messages). Larger chunks mean fewer round trips; the transaction stays short
 # because the rows never leave the database.
@@ -211,6 +214,16 @@ async def _begin_step(
         await sell_out(session, wave.id, now)
         return None
     waves.begin_step(settings, wave, level, now)
+    metrics.WAVE_STEPS.inc()
+    log.info(
+        "wave_step_begun",
+        wave_id=str(wave.id),
+        sku=wave.sku,
+        step=wave.step,
+        level=level,
+        target=wave.target,
+        planned=wave.planned,
+    )
     return wave
 
 
@@ -234,6 +247,14 @@ async def _write_step(
         if not ids:
             return written
         written += len(ids)
+        metrics.WAVE_MESSAGES_PLANNED.inc(len(ids))
+        log.info(
+            "wave_chunk_planned",
+            wave_id=str(wave_id),
+            notifications=len(ids),
+            first_notification_id=str(ids[0]),
+            last_notification_id=str(ids[-1]),
+        )
 
 
 async def _write_chunk(

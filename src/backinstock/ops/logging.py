@@ -27,7 +27,16 @@ _LIBRARY_FRAMES = 3  # and the innermost frames, wherever they are
 _DATA_LOGGERS = ("sqlalchemy.engine", "aiosqlite", "httpx", "httpcore", "twilio", "aiosmtplib")
 
 
-def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = sys.stdout) -> None:
+def configure_logging(
+    level: str = "INFO",
+    json: bool = True,
+    stream: TextIO = sys.stdout,
+    *,
+    libraries: bool = True,
+) -> None:
+    """Our structured logs at ``level`` to ``stream``; with ``libraries``, the standard
+    library's loggers too (a Dramatiq worker process keeps Dramatiq's own handler, which
+    sends its lines to the supervisor)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
@@ -43,6 +52,9 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = s
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    quiet_data_loggers()
+    if not libraries:
+        return
     # Libraries log through the standard library; give them the same shape and level.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
@@ -51,7 +63,6 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO = s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    quiet_data_loggers()
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
 
 

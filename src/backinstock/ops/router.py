@@ -6,15 +6,17 @@ from typing import Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from backinstock.deps import RuntimeDep
-from backinstock.dispatch import outcomes
-from backinstock.ops.metrics import IN_DOUBT_MESSAGES
+from backinstock.stats import pipeline
 
 router = APIRouter(tags=["operations"])
+# The pipeline figures are this process's to serve: registered with the API, never in a
+# worker process (whose metrics endpoint serves what its processes count).
+REGISTRY.register(pipeline.collector())
 
 
 class ReadinessChecks(BaseModel):
@@ -79,19 +81,14 @@ async def _broker_ok(runtime: RuntimeDep) -> str:
 
 @router.get("/metrics", operation_id="metrics", response_class=Response)
 async def metrics(runtime: RuntimeDep) -> Response:
-    """Prometheus text exposition."""
-    await _read_in_doubt(runtime)
+    """Prometheus text exposition: this process's HTTP and business counters, and the
+    delivery pipeline read from the database (so that one scrape sees every worker):
+    notifications by status and channel, due work and the oldest due, the last message
+    sent, open waves, restock → first and last message latency, crash resolutions, each
+    stock feed's last event and whether Redis answers. The database is read at most
+    every ``METRICS_CACHE_SECONDS`` (default 5). In the embedded mode the workers run in
+    this process, and their counters are here too. docs/operations.md lists every metric."""
+    await runtime.pipeline.refresh(
+        runtime.sessions, runtime.settings, runtime.redis, runtime.clock.now()
+    )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _read_in_doubt(runtime: RuntimeDep) -> None:
-    """Crash resolutions are counted where they are recorded, in the database, so one
-    scrape of any API process sees every worker's (a partial index keeps it cheap)."""
-    try:
-        async with runtime.sessions() as session:
-            counts = await outcomes.in_doubt_counts(session)
-    except Exception:  # the database is down: /readyz says so; keep the last figures
-        return
-    IN_DOUBT_MESSAGES.clear()
-    for channel, resolution, messages in counts:
-        IN_DOUBT_MESSAGES.labels(channel=channel, resolution=resolution).set(messages)

@@ -39,7 +39,11 @@ class RestockEvent(Base):
     waiting: Mapped[int] = mapped_column(Integer)
     first_wave: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (UniqueConstraint("location", "event_id"),)
+    __table_args__ = (
+        UniqueConstraint("location", "event_id"),
+        # Each location's last event (a silent feed), for /metrics.
+        Index("ix_restock_events_location_received", "location", "received_at"),
+    )
 
 
 class WaveStatus(enum.StrEnum):

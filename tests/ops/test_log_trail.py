@@ -1,0 +1,74 @@
+"""One restock followed through the logs: the webhook's request id and the wave id reach
+every worker line of its work (through the broker message), and each message's line names
+its notification and wave; none names a contact."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+
+import httpx
+import structlog
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from backinstock.dispatch.models import Notification
+from backinstock.runtime import Runtime
+from tests.conftest import WorkerStarter
+from tests.helpers import bearer
+from tests.restocks.helpers import at, subscribe_many
+from tests.workers import settle
+
+
+@contextlib.contextmanager
+def at_info() -> Iterator[None]:
+    """The suite logs at WARNING; these lines are INFO, as in production."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+async def test_a_restock_can_be_followed_by_request_wave_and_notification(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+) -> None:
+    key = api_keys["all"]
+    await subscribe_many(client, key, 3)
+    await subscribe_many(client, key, 1, start=9, channel="email", contact="b@mailbox.example")
+    start_worker()
+    body = {"event_id": "trail-1", "sku": "SKU-1", "available": 10, "location": "tmall"}
+    with at_info(), capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
+        answer = await client.post(
+            "/v1/restocks",
+            json={**body, "occurred_at": at(0)},
+            headers={**bearer(key), "X-Request-ID": "trail-request-1"},
+        )
+        assert answer.status_code == 202
+        await settle()
+    async with runtime.sessions() as session:
+        rows = list(await session.execute(select(Notification.id, Notification.wave_id)))
+    assert len(rows) == 4
+    wave_id = str(rows[0][1])
+
+    worker = [line for line in lines if line.get("actor")]
+    of_request = [line for line in worker if line.get("request_id") == "trail-request-1"]
+    events = {line["event"] for line in of_request}
+    assert {"wave_step_begun", "wave_chunk_planned", "batch_claimed", "provider_answered"} <= events
+    assert {line.get("wave_id") for line in of_request} == {wave_id}
+    for notification_id, _ in rows:
+        answered = [
+            line
+            for line in of_request
+            if line["event"] == "provider_answered"
+            and line["notification_id"] == str(notification_id)
+        ]
+        assert len(answered) == 1 and answered[0]["outcome"] == "sent", notification_id
+    text = repr(lines)
+    assert not re.search(r"\+86138\d{8}|mailbox\.example", text), "a contact in the logs"
