@@ -28,7 +28,7 @@ from tests.fakes.wechat import FakeWeChat
 from tests.server import BackinstockProcess, ServerProcess
 from tests.waiting import eventually
 
-SID, TOKEN, APPID, SECRET = "AC" + "0" * 32, "twilio-token", "wx-app", "wx-secret"
+SID, TOKEN, SECRET = "AC" + "0" * 32, "twilio-token", "wx-secret"
 # Short leases and a fast sweeper: a killed worker's claims come back within seconds.
 FAST = {
     "BACKINSTOCK_CLAIM_LEASE_SECONDS": "3",
@@ -105,10 +105,10 @@ def start_provider(
             "BACKINSTOCK_SMTP_CONNECTIONS": str(smtp_connections),
         }
     else:
-        fake = FakeWeChat(appid=APPID, secret=SECRET, accept_delay=accept_delay)
+        fake = FakeWeChat(secret=SECRET, accept_delay=accept_delay)  # an app of its own
         fake.start()
         env |= {
-            "BACKINSTOCK_WECHAT_APP_ID": APPID,
+            "BACKINSTOCK_WECHAT_APP_ID": fake.appid,
             "BACKINSTOCK_WECHAT_APP_SECRET": SECRET,
             "BACKINSTOCK_WECHAT_TEMPLATE_ID": "TPL-restock",
             "BACKINSTOCK_WECHAT_API_BASE": fake.base_url,

@@ -229,12 +229,12 @@ async def test_wechat_token_and_send(
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("field", "code"), [("appid", 40013), ("secret", 40125)])
 async def test_wechat_bad_credentials(
-    wechat_http: httpx.AsyncClient, field: str, code: int
+    wechat_http: httpx.AsyncClient, wechat_fake: FakeWeChat, field: str, code: int
 ) -> None:
     body = {
         "grant_type": "client_credential",
-        "appid": "wx0123456789abcdef",
-        "secret": "0123456789abcdef0123456789abcdef",
+        "appid": wechat_fake.appid,
+        "secret": wechat_fake.secret,
         field: "wrong",
     }
     reply = await wechat_http.post("/cgi-bin/stable_token", json=body)

@@ -33,7 +33,6 @@ from starlette.routing import Route
 from ._ratelimit import RateMeter
 from .httpserver import BackgroundServer
 
-DEFAULT_APPID = "wx0123456789abcdef"
 DEFAULT_SECRET = "0123456789abcdef0123456789abcdef"
 _STATES = {"developer", "trial", "formal"}
 _LANGS = {"zh_CN", "en_US", "zh_HK", "zh_TW"}
@@ -60,7 +59,7 @@ class FakeWeChat(BackgroundServer):
     def __init__(
         self,
         *,
-        appid: str = DEFAULT_APPID,
+        appid: str | None = None,
         secret: str = DEFAULT_SECRET,
         refused_users: Iterable[str] = (),
         valid_template_ids: Iterable[str] | None = None,
@@ -72,7 +71,10 @@ class FakeWeChat(BackgroundServer):
         accept_delay: float = 0.0,
         seed: int = 0,
     ) -> None:
-        self.appid, self.secret, self.token_ttl = appid, secret, token_ttl
+        # An app of its own by default: the token cache's Redis keys are named by the app,
+        # so fakes in other processes sharing a Redis database never see each other's.
+        self.appid = appid or f"wx{secrets.token_hex(8)}"
+        self.secret, self.token_ttl = secret, token_ttl
         # Seconds between delivering a message and answering: a caller killed meanwhile
         # never learns it was delivered.
         self.accept_delay = accept_delay
