@@ -49,7 +49,9 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line: print() writes the line and its newline apart, and on an
+        # unbuffered stream two processes sharing one log (Dramatiq's) then interleave.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     quiet_data_loggers()
