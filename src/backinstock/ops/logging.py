@@ -27,16 +27,33 @@ _LIBRARY_FRAMES = 3  # and the innermost frames, wherever they are
 _DATA_LOGGERS = ("sqlalchemy.engine", "aiosqlite", "httpx", "httpcore", "twilio", "aiosmtplib")
 
 
+class WholeLines:
+    """Each log line in one ``write()``. structlog's PrintLogger prints, which writes a line
+    and its newline apart: a Dramatiq worker process's stdout is a pipe whose every write
+    is a message of its own, and two processes' lines then run together in the log. With
+    no stream, whatever ``sys.stdout`` is at the time (a test's captured output, say)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        out = self._stream or sys.stdout
+        out.write(message + "\n")
+        out.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure_logging(
     level: str = "INFO",
     json: bool = True,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
     *,
     libraries: bool = True,
 ) -> None:
-    """Our structured logs at ``level`` to ``stream``; with ``libraries``, the standard
-    library's loggers too (a Dramatiq worker process keeps Dramatiq's own handler, which
-    sends its lines to the supervisor)."""
+    """Our structured logs at ``level`` to ``stream`` (by default standard output); with
+    ``libraries``, the standard library's loggers too (a Dramatiq worker process keeps
+    Dramatiq's own handler, which sends its lines to the supervisor)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
@@ -49,16 +66,14 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        # One write per line: print() writes the line and its newline apart, and on an
-        # unbuffered stream two processes sharing one log (Dramatiq's) then interleave.
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=lambda *_: WholeLines(stream),
         cache_logger_on_first_use=False,
     )
     quiet_data_loggers()
     if not libraries:
         return
     # Libraries log through the standard library; give them the same shape and level.
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared)
     )
