@@ -356,6 +356,32 @@ async def test_two_caches_sharing_redis_fetch_once_and_refresh_once(
     await other_process.aclose()
 
 
+async def test_a_token_is_remembered_until_it_is_rejected(fake: FakeWeChat, redis: Redis) -> None:
+    """Each message used to read the token from Redis. A cache now keeps what it read for a
+    moment (here: for the whole test, so that a slow host changes nothing), and a rejection
+    drops it: the retry reads the token another worker has stored meanwhile."""
+    other_process = Redis.from_url(REDIS_URL)
+    ours = AccessTokenCache(settings_for(fake), redis, remember_seconds=3600)
+    theirs = AccessTokenCache(settings_for(fake), other_process)
+    first = await ours.get()
+    await redis.delete(f"bis:wechat:{fake.appid}:token")
+    assert await ours.get() == first and fake.stable_token_calls == 1, "no read, no fetch"
+
+    assert await theirs.get() == first and fake.stable_token_calls == 2  # fetched: the same
+    await theirs.invalidate(first)
+    assert await theirs.get() == first
+    await theirs.invalidate(first)  # rejected again: the other worker forces a new one
+    forced = await theirs.get()
+    assert forced != first and fake.stable_token_calls == 4
+
+    await ours.invalidate(first)  # our next message is refused with the old token ...
+    assert await ours.get() == forced, "... and the retry reads the new one"
+    assert fake.stable_token_calls == 4, "from Redis, not fetched again"
+    for cache in (ours, theirs):
+        await cache.close()
+    await other_process.aclose()
+
+
 async def test_two_senders_sharing_redis_survive_expiry_with_one_refresh(
     fake: FakeWeChat, redis: Redis
 ) -> None:

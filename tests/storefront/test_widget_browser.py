@@ -304,6 +304,10 @@ async def test_a_shopper_subscribes_by_keyboard_confirms_and_is_notified(
     toggle = page.get_by_role("button", name="Notify me when available")
     await expect(toggle).to_be_visible()
     assert await toggle.get_attribute("aria-expanded") == "false"
+    # The outcome's live region is in the accessibility tree before it has anything to say:
+    # a screen reader announces only the changes of a region it already knows.
+    await expect(page.get_by_role("status")).to_have_count(1)
+    await expect(page.get_by_role("status")).to_have_text("")
 
     # By keyboard: Tab from the page's own link reaches the button; Enter opens the form
     # and puts the cursor in the email field.

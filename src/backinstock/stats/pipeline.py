@@ -76,8 +76,7 @@ async def read_figures(session: AsyncSession, settings: Settings, now: datetime)
     for status, channel, rows in await notification_counts(session):
         shown = Status.SENDING.value if status == Status.INFLIGHT.value else status
         counts[(shown, channel or UNKNOWN_CHANNEL)] += rows
-    due, oldest = await due_work(session, now)
-    last_sent = await session.scalar(select(func.max(Notification.sent_at)))
+    scalars = await scalar_figures(session, now)
     doubt = {(c.value, r.value): 0 for c in Channel for r in InDoubt}
     for channel, resolution, messages in await in_doubt_counts(session):
         doubt[(channel or UNKNOWN_CHANNEL, resolution)] = messages
@@ -85,10 +84,10 @@ async def read_figures(session: AsyncSession, settings: Settings, now: datetime)
     return Figures(
         now=now,
         notifications=counts,
-        due=due,
-        oldest_due_age=_age(now, oldest),
-        last_sent_age=None if last_sent is None else _age(now, last_sent),
-        open_waves=await open_wave_count(session),
+        due=scalars.due,
+        oldest_due_age=_age(now, scalars.oldest_due),
+        last_sent_age=None if scalars.last_sent is None else _age(now, scalars.last_sent),
+        open_waves=scalars.open_waves,
         in_doubt=doubt,
         locations=locations,
         location_count=location_count,
@@ -112,21 +111,35 @@ async def notification_counts(session: AsyncSession) -> list[tuple[str, str | No
     return [(status, channel, int(n)) for status, channel, n in rows]
 
 
-async def due_work(session: AsyncSession, now: datetime) -> tuple[int, datetime | None]:
-    """How many pending notifications are due at ``now``, and since when the oldest is."""
+@dataclass(frozen=True)
+class ScalarFigures:
+    due: int  # pending notifications due at the time of the read
+    oldest_due: datetime | None  # since when the oldest of them is due; None: none is
+    last_sent: datetime | None  # the last message sent, ever
+    open_waves: int
+
+
+async def scalar_figures(session: AsyncSession, now: datetime) -> ScalarFigures:
+    """The single-valued figures in one statement (one round trip, one snapshot), each an
+    index look-up: due and the oldest due (``ix_notifications_work``), the last sent
+    (``ix_notifications_sent_at``), the open waves (their partial index)."""
     pending = Notification.status == Status.PENDING
-    due = await session.scalar(
-        select(func.count()).where(pending, Notification.next_attempt_at <= now)
-    )
-    oldest = await session.scalar(select(func.min(Notification.next_attempt_at)).where(pending))
+    row = (
+        await session.execute(
+            select(
+                select(func.count())
+                .where(pending, Notification.next_attempt_at <= now)
+                .scalar_subquery(),
+                select(func.min(Notification.next_attempt_at)).where(pending).scalar_subquery(),
+                select(func.max(Notification.sent_at)).scalar_subquery(),
+                select(func.count()).select_from(Wave).where(text(OPEN_WAVE)).scalar_subquery(),
+            )
+        )
+    ).one()
+    due, oldest, last_sent, open_waves = row
     if oldest is not None and oldest > now:
         oldest = None  # the earliest is not due yet (a retry's backoff, quiet hours)
-    return int(due or 0), oldest
-
-
-async def open_wave_count(session: AsyncSession) -> int:
-    query = select(func.count()).select_from(Wave).where(text(OPEN_WAVE))
-    return int(await session.scalar(query) or 0)
+    return ScalarFigures(int(due or 0), oldest, last_sent, int(open_waves or 0))
 
 
 async def stock_event_ages(

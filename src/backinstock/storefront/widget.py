@@ -21,6 +21,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Every released version, oldest first, with the SRI hash of its file.
 RELEASES: dict[str, str] = {
     "1.0.0": "sha384-tWWbIc1lBfVGN8BjBMnEx7lGJphuZOMUWxhRJfSf759//zJra3jpFSvVY0t8uVZ6",
+    # 1.0.1: the status region stays in the accessibility tree while empty, so a screen
+    # reader announces the outcome (1.0.0 hid it with display:none until it had text).
+    "1.0.1": "sha384-c/ah5xQSL+I42xpbMyIdIPaM0gl5bjwbiQpFcshibMzqTqFMDS6JrVqGyNDbPbmb",
 }
 LATEST = next(reversed(RELEASES))
 

@@ -17,12 +17,13 @@ marks a thousand shoppers in one UPDATE.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import Update, Uuid, case, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -37,6 +38,7 @@ from backinstock.subscriptions.models import (
 
 # Ids per statement where a list of ids is bound as parameters.
 CHUNK = 1000
+_SUBSCRIPTIONS = Subscription.metadata.tables[Subscription.__tablename__]  # Core, for speed
 QueueKey = tuple[int, datetime, uuid.UUID]  # (priority_rank, created_at, id): queue order
 
 
@@ -182,15 +184,25 @@ async def fail_fallbacks_by_index(session: AsyncSession, indexes: list[bytes]) -
 
 
 async def spend_wechat_consents(session: AsyncSession, subscription_ids: list[uuid.UUID]) -> None:
-    """A WeChat subscribe message was sent to each: every consent allows exactly one.
-    (Ids bound as one array: this runs with every group commit of a WeChat wave, and an
-    ``IN`` list is a new statement for PostgreSQL to plan at every length.)"""
+    """A WeChat subscribe message was sent to each: every consent allows exactly one."""
     if subscription_ids:
-        await session.execute(
-            update(Subscription)
-            .where(db.among(session, Subscription.id, subscription_ids))
-            .values(wechat_consents=Subscription.wechat_consents - 1)
-        )
+        dialect = db.dialect_name(session)
+        rows = db.rows_params(dialect, "spent", id=list(subscription_ids))
+        await session.execute(_spend_statement(dialect), rows)
+
+
+@functools.cache
+def _spend_statement(dialect: str) -> Update:
+    """Built once per backend, as Core: this runs with every group commit of a WeChat wave.
+    Ids bound as one array (an ``IN`` list is a new statement for PostgreSQL to plan at
+    every length), and no ORM statement (whose session synchronisation compiled the
+    condition anew at each run, the largest cost of a WeChat commit)."""
+    spent = db.rows_table(dialect, "spent", id=Uuid)
+    return (
+        update(_SUBSCRIPTIONS)
+        .where(_SUBSCRIPTIONS.c.id == spent.c.id, db.in_rows(dialect, "spent", _SUBSCRIPTIONS.c.id))
+        .values(wechat_consents=_SUBSCRIPTIONS.c.wechat_consents - 1)
+    )
 
 
 async def reseal(

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator
+from functools import cache
 from typing import Any
 
 import httpx
@@ -36,6 +38,14 @@ def _install_redaction() -> None:
         httpx_log.addFilter(_RedactAccessToken())
 
 
+@cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default verification (certifi's CAs), made once per process: every client
+    made its own, and loading the CA bundle cost about 30 ms of CPU each, paid by the first
+    messages of a wave (a sender has a client per lane)."""
+    return httpx.create_ssl_context()
+
+
 class LazyClient:
     """One ``httpx.AsyncClient``, created on first use so that it belongs to the running
     event loop (the worker's), and reused for every request after that."""
@@ -46,12 +56,16 @@ class LazyClient:
             max_connections=connections, max_keepalive_connections=connections
         )
         self._client: httpx.AsyncClient | None = None
+        tls_context()  # at start-up, not on a wave's first message
 
     def get(self) -> httpx.AsyncClient:
         if self._client is None:
             _install_redaction()
             self._client = httpx.AsyncClient(
-                base_url=self._base_url, timeout=HTTP_TIMEOUT, limits=self._limits
+                base_url=self._base_url,
+                timeout=HTTP_TIMEOUT,
+                limits=self._limits,
+                verify=tls_context(),
             )
         return self._client
 

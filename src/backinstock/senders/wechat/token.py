@@ -24,6 +24,11 @@ from backinstock.senders.wechat.client import LazyClient, post_json
 log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/cgi-bin/stable_token"  # noqa: S105 (a URL path, not a secret)
+# A token read from the store is used for this long without asking the store again: the
+# Redis round trip per message was a fair share of a WeChat message's CPU. A token that
+# another worker saw rejected meanwhile is used here at most this long (each rejection
+# drops it, and the message is retried once with a fresh one).
+REMEMBER_SECONDS = 1.0
 
 
 class WeChatTokenError(Exception):
@@ -146,7 +151,12 @@ class AccessTokenCache:
     expires; shared through ``redis`` by every worker when given, else per process."""
 
     def __init__(
-        self, settings: WeChatSettings, redis: Redis | None = None, *, refresh_margin: float = 300
+        self,
+        settings: WeChatSettings,
+        redis: Redis | None = None,
+        *,
+        refresh_margin: float = 300,
+        remember_seconds: float = REMEMBER_SECONDS,
     ) -> None:
         self._settings = settings
         self._margin = refresh_margin
@@ -154,18 +164,28 @@ class AccessTokenCache:
             _RedisStore(redis, settings.wechat_app_id) if redis else _MemoryStore()
         )
         self._http = LazyClient(settings.wechat_api_base, connections=2)
+        self._remember_seconds = remember_seconds
+        self._remembered: tuple[str, float] | None = None  # (token, until: monotonic)
 
     async def get(self) -> str:
+        remembered = self._remembered
+        if remembered is not None and time.monotonic() < remembered[1]:
+            return remembered[0]
         try:
             state = await self._store.read()
             if state is not None and state.token:
-                return state.token
-            return await self._store.single_flight(self._refresh_if_needed)
+                token = state.token
+            else:
+                token = await self._store.single_flight(self._refresh_if_needed)
         except RedisError as exc:
             raise WeChatTokenError("redis") from exc
+        self._remembered = (token, time.monotonic() + self._remember_seconds)
+        return token
 
     async def invalidate(self, token: str) -> None:
         """``token`` was rejected: drop it unless it has already been replaced."""
+        if self._remembered is not None and self._remembered[0] == token:
+            self._remembered = None
         try:
             await self._store.invalidate(token)
         except RedisError as exc:
