@@ -35,6 +35,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def grew(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
 async def test_a_held_wave_shows_as_pending_then_due_then_sent(
     make_client: ClientFactory,
     api_keys: dict[str, str],
@@ -59,16 +63,19 @@ async def test_a_held_wave_shows_as_pending_then_due_then_sent(
     assert value(held, "backinstock_oldest_due_notification_age_seconds") == 0
     assert value(held, "backinstock_waves_open") == 1
     assert ("backinstock_stock_event_age_seconds", (("location", "tmall"),)) in held
-    assert value(held, "backinstock_restock_first_message_seconds_count") == 1, "the email"
-    assert value(held, "backinstock_restock_last_message_seconds_count") == 0, "SMS still held"
+    # The histograms are the process's (an API process has one): counted since `before`.
+    first = "backinstock_restock_first_message_seconds"
+    last = "backinstock_restock_last_message_seconds"
+    assert grew(before, held, f"{first}_count") == 1, "the email"
+    assert grew(before, held, f"{last}_count") == 0, "SMS still held"
     # The embedded workers count in this process: their counters are on the same page.
-    for name, labels, grew in [
+    for name, labels, expected in [
         ("backinstock_quiet_hours_holds_total", {"channel": "sms"}, 4),
         ("backinstock_messages_total", {"channel": "email", "outcome": "sent"}, 1),
         ("backinstock_wave_steps_total", {}, 1),
         ("backinstock_wave_messages_planned_total", {}, 5),
     ]:
-        assert value(held, name, **labels) - value(before, name, **labels) == grew, name
+        assert grew(before, held, name, **labels) == expected, name
 
     window_end = this_hour + timedelta(hours=2)
     clock.advance((window_end - clock.now()).total_seconds() + 120)
@@ -82,11 +89,8 @@ async def test_a_held_wave_shows_as_pending_then_due_then_sent(
     assert value(sent, "backinstock_notifications_due") == 0
     assert value(sent, "backinstock_oldest_due_notification_age_seconds") == 0
     assert value(sent, "backinstock_last_message_sent_age_seconds") >= 0
-    assert value(sent, "backinstock_restock_last_message_seconds_count") == 1
-    grew = value(sent, "backinstock_messages_total", channel="sms", outcome="sent") - value(
-        before, "backinstock_messages_total", channel="sms", outcome="sent"
-    )
-    assert grew == 4
+    assert grew(before, sent, f"{last}_count") == 1
+    assert grew(before, sent, "backinstock_messages_total", channel="sms", outcome="sent") == 4
 
 
 async def test_figures_are_read_at_most_once_per_cache_period(
