@@ -1,17 +1,23 @@
-"""A product's own rules through the API: replaced whole, shown with their sources, refused
-in the one error shape when out of bounds, of the wrong JSON type or unknown, read by admin
-keys only; and a SKU's channels refuse other subscriptions."""
+"""A product's own rules through the API and the command line: replaced whole, shown with
+their sources, refused in the one error shape when out of bounds, of the wrong JSON type
+or unknown, read by admin keys only; and a SKU's channels refuse other subscriptions."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import Result
 
 from backinstock.config import Settings
 from tests.catalog.helpers import SKU, get_policy, policy_path, put_policy
+from tests.commands import invoke
 from tests.helpers import bearer, phone, subscription_body
+
+POLICY_NAMES = ("batch_multiplier", "batch_interval_seconds", "followup_after_seconds", "channels")
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -200,3 +206,56 @@ async def test_a_sku_refuses_subscriptions_on_channels_its_policy_does_not_take(
     assert again.status_code == 422, "a repeat is a subscription on that channel too"
     assert (await put_policy(client, admin, {"channels": None})).status_code == 200
     assert (await _subscribe(client, key, SKU, "sms", 2)).status_code == 201
+
+
+async def run(*args: str) -> Result:
+    """``backinstock ARGS`` in this process, in a thread: a command runs its own event loop."""
+    return await asyncio.to_thread(invoke, *args)
+
+
+async def test_the_policy_command_sets_clears_and_shows_rules(
+    client: httpx.AsyncClient, api_keys: dict[str, str], settings: Settings
+) -> None:
+    admin = api_keys["admin"]
+    made = await run("policy", "set", SKU, "batch_multiplier=2.5", "channels=email,sms")
+    assert made.exit_code == 0, made.stderr
+    assert "batch_multiplier" in made.stdout and "2.5" in made.stdout
+    policy = (await get_policy(client, admin)).json()["policy"]
+    assert policy["batch_multiplier"] == {"value": 2.5, "source": "product"}
+    assert policy["channels"] == {"value": ["sms", "email"], "source": "product"}
+
+    changed = await run("policy", "set", SKU, "followup_after_seconds=7200", "--clear", "channels")
+    assert changed.exit_code == 0, changed.stderr
+    policy = (await get_policy(client, admin)).json()["policy"]
+    assert policy == {
+        **from_settings(settings),
+        "batch_multiplier": {"value": 2.5, "source": "product"},  # kept
+        "followup_after_seconds": {"value": 7200, "source": "product"},
+    }
+
+    for refused in (
+        await run("policy", "set", SKU, "batch_multiplier=0"),
+        await run("policy", "set", SKU, "followup_after_seconds=1.5"),
+    ):
+        assert refused.exit_code == 1 and refused.stdout == ""
+        assert "nothing was changed" in " ".join(refused.stderr.split())
+    unknown = await run("policy", "set", SKU, "hold_seconds=60")
+    assert unknown.exit_code == 2 and "NAME=VALUE" in unknown.stderr
+    assert (await run("policy", "set", SKU, "--clear", "colour")).exit_code == 2
+    assert (await get_policy(client, admin)).json()["policy"] == policy, "nothing changed"
+
+    unset = await run("policy", "set", SKU, "batch_multiplier=null")
+    assert unset.exit_code == 0, unset.stderr
+    shown = await run("policy", "show", SKU)
+    assert shown.exit_code == 0, shown.stderr
+    cells = [
+        [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
+        for line in shown.stdout.splitlines()
+    ]
+    rows = {row[0]: row[1:] for row in cells if row and row[0] in POLICY_NAMES}
+    assert rows == {
+        "batch_multiplier": [f"{settings.waves.batch_multiplier:g}", "settings"],
+        "batch_interval_seconds": [f"{settings.waves.batch_interval_seconds:g}", "settings"],
+        "followup_after_seconds": ["7200", "product"],
+        "channels": ["sms,email,wechat", "settings"],
+    }
