@@ -27,6 +27,7 @@ OWNERS: Mapping[str, str] = {
     "api_keys": "backinstock.auth",
     "products": "backinstock.catalog",
     "product_names": "backinstock.catalog",
+    "product_policies": "backinstock.catalog",
     "subscriptions": "backinstock.subscriptions",
     "subscription_fallbacks": "backinstock.subscriptions",
     "restock_events": "backinstock.restocks",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import structlog
 import typer
+from pydantic import ValidationError
 from rich.console import Console, RenderableType
 from rich.progress import Progress
 from rich.table import Table
@@ -22,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backinstock import db, keyops, migrations
 from backinstock.auth import service as auth
 from backinstock.auth.service import KeyKind, Scope
+from backinstock.catalog import policy as product_policy
+from backinstock.catalog.schemas import PolicyIn, PolicyOut
 from backinstock.config import Settings
 from backinstock.crypto import KeyConfigError, load_keys, new_key_spec
 from backinstock.errors import ApiError, Conflict
@@ -33,6 +38,10 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+policy_app = typer.Typer(
+    help="A product's own rules: settings overridden for one SKU.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
 err = Console(stderr=True)
 _serve_log = structlog.get_logger("backinstock.serve")
 T = TypeVar("T")
@@ -587,3 +596,123 @@ def keys_rotate_data() -> None:
 
     done = asyncio.run(run())
     err.print(f"[green]re-encrypted {done} rows under key '{keys.cipher.newest_key_id}'[/green]")
+
+
+SkuArgument = Annotated[str, typer.Argument(help="The product's SKU.", show_default=False)]
+_SKU = re.compile(r"[!-~]{1,128}")
+
+
+def _checked_sku(sku: str) -> str:
+    if not _SKU.fullmatch(sku):
+        raise typer.BadParameter(
+            "a SKU is 1 to 128 printable ASCII characters without spaces", param_hint="SKU"
+        )
+    return sku
+
+
+def _rule_names() -> str:
+    return ", ".join(product_policy.NAMES)
+
+
+def _rule_value(name: str, raw: str) -> object:
+    """A rule's value as a body would carry it: channels comma-separated, ``null`` for
+    none, numbers as JSON numbers (anything else is left for the rule to refuse)."""
+    if raw == "null":
+        return None
+    if name == "channels":
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _parse_rules(assignments: list[str]) -> dict[str, object]:
+    given: dict[str, object] = {}
+    for assignment in assignments:
+        name, equals, raw = assignment.partition("=")
+        name = name.strip()
+        if not equals or name not in product_policy.NAMES:
+            raise typer.BadParameter(
+                f"expected NAME=VALUE with NAME one of {_rule_names()}", param_hint="RULES"
+            )
+        given[name] = _rule_value(name, raw.strip())
+    return given
+
+
+def _refusal(exc: ValidationError) -> ApiError:
+    reasons = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'rules'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return ApiError(f"Refused, nothing was changed: {reasons}", code="invalid_field")
+
+
+def _print_policy(shown: PolicyOut) -> None:
+    updated = shown.updated_at.isoformat(timespec="seconds") if shown.updated_at else "never"
+    table = Table(
+        "rule", "value", "source", title=shown.sku, caption=f"overrides replaced: {updated}"
+    )
+    for name, rule in shown.policy:
+        value = rule.value
+        text = ",".join(c.value for c in value) if isinstance(value, list) else f"{value:g}"
+        table.add_row(name, text, rule.source.value)
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+
+
+@policy_app.command("show")
+def policy_show(sku: SkuArgument) -> None:
+    """Each rule's value for SKU as it applies now, and its source: `product` (the SKU's
+    own) or `settings`."""
+    sku = _checked_sku(sku)
+    settings = _settings()
+    _ensure_schema(settings)
+    _print_policy(_with_session(settings, lambda s: product_policy.show(s, settings, sku)))
+
+
+@policy_app.command("set")
+def policy_set(
+    sku: SkuArgument,
+    rules: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="NAME=VALUE, e.g. batch_multiplier=2 batch_interval_seconds=300 "
+            "channels=sms,email (VALUE null removes the override).",
+            metavar="[NAME=VALUE]...",
+            show_default=False,
+        ),
+    ] = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--clear", help="Remove this rule's override: the setting applies again. Repeatable."
+        ),
+    ] = None,
+) -> None:
+    """Change some of SKU's rules and keep the others, then show them all. Rules:
+    batch_multiplier, batch_interval_seconds, followup_after_seconds, channels; each takes
+    the setting's own bounds. They apply from the SKU's next wave step, follow-up decision
+    and subscription."""
+    sku = _checked_sku(sku)
+    given = _parse_rules(rules or [])
+    cleared = clear or []
+    for name in cleared:
+        if name not in product_policy.NAMES:
+            raise typer.BadParameter(f"rules are {_rule_names()}", param_hint="--clear")
+    if not given and not cleared:
+        raise typer.BadParameter("give NAME=VALUE or --clear NAME", param_hint="RULES")
+    settings = _settings()
+    _ensure_schema(settings)
+
+    async def change(session: AsyncSession) -> PolicyOut:
+        merged = {**await product_policy.overrides(session, sku), **given}
+        for name in cleared:
+            merged.pop(name, None)
+        try:
+            wanted = PolicyIn.model_validate(merged)
+        except ValidationError as exc:
+            raise _refusal(exc) from None
+        await product_policy.replace(session, sku, wanted, db.utcnow())
+        return await product_policy.show(session, settings, sku)
+
+    _print_policy(_with_session(settings, change))

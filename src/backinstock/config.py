@@ -73,8 +73,11 @@ class CryptoSettings(_Section):
 
 
 class WaveSettings(_Section):
-    batch_multiplier: float = Field(default=1.0, gt=0)
-    batch_interval_seconds: float = Field(default=600, gt=0)
+    # A product's policy takes these bounds too. An interval of at least a second lets a
+    # wave's run end once its due steps are written (a run goes on while a step is due);
+    # the upper bounds keep a step's size and the time of the next one computable.
+    batch_multiplier: float = Field(default=1.0, gt=0, le=1000)
+    batch_interval_seconds: float = Field(default=600, ge=1, le=2_592_000)
     max_notifications: int = Field(default=3, ge=1)
     # How often each worker process looks for lost or due work (waves, expired claims).
     sweep_interval_seconds: float = Field(default=1.0, gt=0)
@@ -211,7 +214,7 @@ class QuietHoursSettings(_Section):
 
 
 class ConversionSettings(_Section):
-    followup_after_seconds: int = Field(default=259_200, ge=0)
+    followup_after_seconds: int = Field(default=259_200, ge=0, le=31_536_000)
     attribution_window_seconds: int = Field(default=604_800, ge=0)
     # Generated codes are the prefix plus 8 characters, stored in a String(64) column.
     coupon_prefix: str = Field(default="BIS-", max_length=32)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Interval,
     MetaData,
     String,
     Uuid,
@@ -235,6 +236,23 @@ def insert_for(session: AsyncSession, table: Any) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table)
+
+
+def seconds_before(
+    session: AsyncSession, moment: datetime, seconds: ColumnElement[int]
+) -> ColumnElement[datetime]:
+    """``moment`` less a whole number of seconds that each row says, in SQL: a set-based
+    statement compares every row with its own delay (``sent_at <= seconds_before(…)``).
+
+    SQLite keeps a UTC datetime as ``YYYY-MM-DD HH:MM:SS.ffffff`` text: whole seconds are
+    taken from the first 19 characters by ``strftime``, and the fraction, which whole
+    seconds leave as it is, is put back, so the text compares exactly with the column."""
+    at = literal(moment, UTCDateTime)
+    if dialect_name(session) == "postgresql":
+        interval = func.make_interval(0, 0, 0, 0, 0, 0, seconds, type_=Interval())
+        return type_coerce(at - interval, UTCDateTime)
+    shifted = func.strftime("%Y-%m-%d %H:%M:%S", at, func.printf("-%d seconds", seconds))
+    return type_coerce(shifted.op("||")(func.substr(at, 20)), UTCDateTime)
 
 
 def nth_of(

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from backinstock import __version__
 from backinstock.auth.service import KeyCache
+from backinstock.catalog.router import router as catalog_router
 from backinstock.config import Settings
 from backinstock.conversions.router import router as conversions_router
 from backinstock.coupons.router import router as coupons_router
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         subscriptions_router,
         storefront_router,
         restocks_router,
+        catalog_router,
         conversions_router,
         coupons_router,
         privacy_router,

@@ -1,7 +1,7 @@
 """Every domain's tables, imported once so that ``Base.metadata`` is complete."""
 
 from backinstock.auth.models import ApiKey
-from backinstock.catalog.models import Product, ProductName
+from backinstock.catalog.models import Product, ProductName, ProductPolicy
 from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
@@ -24,6 +24,7 @@ __all__ = [
     "Order",
     "Product",
     "ProductName",
+    "ProductPolicy",
     "RestockEvent",
     "StockLevel",
     "Subscription",

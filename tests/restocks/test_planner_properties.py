@@ -1,7 +1,8 @@
 """Property tests of the wave planner on the real database code: whatever the shoppers and
 the sequence of stock levels, steps notify the queue's head in order (VIPs first, then
-registration order), each step's size follows the level, the restock's answer says how many
-its step tells, nobody is told twice in a wave, and a sell-out ends the wave."""
+registration order), each step's size follows the level (times the multiplier, from the
+settings or from the product's own rules), the restock's answer says how many its step
+tells, nobody is told twice in a wave, and a sell-out ends the wave."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text, update
 
 from backinstock import db
+from backinstock.catalog import policy as product_policy
+from backinstock.catalog.schemas import PolicyIn
 from backinstock.config import Settings, WaveSettings
 from backinstock.contacts import Channel
 from backinstock.dispatch.models import Notification
@@ -112,13 +115,26 @@ async def _tick(runtime: Runtime) -> None:
         await _run(runtime, wave_id)
 
 
+async def _own_multiplier(runtime: Runtime, multiplier: float) -> None:
+    """The product's rules set the multiplier (the settings keep theirs)."""
+    async with db.transaction(runtime.sessions) as session:
+        rules = PolicyIn(batch_multiplier=multiplier)
+        await product_policy.replace(session, "P", rules, db.utcnow())
+
+
 async def _scenario(
-    base: Settings, vip_flags: list[bool], steps: list[Action], multiplier: float
+    base: Settings, vip_flags: list[bool], steps: list[Action], multiplier: float, source: str
 ) -> None:
-    wave_settings = WaveSettings(batch_multiplier=multiplier, max_notifications=10)
+    wave_settings = (
+        WaveSettings(batch_multiplier=multiplier, max_notifications=10)
+        if source == "settings"
+        else WaveSettings(max_notifications=10)
+    )
     runtime = Runtime.create(dataclasses.replace(base, waves=wave_settings))
     try:
         await _reset(runtime)
+        if source == "product":
+            await _own_multiplier(runtime, multiplier)
         queue = await _seed(runtime, vip_flags)
         level, expected = 0, 0
         for occurred, (kind, value) in enumerate(steps, start=1):
@@ -162,8 +178,14 @@ async def _scenario(
     vip_flags=st.lists(st.booleans(), min_size=0, max_size=25),
     steps=actions,
     multiplier=st.sampled_from([0.5, 1.0, 1.5]),
+    source=st.sampled_from(["settings", "product"]),
 )
 def test_planner_properties(
-    migrated: str, settings: Settings, vip_flags: list[bool], steps: list[Action], multiplier: float
+    migrated: str,
+    settings: Settings,
+    vip_flags: list[bool],
+    steps: list[Action],
+    multiplier: float,
+    source: str,
 ) -> None:
-    asyncio.run(_scenario(settings, vip_flags, steps, multiplier))
+    asyncio.run(_scenario(settings, vip_flags, steps, multiplier, source))

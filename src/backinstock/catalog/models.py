@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, utcnow
@@ -35,4 +35,22 @@ class ProductName(Base):
     locale: Mapped[str] = mapped_column(String(35), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ProductPolicy(Base):
+    """A SKU's own rules: each column overrides the setting of its name, NULL keeps the
+    setting. Typed columns rather than a document, so set-based statements join them (the
+    follow-ups' due messages compare each one's delay in SQL)."""
+
+    __tablename__ = "product_policies"
+
+    sku: Mapped[str] = mapped_column(
+        String(128), ForeignKey("products.sku", ondelete="CASCADE"), primary_key=True
+    )
+    batch_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    batch_interval_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    followup_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The channels a subscription may use, comma-separated ("sms,email"); NULL: every one.
+    channels: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

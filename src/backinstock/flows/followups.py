@@ -1,6 +1,6 @@
-"""A sent message becomes a coupon follow-up: FOLLOWUP_AFTER_SECONDS after a restock
-message, a shopper who has not bought while the SKU is still in stock gets one coupon, in
-one follow-up message, ever.
+"""A sent message becomes a coupon follow-up: FOLLOWUP_AFTER_SECONDS (or the SKU's own
+``followup_after_seconds``, ``catalog.policy``) after a restock message, a shopper who has
+not bought while the SKU is still in stock gets one coupon, in one follow-up message, ever.
 
 The sweeper calls :func:`plan_due` every tick. Each restock message is decided once
 (``followed_up_at``), under ``FOR UPDATE SKIP LOCKED`` so that any number of workers split
@@ -21,6 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import db
+from backinstock.catalog import policy as product_policy
+from backinstock.catalog.models import ProductPolicy
 from backinstock.config import Settings
 from backinstock.coupons import service as coupons
 from backinstock.coupons.models import Coupon
@@ -61,8 +63,7 @@ async def plan_due(
 
 
 async def _plan(session: AsyncSession, settings: Settings, now: datetime) -> list[uuid.UUID]:
-    cutoff = now - timedelta(seconds=settings.conversion.followup_after_seconds)
-    due = await _due(session, cutoff, settings.conversion.followup_batch)
+    due = await _due(session, settings, now, settings.conversion.followup_batch)
     planned: list[uuid.UUID] = []
     levels: dict[str, int] = {}
     served: set[uuid.UUID] = set()  # a shopper told in two waves is due twice in one batch
@@ -83,7 +84,13 @@ def _wanted(item: Due, level: int) -> bool:
     return item.status == Status.NOTIFIED.value and not item.has_coupon and level > 0
 
 
-async def _due(session: AsyncSession, cutoff: datetime, limit: int) -> list[Due]:
+async def _due(session: AsyncSession, settings: Settings, now: datetime, limit: int) -> list[Due]:
+    """Sent restock messages not yet decided whose SKU's delay (its own, else the setting)
+    has passed. Each row is compared with its SKU's delay in the statement (the policies
+    joined by SKU); the shortest delay of all bounds the scan of the undecided messages'
+    index by ``sent_at``, as a single delay did."""
+    shortest = await product_policy.shortest_followup(session, settings)
+    own_delay = db.seconds_before(session, now, product_policy.followup_after(settings))
     has_coupon = exists().where(Coupon.subscription_id == Notification.subscription_id)
     rows = await session.execute(
         select(
@@ -98,11 +105,13 @@ async def _due(session: AsyncSession, cutoff: datetime, limit: int) -> list[Due]
             has_coupon,
         )
         .join(Subscription, Subscription.id == Notification.subscription_id)
+        .outerjoin(ProductPolicy, ProductPolicy.sku == Notification.sku)
         .where(
             Notification.kind == Kind.RESTOCK,
             Notification.status == MessageStatus.SENT,
             Notification.followed_up_at.is_(None),
-            Notification.sent_at <= cutoff,
+            Notification.sent_at <= now - timedelta(seconds=shortest),
+            Notification.sent_at <= own_delay,
         )
         .order_by(Notification.sent_at)
         .limit(limit)

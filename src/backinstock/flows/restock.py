@@ -4,10 +4,11 @@
    applied; going from 0 to more opens the SKU's wave with its first step due at once, a
    rise while it is open makes the next step due at once, and 0 sells it out. The answer's
    ``first_wave`` is the due step's size, from the sizing the step itself applies
-   (``waves.step_count``).
+   (``waves.step_count``, on the SKU's rules: ``catalog.policy``).
 2. **The step** (:func:`run`, the ``waves.run`` actor): under the wave's lease, the step is
-   sized on the level of that moment, then written in queue order, in chunks that each
-   commit and wake the senders.
+   sized on the level and the SKU's rules (its batch multiplier and interval, or the
+   settings') of that moment, then written in queue order, in chunks that each commit and
+   wake the senders.
 3. **A chunk** (:func:`_write_chunk`): one ``INSERT … SELECT`` of the next shoppers' messages
    (dispatch), one UPDATE counting them against each shopper (subscriptions), one UPDATE of
    the wave's progress (restocks). No shopper row travels to Python and back.
@@ -29,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
 from backinstock import db
+from backinstock.catalog import policy as product_policy
 from backinstock.catalog import service as catalog
 from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings
@@ -115,7 +117,8 @@ async def _move_wave(
 
 async def _first_step(session: AsyncSession, settings: Settings, wave: Wave, level: int) -> int:
     eligible = await eligible_count(session, settings, wave.sku, wave.id)
-    return waves.step_count(settings, wave, level, eligible)
+    rules = await product_policy.effective(session, settings, wave.sku)
+    return waves.step_count(rules, wave, level, eligible)
 
 
 async def sell_out(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> None:
@@ -213,7 +216,8 @@ async def _begin_step(
     if level == 0:
         await sell_out(session, wave.id, now)
         return None
-    waves.begin_step(settings, wave, level, now)
+    rules = await product_policy.effective(session, settings, wave.sku)
+    waves.begin_step(rules, wave, level, now)
     metrics.WAVE_STEPS.inc()
     log.info(
         "wave_step_begun",

@@ -16,6 +16,7 @@ from sqlalchemy import Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from backinstock.catalog.policy import Policy
 from backinstock.config import Settings
 from backinstock.db import new_id
 from backinstock.restocks.models import Wave, WaveStatus
@@ -23,21 +24,26 @@ from backinstock.restocks.models import Wave, WaveStatus
 WaveRow = Row[str, int, int, int, int]  # sku, step, level, planned, target
 
 
-def step_size(settings: Settings, level: int) -> int:
-    """How many shoppers a step at this stock level adds: the level times the multiplier."""
-    return math.ceil(level * settings.waves.batch_multiplier) if level > 0 else 0
+# A wave's target is a 32-bit column; no queue is that long, so the cap changes no step.
+MAX_TARGET = 2**31 - 1
 
 
-def step_target(settings: Settings, wave: Wave, level: int) -> int:
+def step_size(policy: Policy, level: int) -> int:
+    """How many shoppers a step at this stock level adds: the level times the SKU's
+    multiplier."""
+    return math.ceil(level * policy.batch_multiplier) if level > 0 else 0
+
+
+def step_target(policy: Policy, wave: Wave, level: int) -> int:
     """How many shoppers the wave means to have told once its next step, at ``level``, is
     written: what is left of the current step, plus the new step's share."""
-    return max(wave.target, wave.planned) + step_size(settings, level)
+    return min(max(wave.target, wave.planned) + step_size(policy, level), MAX_TARGET)
 
 
-def step_count(settings: Settings, wave: Wave, level: int, eligible: int) -> int:
+def step_count(policy: Policy, wave: Wave, level: int, eligible: int) -> int:
     """How many messages the wave's next step writes, of ``eligible`` shoppers not yet told:
     the sizing :func:`begin_step` applies, bounded by the queue."""
-    return min(eligible, step_target(settings, wave, level) - wave.planned)
+    return min(eligible, step_target(policy, wave, level) - wave.planned)
 
 
 def _lease(settings: Settings) -> timedelta:
@@ -102,12 +108,13 @@ def step_due(wave: Wave, now: datetime) -> bool:
     return wave.next_step_at is not None and wave.next_step_at <= now
 
 
-def begin_step(settings: Settings, wave: Wave, level: int, now: datetime) -> None:
-    """Size the next step on the level of now; the one after is due an interval later."""
+def begin_step(policy: Policy, wave: Wave, level: int, now: datetime) -> None:
+    """Size the next step on the level of now and the SKU's rules of now; the one after is
+    due the SKU's interval later."""
     wave.step += 1
     wave.level = level
-    wave.target = step_target(settings, wave, level)
-    wave.next_step_at = now + timedelta(seconds=settings.waves.batch_interval_seconds)
+    wave.target = step_target(policy, wave, level)
+    wave.next_step_at = now + timedelta(seconds=policy.batch_interval_seconds)
 
 
 async def release(session: AsyncSession, wave_id: uuid.UUID) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from backinstock import contacts, identity
+from backinstock.catalog import policy as product_policy
 from backinstock.catalog import service as catalog
 from backinstock.config import Rate, Settings
 from backinstock.contacts import Channel, InvalidContact
@@ -63,6 +64,19 @@ def _normalized_fallbacks(
             raise InvalidField(f"fallbacks.{i}.contact", "repeats another contact")
         result.append(contact)
     return result
+
+
+async def _check_channels(session: AsyncSession, payload: SubscriptionCreate) -> None:
+    """Refuse a channel the product's policy does not take, primary or fallback."""
+    allowed = await product_policy.allowed_channels(session, payload.sku)
+    if allowed is None:
+        return
+    rule = "this product takes subscriptions on " + ", ".join(c.value for c in allowed) + " only"
+    if payload.channel not in allowed:
+        raise InvalidField("channel", rule)
+    for i, fallback in enumerate(payload.fallbacks):
+        if fallback.channel not in allowed:
+            raise InvalidField(f"fallbacks.{i}.channel", rule)
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,7 @@ async def subscribe(
             else catalog.ProductInfo()
         )
         catalog.check_product(settings.core, product)
+        await _check_channels(session, payload)
     except InvalidField:
         await _check_limits(terms, limiter, client, [])  # invalid requests count too
         raise
