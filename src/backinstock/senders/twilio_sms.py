@@ -149,8 +149,12 @@ class TwilioSmsSender:
     async def _send(
         self, client: Any, limit: asyncio.Semaphore, message: OutgoingMessage, journal: Journal
     ) -> SendResult | None:
-        async with limit:  # in flight: at most `concurrency` creates per event loop
-            return await journal.call(message, lambda: self._create(client, message))
+        while True:
+            async with limit:  # in flight: at most `concurrency` creates per event loop
+                marking = journal.marking(message)
+                if marking is None:
+                    return await journal.call(message, lambda: self._create(client, message))
+            await marking.wait()  # its mark is being committed: not in one of the places
 
     async def _create(self, client: Any, message: OutgoingMessage) -> SendResult:
         try:
