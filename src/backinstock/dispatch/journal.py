@@ -247,9 +247,6 @@ class Journal:
         self.record(results)
         return results
 
-    def marking(self, message: OutgoingMessage) -> asyncio.Event | None:
-        return self._in_commit.get(message.notification_id)
-
     # ---------------------------------------------------------------- the dispatcher's side
     def record(self, results: list[SendResult]) -> None:
         """Queue outcomes for the next group commit (each recorded once)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import uuid
 from collections.abc import Awaitable, Callable
@@ -60,12 +59,6 @@ class Journal(Protocol):
         send: Callable[[list[OutgoingMessage]], Awaitable[list[SendResult]]],
     ) -> list[SendResult]: ...
 
-    def marking(self, message: OutgoingMessage) -> asyncio.Event | None:
-        """Set once the commit already carrying ``message``'s in-flight mark is over; None
-        when no such commit is under way. A sender that limits its calls in flight waits
-        for it without holding one of its places, so that others' calls go meanwhile."""
-        ...
-
 
 class Unrecorded:
     """No journal: every call goes ahead and nothing is recorded (a sender used directly)."""
@@ -81,9 +74,6 @@ class Unrecorded:
         send: Callable[[list[OutgoingMessage]], Awaitable[list[SendResult]]],
     ) -> list[SendResult]:
         return await send(messages)
-
-    def marking(self, message: OutgoingMessage) -> asyncio.Event | None:
-        return None
 
 
 UNRECORDED = Unrecorded()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import re
 import ssl
 from collections.abc import Awaitable
@@ -178,19 +177,11 @@ class SmtpEmailSender:
             envelope = self._envelope(message)
         except ValueError as exc:  # e.g. a line break in a header: the same on every retry
             return _failed(message, Outcome.PERMANENT, "smtp:invalid-message", exc)
-        while True:
-            client = await idle.get()  # in flight: at most one message per pooled connection
-            try:
-                marking = journal.marking(message)
-                if marking is None:
-                    return await journal.call(
-                        message, functools.partial(self._send_on, client, batch, envelope)
-                    )
-            finally:
-                idle.put_nowait(client)
-            # Its mark is being committed: wait for that commit with the connection back in
-            # the pool, for another claim's message meanwhile.
-            await marking.wait()
+        client = await idle.get()  # in flight: at most one message per pooled connection
+        try:
+            return await journal.call(message, lambda: self._send_on(client, batch, envelope))
+        finally:
+            idle.put_nowait(client)
 
     async def _send_on(
         self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope

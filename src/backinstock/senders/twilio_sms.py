@@ -149,12 +149,8 @@ class TwilioSmsSender:
     async def _send(
         self, client: Any, limit: asyncio.Semaphore, message: OutgoingMessage, journal: Journal
     ) -> SendResult | None:
-        while True:
-            async with limit:  # in flight: at most `concurrency` creates per event loop
-                marking = journal.marking(message)
-                if marking is None:
-                    return await journal.call(message, lambda: self._create(client, message))
-            await marking.wait()  # its mark is being committed: not in one of the places
+        async with limit:  # in flight: at most `concurrency` creates per event loop
+            return await journal.call(message, lambda: self._create(client, message))
 
     async def _create(self, client: Any, message: OutgoingMessage) -> SendResult:
         try:

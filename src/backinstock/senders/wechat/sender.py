@@ -113,14 +113,8 @@ class WeChatSender:
         }
 
     async def _send_in_lane(self, message: OutgoingMessage, journal: Journal) -> SendResult | None:
-        while True:
-            async with self._http.client() as client:  # in flight: at most `concurrency`
-                marking = journal.marking(message)
-                if marking is None:
-                    return await journal.call(message, lambda: self._send_guarded(client, message))
-            # Its mark is being committed: wait for that commit without holding a
-            # connection, which another claim's call can use meanwhile.
-            await marking.wait()
+        async with self._http.client() as client:  # in flight: at most `concurrency` at a time
+            return await journal.call(message, lambda: self._send_guarded(client, message))
 
     async def _send_guarded(
         self, client: httpx.AsyncClient, message: OutgoingMessage
