@@ -1,0 +1,203 @@
+"""A product's substitutes: the list an inventory or admin key keeps
+(``/v1/products/{sku}/substitutes``), each shown with whether it is in stock now."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from backinstock import db
+from backinstock.auth import service as auth
+from backinstock.runtime import Runtime
+from tests.conftest import WorkerStarter
+from tests.helpers import bearer
+from tests.workers import settle
+
+SKU = "SKU-1"
+ORIGIN = "https://shop.example"
+
+
+def path(sku: str = SKU) -> str:
+    return f"/v1/products/{sku}/substitutes"
+
+
+async def put(client: httpx.AsyncClient, key: str, body: Any, sku: str = SKU) -> httpx.Response:
+    return await client.put(path(sku), json=body, headers=bearer(key))
+
+
+async def listed(client: httpx.AsyncClient, key: str, sku: str = SKU) -> list[dict[str, Any]]:
+    response = await client.get(path(sku), headers=bearer(key))
+    assert response.status_code == 200, response.text
+    assert response.json()["sku"] == sku
+    return list(response.json()["substitutes"])
+
+
+async def stock(
+    client: httpx.AsyncClient,
+    key: str,
+    sku: str,
+    available: int,
+    *,
+    location: str = "main",
+    product: dict[str, Any] | None = None,
+) -> None:
+    body: dict[str, Any] = {
+        "event_id": uuid.uuid4().hex,
+        "sku": sku,
+        "available": available,
+        "location": location,
+    }
+    if product is not None:
+        body["product"] = product
+    response = await client.post("/v1/restocks", json=body, headers=bearer(key))
+    assert response.status_code == 202, response.text
+
+
+async def shelves(client: httpx.AsyncClient, key: str) -> None:
+    """Four substitutes: A and C in stock (A named in zh-CN and en, C by a default name and
+    at two locations), B sold out again, D never stocked."""
+    await stock(
+        client,
+        key,
+        "ALT-A",
+        3,
+        product={
+            "names": {"zh-CN": "蓝色T恤 M", "en": "Blue T-shirt M"},
+            "url": "https://shop.example/p/a",
+        },
+    )
+    await stock(client, key, "ALT-B", 5, product={"name": "Green T-shirt M"})
+    await stock(client, key, "ALT-B", 0)
+    await stock(client, key, "ALT-C", 0, location="north", product={"name": "Red T-shirt L"})
+    await stock(client, key, "ALT-C", 2, location="south")
+    await settle()
+
+
+# The list itself.
+
+
+async def test_put_replaces_the_list_and_get_shows_it_with_stock(
+    client: httpx.AsyncClient, api_keys: dict[str, str], start_worker: WorkerStarter
+) -> None:
+    start_worker()
+    key = api_keys["inventory"]
+    assert await listed(client, key) == [], "a SKU not known yet has none"
+    await shelves(client, key)
+
+    response = await put(client, key, {"substitutes": ["ALT-D", "ALT-C", "ALT-B", "ALT-A"]})
+    assert response.status_code == 200, response.text
+    expected = [
+        {"sku": "ALT-D", "in_stock": False},
+        {"sku": "ALT-C", "in_stock": True},  # 0 in the north, 2 in the south
+        {"sku": "ALT-B", "in_stock": False},
+        {"sku": "ALT-A", "in_stock": True},
+    ]
+    assert response.json() == {"sku": SKU, "substitutes": expected}
+    assert await listed(client, api_keys["admin"]) == expected
+
+    replaced = await put(client, api_keys["admin"], {"substitutes": ["ALT-A"]})
+    assert replaced.status_code == 200, replaced.text
+    assert await listed(client, key) == [{"sku": "ALT-A", "in_stock": True}]
+    await stock(client, key, "ALT-A", 0)
+    await settle()
+    assert await listed(client, key) == [{"sku": "ALT-A", "in_stock": False}]
+
+    emptied = await put(client, key, {"substitutes": []})
+    assert emptied.json() == {"sku": SKU, "substitutes": []}
+    assert await listed(client, key) == []
+
+
+async def test_ten_is_the_most_and_lists_are_per_product(
+    client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    key = api_keys["inventory"]
+    ten = [f"ALT-{i}" for i in range(10)]
+    assert (await put(client, key, {"substitutes": ten})).status_code == 200
+    assert (await put(client, key, {"substitutes": ["SKU-1"]}, sku="SKU-2")).status_code == 200
+    assert [s["sku"] for s in await listed(client, key)] == ten
+    assert await listed(client, key, sku="SKU-2") == [{"sku": "SKU-1", "in_stock": False}]
+
+
+def _refusals() -> list[Any]:
+    long_sku = "X" * 129
+    return [
+        pytest.param({"substitutes": [f"ALT-{i}" for i in range(11)]}, "substitutes", id="11"),
+        pytest.param({"substitutes": ["ALT-A", SKU]}, "substitutes.1", id="itself"),
+        pytest.param({"substitutes": ["ALT-A", "ALT-B", "ALT-A"]}, "substitutes.2", id="twice"),
+        pytest.param({"substitutes": ["ALT A"]}, "substitutes.0", id="space"),
+        pytest.param({"substitutes": [""]}, "substitutes.0", id="empty-sku"),
+        pytest.param({"substitutes": [long_sku]}, "substitutes.0", id="129-chars"),
+        pytest.param({"substitutes": ["蓝色"]}, "substitutes.0", id="not-ascii"),
+        pytest.param({"substitutes": [42]}, "substitutes.0", id="number"),
+        pytest.param({"substitutes": [None]}, "substitutes.0", id="null-item"),
+        pytest.param({"substitutes": "ALT-A"}, "substitutes", id="a-string"),
+        pytest.param({"substitutes": None}, "substitutes", id="null"),
+        pytest.param({}, "substitutes", id="missing"),
+        pytest.param({"substitutes": [], "note": "x"}, "note", id="extra-field"),
+        pytest.param(["ALT-A"], "body", id="a-list"),
+    ]
+
+
+@pytest.mark.parametrize(("body", "field"), _refusals())
+async def test_every_refusal_is_a_422_naming_the_field_and_keeps_the_list(
+    client: httpx.AsyncClient, api_keys: dict[str, str], body: Any, field: str
+) -> None:
+    key = api_keys["inventory"]
+    assert (await put(client, key, {"substitutes": ["ALT-Z"]})).status_code == 200
+    response = await put(client, key, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_field"
+    assert field in [d["field"] for d in error["details"]], error
+    assert await listed(client, key) == [{"sku": "ALT-Z", "in_stock": False}]
+
+
+async def test_a_sku_in_the_path_is_checked_like_any_sku(
+    client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    key = api_keys["inventory"]
+    response = await client.get(path("X" * 129), headers=bearer(key))
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "sku"
+    slashed = await put(client, key, {"substitutes": ["ALT-A"]}, sku="SHOES/42")
+    assert slashed.status_code == 200, slashed.text
+    encoded = await client.get(path("SHOES%2F42"), headers=bearer(key))
+    assert encoded.json() == {
+        "sku": "SHOES/42",
+        "substitutes": [{"sku": "ALT-A", "in_stock": False}],
+    }
+
+
+@pytest.mark.parametrize("scope", ["subscribe", "stats"])
+async def test_other_scopes_are_refused_403(
+    client: httpx.AsyncClient, api_keys: dict[str, str], scope: str
+) -> None:
+    key = api_keys[scope]
+    for response in (
+        await client.get(path(), headers=bearer(key)),
+        await put(client, key, {"substitutes": ["ALT-A"]}),
+    ):
+        assert response.status_code == 403, response.text
+        error = response.json()["error"]
+        assert error["code"] == "forbidden"
+        assert "'inventory' or 'admin'" in error["message"]
+    assert await listed(client, api_keys["admin"]) == [], "nothing was written"
+
+
+async def test_a_publishable_key_is_refused_and_no_key_or_an_unknown_one_is_401(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    async with db.transaction(runtime.sessions) as session:
+        publishable = await auth.create_key(session, "storefront-page", [], origins=[ORIGIN])
+    page = {**bearer(publishable), "Origin": ORIGIN}
+    refused = await client.put(path(), json={"substitutes": ["ALT-A"]}, headers=page)
+    assert refused.status_code == 403, refused.text
+    assert "publishable key" in refused.json()["error"]["message"]
+    assert (await client.get(path(), headers=page)).status_code == 403
+    assert (await client.get(path())).status_code == 401
+    unknown = await client.get(path(), headers=bearer("bis_unknown"))
+    assert unknown.status_code == 401
+    assert unknown.json()["error"]["code"] == "unauthorized"
