@@ -1,5 +1,7 @@
 """A product's substitutes: the list an inventory or admin key keeps
-(``/v1/products/{sku}/substitutes``), each shown with whether it is in stock now."""
+(``/v1/products/{sku}/substitutes``), and what shoppers are shown of it while the product is
+sold out: the substitutes in stock now, in the order listed, named in their own locale, in
+the subscribe answer."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from backinstock import db
 from backinstock.auth import service as auth
 from backinstock.runtime import Runtime
 from tests.conftest import WorkerStarter
-from tests.helpers import bearer
+from tests.helpers import bearer, phone, subscription_body
 from tests.workers import settle
 
 SKU = "SKU-1"
@@ -54,6 +56,15 @@ async def stock(
         body["product"] = product
     response = await client.post("/v1/restocks", json=body, headers=bearer(key))
     assert response.status_code == 202, response.text
+
+
+async def subscribe(
+    client: httpx.AsyncClient, key: str, n: int, locale: str, sku: str = SKU
+) -> dict[str, Any]:
+    body = subscription_body(sku=sku, contact=phone(n), locale=locale)
+    response = await client.post("/v1/subscriptions", json=body, headers=bearer(key))
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
 
 
 async def shelves(client: httpx.AsyncClient, key: str) -> None:
@@ -201,3 +212,68 @@ async def test_a_publishable_key_is_refused_and_no_key_or_an_unknown_one_is_401(
     unknown = await client.get(path(), headers=bearer("bis_unknown"))
     assert unknown.status_code == 401
     assert unknown.json()["error"]["code"] == "unauthorized"
+
+
+# What shoppers are shown.
+
+
+async def test_the_subscribe_answer_names_substitutes_in_stock_in_order_and_locale(
+    client: httpx.AsyncClient, api_keys: dict[str, str], start_worker: WorkerStarter
+) -> None:
+    start_worker()
+    key = api_keys["all"]
+    await shelves(client, key)
+    listing = {"substitutes": ["ALT-D", "ALT-C", "ALT-B", "ALT-A"]}
+    assert (await put(client, key, listing)).status_code == 200
+
+    zh = await subscribe(client, key, 1, "zh-CN")
+    assert zh["substitutes"] == [
+        {"sku": "ALT-C", "name": "Red T-shirt L", "url": None},
+        {"sku": "ALT-A", "name": "蓝色T恤 M", "url": "https://shop.example/p/a"},
+    ]
+    en_gb = await subscribe(client, key, 2, "en-GB")  # no en-GB name: the language's
+    assert [s["name"] for s in en_gb["substitutes"]] == ["Red T-shirt L", "Blue T-shirt M"]
+    again = await subscribe(client, key, 1, "zh-CN")
+    assert again["id"] == zh["id"] and again["substitutes"] == zh["substitutes"], "a repeat too"
+
+    assert (await put(client, key, {"substitutes": ["ALT-A", "ALT-C"]})).status_code == 200
+    reordered = await subscribe(client, key, 3, "en")
+    assert [s["sku"] for s in reordered["substitutes"]] == ["ALT-A", "ALT-C"]
+
+    assert (await put(client, key, {"substitutes": []})).status_code == 200
+    assert (await subscribe(client, key, 4, "en"))["substitutes"] == []
+
+
+async def test_nothing_is_named_while_the_product_is_in_stock_or_has_no_list(
+    client: httpx.AsyncClient, api_keys: dict[str, str], start_worker: WorkerStarter
+) -> None:
+    start_worker()
+    key = api_keys["all"]
+    await shelves(client, key)
+    assert (await subscribe(client, key, 1, "en"))["substitutes"] == [], "no list"
+    assert (await put(client, key, {"substitutes": ["ALT-A"]})).status_code == 200
+    await stock(client, key, SKU, 4)
+    await settle()
+    assert (await subscribe(client, key, 2, "en"))["substitutes"] == [], "in stock"
+    await stock(client, key, SKU, 0)
+    await settle()
+    assert [s["sku"] for s in (await subscribe(client, key, 3, "en"))["substitutes"]] == ["ALT-A"]
+
+
+async def test_a_web_page_subscribing_is_shown_them_too(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    async with db.transaction(runtime.sessions) as session:
+        publishable = await auth.create_key(session, "storefront-page", [], origins=[ORIGIN])
+    key = api_keys["all"]
+    await stock(client, key, "ALT-A", 1, product={"name": "Blue T-shirt M"})
+    assert (await put(client, key, {"substitutes": ["ALT-A"]})).status_code == 200
+    body = {"sku": SKU, "channel": "email", "contact": "ann@mailbox.example", "locale": "en"}
+    response = await client.post(
+        "/v1/subscriptions", json=body, headers={**bearer(publishable), "Origin": ORIGIN}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "pending"
+    assert response.json()["substitutes"] == [
+        {"sku": "ALT-A", "name": "Blue T-shirt M", "url": None}
+    ]
