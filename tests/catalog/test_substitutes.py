@@ -1,7 +1,7 @@
 """A product's substitutes: the list an inventory or admin key keeps
 (``/v1/products/{sku}/substitutes``), and what shoppers are shown of it while the product is
 sold out: the substitutes in stock now, in the order listed, named in their own locale, in
-the subscribe answer."""
+the subscribe answer and on their own page (``/s/{token}``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from backinstock import db
 from backinstock.auth import service as auth
+from backinstock.identity import SHOPPER_PAGE_TOKEN
 from backinstock.runtime import Runtime
 from tests.conftest import WorkerStarter
 from tests.helpers import bearer, phone, subscription_body
@@ -277,3 +278,49 @@ async def test_a_web_page_subscribing_is_shown_them_too(
     assert response.json()["substitutes"] == [
         {"sku": "ALT-A", "name": "Blue T-shirt M", "url": None}
     ]
+
+
+def page_path(runtime: Runtime, sub: dict[str, Any]) -> str:
+    return f"/s/{runtime.keys.tokens.sign(SHOPPER_PAGE_TOKEN, uuid.UUID(sub['id']))}"
+
+
+def instead_section(html: str, sku: str) -> str:
+    """The part of the page's card for ``sku`` that names its substitutes ('' if none)."""
+    card = html.split(f'<li class="card watch" data-sku="{sku}">', 1)[1].split("</form>", 1)[0]
+    if '<div class="instead">' not in card:
+        return ""
+    return card.split('<div class="instead">', 1)[1].split("</div>", 1)[0]
+
+
+async def test_the_shoppers_page_names_them_in_its_language(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+) -> None:
+    start_worker()
+    key = api_keys["all"]
+    await shelves(client, key)
+    assert (await put(client, key, {"substitutes": ["ALT-B", "ALT-A", "ALT-C"]})).status_code == 200
+    sub = await subscribe(client, key, 1, "zh-CN")
+    await subscribe(client, key, 1, "zh-CN", sku="SKU-2")  # sold out, no list
+    page = page_path(runtime, sub)
+
+    zh = (await client.get(page)).text
+    section = instead_section(zh, SKU)
+    assert "现在有货的替代商品：" in section
+    assert section.index("蓝色T恤 M") < section.index("Red T-shirt L"), "in the order listed"
+    assert '<a href="https://shop.example/p/a" rel="noopener noreferrer">蓝色T恤 M</a>' in section
+    assert '<li data-sku="ALT-C">Red T-shirt L</li>' in section, "no link: the name as text"
+    assert "ALT-B" not in section and "Green" not in section, "sold out: not named"
+    assert instead_section(zh, "SKU-2") == ""
+
+    en = (await client.get(f"{page}?lang=en")).text
+    section = instead_section(en, SKU)
+    assert "In stock now instead:" in section
+    assert ">Blue T-shirt M</a>" in section and "蓝色" not in section
+    assert "Red T-shirt L" in section
+
+    assert (await put(client, key, {"substitutes": []})).status_code == 200
+    emptied = (await client.get(f"{page}?lang=en")).text
+    assert instead_section(emptied, SKU) == "" and "In stock now instead:" not in emptied
