@@ -26,6 +26,7 @@ from backinstock.models import Base
 OWNERS: Mapping[str, str] = {
     "api_keys": "backinstock.auth",
     "products": "backinstock.catalog",
+    "product_substitutes": "backinstock.catalog",
     "product_names": "backinstock.catalog",
     "product_policies": "backinstock.catalog",
     "subscriptions": "backinstock.subscriptions",

@@ -69,6 +69,22 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+def require_any_scope(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A secret key with at least one of ``scopes``."""
+    names = " or ".join(f"'{scope.value}'" for scope in scopes)
+
+    async def dependency(
+        request: Request, session: SessionDep, credentials: BearerDep
+    ) -> Principal:
+        principal = await bearer_principal(request, session, credentials)
+        held = next((scope for scope in scopes if scope.value in principal.scopes), None)
+        if held is None and not principal.publishable:
+            raise Forbidden(f"This API key lacks the {names} scope.")
+        return check_scope(principal, held or scopes[0])
+
+    return dependency
+
+
 async def subscriber(request: Request, session: SessionDep, credentials: BearerDep) -> Principal:
     """A secret key with the ``subscribe`` scope, or a publishable key used from one of its
     origins (the request's ``Origin``, which browsers set and scripts cannot change)."""
@@ -89,3 +105,4 @@ SubscribeKey = Annotated[Principal, Depends(require_scope(Scope.SUBSCRIBE))]
 InventoryKey = Annotated[Principal, Depends(require_scope(Scope.INVENTORY))]
 StatsKey = Annotated[Principal, Depends(require_scope(Scope.STATS))]
 AdminKey = Annotated[Principal, Depends(require_scope(Scope.ADMIN))]
+InventoryOrAdminKey = Annotated[Principal, Depends(require_any_scope(Scope.INVENTORY, Scope.ADMIN))]

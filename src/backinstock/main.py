@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from backinstock import __version__
 from backinstock.auth.service import KeyCache
 from backinstock.catalog.router import router as catalog_router
+from backinstock.catalog.substitutes_router import router as substitutes_router
 from backinstock.config import Settings
 from backinstock.conversions.router import router as conversions_router
 from backinstock.coupons.router import router as coupons_router
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         catalog_router,
         conversions_router,
         coupons_router,
+        substitutes_router,
         privacy_router,
         providers_router,
         stats_router,

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from sqlalchemy import Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.schema import UniqueConstraint
 
 from backinstock.db import Base, UTCDateTime, utcnow
 
@@ -21,6 +22,23 @@ class Product(Base):
     url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     image_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ProductSubstitute(Base):
+    """One of the alternatives named to shoppers while ``sku`` is sold out, in the order
+    listed (``position`` from 0). The substitute need not be a known product yet; whether it
+    is shown depends on its stock level when it would be (``restocks/substitutes.py``).
+    The primary key is the look-up: a SKU's list, in order."""
+
+    __tablename__ = "product_substitutes"
+
+    sku: Mapped[str] = mapped_column(
+        String(128), ForeignKey("products.sku", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(primary_key=True)
+    substitute_sku: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (UniqueConstraint("sku", "substitute_sku"),)
 
 
 class ProductName(Base):

@@ -9,6 +9,9 @@ replying its code. The confirmation is an outbox row like every message (dispatc
 gets at most one confirmation per SKU a day (``dispatch.notifications.take_confirmation_turn``):
 asking again the same day repeats the answer, not the message. A WeChat subscription is
 confirmed by the mini-program's own consent and never waits.
+
+While the SKU is sold out, the answer names its substitutes in stock (restocks, reading
+catalog's list), in the shopper's locale.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from backinstock.config import Settings
 from backinstock.crypto import Keys
 from backinstock.dispatch import notifications
 from backinstock.ratelimit import RateLimiter
+from backinstock.restocks import substitutes
+from backinstock.restocks.substitutes import Substitute
 from backinstock.subscriptions import service as subscriptions
 from backinstock.subscriptions.models import Status
 from backinstock.subscriptions.schemas import SubscriptionCreate, SubscriptionOut
@@ -35,6 +40,7 @@ class Requested:
     out: SubscriptionOut
     created: bool
     confirmation: uuid.UUID | None  # the confirmation message planned, to wake a sender for
+    substitutes: list[Substitute]  # in stock, while the SKU is sold out
 
 
 async def subscribe(
@@ -50,7 +56,7 @@ async def subscribe(
     now: datetime,
 ) -> Requested:
     """Subscribe (or repeat a subscription), then plan a confirmation for a pending one
-    whose contact has not had one for this SKU today."""
+    whose contact has not had one for this SKU today; name the substitutes in stock."""
     made = await subscriptions.subscribe(
         session, settings, keys, limiter, products, payload, client, terms, now
     )
@@ -61,4 +67,5 @@ async def subscribe(
         confirmation = await notifications.plan_confirmation(
             session, made.out.id, made.out.sku, made.out.channel.value, now
         )
-    return Requested(made.out, made.created, confirmation)
+    shown = await substitutes.shown(session, made.out.sku, payload.locale)
+    return Requested(made.out, made.created, confirmation, shown)

@@ -46,6 +46,7 @@ TEXT: dict[str, dict[str, str]] = {
         "notified": "Back in stock: we told you. You keep your place, number {n} in line, "
         "for the next restock.",
         "stop": "Stop",
+        "substitutes": "In stock now instead:",
         "stop_one": "Stop alerts for {name}",
         "stop_all": "Stop all alerts",
         "stopped": "Stopped: you will not hear from us about {name} again.",
@@ -67,6 +68,7 @@ TEXT: dict[str, dict[str, str]] = {
         "waiting": "目前排在第 {n} 位。",
         "notified": "已到货，我们已通知您。下次补货时您仍排在第 {n} 位。",
         "stop": "停止提醒",
+        "substitutes": "现在有货的替代商品：",
         "stop_one": "停止提醒：「{name}」",
         "stop_all": "全部停止",
         "stopped": "已停止：不会再收到「{name}」的到货通知。",
@@ -126,6 +128,13 @@ def page_locale(
 
 
 @dataclass(frozen=True)
+class Link:
+    name: str
+    url: str | None
+    sku: str
+
+
+@dataclass(frozen=True)
 class Row:
     id: str
     name: str
@@ -134,6 +143,7 @@ class Row:
     state: str
     channel: str
     stop_label: str
+    substitutes: tuple[Link, ...] = ()
 
 
 def _state(t: dict[str, str], alert: Alert) -> str:
@@ -171,6 +181,9 @@ def shopper_page(
                 state=_state(t, alert),
                 channel=CHANNELS[locale][alert.channel],
                 stop_label=t["stop_one"].format(name=name),
+                substitutes=tuple(
+                    Link(s.name or s.sku, _link(s.url), s.sku) for s in alert.substitutes
+                ),
             )
         )
     return _templates.get_template("shopper.html").render(

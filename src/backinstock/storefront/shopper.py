@@ -28,6 +28,8 @@ from backinstock.catalog.service import name_for, names_of, product_name
 from backinstock.config import Settings
 from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import DecryptionError, Keys
+from backinstock.restocks import substitutes
+from backinstock.restocks.substitutes import Substitute
 from backinstock.subscriptions import service as subscriptions
 from backinstock.subscriptions.models import ACTIVE, Status, Subscription
 
@@ -47,6 +49,8 @@ class Alert:
     position: int | None  # the place in line (a pending request's: once confirmed)
     channel: Channel
     created_at: datetime
+    # While the product is sold out: its substitutes in stock now, in the order listed.
+    substitutes: tuple[Substitute, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ async def shopper(
 
 async def alerts(session: AsyncSession, who: Shopper, locale: str) -> list[Alert]:
     """Everything the shopper waits for (pending, waiting or notified), oldest first, each
-    product named in ``locale`` where a name in it (or its language) is known."""
+    product named in ``locale`` where a name in it (or its language) is known, with the
+    substitutes in stock of those sold out (one statement for them all)."""
     if not who.candidates:
         return []
     rows = list(
@@ -111,6 +116,7 @@ async def alerts(session: AsyncSession, who: Shopper, locale: str) -> list[Alert
         product.sku: product
         for product in await session.scalars(select(Product).where(Product.sku.in_(skus)))
     }
+    instead = await substitutes.shown_for(session, skus, locale)
     found = []
     for sub in rows:
         product = products.get(sub.sku)
@@ -126,6 +132,7 @@ async def alerts(session: AsyncSession, who: Shopper, locale: str) -> list[Alert
                 position=await subscriptions.queue_position(session, sub),
                 channel=Channel(sub.channel),
                 created_at=sub.created_at,
+                substitutes=tuple(instead.get(sub.sku, ())),
             )
         )
     return found

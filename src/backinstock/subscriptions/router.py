@@ -16,8 +16,10 @@ from backinstock.subscriptions import service as subscriptions
 from backinstock.subscriptions.models import IN_QUEUE, Priority, Status
 from backinstock.subscriptions.schemas import (
     ConfirmationOut,
+    SubscribedOut,
     SubscriptionCreate,
     SubscriptionOut,
+    SubstituteOut,
 )
 from backinstock.subscriptions.service import Terms
 
@@ -28,9 +30,9 @@ router = APIRouter(tags=["subscriptions"], route_class=StrictJsonRoute)
     "/v1/subscriptions",
     operation_id="createSubscription",
     status_code=status.HTTP_201_CREATED,
-    response_model=SubscriptionOut,
+    response_model=SubscribedOut,
     responses={
-        200: {"model": SubscriptionOut, "description": "Already pending or waiting: the same one"},
+        200: {"model": SubscribedOut, "description": "Already pending or waiting: the same one"},
         **error_responses(400, 401, 403, 413, 422, 429),
     },
 )
@@ -61,7 +63,11 @@ async def create_subscription(
     CORS preflight (`OPTIONS`) is answered 204 for the origins of every publishable key that
     is not revoked (`Access-Control-Allow-Origin`, methods `POST`, headers `Authorization,
     Content-Type`, max age 600 s) and 403 for others; answers to those origins carry the
-    grant, errors included, and expose `Retry-After`."""
+    grant, errors included, and expose `Retry-After`.
+
+    While the SKU is sold out, `substitutes` names those of its substitutes
+    (`PUT /v1/products/{sku}/substitutes`) in stock now, in the order listed, each named in
+    the subscription's locale (else its language, else the default name)."""
     client_ip = request.client.host if request.client else "unknown"
     settings = runtime.settings
     if principal.publishable:
@@ -88,9 +94,16 @@ async def create_subscription(
         db.after_commit(session, lambda: tasks.enqueue(tasks.SEND, ids))
     if created:
         SUBSCRIPTIONS_CREATED.labels(channel=out.channel.value).inc()
+    answer = SubscribedOut.model_construct(
+        **dict(out),
+        substitutes=[
+            SubstituteOut.model_construct(sku=s.sku, name=s.name, url=s.url)
+            for s in requested.substitutes
+        ],
+    )
     # Serialised by pydantic in one step: a dict for JSONResponse costs twice the CPU.
     return Response(
-        out.model_dump_json(),
+        answer.model_dump_json(),
         status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         media_type="application/json",
     )

@@ -148,6 +148,27 @@ class SubscriptionOut(BaseModel):
     updated_at: datetime
 
 
+class SubstituteOut(BaseModel):
+    """A product in stock now that its shop names instead of a sold-out one."""
+
+    sku: str
+    name: str | None = Field(
+        description="In the subscription's locale, else its language, else the default name; "
+        "null when no name is known."
+    )
+    url: str | None
+
+
+class SubscribedOut(SubscriptionOut):
+    """The answer to a subscribe request."""
+
+    substitutes: list[SubstituteOut] = Field(
+        description="While the SKU is sold out: the substitutes its shop listed "
+        "(PUT /v1/products/{sku}/substitutes) that are in stock now, in the order listed. "
+        "Empty when there are none, or when the SKU is in stock."
+    )
+
+
 class ConfirmationOut(BaseModel):
     """A confirmed subscription, as the confirmation link's JSON answer shows it."""
 
