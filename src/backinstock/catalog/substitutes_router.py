@@ -7,13 +7,12 @@ not import subscriptions (subscriptions import catalog)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import substitutes
+from backinstock.catalog.router import SkuPath
 from backinstock.catalog.substitutes import MAX_SUBSTITUTES
 from backinstock.deps import InventoryOrAdminKey, SessionDep
 from backinstock.errors import InvalidField, error_responses
@@ -26,15 +25,6 @@ router = APIRouter(tags=["products"], route_class=StrictJsonRoute)
 
 # ``:path``: a SKU may hold a slash (printable ASCII without spaces), sent as %2F or not.
 SUBSTITUTES_PATH = "/v1/products/{sku:path}/substitutes"
-SkuPath = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=128,
-        pattern=r"^[!-~]+$",
-        description="The product's SKU (printable ASCII without spaces).",
-    ),
-]
 
 
 class SubstitutesIn(RequestBody):
