@@ -34,6 +34,7 @@ OWNERS: Mapping[str, str] = {
     "restock_events": "backinstock.restocks",
     "stock_levels": "backinstock.restocks",
     "waves": "backinstock.restocks",
+    "holds": "backinstock.restocks",
     "notifications": "backinstock.dispatch",
     "confirmations_sent": "backinstock.dispatch",
     "dev_outbox": "backinstock.senders",

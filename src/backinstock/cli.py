@@ -690,9 +690,9 @@ def policy_set(
     ] = None,
 ) -> None:
     """Change some of SKU's rules and keep the others, then show them all. Rules:
-    batch_multiplier, batch_interval_seconds, followup_after_seconds, channels; each takes
-    the setting's own bounds. They apply from the SKU's next wave step, follow-up decision
-    and subscription."""
+    batch_multiplier, batch_interval_seconds, hold_seconds, followup_after_seconds, channels;
+    each takes the setting's own bounds. They apply from the SKU's next wave step, follow-up
+    decision and subscription."""
     sku = _checked_sku(sku)
     given = _parse_rules(rules or [])
     cleared = clear or []

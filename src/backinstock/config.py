@@ -79,6 +79,10 @@ class WaveSettings(_Section):
     batch_multiplier: float = Field(default=1.0, gt=0, le=1000)
     batch_interval_seconds: float = Field(default=600, ge=1, le=2_592_000)
     max_notifications: int = Field(default=3, ge=1)
+    # A told shopper's unit is held this long from the time their message is planned;
+    # 0: no holds (the default: holds pay only once a store's checkout honours them, and
+    # they slow a wave down to its holds' pace). A product's policy may override it.
+    hold_seconds: int = Field(default=0, ge=0, le=2_592_000)
     # How often each worker process looks for lost or due work (waves, expired claims).
     sweep_interval_seconds: float = Field(default=1.0, gt=0)
     # Pending notifications unclaimed for this long get a drain wake-up.

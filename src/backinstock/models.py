@@ -7,7 +7,7 @@ from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import Base
 from backinstock.dispatch.models import ConfirmationSent, Notification
-from backinstock.restocks.models import RestockEvent, StockLevel, Wave
+from backinstock.restocks.models import RestockEvent, StockHold, StockLevel, Wave
 from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 
@@ -26,6 +26,7 @@ __all__ = [
     "ProductName",
     "ProductPolicy",
     "RestockEvent",
+    "StockHold",
     "StockLevel",
     "Subscription",
     "SubscriptionFallback",

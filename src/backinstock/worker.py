@@ -238,11 +238,13 @@ def wake_senders(ids: Sequence[uuid.UUID]) -> None:
 
 
 async def sweep_once(rt: Runtime) -> None:
-    """One tick of the sweeper, at ``rt.clock``'s now: wake due waves, settle lapsed claims,
+    """One tick of the sweeper, at ``rt.clock``'s now: release expired holds (making their
+    waves due), wake due waves, settle lapsed claims,
     plan due follow-ups and drain forgotten work."""
     stale_after = timedelta(seconds=rt.settings.waves.stale_after_seconds)
     now = rt.clock.now()
     async with db.transaction(rt.sessions) as session:
+        await restock.release_expired_holds(session, now)  # their waves are due now
         due_waves = await waves.due(session, now)
         recovered = await outcomes.recover_expired(session, rt.settings.delivery, now)
         stale = await dispatch.stale_pending(session, stale_after, now)

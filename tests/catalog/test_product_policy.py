@@ -17,7 +17,13 @@ from tests.catalog.helpers import SKU, get_policy, policy_path, put_policy
 from tests.commands import invoke
 from tests.helpers import bearer, phone, subscription_body
 
-POLICY_NAMES = ("batch_multiplier", "batch_interval_seconds", "followup_after_seconds", "channels")
+POLICY_NAMES = (
+    "batch_multiplier",
+    "batch_interval_seconds",
+    "hold_seconds",
+    "followup_after_seconds",
+    "channels",
+)
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -27,6 +33,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             "value": settings.waves.batch_interval_seconds,
             "source": "settings",
         },
+        "hold_seconds": {"value": settings.waves.hold_seconds, "source": "settings"},
         "followup_after_seconds": {
             "value": settings.conversion.followup_after_seconds,
             "source": "settings",
@@ -43,13 +50,19 @@ async def test_a_policy_is_replaced_whole_and_each_rule_says_where_it_comes_from
     assert fresh.status_code == 200, fresh.text
     assert fresh.json() == {"sku": SKU, "policy": from_settings(settings), "updated_at": None}
 
-    body = {"batch_multiplier": 2, "followup_after_seconds": 7200, "channels": ["email", "sms"]}
+    body = {
+        "batch_multiplier": 2,
+        "hold_seconds": 900,
+        "followup_after_seconds": 7200,
+        "channels": ["email", "sms"],
+    }
     put = await put_policy(client, admin, body)
     assert put.status_code == 200, put.text
     answer = put.json()
     assert answer["policy"] == {
         **from_settings(settings),
         "batch_multiplier": {"value": 2.0, "source": "product"},
+        "hold_seconds": {"value": 900, "source": "product"},
         "followup_after_seconds": {"value": 7200, "source": "product"},
         "channels": {"value": ["sms", "email"], "source": "product"},  # in the usual order
     }
@@ -86,7 +99,6 @@ async def test_null_removes_an_override(
 
 REFUSED = [
     # Not a rule (or not one yet).
-    ({"hold_seconds": 60}, "hold_seconds"),
     ({"soldout_compensation": "coupon"}, "soldout_compensation"),
     ({"BATCH_MULTIPLIER": 2}, "BATCH_MULTIPLIER"),
     # Out of the settings' bounds.
@@ -96,12 +108,15 @@ REFUSED = [
     ({"batch_interval_seconds": 0}, "batch_interval_seconds"),
     ({"batch_interval_seconds": 0.5}, "batch_interval_seconds"),
     ({"batch_interval_seconds": 2_592_001}, "batch_interval_seconds"),
+    ({"hold_seconds": -1}, "hold_seconds"),
+    ({"hold_seconds": 2_592_001}, "hold_seconds"),
     ({"followup_after_seconds": -1}, "followup_after_seconds"),
     ({"followup_after_seconds": 31_536_001}, "followup_after_seconds"),
     # Of the wrong JSON type.
     ({"batch_multiplier": "2"}, "batch_multiplier"),
     ({"batch_multiplier": True}, "batch_multiplier"),
     ({"batch_interval_seconds": [600]}, "batch_interval_seconds"),
+    ({"hold_seconds": 60.0}, "hold_seconds"),
     ({"followup_after_seconds": 3600.0}, "followup_after_seconds"),
     ({"followup_after_seconds": "3600"}, "followup_after_seconds"),
     ({"channels": "sms"}, "channels"),
@@ -239,7 +254,7 @@ async def test_the_policy_command_sets_clears_and_shows_rules(
     ):
         assert refused.exit_code == 1 and refused.stdout == ""
         assert "nothing was changed" in " ".join(refused.stderr.split())
-    unknown = await run("policy", "set", SKU, "hold_seconds=60")
+    unknown = await run("policy", "set", SKU, "colour=red")
     assert unknown.exit_code == 2 and "NAME=VALUE" in unknown.stderr
     assert (await run("policy", "set", SKU, "--clear", "colour")).exit_code == 2
     assert (await get_policy(client, admin)).json()["policy"] == policy, "nothing changed"
@@ -256,6 +271,7 @@ async def test_the_policy_command_sets_clears_and_shows_rules(
     assert rows == {
         "batch_multiplier": [f"{settings.waves.batch_multiplier:g}", "settings"],
         "batch_interval_seconds": [f"{settings.waves.batch_interval_seconds:g}", "settings"],
+        "hold_seconds": [f"{settings.waves.hold_seconds:g}", "settings"],
         "followup_after_seconds": ["7200", "product"],
         "channels": ["sms,email,wechat", "settings"],
     }

@@ -68,6 +68,7 @@ class ProductPolicy(Base):
     )
     batch_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
     batch_interval_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hold_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     followup_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The channels a subscription may use, comma-separated ("sms,email"); NULL: every one.
     channels: Mapped[str | None] = mapped_column(String(64), nullable=True)

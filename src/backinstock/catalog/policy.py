@@ -4,8 +4,8 @@ overridden for one SKU.
 A rule is named by the setting it overrides, in lower case. Its effective value for a SKU is
 the SKU's override if it has one, else the setting. Whatever applies a rule reads it here, at
 the moment it applies it, so a change takes effect from the next time: the next wave step
-(its size and the time of the one after it), the next restock's answer, the next follow-up
-decision, the next subscription.
+(its size and the time of the one after it), the next chunk's holds, the next restock's
+answer, the next follow-up decision, the next subscription.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Policy:
 
     batch_multiplier: float
     batch_interval_seconds: float
+    hold_seconds: int
     followup_after_seconds: int
     channels: tuple[Channel, ...]
     overridden: frozenset[str] = field(default_factory=frozenset)
@@ -55,6 +56,7 @@ def from_settings(settings: Settings) -> Policy:
     return Policy(
         batch_multiplier=settings.waves.batch_multiplier,
         batch_interval_seconds=settings.waves.batch_interval_seconds,
+        hold_seconds=settings.waves.hold_seconds,
         followup_after_seconds=settings.conversion.followup_after_seconds,
         channels=tuple(Channel),
     )
@@ -63,6 +65,7 @@ def from_settings(settings: Settings) -> Policy:
 _COLUMNS = (
     ProductPolicy.batch_multiplier,
     ProductPolicy.batch_interval_seconds,
+    ProductPolicy.hold_seconds,
     ProductPolicy.followup_after_seconds,
     ProductPolicy.channels,
     ProductPolicy.updated_at,
@@ -99,15 +102,18 @@ async def effective(session: AsyncSession, settings: Settings, sku: str) -> Poli
     row = (await session.execute(_OVERRIDES, {"sku": sku})).first()
     if row is None:
         return base
-    multiplier, interval, followup, channels, updated_at = row
+    multiplier, interval, hold, followup, channels, updated_at = row
     return Policy(
         batch_multiplier=base.batch_multiplier if multiplier is None else multiplier,
         batch_interval_seconds=base.batch_interval_seconds if interval is None else interval,
+        hold_seconds=base.hold_seconds if hold is None else hold,
         followup_after_seconds=base.followup_after_seconds if followup is None else followup,
         channels=base.channels if channels is None else _channels(channels),
         overridden=frozenset(
             name
-            for name, value in zip(NAMES, (multiplier, interval, followup, channels), strict=True)
+            for name, value in zip(
+                NAMES, (multiplier, interval, hold, followup, channels), strict=True
+            )
             if value is not None
         ),
         updated_at=updated_at,
@@ -127,6 +133,7 @@ async def replace(session: AsyncSession, sku: str, rules: PolicyIn, now: datetim
     values = {
         "batch_multiplier": rules.batch_multiplier,
         "batch_interval_seconds": rules.batch_interval_seconds,
+        "hold_seconds": rules.hold_seconds,
         "followup_after_seconds": rules.followup_after_seconds,
         "channels": _stored_channels(rules.channels),
         "updated_at": now,
@@ -150,6 +157,7 @@ def present(sku: str, policy: Policy) -> PolicyOut:
             batch_interval_seconds=NumberRule(
                 value=policy.batch_interval_seconds, source=source("batch_interval_seconds")
             ),
+            hold_seconds=SecondsRule(value=policy.hold_seconds, source=source("hold_seconds")),
             followup_after_seconds=SecondsRule(
                 value=policy.followup_after_seconds, source=source("followup_after_seconds")
             ),

@@ -32,6 +32,7 @@ def setting_bounds(section: type[BaseSettings], name: str) -> annotated_types.In
 # A JSON number for the floats (an integer is one too); never true or "2".
 BatchMultiplier = Annotated[float, Strict(), setting_bounds(WaveSettings, "batch_multiplier")]
 BatchInterval = Annotated[float, Strict(), setting_bounds(WaveSettings, "batch_interval_seconds")]
+HoldSeconds = Annotated[int, Strict(), setting_bounds(WaveSettings, "hold_seconds")]
 FollowupAfter = Annotated[
     int, Strict(), setting_bounds(ConversionSettings, "followup_after_seconds")
 ]
@@ -57,6 +58,11 @@ class PolicyIn(RequestBody):
     batch_interval_seconds: BatchInterval | None = Field(
         default=None,
         description="BATCH_INTERVAL_SECONDS for this SKU: the time from one wave step to the next.",
+    )
+    hold_seconds: HoldSeconds | None = Field(
+        default=None,
+        description="HOLD_SECONDS for this SKU: how long a told shopper's unit is held for "
+        "them after their message is planned (0: no holds).",
     )
     followup_after_seconds: FollowupAfter | None = Field(
         default=None,
@@ -103,6 +109,7 @@ class ChannelsRule(BaseModel):
 class EffectivePolicy(BaseModel):
     batch_multiplier: NumberRule
     batch_interval_seconds: NumberRule
+    hold_seconds: SecondsRule
     followup_after_seconds: SecondsRule
     channels: ChannelsRule
 

@@ -9,6 +9,9 @@ An order converts a subscription for each SKU it contains when, in this order of
 3. the buyer's phone, email or openid (by blind index) or customer id matches a subscription
    to that SKU with a message sent within the window; the latest message wins.
 
+An order whose token names a message with a hold on one of its SKUs consumes that hold
+(restocks), in the same transaction.
+
 ``order_id`` is the idempotency key: the first request stores its answer, a replay gets the
 same answer and changes nothing, and two racing requests with one id write one order.
 """
@@ -47,6 +50,7 @@ from backinstock.fields import refuse_future
 from backinstock.identity import CLICK_TOKEN
 from backinstock.money import money
 from backinstock.ops import metrics
+from backinstock.restocks import holds
 from backinstock.subscriptions import lifecycle
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
 
@@ -94,6 +98,7 @@ async def record(
     coupon_use, coupon_touch = await _redeem_coupon(session, payload, order_pk, occurred)
     window = _window(settings, occurred)
     touches = await _attribute(session, settings, keys, payload, set(lines), window, coupon_touch)
+    await _consume_hold(session, keys, payload, set(lines))
     conversions = [
         await _convert(session, order_pk, sku, touch, lines.get(sku, total), payload, occurred)
         for sku, touch in sorted(touches.items())
@@ -169,6 +174,18 @@ async def _by_token(
     if row is None:
         return {}
     return {row.sku: Touch(row.subscription_id, row.id, row.channel, Method.TRACKED_LINK)}
+
+
+async def _consume_hold(
+    session: AsyncSession, keys: Keys, payload: OrderIn, skus: set[str]
+) -> None:
+    """The order carries the shopper's token: the unit held for them (if the order has its
+    SKU and the hold is still held) is theirs, in the order's transaction."""
+    if not payload.notification_token:
+        return
+    notification_id = keys.tokens.verify(CLICK_TOKEN, payload.notification_token)
+    if notification_id is not None:
+        await holds.consume(session, notification_id, skus)
 
 
 def _customer_digests(settings: Settings, keys: Keys, customer: OrderCustomer) -> list[bytes]:

@@ -10,10 +10,15 @@
    settings') of that moment, then written in queue order, in chunks that each commit and
    wake the senders.
 3. **A chunk** (:func:`_write_chunk`): one ``INSERT … SELECT`` of the next shoppers' messages
-   (dispatch), one UPDATE counting them against each shopper (subscriptions), one UPDATE of
-   the wave's progress (restocks). No shopper row travels to Python and back.
-4. **Sold out** (:func:`sell_out`): the wave closes, its messages not yet claimed are
-   cancelled, and their shoppers get their budget back.
+   (dispatch), one of their holds, until the chunk's time plus the SKU's hold time
+   (restocks; none when it is 0), one UPDATE counting them against each shopper
+   (subscriptions), one UPDATE of the wave's progress (restocks). No shopper row travels
+   to Python and back. A step is sized on the free units: the level less the units held
+   for shoppers told before (``waves.free_units``).
+4. **Sold out** (:func:`sell_out`): the wave closes, its holds end, its messages not yet
+   claimed are cancelled, and their shoppers get their budget back.
+5. **Holds expire** (:func:`release_expired_holds`, from the sweeper's tick): the units are
+   free again, and the wave's next step is due at once.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import exists, func, select, tuple_
@@ -39,8 +44,8 @@ from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Notification
 from backinstock.fields import refuse_future
 from backinstock.ops import metrics
+from backinstock.restocks import holds, waves
 from backinstock.restocks import service as stock
-from backinstock.restocks import waves
 from backinstock.restocks.models import Wave
 from backinstock.restocks.schemas import RestockIn, RestockOut
 from backinstock.subscriptions import lifecycle
@@ -118,15 +123,24 @@ async def _move_wave(
 async def _first_step(session: AsyncSession, settings: Settings, wave: Wave, level: int) -> int:
     eligible = await eligible_count(session, settings, wave.sku, wave.id)
     rules = await product_policy.effective(session, settings, wave.sku)
-    return waves.step_count(rules, wave, level, eligible)
+    held = await holds.held(session, wave.sku, utcnow())
+    return waves.step_count(rules, wave, level, eligible, held)
 
 
 async def sell_out(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> None:
-    """No further steps, and messages not yet handed to a provider are withdrawn (their
-    shoppers keep their notification budget and place)."""
+    """No further steps, the wave's holds end, and messages not yet handed to a provider
+    are withdrawn (their shoppers keep their notification budget and place)."""
     await waves.close(session, wave_id, now)
+    await holds.end(session, wave_id)
     withdrawn = await notifications.cancel_unsent_restock(session, wave_id)
     await lifecycle.withdraw(session, withdrawn)
+
+
+async def release_expired_holds(session: AsyncSession, now: datetime) -> list[uuid.UUID]:
+    """Holds whose time is over release their units (restocks), and each open wave they
+    belonged to has its next step due now, so the next shoppers are told at once instead
+    of at the step interval. Returns those waves, for the caller to wake."""
+    return await waves.make_due_now(session, await holds.release_expired(session, now), now)
 
 
 # ------------------------------------------------------------------------------ the queue
@@ -217,7 +231,8 @@ async def _begin_step(
         await sell_out(session, wave.id, now)
         return None
     rules = await product_policy.effective(session, settings, wave.sku)
-    waves.begin_step(rules, wave, level, now)
+    held = await holds.held(session, wave.sku, now)
+    waves.begin_step(rules, wave, level, now, held)
     metrics.WAVE_STEPS.inc()
     log.info(
         "wave_step_begun",
@@ -225,6 +240,7 @@ async def _begin_step(
         sku=wave.sku,
         step=wave.step,
         level=level,
+        held=held,
         target=wave.target,
         planned=wave.planned,
     )
@@ -280,6 +296,10 @@ async def _write_chunk(
     if not written:  # the queue is exhausted: this step is complete
         await waves.end_step(session, wave_id)
         return [], None
+    rules = await product_policy.effective(session, settings, wave.sku)
+    if rules.hold_seconds > 0:
+        until = now + timedelta(seconds=rules.hold_seconds)
+        await holds.record(session, [notification_id for notification_id, _ in written], until)
     last = await lifecycle.mark_notified(session, [sub_id for _, sub_id in written], now)
     await waves.count_planned(session, wave_id, len(written))
     return sorted(notification_id for notification_id, _ in written), last

@@ -4,7 +4,7 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint, Uuid, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backinstock.db import Base, UTCDateTime, new_id, utcnow
@@ -86,4 +86,42 @@ class Wave(Base):
             sqlite_where=text(OPEN_WAVE),
         ),
         Index("ix_waves_due", "status", "next_step_at"),
+    )
+
+
+class HoldState(enum.StrEnum):
+    HELD = "held"  # the unit waits for its shopper until ``until``
+    CONSUMED = "consumed"  # an order carried the shopper's token
+    ENDED = "ended"  # the SKU sold out
+    RELEASED = "released"  # expired, and its wave's next step made due
+
+
+HELD = f"state = '{HoldState.HELD}'"
+
+
+class StockHold(Base):
+    """A unit kept for one told shopper: one per restock message, from the time the message
+    is planned until ``until``. Held while ``state`` is ``held`` and ``until`` is ahead."""
+
+    __tablename__ = "holds"
+
+    notification_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    wave_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("waves.id", ondelete="CASCADE"))
+    sku: Mapped[str] = mapped_column(String(128))
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16), default=HoldState.HELD.value)
+
+    __table_args__ = (
+        # A SKU's units held now (the stock figure, a step's size).
+        Index(
+            "ix_holds_held_sku",
+            "sku",
+            "until",
+            postgresql_where=text(HELD),
+            sqlite_where=text(HELD),
+        ),
+        # Holds that expired and still wait for the sweeper.
+        Index("ix_holds_held_until", "until", postgresql_where=text(HELD), sqlite_where=text(HELD)),
+        # A sell-out ends its wave's holds.
+        Index("ix_holds_wave", "wave_id"),
     )

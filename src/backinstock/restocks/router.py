@@ -1,16 +1,36 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
 from fastapi.responses import JSONResponse
 
 from backinstock import db, tasks
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
-from backinstock.errors import error_responses
+from backinstock.errors import ApiError, NotFound, error_responses
 from backinstock.flows import restock
-from backinstock.restocks.schemas import RestockIn, RestockOut
+from backinstock.identity import CLICK_TOKEN
+from backinstock.restocks import holds, waves
+from backinstock.restocks import service as stock
+from backinstock.restocks.models import HoldState
+from backinstock.restocks.schemas import HoldOut, RestockIn, RestockOut, StockOut
 from backinstock.strict_json import StrictJsonRoute
 
 router = APIRouter(tags=["stock"], route_class=StrictJsonRoute)
+
+SkuPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]+$",
+        description="The product's SKU (printable ASCII without spaces).",
+    ),
+]
+
+
+class HoldGone(ApiError):
+    status, code = 410, "gone"
 
 
 @router.post(
@@ -34,3 +54,41 @@ async def post_stock_level(
         db.after_commit(session, lambda: tasks.wake_wave(wave_id))
     code = status.HTTP_200_OK if outcome.replay else status.HTTP_202_ACCEPTED
     return JSONResponse(outcome.result.model_dump(mode="json"), status_code=code)
+
+
+@router.get(
+    "/v1/stock/{sku:path}",
+    operation_id="getStock",
+    response_model=StockOut,
+    responses=error_responses(401, 403, 422),
+)
+async def get_stock(
+    sku: SkuPath, session: SessionDep, runtime: RuntimeDep, _: InventoryKey
+) -> StockOut:
+    """The SKU's level, the units held for shoppers told it is back, and the units free
+    for anyone (an unknown SKU has level 0)."""
+    level = await stock.current_level(session, sku)
+    held = await holds.held(session, sku, runtime.clock.now())
+    return StockOut(sku=sku, level=level, held=held, free=waves.free_units(level, held))
+
+
+@router.get(
+    "/v1/holds/{bis_token}",
+    operation_id="getHold",
+    response_model=HoldOut,
+    responses={
+        404: {"description": "Unknown or forged token, or a message without a hold"},
+        410: {"description": "The hold expired, was consumed by an order or ended (sold out)"},
+    },
+)
+async def get_hold(bis_token: str, session: SessionDep, runtime: RuntimeDep) -> HoldOut:
+    """The unit held for the shopper whose tracked link carried ``bis_token`` (the product
+    page's query parameter): the SKU, and until when it is theirs. No key: the token is
+    the shopper's own, so a checkout page can ask."""
+    notification_id = runtime.keys.tokens.verify(CLICK_TOKEN, bis_token)
+    hold = None if notification_id is None else await holds.of_message(session, notification_id)
+    if hold is None:
+        raise NotFound("No hold for this token.")
+    if hold.state != HoldState.HELD or hold.until <= runtime.clock.now():
+        raise HoldGone("This hold expired, was used by an order or ended with a sell-out.")
+    return HoldOut(sku=hold.sku, until=hold.until)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 
@@ -48,3 +49,19 @@ class RestockOut(BaseModel):
         description="Shoppers the step this event started will notify (0 if none)."
     )
     applied: bool = Field(description="False for a late event older than the level it knew.")
+
+
+class StockOut(BaseModel):
+    sku: str
+    level: int = Field(description="The SKU's level: the sum over its locations.")
+    held: int = Field(
+        description="Units held for shoppers told they are back: one per message whose hold "
+        "(HOLD_SECONDS, or the product's hold_seconds) has not expired, been consumed by an "
+        "order carrying its token, or ended with a sell-out."
+    )
+    free: int = Field(description="Units free for anyone: max(level - held, 0).")
+
+
+class HoldOut(BaseModel):
+    sku: str
+    until: datetime = Field(description="When the hold expires, unless an order consumes it.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Row, or_, select, update
@@ -28,8 +29,14 @@ WaveRow = Row[str, int, int, int, int]  # sku, step, level, planned, target
 MAX_TARGET = 2**31 - 1
 
 
+def free_units(level: int, held: int) -> int:
+    """Units nobody is told about yet: the level less the units held for told shoppers."""
+    return max(level - held, 0)
+
+
 def step_size(policy: Policy, level: int) -> int:
-    """How many shoppers a step at this stock level adds: the level times the SKU's
+    """How many shoppers a step adds, on ``level`` free units (the stock level less the
+    units held for shoppers told before, :func:`free_units`): those units times the SKU's
     multiplier."""
     return math.ceil(level * policy.batch_multiplier) if level > 0 else 0
 
@@ -40,10 +47,11 @@ def step_target(policy: Policy, wave: Wave, level: int) -> int:
     return min(max(wave.target, wave.planned) + step_size(policy, level), MAX_TARGET)
 
 
-def step_count(policy: Policy, wave: Wave, level: int, eligible: int) -> int:
-    """How many messages the wave's next step writes, of ``eligible`` shoppers not yet told:
-    the sizing :func:`begin_step` applies, bounded by the queue."""
-    return min(eligible, step_target(policy, wave, level) - wave.planned)
+def step_count(policy: Policy, wave: Wave, level: int, eligible: int, held: int = 0) -> int:
+    """How many messages the wave's next step writes, of ``eligible`` shoppers not yet told,
+    at ``level`` with ``held`` units held: the sizing :func:`begin_step` applies, bounded by
+    the queue."""
+    return min(eligible, step_target(policy, wave, free_units(level, held)) - wave.planned)
 
 
 def _lease(settings: Settings) -> timedelta:
@@ -80,6 +88,22 @@ def make_due(wave: Wave, now: datetime) -> None:
     wave.next_step_at = now
 
 
+async def make_due_now(
+    session: AsyncSession, wave_ids: Sequence[uuid.UUID], now: datetime
+) -> list[uuid.UUID]:
+    """Holds of these waves expired: the open ones' next step is due at once, to tell the
+    next shoppers about the released units. Returns the open waves."""
+    if not wave_ids:
+        return []
+    made_due = await session.scalars(
+        update(Wave)
+        .where(Wave.id.in_(list(wave_ids)), Wave.status == WaveStatus.OPEN)
+        .values(next_step_at=now)
+        .returning(Wave.id)
+    )
+    return list(made_due)
+
+
 async def close(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> None:
     """Sold out: no further steps."""
     await session.execute(
@@ -108,12 +132,12 @@ def step_due(wave: Wave, now: datetime) -> bool:
     return wave.next_step_at is not None and wave.next_step_at <= now
 
 
-def begin_step(policy: Policy, wave: Wave, level: int, now: datetime) -> None:
-    """Size the next step on the level of now and the SKU's rules of now; the one after is
-    due the SKU's interval later."""
+def begin_step(policy: Policy, wave: Wave, level: int, now: datetime, held: int = 0) -> None:
+    """Size the next step on the level of now, less the units ``held`` for shoppers told
+    before, and the SKU's rules of now; the one after is due the SKU's interval later."""
     wave.step += 1
     wave.level = level
-    wave.target = step_target(policy, wave, level)
+    wave.target = step_target(policy, wave, free_units(level, held))
     wave.next_step_at = now + timedelta(seconds=policy.batch_interval_seconds)
 
 
