@@ -38,6 +38,51 @@ def test_gsm7_detection() -> None:
 
 @pytest.mark.parametrize("locale", ["zh-CN", "en"])
 @pytest.mark.parametrize("max_segments", [3, 4])
+@pytest.mark.parametrize("coupon", [None, "SORRY-0001"])
+def test_compensation_sms_stays_within_the_stated_segments(
+    locale: str, max_segments: int, coupon: str | None
+) -> None:
+    context = MessageContext(
+        name="张女士",
+        product_name="超长商品名称" * 40,
+        link=LINK,
+        unsubscribe_url=STOP,
+        level=0,
+        queue_size=123456,
+        page_url=PAGE,
+        kind="compensation",
+        place=123456,
+        coupon_code=coupon,
+        coupon_description="满100减10" if coupon else None,
+    )
+    text = render("sms", locale, context, max_segments).text
+    assert segments(text) <= max_segments, text
+    assert PAGE in text and "123456" in text, "the page and the place are never cut"
+    assert coupon is None or coupon in text
+    assert "超长商品名称" in text
+
+
+def test_a_short_compensation_sms_states_the_place_and_the_coupon() -> None:
+    context = MessageContext(
+        "Ann",
+        "Red T-shirt",
+        LINK,
+        STOP,
+        level=0,
+        queue_size=12,
+        page_url=PAGE,
+        kind="compensation",
+        place=7,
+        coupon_code="SORRY-01",
+    )
+    text = render("sms", "en", context).text
+    assert text.startswith("Ann, sorry: Red T-shirt sold out again. You keep your place: #7")
+    assert "SORRY-01" in text and text.endswith(f"Stop: {PAGE}") and LINK not in text
+    assert segments(text) <= 2 and is_gsm7(text)
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en"])
+@pytest.mark.parametrize("max_segments", [3, 4])
 def test_restock_sms_stays_within_the_stated_segments(locale: str, max_segments: int) -> None:
     # Two links alone fill two UCS-2 segments, so three is the useful floor in Chinese: the
     # shopper's page (which stops this alert or all) stands in for the unsubscribe link.

@@ -655,7 +655,10 @@ def _print_policy(shown: PolicyOut) -> None:
     )
     for name, rule in shown.policy:
         value = rule.value
-        text = ",".join(c.value for c in value) if isinstance(value, list) else f"{value:g}"
+        if isinstance(value, list):
+            text = ",".join(c.value for c in value)
+        else:
+            text = str(value) if isinstance(value, str) else f"{value:g}"
         table.add_row(name, text, rule.source.value)
     Console(width=None if sys.stdout.isatty() else 240).print(table)
 
@@ -677,7 +680,8 @@ def policy_set(
         list[str] | None,
         typer.Argument(
             help="NAME=VALUE, e.g. batch_multiplier=2 batch_interval_seconds=300 "
-            "channels=sms,email (VALUE null removes the override).",
+            "soldout_compensation=coupon channels=sms,email (VALUE null removes the "
+            "override).",
             metavar="[NAME=VALUE]...",
             show_default=False,
         ),
@@ -690,9 +694,10 @@ def policy_set(
     ] = None,
 ) -> None:
     """Change some of SKU's rules and keep the others, then show them all. Rules:
-    batch_multiplier, batch_interval_seconds, hold_seconds, followup_after_seconds, channels;
-    each takes the setting's own bounds. They apply from the SKU's next wave step, follow-up
-    decision and subscription."""
+    batch_multiplier, batch_interval_seconds, hold_seconds, followup_after_seconds,
+    soldout_compensation (off, message or coupon), channels; each takes the setting's own
+    bounds. They apply from the SKU's next wave step, follow-up decision, sell-out and
+    subscription."""
     sku = _checked_sku(sku)
     given = _parse_rules(rules or [])
     cleared = clear or []

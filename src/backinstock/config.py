@@ -217,6 +217,14 @@ class QuietHoursSettings(_Section):
         return time(h1, m1), time(h2, m2)
 
 
+class SoldoutCompensation(enum.StrEnum):
+    """What shoppers still in a wave's queue get when the SKU sells out again."""
+
+    OFF = "off"  # nothing
+    MESSAGE = "message"  # one "sold out again" message per wave, with their place in line
+    COUPON = "coupon"  # the message plus an uploaded coupon code while any is left
+
+
 class ConversionSettings(_Section):
     followup_after_seconds: int = Field(default=259_200, ge=0, le=31_536_000)
     attribution_window_seconds: int = Field(default=604_800, ge=0)
@@ -225,6 +233,8 @@ class ConversionSettings(_Section):
     retention_days: int = Field(default=180, ge=1)
     # Follow-up decisions taken per sweeper tick (each a short transaction).
     followup_batch: int = Field(default=200, ge=1)
+    # A product's policy may override it (``soldout_compensation``).
+    soldout_compensation: SoldoutCompensation = SoldoutCompensation.OFF
 
 
 class MetricsSettings(_Section):

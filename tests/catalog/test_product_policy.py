@@ -22,6 +22,7 @@ POLICY_NAMES = (
     "batch_interval_seconds",
     "hold_seconds",
     "followup_after_seconds",
+    "soldout_compensation",
     "channels",
 )
 
@@ -36,6 +37,10 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "hold_seconds": {"value": settings.waves.hold_seconds, "source": "settings"},
         "followup_after_seconds": {
             "value": settings.conversion.followup_after_seconds,
+            "source": "settings",
+        },
+        "soldout_compensation": {
+            "value": settings.conversion.soldout_compensation.value,
             "source": "settings",
         },
         "channels": {"value": ["sms", "email", "wechat"], "source": "settings"},
@@ -54,6 +59,7 @@ async def test_a_policy_is_replaced_whole_and_each_rule_says_where_it_comes_from
         "batch_multiplier": 2,
         "hold_seconds": 900,
         "followup_after_seconds": 7200,
+        "soldout_compensation": "coupon",
         "channels": ["email", "sms"],
     }
     put = await put_policy(client, admin, body)
@@ -64,6 +70,7 @@ async def test_a_policy_is_replaced_whole_and_each_rule_says_where_it_comes_from
         "batch_multiplier": {"value": 2.0, "source": "product"},
         "hold_seconds": {"value": 900, "source": "product"},
         "followup_after_seconds": {"value": 7200, "source": "product"},
+        "soldout_compensation": {"value": "coupon", "source": "product"},
         "channels": {"value": ["sms", "email"], "source": "product"},  # in the usual order
     }
     assert answer["updated_at"] is not None
@@ -98,8 +105,8 @@ async def test_null_removes_an_override(
 
 
 REFUSED = [
-    # Not a rule (or not one yet).
-    ({"soldout_compensation": "coupon"}, "soldout_compensation"),
+    # Not a rule.
+    ({"sold_out_compensation": "coupon"}, "sold_out_compensation"),
     ({"BATCH_MULTIPLIER": 2}, "BATCH_MULTIPLIER"),
     # Out of the settings' bounds.
     ({"batch_multiplier": 0}, "batch_multiplier"),
@@ -120,6 +127,10 @@ REFUSED = [
     ({"followup_after_seconds": 3600.0}, "followup_after_seconds"),
     ({"followup_after_seconds": "3600"}, "followup_after_seconds"),
     ({"channels": "sms"}, "channels"),
+    # Compensation: one of its three modes, as a string.
+    ({"soldout_compensation": "always"}, "soldout_compensation"),
+    ({"soldout_compensation": "COUPON"}, "soldout_compensation"),
+    ({"soldout_compensation": True}, "soldout_compensation"),
     # Channels: known ones, at least one, each once.
     ({"channels": ["fax"]}, "channels.0"),
     ({"channels": []}, "channels"),
@@ -239,13 +250,22 @@ async def test_the_policy_command_sets_clears_and_shows_rules(
     assert policy["batch_multiplier"] == {"value": 2.5, "source": "product"}
     assert policy["channels"] == {"value": ["sms", "email"], "source": "product"}
 
-    changed = await run("policy", "set", SKU, "followup_after_seconds=7200", "--clear", "channels")
+    changed = await run(
+        "policy",
+        "set",
+        SKU,
+        "followup_after_seconds=7200",
+        "soldout_compensation=message",
+        "--clear",
+        "channels",
+    )
     assert changed.exit_code == 0, changed.stderr
     policy = (await get_policy(client, admin)).json()["policy"]
     assert policy == {
         **from_settings(settings),
         "batch_multiplier": {"value": 2.5, "source": "product"},  # kept
         "followup_after_seconds": {"value": 7200, "source": "product"},
+        "soldout_compensation": {"value": "message", "source": "product"},
     }
 
     for refused in (
@@ -273,5 +293,6 @@ async def test_the_policy_command_sets_clears_and_shows_rules(
         "batch_interval_seconds": [f"{settings.waves.batch_interval_seconds:g}", "settings"],
         "hold_seconds": [f"{settings.waves.hold_seconds:g}", "settings"],
         "followup_after_seconds": ["7200", "product"],
+        "soldout_compensation": ["message", "product"],
         "channels": ["sms,email,wechat", "settings"],
     }

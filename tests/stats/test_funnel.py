@@ -22,7 +22,7 @@ WEEK = {"since": "2026-09-01T00:00:00Z", "until": "2026-09-08T00:00:00Z"}
 SPEC_KEYS = {
     "subscribed", "waiting", "notified", "delivered", "failed", "clicked", "converted",
     "revenue", "currency", "coupons_issued", "coupons_redeemed", "click_rate",
-    "conversion_rate", "median_seconds_restock_to_send",
+    "conversion_rate", "median_seconds_restock_to_send", "compensations_sent",
 }  # fmt: skip
 
 
@@ -52,6 +52,7 @@ async def test_every_figure_of_a_week(
         "revenue_by_currency": {"CNY": "198.50", "USD": "50.00"},
         "coupons_issued": 2,
         "coupons_redeemed": 2,
+        "compensations_sent": 0,
         "click_rate": 0.5,
         "conversion_rate": 0.5,
         "median_seconds_restock_to_send": 25.0,
@@ -78,6 +79,7 @@ async def test_sku_narrows_every_figure(
         "currency": "CNY",
         "coupons_issued": 1,
         "coupons_redeemed": 2,
+        "compensations_sent": 0,
         "click_rate": 0.3333,
         "conversion_rate": 0.3333,
         "median_seconds_restock_to_send": 30.0,
@@ -103,6 +105,7 @@ async def test_channel_narrows_every_figure(
         "currency": "USD",
         "coupons_issued": 1,
         "coupons_redeemed": 0,
+        "compensations_sent": 0,
         "click_rate": 1.0,
         "conversion_rate": 1.0,
         "median_seconds_restock_to_send": 20.0,

@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from backinstock.catalog.models import ProductPolicy
 from backinstock.catalog.schemas import (
     ChannelsRule,
+    CompensationRule,
     EffectivePolicy,
     NumberRule,
     PolicyIn,
@@ -30,7 +31,7 @@ from backinstock.catalog.schemas import (
     Source,
 )
 from backinstock.catalog.service import ProductInfo, upsert_product
-from backinstock.config import Settings
+from backinstock.config import Settings, SoldoutCompensation
 from backinstock.contacts import Channel
 from backinstock.db import insert_for
 
@@ -46,6 +47,7 @@ class Policy:
     batch_interval_seconds: float
     hold_seconds: int
     followup_after_seconds: int
+    soldout_compensation: SoldoutCompensation
     channels: tuple[Channel, ...]
     overridden: frozenset[str] = field(default_factory=frozenset)
     updated_at: datetime | None = None
@@ -58,6 +60,7 @@ def from_settings(settings: Settings) -> Policy:
         batch_interval_seconds=settings.waves.batch_interval_seconds,
         hold_seconds=settings.waves.hold_seconds,
         followup_after_seconds=settings.conversion.followup_after_seconds,
+        soldout_compensation=settings.conversion.soldout_compensation,
         channels=tuple(Channel),
     )
 
@@ -67,6 +70,7 @@ _COLUMNS = (
     ProductPolicy.batch_interval_seconds,
     ProductPolicy.hold_seconds,
     ProductPolicy.followup_after_seconds,
+    ProductPolicy.soldout_compensation,
     ProductPolicy.channels,
     ProductPolicy.updated_at,
 )
@@ -102,17 +106,22 @@ async def effective(session: AsyncSession, settings: Settings, sku: str) -> Poli
     row = (await session.execute(_OVERRIDES, {"sku": sku})).first()
     if row is None:
         return base
-    multiplier, interval, hold, followup, channels, updated_at = row
+    multiplier, interval, hold, followup, compensation, channels, updated_at = row
     return Policy(
         batch_multiplier=base.batch_multiplier if multiplier is None else multiplier,
         batch_interval_seconds=base.batch_interval_seconds if interval is None else interval,
         hold_seconds=base.hold_seconds if hold is None else hold,
         followup_after_seconds=base.followup_after_seconds if followup is None else followup,
+        soldout_compensation=(
+            base.soldout_compensation if compensation is None else SoldoutCompensation(compensation)
+        ),
         channels=base.channels if channels is None else _channels(channels),
         overridden=frozenset(
             name
             for name, value in zip(
-                NAMES, (multiplier, interval, hold, followup, channels), strict=True
+                NAMES,
+                (multiplier, interval, hold, followup, compensation, channels),
+                strict=True,
             )
             if value is not None
         ),
@@ -135,6 +144,9 @@ async def replace(session: AsyncSession, sku: str, rules: PolicyIn, now: datetim
         "batch_interval_seconds": rules.batch_interval_seconds,
         "hold_seconds": rules.hold_seconds,
         "followup_after_seconds": rules.followup_after_seconds,
+        "soldout_compensation": (
+            None if rules.soldout_compensation is None else rules.soldout_compensation.value
+        ),
         "channels": _stored_channels(rules.channels),
         "updated_at": now,
     }
@@ -160,6 +172,9 @@ def present(sku: str, policy: Policy) -> PolicyOut:
             hold_seconds=SecondsRule(value=policy.hold_seconds, source=source("hold_seconds")),
             followup_after_seconds=SecondsRule(
                 value=policy.followup_after_seconds, source=source("followup_after_seconds")
+            ),
+            soldout_compensation=CompensationRule(
+                value=policy.soldout_compensation, source=source("soldout_compensation")
             ),
             channels=ChannelsRule(value=list(policy.channels), source=source("channels")),
         ),

@@ -14,7 +14,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 from pydantic_settings import BaseSettings
 
-from backinstock.config import ConversionSettings, WaveSettings
+from backinstock.config import ConversionSettings, SoldoutCompensation, WaveSettings
 from backinstock.contacts import Channel
 from backinstock.fields import RequestBody
 
@@ -69,6 +69,12 @@ class PolicyIn(RequestBody):
         description="FOLLOWUP_AFTER_SECONDS for this SKU: the delay from a restock message to "
         "its follow-up coupon.",
     )
+    soldout_compensation: SoldoutCompensation | None = Field(
+        default=None,
+        description="SOLDOUT_COMPENSATION for this SKU: when its wave closes on a sell-out, "
+        'shoppers still in its queue get nothing (`off`), one "sold out again" message '
+        "stating their place (`message`), or that message with a coupon (`coupon`).",
+    )
     channels: list[Channel] | None = Field(
         default=None,
         min_length=1,
@@ -101,6 +107,11 @@ class SecondsRule(BaseModel):
     source: Source
 
 
+class CompensationRule(BaseModel):
+    value: SoldoutCompensation
+    source: Source
+
+
 class ChannelsRule(BaseModel):
     value: list[Channel]
     source: Source
@@ -111,6 +122,7 @@ class EffectivePolicy(BaseModel):
     batch_interval_seconds: NumberRule
     hold_seconds: SecondsRule
     followup_after_seconds: SecondsRule
+    soldout_compensation: CompensationRule
     channels: ChannelsRule
 
 

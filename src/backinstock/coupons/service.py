@@ -12,8 +12,10 @@ import secrets
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.selectable import Subquery
 
 from backinstock.coupons.models import Coupon, CouponPool, Redemption
 from backinstock.coupons.schemas import PoolIn, PoolOut
@@ -126,6 +128,61 @@ async def issue(
     if code is not None:
         return str(code)
     return await _generate(session, prefix, values)
+
+
+async def issue_from_pools(
+    session: AsyncSession, sku: str, messages: Subquery, count: int, now: datetime
+) -> int:
+    """Hand uploaded codes to ``messages`` (columns notification_id, subscription_id,
+    channel; at most ``count``), in one UPDATE: the i-th message without a coupon gets the
+    i-th free code (pools for the SKU first, then pools for any SKU, oldest code first).
+    Codes are never generated here: when the pools run dry the rest get none, and a
+    shopper who already holds a coupon (one per subscription, ever) gets no second one.
+    Returns how many were handed out."""
+    if count == 0:
+        return 0
+    held = aliased(Coupon)
+    wanted = (
+        select(
+            messages.c.notification_id,
+            messages.c.subscription_id,
+            messages.c.channel,
+            func.row_number().over(order_by=messages.c.notification_id).label("k"),
+        )
+        .where(~exists().where(held.subscription_id == messages.c.subscription_id))
+        .subquery("wanted")
+    )
+    code = aliased(Coupon)
+    anywhere = CouponPool.sku.is_(None)
+    locked = (
+        select(code.id, anywhere.label("anywhere"), CouponPool.created_at)
+        .join(CouponPool, CouponPool.id == code.pool_id)
+        .where(code.issued_at.is_(None), (CouponPool.sku == sku) | anywhere)
+        .order_by(anywhere, CouponPool.created_at, code.id)
+        .limit(count)
+        .with_for_update(of=code, skip_locked=True)
+        .subquery("locked")
+    )
+    order = (locked.c.anywhere, locked.c.created_at, locked.c.id)
+    free = select(locked.c.id, func.row_number().over(order_by=order).label("k")).subquery("free")
+    pairs = (
+        select(free.c.id, wanted.c.notification_id, wanted.c.subscription_id, wanted.c.channel)
+        .join(wanted, wanted.c.k == free.c.k)
+        .subquery("pairs")
+    )
+    issued = await session.scalars(
+        update(Coupon)
+        .where(Coupon.id == pairs.c.id, Coupon.issued_at.is_(None))
+        .values(
+            subscription_id=pairs.c.subscription_id,
+            notification_id=pairs.c.notification_id,
+            sku=sku,
+            channel=pairs.c.channel,
+            issued_at=now,
+        )
+        .returning(Coupon.id)
+    )
+    return len(list(issued))
 
 
 async def _generate(session: AsyncSession, prefix: str, values: dict[str, object]) -> str:

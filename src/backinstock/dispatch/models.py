@@ -25,6 +25,9 @@ class Kind(enum.StrEnum):
     # "Please confirm": a pending subscription's double opt-in link (and SMS code). In no
     # wave; never held for quiet hours (the shopper asked a moment ago).
     CONFIRMATION = "confirmation"
+    # "Sorry, it sold out again": to each shopper still in the queue when a wave closes
+    # (SOLDOUT_COMPENSATION), once per wave, stating their place; maybe with a coupon.
+    COMPENSATION = "compensation"
 
 
 class Status(enum.StrEnum):
@@ -117,6 +120,8 @@ class Notification(Base):
     step: Mapped[int] = mapped_column(Integer)
     level: Mapped[int] = mapped_column(Integer)  # stock level when planned, for scarcity copy
     queue_size: Mapped[int] = mapped_column(Integer)
+    # A compensation's shopper's place in the SKU's queue when it was planned; else NULL.
+    place: Mapped[int | None] = mapped_column(Integer, nullable=True)
     channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Which of the shopper's contacts to use: 0 the primary, n the fallback of rank n.
     contact_rank: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -118,6 +118,52 @@ async def cancel_unsent_restock(session: AsyncSession, wave_id: uuid.UUID) -> li
     return list(cancelled)
 
 
+async def plan_compensations(
+    session: AsyncSession,
+    wave_id: uuid.UUID,
+    sku: str,
+    queue: Subquery,
+    count: int,
+    now: datetime,
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """One "sold out again" message for each shopper in ``queue`` (columns id, channel and
+    n, their place 1.. in the SKU's queue; ``count`` of them), stating that place; returns
+    (notification, subscription) pairs in queue order. One INSERT … SELECT, as the restock
+    messages; the unique (subscription, wave, kind) key keeps it to one per wave, however
+    often the wave is closed."""
+    if count == 0:
+        return []
+    nth_id = db.nth_of(session, [new_id() for _ in range(count)])
+    columns = {
+        Notification.id: nth_id(queue.c.n),
+        Notification.subscription_id: queue.c.id,
+        Notification.channel: queue.c.channel,
+        Notification.wave_id: literal(wave_id, Uuid),
+        Notification.sku: literal(sku),
+        Notification.kind: literal(Kind.COMPENSATION.value),
+        Notification.step: literal(0),
+        Notification.level: literal(0),
+        Notification.queue_size: literal(count),
+        Notification.place: queue.c.n,
+        Notification.status: literal(Status.PENDING.value),
+        Notification.attempts: literal(0),
+        Notification.next_attempt_at: literal(now, UTCDateTime),
+        Notification.created_at: literal(now, UTCDateTime),
+        Notification.contact_rank: literal(0),
+        Notification.click_count: literal(0),
+    }
+    rows = select(*columns.values()).where(true())
+    stmt = (
+        insert_for(session, Notification)
+        .from_select(list(columns), rows, include_defaults=False)
+        .on_conflict_do_nothing(
+            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
+        )
+        .returning(Notification.id, Notification.subscription_id)
+    )
+    return sorted((r[0], r[1]) for r in await session.execute(stmt))
+
+
 async def plan_followup(
     session: AsyncSession, restock: FollowedUp, *, level: int, now: datetime
 ) -> uuid.UUID:

@@ -29,8 +29,10 @@ class MessageContext:
     level: int
     queue_size: int
     # A follow-up's templates are <locale>.followup.*.j2, a confirmation's
-    # <locale>.confirmation.*.j2.
+    # <locale>.confirmation.*.j2, a compensation's <locale>.compensation.*.j2.
     kind: str = Kind.RESTOCK
+    # A compensation's: the shopper's place in the SKU's queue, which they keep.
+    place: int | None = None
     coupon_code: str | None = None
     coupon_description: str | None = None
     code: str | None = None  # a confirmation's reply code (SMS)
@@ -90,6 +92,8 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "unsubscribe_url": context.unsubscribe_url,
         "scarce": context.scarce,
         "left": context.level,
+        "place": context.place,
+        "waiting": context.queue_size,
         "coupon_code": context.coupon_code,
         "coupon_description": context.coupon_description,
         "code": context.code,

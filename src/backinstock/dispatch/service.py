@@ -58,6 +58,8 @@ from backinstock.subscriptions.models import Status as SubscriptionStatus
 log = structlog.get_logger(__name__)
 
 BATCH = 200
+# The kinds that may carry a coupon: a follow-up always, a compensation while codes last.
+CARRY_COUPONS = frozenset({Kind.FOLLOWUP, Kind.COMPENSATION})
 # Twilio's clock against ours, when looking for a message a crash left in doubt.
 LOOKUP_SKEW = timedelta(minutes=5)
 LOOKUPS_AT_ONCE = 8
@@ -121,7 +123,7 @@ async def prepare(
             .where(Notification.id.in_(ids))
         )
     )
-    coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind == Kind.FOLLOWUP])
+    coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind in CARRY_COUPONS])
     names = await catalog.names_of(session, [n.sku for n, *_ in rows])
     fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
     for fallback in await session.scalars(
@@ -149,7 +151,7 @@ async def prepare(
 async def _coupons_of(
     session: AsyncSession, ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[str, str | None]]:
-    """The coupon (code, description) each follow-up message carries."""
+    """The coupon (code, description) each follow-up or compensation message carries."""
     if not ids:
         return {}
     rows = await session.execute(
@@ -254,6 +256,7 @@ def _message(
         level=notification.level,
         queue_size=notification.queue_size,
         kind=notification.kind,
+        place=notification.place,
         coupon_code=coupon[0] if coupon else None,
         coupon_description=coupon[1] if coupon else None,
         code=confirmation_code(keys, sub.id) if confirming else None,

@@ -16,7 +16,12 @@
    to Python and back. A step is sized on the free units: the level less the units held
    for shoppers told before (``waves.free_units``).
 4. **Sold out** (:func:`sell_out`): the wave closes, its holds end, its messages not yet
-   claimed are cancelled, and their shoppers get their budget back.
+   claimed are cancelled, and their shoppers get their budget back. With
+   SOLDOUT_COMPENSATION (or the SKU's ``soldout_compensation``) on, every shopper still in
+   the SKU's queue (never told in the wave, or told and not bought) gets one "sold out
+   again" message stating their place, planned by one INSERT … SELECT in the sell-out's
+   own transaction (so a closed wave always has its messages: nothing to recover), and
+   for ``coupon`` an uploaded code each while the pools last (one UPDATE).
 5. **Holds expire** (:func:`release_expired_holds`, from the sweeper's tick): the units are
    free again, and the wave's next step is due at once.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -38,10 +43,11 @@ from backinstock import db
 from backinstock.catalog import policy as product_policy
 from backinstock.catalog import service as catalog
 from backinstock.clock import SYSTEM_CLOCK, Clock
-from backinstock.config import Settings
+from backinstock.config import Settings, SoldoutCompensation
+from backinstock.coupons import service as coupons
 from backinstock.db import utcnow
 from backinstock.dispatch import notifications
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Kind, Notification
 from backinstock.fields import refuse_future
 from backinstock.ops import metrics
 from backinstock.restocks import holds, waves
@@ -64,6 +70,8 @@ class RestockOutcome:
     result: RestockOut
     replay: bool
     wave_due: uuid.UUID | None  # a wave whose step the caller should wake a worker for
+    # "Sold out again" messages the sell-out planned, for the caller to wake senders for.
+    compensations: list[uuid.UUID] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ the event
@@ -86,7 +94,10 @@ async def record(session: AsyncSession, settings: Settings, payload: RestockIn) 
         replayed = await stock.stored_answer(session, payload)
         return RestockOutcome(replayed, replay=True, wave_due=None)
     change = await stock.apply_level(session, payload, product, occurred_at, event_id)
-    wave = await _move_wave(session, payload.sku, change, event_id, utcnow())
+    compensations: list[uuid.UUID] = []
+    wave = await _move_wave(
+        session, settings, payload.sku, change, event_id, utcnow(), compensations
+    )
     first_wave = 0 if wave is None else await _first_step(session, settings, wave, change.after)
     result = RestockOut(
         restock_id=event_id,
@@ -97,20 +108,24 @@ async def record(session: AsyncSession, settings: Settings, payload: RestockIn) 
         applied=change.applied,
     )
     await stock.answer_event(session, event_id, result)
-    return RestockOutcome(result, replay=False, wave_due=None if wave is None else wave.id)
+    wave_due = None if wave is None else wave.id
+    return RestockOutcome(result, replay=False, wave_due=wave_due, compensations=compensations)
 
 
 async def _move_wave(
     session: AsyncSession,
+    settings: Settings,
     sku: str,
     change: stock.LevelChange,
     event_id: uuid.UUID,
     now: datetime,
+    compensations: list[uuid.UUID],
 ) -> Wave | None:
-    """Open, advance or sell out the SKU's wave; returns the wave whose step is now due."""
+    """Open, advance or sell out the SKU's wave; returns the wave whose step is now due
+    (a sell-out's compensation messages are added to ``compensations``)."""
     wave = await waves.open_wave_of(session, sku)
     if wave is not None and change.after == 0:
-        await sell_out(session, wave.id, now)
+        compensations.extend(await sell_out(session, settings, wave.id, now))
         return None
     if wave is not None and change.after > change.before:
         waves.make_due(wave, now)
@@ -127,13 +142,62 @@ async def _first_step(session: AsyncSession, settings: Settings, wave: Wave, lev
     return waves.step_count(rules, wave, level, eligible, held)
 
 
-async def sell_out(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> None:
+async def sell_out(
+    session: AsyncSession, settings: Settings, wave_id: uuid.UUID, now: datetime
+) -> list[uuid.UUID]:
     """No further steps, the wave's holds end, and messages not yet handed to a provider
-    are withdrawn (their shoppers keep their notification budget and place)."""
-    await waves.close(session, wave_id, now)
+    are withdrawn (their shoppers keep their notification budget and place). Then the
+    compensation the SKU's rules ask for; returns its messages (none when off)."""
+    sku = await waves.close(session, wave_id, now)
     await holds.end(session, wave_id)
     withdrawn = await notifications.cancel_unsent_restock(session, wave_id)
     await lifecycle.withdraw(session, withdrawn)
+    if sku is None:
+        return []
+    return await _compensate(session, settings, wave_id, sku, now)
+
+
+async def _compensate(
+    session: AsyncSession, settings: Settings, wave_id: uuid.UUID, sku: str, now: datetime
+) -> list[uuid.UUID]:
+    """One "sold out again" message to each shopper still in the SKU's queue, in queue
+    order, stating their place; with ``coupon``, an uploaded code each while any is left.
+    Like a follow-up it neither counts against nor is refused by MAX_NOTIFICATIONS: it
+    answers a message the shopper already had, or one the sell-out kept from them."""
+    mode = (await product_policy.effective(session, settings, sku)).soldout_compensation
+    if mode is SoldoutCompensation.OFF:
+        return []
+    count = await queue_length(session, sku)
+    planned = await notifications.plan_compensations(
+        session, wave_id, sku, _whole_queue(sku), count, now
+    )
+    if mode is SoldoutCompensation.COUPON and planned:
+        messages = (
+            select(
+                Notification.id.label("notification_id"),
+                Notification.subscription_id,
+                Notification.channel,
+            )
+            .where(Notification.wave_id == wave_id, Notification.kind == Kind.COMPENSATION)
+            .subquery("messages")
+        )
+        await coupons.issue_from_pools(session, sku, messages, len(planned), now)
+    log.info("soldout_compensation_planned", wave_id=str(wave_id), sku=sku, messages=len(planned))
+    return [notification_id for notification_id, _ in planned]
+
+
+def _whole_queue(sku: str) -> Subquery:
+    """Every shopper in the SKU's queue (id, channel), numbered 1.. by place."""
+    order = (Subscription.priority_rank, Subscription.created_at, Subscription.id)
+    return (
+        select(
+            Subscription.id,
+            Subscription.channel,
+            func.row_number().over(order_by=order).label("n"),
+        )
+        .where(Subscription.sku == sku, Subscription.status.in_(IN_QUEUE))
+        .subquery("queue")
+    )
 
 
 async def release_expired_holds(session: AsyncSession, now: datetime) -> list[uuid.UUID]:
@@ -210,7 +274,7 @@ async def run(
     written = 0
     while True:
         async with db.transaction(sessions) as session:
-            wave = await _begin_step(session, settings, wave_id, clock.now())
+            wave = await _begin_step(session, settings, wave_id, clock.now(), wake_senders)
             if wave is None:
                 return written
             queue_size = await queue_length(session, wave.sku)
@@ -220,7 +284,11 @@ async def run(
 
 
 async def _begin_step(
-    session: AsyncSession, settings: Settings, wave_id: uuid.UUID, now: datetime
+    session: AsyncSession,
+    settings: Settings,
+    wave_id: uuid.UUID,
+    now: datetime,
+    wake_senders: Callable[[list[uuid.UUID]], None],
 ) -> Wave | None:
     """Take the wave's lease; size a due step on the level of now (0: sold out)."""
     wave = await waves.take_lease(session, settings, wave_id, now)
@@ -228,7 +296,9 @@ async def _begin_step(
         return wave
     level = await stock.current_level(session, wave.sku)
     if level == 0:
-        await sell_out(session, wave.id, now)
+        compensations = await sell_out(session, settings, wave.id, now)
+        if compensations:
+            db.after_commit(session, lambda: wake_senders(compensations))
         return None
     rules = await product_policy.effective(session, settings, wave.sku)
     held = await holds.held(session, wave.sku, now)

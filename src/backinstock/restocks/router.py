@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
@@ -7,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from backinstock import db, tasks
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
+from backinstock.dispatch import service as dispatch
 from backinstock.errors import ApiError, NotFound, error_responses
 from backinstock.flows import restock
 from backinstock.identity import CLICK_TOKEN
@@ -52,8 +54,16 @@ async def post_stock_level(
     if outcome.wave_due is not None:
         wave_id = outcome.wave_due
         db.after_commit(session, lambda: tasks.wake_wave(wave_id))
+    if outcome.compensations:
+        compensations = outcome.compensations
+        db.after_commit(session, lambda: _wake_senders(compensations))
     code = status.HTTP_200_OK if outcome.replay else status.HTTP_202_ACCEPTED
     return JSONResponse(outcome.result.model_dump(mode="json"), status_code=code)
+
+
+def _wake_senders(ids: list[uuid.UUID]) -> None:
+    for start in range(0, len(ids), dispatch.BATCH):
+        tasks.enqueue(tasks.SEND, [str(i) for i in ids[start : start + dispatch.BATCH]])
 
 
 @router.get(

@@ -104,13 +104,16 @@ async def make_due_now(
     return list(made_due)
 
 
-async def close(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> None:
-    """Sold out: no further steps."""
-    await session.execute(
+async def close(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> str | None:
+    """Sold out: no further steps. Returns the wave's SKU if this call closed it (None if
+    it was closed already), so what follows a close happens once."""
+    closed = await session.scalar(
         update(Wave)
-        .where(Wave.id == wave_id)
+        .where(Wave.id == wave_id, Wave.status == WaveStatus.OPEN)
         .values(status=WaveStatus.CLOSED.value, closed_at=now, next_step_at=None, lease_until=None)
+        .returning(Wave.sku)
     )
+    return None if closed is None else str(closed)
 
 
 async def take_lease(

@@ -68,6 +68,10 @@ class Funnel(BaseModel):
     )
     coupons_issued: int = Field(description="Coupons with issued_at in the period.")
     coupons_redeemed: int = Field(description="Coupons with redeemed_at in the period.")
+    compensations_sent: int = Field(
+        description='"Sold out again" messages (SOLDOUT_COMPENSATION) sent with sent_at in '
+        "the period; the coupons they carry count in coupons_issued."
+    )
     click_rate: float = Field(description="clicked / notified, 4 places; 0.0 when none notified.")
     conversion_rate: float = Field(
         description="converted / notified, 4 places; 0.0 when none notified."

@@ -101,6 +101,7 @@ async def funnel(session: AsyncSession, f: Filters, currency: str | None) -> Fun
         revenue_by_currency={code: money(amount) for code, amount in by_currency.items()},
         coupons_issued=issued,
         coupons_redeemed=redeemed,
+        compensations_sent=await _compensations_sent(session, f),
         click_rate=_rate(messages.clicked, messages.notified),
         conversion_rate=_rate(converted, messages.notified),
         median_seconds_restock_to_send=messages.median_seconds,
@@ -154,6 +155,15 @@ async def _messages(session: AsyncSession, f: Filters) -> _Messages:
         clicked=int(row[3]),
         median_seconds=None if median_seconds is None else round(median_seconds, 3),
     )
+
+
+async def _compensations_sent(session: AsyncSession, f: Filters) -> int:
+    query = select(func.count()).where(
+        Notification.kind == Kind.COMPENSATION,
+        *f.narrow(Notification.sku, Notification.channel),
+        sent_in_period(f),
+    )
+    return int(await session.scalar(query) or 0)
 
 
 async def _median_by_offset(session: AsyncSession, f: Filters, count: int) -> float | None:

@@ -22,7 +22,10 @@ DEFAULT_FIELD_MAP: dict[str, str] = {
 }
 _SOURCES = frozenset({"product_name", "status", "text"})
 _STATUS = {"zh": "到货", "en": "In stock"}
-_FOLLOWUP_STATUS = {"zh": "优惠", "en": "Coupon"}
+_KIND_STATUS = {
+    "followup": {"zh": "优惠", "en": "Coupon"},
+    "compensation": {"zh": "售罄", "en": "Sold out"},
+}
 
 # WeChat's per-type limits in characters (docs: subscribeMessage.send, "参数值限制").
 _LIMITS = {
@@ -72,7 +75,7 @@ def _source_value(message: OutgoingMessage, source: str) -> str:
     if source == "product_name":
         return str(message.data.get("product_name") or message.text)
     if source == "status":
-        statuses = _FOLLOWUP_STATUS if message.data.get("kind") == "followup" else _STATUS
+        statuses = _KIND_STATUS.get(str(message.data.get("kind")), _STATUS)
         return statuses["zh" if is_zh(message) else "en"]
     if source == "text":
         return message.text
