@@ -19,6 +19,7 @@ from backinstock.flows import restock
 from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
 from tests.catalog.helpers import put_policy
+from tests.clock import SteppingClock
 from tests.conftest import ClientFactory, WorkerStarter
 from tests.conversions.helpers import (
     SKU,
@@ -29,8 +30,8 @@ from tests.conversions.helpers import (
     subscribe_by_email,
 )
 from tests.helpers import bearer
-from tests.restocks.helpers import outbox_count, post_level
-from tests.workers import settle
+from tests.restocks.helpers import outbox_count, post_level, subscribe_many
+from tests.workers import settle, tick
 
 COMPENSATION = Kind.COMPENSATION.value
 CODE = re.compile(r"SORRY-\d{2}")
@@ -214,3 +215,38 @@ async def test_the_products_rule_wins_over_the_setting(
     compensated = set(await outbox_by_subscription(runtime, kind=COMPENSATION))
     assert compensated == set(told) and not compensated & set(untold)
     assert await _coupons_issued(runtime) == 0
+
+
+async def test_a_wave_sold_out_before_its_step_tells_everyone_in_queue_order_quiet_hours_kept(
+    make_client: ClientFactory,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    clock: SteppingClock,
+) -> None:
+    key = api_keys["all"]
+    client = _client(make_client, runtime, "message")
+    sms = await subscribe_many(client, key, 3, sku=SKU, timezone="UTC")
+    vip = await subscribe_many(client, key, 1, sku=SKU, start=10, timezone="UTC", priority="vip")
+    mail = await subscribe_by_email(client, key, 1)
+    # No worker yet: the wave opens, and sells out before its first step is written.
+    assert (await post_level(client, key, 5, sku=SKU)).status_code == 202
+    assert (await post_level(client, key, 0, sku=SKU, occurred=60)).status_code == 202
+    places = await _places(runtime)
+    assert [places[sub_id] for sub_id in vip + sms + mail] == [1, 2, 3, 4, 5]
+
+    this_hour = clock.now().replace(minute=0, second=0, microsecond=0)
+    window = f"{this_hour.hour:02d}:00-{(this_hour.hour + 2) % 24:02d}:00"
+    start_worker(quiet_hours=window, soldout_compensation="message")
+    await settle()
+    assert set(await outbox_by_subscription(runtime, kind=COMPENSATION)) == set(mail)
+    async with runtime.sessions() as session:
+        held = await session.scalars(
+            select(Notification.subscription_id).where(Notification.error == "quiet_hours")
+        )
+        assert {str(sub_id) for sub_id in held} == set(vip + sms), "SMS waits out quiet hours"
+
+    clock.advance(2 * 3600 + runtime.settings.waves.stale_after_seconds)
+    await tick()
+    assert set(await outbox_by_subscription(runtime, kind=COMPENSATION)) == set(vip + sms + mail)
+    assert await outbox_count(runtime) == 5, "nobody was told it was back"
