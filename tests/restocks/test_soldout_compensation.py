@@ -126,6 +126,13 @@ async def test_with_coupon_everyone_still_in_the_queue_gets_one_message_and_a_di
     funnel = (await client.get("/v1/stats/funnel", headers=bearer(key))).json()
     assert (funnel["compensations_sent"], funnel["coupons_issued"]) == (10, 10)
     assert funnel["notified"] == 5, "compensations are not restock messages"
+    series = await client.get(
+        "/v1/stats/timeseries",
+        params={"metric": "compensations_sent", "interval": "hour"},
+        headers=bearer(key),
+    )
+    assert series.status_code == 200, series.text
+    assert sum(point["value"] for point in series.json()["points"]) == 10
 
 
 async def test_when_the_pool_runs_dry_the_rest_go_without_a_coupon(

@@ -52,9 +52,9 @@ FormatQuery = Annotated[
 
 FUNNEL_CSV = (
     "subscribed,waiting,notified,delivered,failed,clicked,converted,revenue,currency,"
-    "coupons_issued,coupons_redeemed,click_rate,conversion_rate,"
+    "coupons_issued,coupons_redeemed,compensations_sent,click_rate,conversion_rate,"
     "median_seconds_restock_to_send,since,until\r\n"
-    "120,80,100,97,3,41,12,1188.00,CNY,30,4,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
+    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
     "2026-11-22T00:00:00Z\r\n"
 )
 DEMAND_CSV = """sku,product_name,waiting,oldest_waiting_since,restocks,last_restock_at\r
@@ -77,7 +77,10 @@ FUNNEL_DOC = """The marketer's funnel. Every figure counts by its own timestamp 
 - `converted`: distinct subscriptions with a conversion, by `converted_at`; `revenue`: the
   sum of those conversions in `currency` (the `currency` asked for, else the one with the
   most revenue; null when none); `revenue_by_currency` has every currency.
-- `coupons_issued` / `coupons_redeemed`: coupons by `issued_at` / `redeemed_at`.
+- `coupons_issued` / `coupons_redeemed`: coupons by `issued_at` / `redeemed_at` (those of
+  follow-ups and of sold-out compensations alike).
+- `compensations_sent`: "sold out again" messages (`SOLDOUT_COMPENSATION`) sent, by
+  `sent_at`; not part of `notified` or its rates.
 - `click_rate` = clicked / notified, `conversion_rate` = converted / notified (4 places,
   0.0 when nothing was notified).
 - `median_seconds_restock_to_send`: median of `sent_at - created_at` over the notified

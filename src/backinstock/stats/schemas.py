@@ -18,6 +18,7 @@ class Metric(enum.StrEnum):
     REVENUE = "revenue"
     COUPONS_ISSUED = "coupons_issued"
     COUPONS_REDEEMED = "coupons_redeemed"
+    COMPENSATIONS_SENT = "compensations_sent"
 
 
 class Interval(enum.StrEnum):

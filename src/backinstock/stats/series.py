@@ -123,6 +123,11 @@ def _sent(*extra: ColumnElement[bool]) -> Callable[[Filters, str | None], _Sourc
     return source
 
 
+def _compensations_sent(f: Filters, _: str | None) -> _Source:
+    where = [*service.compensation_messages(f), service.sent_in_period(f)]
+    return _Source(Notification.sent_at, func.count(), where)
+
+
 def _failed(f: Filters, _: str | None) -> _Source:
     # Never-sent failures count when created, undelivered ones when sent (as in the funnel).
     n = Notification
@@ -163,4 +168,5 @@ _SOURCES: dict[Metric, Callable[[Filters, str | None], _Source]] = {
     Metric.REVENUE: _revenue,
     Metric.COUPONS_ISSUED: _coupons("issued_at"),
     Metric.COUPONS_REDEEMED: _coupons("redeemed_at"),
+    Metric.COMPENSATIONS_SENT: _compensations_sent,
 }

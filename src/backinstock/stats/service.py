@@ -67,6 +67,13 @@ def restock_messages(f: Filters) -> list[ColumnElement[bool]]:
     return [Notification.kind == Kind.RESTOCK, *f.narrow(Notification.sku, Notification.channel)]
 
 
+def compensation_messages(f: Filters) -> list[ColumnElement[bool]]:
+    return [
+        Notification.kind == Kind.COMPENSATION,
+        *f.narrow(Notification.sku, Notification.channel),
+    ]
+
+
 def seconds_to_send(session: AsyncSession) -> ColumnElement[Any]:
     if dialect_name(session) == "postgresql":
         # date_part gives a float8; extract() gives a numeric since PostgreSQL 14, and sorting
@@ -158,11 +165,7 @@ async def _messages(session: AsyncSession, f: Filters) -> _Messages:
 
 
 async def _compensations_sent(session: AsyncSession, f: Filters) -> int:
-    query = select(func.count()).where(
-        Notification.kind == Kind.COMPENSATION,
-        *f.narrow(Notification.sku, Notification.channel),
-        sent_in_period(f),
-    )
+    query = select(func.count()).where(*compensation_messages(f), sent_in_period(f))
     return int(await session.scalar(query) or 0)
 
 
