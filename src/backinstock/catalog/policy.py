@@ -5,7 +5,8 @@ A rule is named by the setting it overrides, in lower case. Its effective value 
 the SKU's override if it has one, else the setting. Whatever applies a rule reads it here, at
 the moment it applies it, so a change takes effect from the next time: the next wave step
 (its size and the time of the one after it), the next chunk's holds, the next restock's
-answer, the next follow-up decision, the next subscription.
+answer, the next follow-up decision, the next sell-out's compensation, the next
+subscription.
 """
 
 from __future__ import annotations
