@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Uuid, delete, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -66,21 +66,43 @@ async def plan_restock_messages(
     now: datetime,
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """One "it's back" message for each shopper in ``picked`` (columns id, channel and n,
-    their place 1.. in the queue, at most ``limit``); returns (notification, subscription)
-    pairs. One INSERT … SELECT: the shoppers never travel to this process and back. Ids are
-    made here (time-ordered UUIDs, increasing in queue order, so claims follow the queue)
-    and paired with the shoppers by position."""
-    nth_id = db.nth_of(session, [new_id() for _ in range(limit)])
+    their place 1.. in the queue, at most ``limit``), by :func:`_one_each`; returns
+    (notification, subscription) pairs."""
+    return await _one_each(
+        session,
+        picked,
+        limit,
+        now,
+        {
+            Notification.wave_id: literal(wave_id, Uuid),
+            Notification.sku: literal(step.sku),
+            Notification.kind: literal(Kind.RESTOCK.value),
+            Notification.step: literal(step.step),
+            Notification.level: literal(step.level),
+            Notification.queue_size: literal(queue_size),
+        },
+    )
+
+
+async def _one_each(
+    session: AsyncSession,
+    shoppers: Subquery,
+    count: int,
+    now: datetime,
+    fixed: dict[Any, Any],
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """One pending message for each of ``shoppers`` (columns id, channel and n, their place
+    1.., at most ``count``), with the ``fixed`` columns of its kind; returns (notification,
+    subscription) pairs. One INSERT … SELECT: the shoppers never travel to this process and
+    back. Ids are made here (time-ordered UUIDs, increasing in queue order, so claims follow
+    the queue) and paired with the shoppers by position. The unique (subscription, wave,
+    kind) key keeps it to one message of a kind per shopper and wave."""
+    nth_id = db.nth_of(session, [new_id() for _ in range(count)])
     columns = {
-        Notification.id: nth_id(picked.c.n),
-        Notification.subscription_id: picked.c.id,
-        Notification.channel: picked.c.channel,
-        Notification.wave_id: literal(wave_id, Uuid),
-        Notification.sku: literal(step.sku),
-        Notification.kind: literal(Kind.RESTOCK.value),
-        Notification.step: literal(step.step),
-        Notification.level: literal(step.level),
-        Notification.queue_size: literal(queue_size),
+        Notification.id: nth_id(shoppers.c.n),
+        Notification.subscription_id: shoppers.c.id,
+        Notification.channel: shoppers.c.channel,
+        **fixed,
         Notification.status: literal(Status.PENDING.value),
         Notification.attempts: literal(0),
         Notification.next_attempt_at: literal(now, UTCDateTime),
@@ -89,7 +111,7 @@ async def plan_restock_messages(
         Notification.click_count: literal(0),
     }
     # The n-th id by subscript, not by joining a numbered list (which PostgreSQL ran as a
-    # nested loop: limit² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
+    # nested loop: count² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
     rows = select(*columns.values()).where(true())
     stmt = (
         insert_for(session, Notification)
@@ -133,35 +155,22 @@ async def plan_compensations(
     often the wave is closed."""
     if count == 0:
         return []
-    nth_id = db.nth_of(session, [new_id() for _ in range(count)])
-    columns = {
-        Notification.id: nth_id(queue.c.n),
-        Notification.subscription_id: queue.c.id,
-        Notification.channel: queue.c.channel,
-        Notification.wave_id: literal(wave_id, Uuid),
-        Notification.sku: literal(sku),
-        Notification.kind: literal(Kind.COMPENSATION.value),
-        Notification.step: literal(0),
-        Notification.level: literal(0),
-        Notification.queue_size: literal(count),
-        Notification.place: queue.c.n,
-        Notification.status: literal(Status.PENDING.value),
-        Notification.attempts: literal(0),
-        Notification.next_attempt_at: literal(now, UTCDateTime),
-        Notification.created_at: literal(now, UTCDateTime),
-        Notification.contact_rank: literal(0),
-        Notification.click_count: literal(0),
-    }
-    rows = select(*columns.values()).where(true())
-    stmt = (
-        insert_for(session, Notification)
-        .from_select(list(columns), rows, include_defaults=False)
-        .on_conflict_do_nothing(
-            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
-        )
-        .returning(Notification.id, Notification.subscription_id)
+    planned = await _one_each(
+        session,
+        queue,
+        count,
+        now,
+        {
+            Notification.wave_id: literal(wave_id, Uuid),
+            Notification.sku: literal(sku),
+            Notification.kind: literal(Kind.COMPENSATION.value),
+            Notification.step: literal(0),
+            Notification.level: literal(0),
+            Notification.queue_size: literal(count),
+            Notification.place: queue.c.n,
+        },
     )
-    return sorted((r[0], r[1]) for r in await session.execute(stmt))
+    return sorted(planned)
 
 
 async def plan_followup(
