@@ -6,11 +6,6 @@ each of these steps."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
-
-from backinstock.config import SoldoutCompensation
 from backinstock.dispatch.models import Kind
 from backinstock.runtime import Runtime
 from tests.clock import SteppingClock
@@ -22,17 +17,13 @@ from tests.conversions.helpers import (
     post_order,
     subscribe_by_email,
 )
-from tests.helpers import bearer
 from tests.restocks.helpers import post_level
 from tests.restocks.test_holds import HOLD, INTERVAL, hold_of, stock, tokens
+from tests.restocks.test_soldout_compensation import CODE
+from tests.restocks.test_soldout_compensation import _client as compensating_client
+from tests.restocks.test_soldout_compensation import _upload_pool as upload_pool
+from tests.stats.test_funnel import funnel
 from tests.workers import settle, tick
-
-
-async def funnel(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
-    response = await client.get("/v1/stats/funnel", params={"sku": SKU}, headers=bearer(key))
-    assert response.status_code == 200, response.text
-    figures: dict[str, Any] = response.json()
-    return figures
 
 
 async def test_held_units_expire_to_the_next_shoppers_and_a_sell_out_compensates_the_rest(
@@ -43,13 +34,8 @@ async def test_held_units_expire_to_the_next_shoppers_and_a_sell_out_compensates
     start_worker: WorkerStarter,
 ) -> None:
     key = api_keys["all"]
-    conversion = runtime.settings.conversion.model_copy(
-        update={"soldout_compensation": SoldoutCompensation.COUPON}
-    )
-    client = make_client(conversion=conversion)  # the sell-out plans in the API's request
-    pool = {"name": "sorry", "description": "5% off", "codes": [f"S-{i:02d}" for i in range(20)]}
-    uploaded = await client.post("/v1/coupons/pools", json=pool, headers=bearer(key))
-    assert uploaded.status_code == 201, uploaded.text
+    client = compensating_client(make_client, runtime, "coupon")  # the sell-out's request
+    await upload_pool(client, key, 20)
     ids = await subscribe_by_email(client, key, 12)
     start_worker(hold_seconds=HOLD, batch_interval_seconds=INTERVAL, soldout_compensation="coupon")
 
@@ -74,7 +60,7 @@ async def test_held_units_expire_to_the_next_shoppers_and_a_sell_out_compensates
     assert set(told) == set(ids[:8])
     for sub in ids[2:5]:
         assert (await hold_of(client, told[sub])).status_code == 410
-    assert (await funnel(client, key))["notified"] == 8
+    assert (await funnel(client, key, sku=SKU))["notified"] == 8
 
     # Sold out again: every hold ends, and each shopper still waiting (3 told who did not
     # buy, 3 told after them, 4 never told) gets one message, with a coupon of their own.
@@ -83,10 +69,10 @@ async def test_held_units_expire_to_the_next_shoppers_and_a_sell_out_compensates
     assert await stock(client, key) == {"sku": SKU, "level": 0, "held": 0, "free": 0}
     sorry = await outbox_by_subscription(runtime, kind=Kind.COMPENSATION.value)
     assert set(sorry) == set(ids[2:])
-    codes = {body[body.index("S-") : body.index("S-") + 4] for body in sorry.values()}
+    codes = {code for body in sorry.values() for code in CODE.findall(body)}
     assert len(codes) == 10, "a code for each, none twice"
 
-    figures = await funnel(client, key)
+    figures = await funnel(client, key, sku=SKU)
     assert figures["subscribed"] == 12
     assert figures["converted"] == 2
     assert figures["compensations_sent"] == 10
