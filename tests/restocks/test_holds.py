@@ -206,3 +206,27 @@ async def test_a_step_tells_as_many_new_shoppers_as_units_are_free(
     assert await outbox_count(runtime) == 4
     assert await stock(client, key) == {"sku": SKU, "level": 4, "held": 4, "free": 0}
     assert await hold_count(runtime) == 4
+
+
+async def test_a_restocks_answer_counts_holds_on_the_services_clock_as_its_step_does(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    clock: SteppingClock,
+    start_worker: WorkerStarter,
+) -> None:
+    """The holds' time is over on the service's clock but the sweeper has not released them
+    yet: the answer's ``first_wave`` counts their units free, as the step it announces."""
+    key = api_keys["all"]
+    await subscribe_by_email(client, key, 12)
+    start_worker(hold_seconds=HOLD, batch_interval_seconds=INTERVAL)
+    assert (await post_level(client, key, 5, sku=SKU)).status_code == 202
+    await settle()
+    assert await outbox_count(runtime) == 5
+
+    clock.advance(HOLD)
+    more = await post_level(client, key, 6, sku=SKU, event_id="more")
+    assert more.status_code == 202, more.text
+    assert more.json()["first_wave"] == 6, "the 5 expired holds free their units"
+    await settle()
+    assert await outbox_count(runtime) == 11

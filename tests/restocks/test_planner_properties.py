@@ -1,8 +1,10 @@
 """Property tests of the wave planner on the real database code: whatever the shoppers and
 the sequence of stock levels, steps notify the queue's head in order (VIPs first, then
-registration order), each step's size follows the level (times the multiplier, from the
-settings or from the product's own rules), the restock's answer says how many its step
-tells, nobody is told twice in a wave, and a sell-out ends the wave."""
+registration order), each step's size follows the level less the units held for shoppers
+already told (times the multiplier, from the settings or from the product's own rules), an
+order carrying a told shopper's token frees nothing for the next ones, holds that expire
+run the next step at once on the units they free, the restock's answer says how many its
+step tells, nobody is told twice in a wave, and a sell-out ends the wave."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from backinstock.flows import restock
 from backinstock.flows.restock import RestockOutcome
 from backinstock.identity import NormalizedContact
 from backinstock.models import Base
-from backinstock.restocks.models import Wave, WaveStatus
+from backinstock.restocks import holds
+from backinstock.restocks.models import HoldState, StockHold, Wave, WaveStatus
 from backinstock.restocks.schemas import RestockIn
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Priority, Subscription
@@ -35,15 +38,19 @@ from backinstock.subscriptions.service import _NewSubscription
 from backinstock.subscriptions.statements import INSERT_SUBSCRIPTION
 from tests.helpers import phone
 
-Action = tuple[str, int]  # ("level", n) or ("tick", 0)
+Action = tuple[str, int]  # ("level", n), ("tick", 0), ("buy", 0) or ("expire", 0)
+
+HOLD_SECONDS = 3600
 
 actions = st.lists(
     st.one_of(
         st.tuples(st.just("level"), st.integers(min_value=1, max_value=12)),
         st.tuples(st.just("tick"), st.just(0)),
+        st.tuples(st.just("buy"), st.just(0)),
+        st.tuples(st.just("expire"), st.just(0)),
     ),
     min_size=1,
-    max_size=6,
+    max_size=7,
 )
 
 
@@ -95,7 +102,7 @@ async def _post(runtime: Runtime, level: int, occurred: int) -> RestockOutcome:
         occurred_at=db.utcnow() + timedelta(seconds=occurred),
     )
     async with db.transaction(runtime.sessions) as session:
-        return await restock.record(session, runtime.settings, payload)
+        return await restock.record(session, runtime.settings, payload, db.utcnow())
 
 
 async def _run(runtime: Runtime, wave_id: uuid.UUID) -> None:
@@ -115,6 +122,30 @@ async def _tick(runtime: Runtime) -> None:
         await _run(runtime, wave_id)
 
 
+async def _buy(runtime: Runtime) -> bool:
+    """The first told shopper whose unit is still held orders it with their token."""
+    async with db.transaction(runtime.sessions) as session:
+        first = await session.scalar(
+            select(StockHold.notification_id)
+            .join(Notification, Notification.id == StockHold.notification_id)
+            .where(StockHold.state == HoldState.HELD)
+            .order_by(Notification.step, Notification.created_at, Notification.id)
+            .limit(1)
+        )
+        return first is not None and await holds.consume(session, first, ["P"])
+
+
+async def _expire(runtime: Runtime) -> list[uuid.UUID]:
+    """Every hold's time is over: the sweeper releases them; returns the waves made due."""
+    async with db.transaction(runtime.sessions) as session:
+        await session.execute(
+            update(StockHold)
+            .where(StockHold.state == HoldState.HELD)
+            .values(until=db.utcnow() - timedelta(seconds=1))
+        )
+        return await restock.release_expired_holds(session, db.utcnow())
+
+
 async def _own_multiplier(runtime: Runtime, multiplier: float) -> None:
     """The product's rules set the multiplier (the settings keep theirs)."""
     async with db.transaction(runtime.sessions) as session:
@@ -122,13 +153,73 @@ async def _own_multiplier(runtime: Runtime, multiplier: float) -> None:
         await product_policy.replace(session, "P", rules, db.utcnow())
 
 
-async def _scenario(
-    base: Settings, vip_flags: list[bool], steps: list[Action], multiplier: float, source: str
+class _Model:
+    """What the planner should do: who is told is the queue's head, ``expected`` long."""
+
+    def __init__(self, multiplier: float, holding: bool) -> None:
+        self.multiplier = multiplier
+        self.holding = holding
+        self.level = 0
+        self.expected = 0  # shoppers the wave means to have told
+        self.held = 0  # units held for told shoppers who neither bought nor lost them
+
+    def step(self, queue_length: int) -> None:
+        """A step at the level of now, on the units not held for anyone."""
+        told_before = min(self.expected, queue_length)
+        self.expected += math.ceil(max(self.level - self.held, 0) * self.multiplier)
+        if self.holding:
+            self.held += min(self.expected, queue_length) - told_before
+
+
+async def _act(
+    runtime: Runtime, model: _Model, queue: list[uuid.UUID], action: Action, n: int
 ) -> None:
+    kind, value = action
+    if kind == "level":
+        outcome = await _post(runtime, value, n)
+        rising = value > model.level
+        model.level = value
+        if not rising:
+            assert outcome.wave_due is None
+            return
+        model.step(len(queue))
+        assert outcome.wave_due is not None
+        already = len(await _told(runtime))
+        await _run(runtime, outcome.wave_due)
+        told_now = len(await _told(runtime)) - already
+        assert outcome.result.first_wave == told_now  # the step's own sizing
+    elif kind == "tick":
+        await _tick(runtime)
+        model.step(len(queue))
+    elif kind == "buy":
+        # The order consumes the buyer's hold; the store's level follows it down.
+        assert await _buy(runtime) == (model.held > 0)
+        if model.held > 0:
+            model.held -= 1
+            await _post(runtime, model.level - 1, n)
+            model.level -= 1
+    else:
+        due = await _expire(runtime)
+        assert bool(due) == (model.held > 0), "released units make the wave's next step due"
+        model.held = 0
+        for wave_id in due:
+            await _run(runtime, wave_id)
+            model.step(len(queue))
+
+
+async def _scenario(
+    base: Settings,
+    vip_flags: list[bool],
+    steps: list[Action],
+    multiplier: float,
+    source: str,
+    holding: bool,
+) -> None:
+    hold = HOLD_SECONDS if holding else 0
     wave_settings = (
-        WaveSettings(batch_multiplier=multiplier, max_notifications=10)
+        WaveSettings(batch_multiplier=multiplier, max_notifications=10, hold_seconds=hold)
         if source == "settings"
-        else WaveSettings(max_notifications=10)
+        else WaveSettings(max_notifications=10, hold_seconds=hold)
     )
     runtime = Runtime.create(dataclasses.replace(base, waves=wave_settings))
     try:
@@ -136,25 +227,13 @@ async def _scenario(
         if source == "product":
             await _own_multiplier(runtime, multiplier)
         queue = await _seed(runtime, vip_flags)
-        level, expected = 0, 0
-        for occurred, (kind, value) in enumerate(steps, start=1):
-            if kind == "level":
-                outcome = await _post(runtime, value, occurred)
-                if value > level:
-                    expected += math.ceil(value * multiplier)
-                    assert outcome.wave_due is not None
-                    already = len(await _told(runtime))
-                    await _run(runtime, outcome.wave_due)
-                    told_now = len(await _told(runtime)) - already
-                    assert outcome.result.first_wave == told_now  # the step's own sizing
-                else:
-                    assert outcome.wave_due is None
-                level = value
-            else:
-                await _tick(runtime)
-                expected += math.ceil(level * multiplier)
+        model = _Model(multiplier, holding)
+        for occurred, action in enumerate(steps, start=1):
+            if action[0] == "buy" and model.level <= 1:
+                continue  # the last unit sold is a sell-out, the scenario's end
+            await _act(runtime, model, queue, action, occurred)
             told = await _told(runtime)
-            assert told == queue[: min(expected, len(queue))]  # order, sizes, never twice
+            assert told == queue[: min(model.expected, len(queue))]  # order, sizes, never twice
         await _post(runtime, 0, len(steps) + 1)  # sold out
         before = await _told(runtime)
         await _tick(runtime)
@@ -162,7 +241,11 @@ async def _scenario(
             open_waves = await session.scalar(
                 select(func.count()).select_from(Wave).where(Wave.status == WaveStatus.OPEN)
             )
+            still_held = await session.scalar(
+                select(func.count()).select_from(StockHold).where(StockHold.state == HoldState.HELD)
+            )
         assert open_waves == 0
+        assert still_held == 0, "a sell-out ends every hold"
         assert len(await _told(runtime)) == len(before), "no step after a sell-out"
     finally:
         await _reset(runtime)
@@ -170,7 +253,7 @@ async def _scenario(
 
 
 @settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -179,6 +262,7 @@ async def _scenario(
     steps=actions,
     multiplier=st.sampled_from([0.5, 1.0, 1.5]),
     source=st.sampled_from(["settings", "product"]),
+    holding=st.booleans(),
 )
 def test_planner_properties(
     migrated: str,
@@ -187,5 +271,6 @@ def test_planner_properties(
     steps: list[Action],
     multiplier: float,
     source: str,
+    holding: bool,
 ) -> None:
-    asyncio.run(_scenario(settings, vip_flags, steps, multiplier, source))
+    asyncio.run(_scenario(settings, vip_flags, steps, multiplier, source, holding))

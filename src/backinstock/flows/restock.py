@@ -45,7 +45,6 @@ from backinstock.catalog import service as catalog
 from backinstock.clock import SYSTEM_CLOCK, Clock
 from backinstock.config import Settings, SoldoutCompensation
 from backinstock.coupons import service as coupons
-from backinstock.db import utcnow
 from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.fields import refuse_future
@@ -84,21 +83,25 @@ def _product_info(payload: RestockIn) -> catalog.ProductInfo:
     return catalog.ProductInfo(given.name, given.url, given.image_url, None, names)
 
 
-async def record(session: AsyncSession, settings: Settings, payload: RestockIn) -> RestockOutcome:
+async def record(
+    session: AsyncSession, settings: Settings, payload: RestockIn, now: datetime
+) -> RestockOutcome:
+    """Record one stock event at ``now`` (the service's clock: the time its wave opens or
+    moves, and the time its answer counts holds at, as the step will)."""
     refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
     product = _product_info(payload)
     catalog.check_product(settings.core, product)
-    occurred_at = payload.occurred_at or utcnow()
-    event_id = await stock.record_event(session, payload, occurred_at)
+    occurred_at = payload.occurred_at or now
+    event_id = await stock.record_event(session, payload, occurred_at, now)
     if event_id is None:
         replayed = await stock.stored_answer(session, payload)
         return RestockOutcome(replayed, replay=True, wave_due=None)
     change = await stock.apply_level(session, payload, product, occurred_at, event_id)
     compensations: list[uuid.UUID] = []
-    wave = await _move_wave(
-        session, settings, payload.sku, change, event_id, utcnow(), compensations
+    wave = await _move_wave(session, settings, payload.sku, change, event_id, now, compensations)
+    first_wave = (
+        0 if wave is None else await _first_step(session, settings, wave, change.after, now)
     )
-    first_wave = 0 if wave is None else await _first_step(session, settings, wave, change.after)
     result = RestockOut(
         restock_id=event_id,
         sku=payload.sku,
@@ -135,10 +138,12 @@ async def _move_wave(
     return None
 
 
-async def _first_step(session: AsyncSession, settings: Settings, wave: Wave, level: int) -> int:
+async def _first_step(
+    session: AsyncSession, settings: Settings, wave: Wave, level: int, now: datetime
+) -> int:
     eligible = await eligible_count(session, settings, wave.sku, wave.id)
     rules = await product_policy.effective(session, settings, wave.sku)
-    held = await holds.held(session, wave.sku, utcnow())
+    held = await holds.held(session, wave.sku, now)
     return waves.step_count(rules, wave, level, eligible, held)
 
 

@@ -50,7 +50,7 @@ async def post_stock_level(
 ) -> Response:
     """Record a location's absolute stock level. Idempotent on (location, event_id); events
     older than the location's latest are recorded and ignored. 0 → sold out: the wave stops."""
-    outcome = await restock.record(session, runtime.settings, payload)
+    outcome = await restock.record(session, runtime.settings, payload, runtime.clock.now())
     if outcome.wave_due is not None:
         wave_id = outcome.wave_due
         db.after_commit(session, lambda: tasks.wake_wave(wave_id))

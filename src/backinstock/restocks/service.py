@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
-from backinstock.db import insert_for, new_id, utcnow
+from backinstock.db import insert_for, new_id
 from backinstock.errors import InvalidField
 from backinstock.restocks.models import RestockEvent, StockLevel
 from backinstock.restocks.schemas import MAX_LEVEL, RestockIn, RestockOut
@@ -38,9 +38,10 @@ async def current_level(session: AsyncSession, sku: str) -> int:
 
 
 async def record_event(
-    session: AsyncSession, payload: RestockIn, occurred_at: datetime
+    session: AsyncSession, payload: RestockIn, occurred_at: datetime, now: datetime
 ) -> uuid.UUID | None:
-    """Keep the event; None when (location, event_id) was recorded before (a replay)."""
+    """Keep the event, received ``now``; None when (location, event_id) was recorded before
+    (a replay)."""
     return await session.scalar(  # type: ignore[no-any-return]
         insert_for(session, RestockEvent)
         .values(
@@ -50,7 +51,7 @@ async def record_event(
             sku=payload.sku,
             available=payload.available,
             occurred_at=occurred_at,
-            received_at=utcnow(),
+            received_at=now,
             applied=False,
             level_after=0,
             waiting=0,
