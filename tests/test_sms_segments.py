@@ -81,9 +81,16 @@ def test_a_short_compensation_sms_states_the_place_and_the_coupon() -> None:
     assert segments(text) <= 2 and is_gsm7(text)
 
 
+# The longest form of a reservation's time: another day (wall_time).
+HELD_UNTIL = {"zh-CN": "12月7日 10:30", "en": "7 Dec 10:30"}
+
+
 @pytest.mark.parametrize("locale", ["zh-CN", "en"])
 @pytest.mark.parametrize("max_segments", [3, 4])
-def test_restock_sms_stays_within_the_stated_segments(locale: str, max_segments: int) -> None:
+@pytest.mark.parametrize("held", [False, True])
+def test_restock_sms_stays_within_the_stated_segments(
+    locale: str, max_segments: int, held: bool
+) -> None:
     # Two links alone fill two UCS-2 segments, so three is the useful floor in Chinese: the
     # shopper's page (which stops this alert or all) stands in for the unsubscribe link.
     context = MessageContext(
@@ -94,11 +101,13 @@ def test_restock_sms_stays_within_the_stated_segments(locale: str, max_segments:
         level=2,
         queue_size=50,
         page_url=PAGE,
+        held_until=HELD_UNTIL[locale] if held else None,
     )
     text = render("sms", locale, context, max_segments).text
     assert segments(text) <= max_segments
     assert LINK in text and PAGE in text, "links are never cut"
-    assert "超长商品名称" in text
+    assert not held or HELD_UNTIL[locale] in text, "nor is the reservation"
+    assert "超长商品" in text, "the name is cut, never dropped (4 characters at least)"
 
 
 def test_short_messages_are_untouched() -> None:

@@ -122,6 +122,9 @@ class Notification(Base):
     queue_size: Mapped[int] = mapped_column(Integer)
     # A compensation's shopper's place in the SKU's queue when it was planned; else NULL.
     place: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A restock message's unit is reserved for its shopper until then (the SKU holds stock
+    # for the shoppers it tells; ``holds.until`` is copied from it); else NULL.
+    held_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Which of the shopper's contacts to use: 0 the primary, n the fallback of rank n.
     contact_rank: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -64,9 +64,11 @@ async def plan_restock_messages(
     picked: Subquery,
     limit: int,
     now: datetime,
+    held_until: datetime | None = None,
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """One "it's back" message for each shopper in ``picked`` (columns id, channel and n,
-    their place 1.. in the queue, at most ``limit``), by :func:`_one_each`; returns
+    their place 1.. in the queue, at most ``limit``), by :func:`_one_each`, saying their
+    unit is reserved until ``held_until`` (None: the SKU holds no stock); returns
     (notification, subscription) pairs."""
     return await _one_each(
         session,
@@ -80,6 +82,7 @@ async def plan_restock_messages(
             Notification.step: literal(step.step),
             Notification.level: literal(step.level),
             Notification.queue_size: literal(queue_size),
+            Notification.held_until: literal(held_until, UTCDateTime),
         },
     )
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
@@ -39,11 +41,33 @@ class MessageContext:
     valid_hours: int = 24  # how long a confirmation's link and code work
     # The shopper's own page (/s/…): everything they wait for, each stoppable.
     page_url: str = ""
+    # A restock message's "reserved for you until …": the shopper's wall-clock time
+    # (:func:`wall_time`); None when nothing is held for them, or no longer.
+    held_until: str | None = None
 
     @property
     def scarce(self) -> bool:
         """Scarcity copy ("only N left") when fewer units than waiting shoppers."""
         return 0 < self.level < self.queue_size
+
+
+def wall_time(moment: datetime, now: datetime, zone: str, locale: str) -> str:
+    """``moment`` as the shopper reads a clock where they are: the time alone when it is
+    today there ("10:30"), with the day when it is not ("7 Dec 10:30", "12月7日 10:30")."""
+    local = moment.astimezone(ZoneInfo(zone))
+    clock = f"{local:%H:%M}"
+    if local.date() == now.astimezone(ZoneInfo(zone)).date():
+        return clock
+    if locale.lower().startswith("zh"):
+        return f"{local.month}月{local.day}日 {clock}"
+    return f"{local.day} {local:%b} {clock}"
+
+
+def wechat_time(moment: datetime, zone: str) -> str:
+    """``moment`` in the form a WeChat subscribe message's ``time`` field takes
+    ("2026年12月7日 10:30"), for a field map that names ``data.held_until``."""
+    local = moment.astimezone(ZoneInfo(zone))
+    return f"{local.year}年{local.month}月{local.day}日 {local:%H:%M}"
 
 
 @dataclass(frozen=True)
@@ -65,15 +89,19 @@ def _environment() -> SandboxedEnvironment:
 
 
 def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int) -> str:
-    """Shorten the product name (then drop the shopper's name) until the SMS fits: links
-    and the unsubscribe URL must survive whole, and long names are what grows."""
+    """Shorten the product name, then drop the shopper's name, then the scarcity copy, until
+    the SMS fits: links and the reservation must survive whole, and long names are what
+    grows (a name in Chinese also makes an English message UCS-2, 67 characters a part)."""
     name = context.product_name
+    shorter = context
     while segments(text) > max_segments and len(name) > 4:
         name = name[: max(4, len(name) * 3 // 4)]
         shorter = dataclasses.replace(context, product_name=name.rstrip() + "…")
         text = _render("sms", locale, "txt", shorter) or text
-    if segments(text) > max_segments and context.name:
-        shorter = dataclasses.replace(context, name=None, product_name=name.rstrip() + "…")
+    for less in ({"name": None}, {"level": 0}):  # level 0: no "only N left"
+        if segments(text) <= max_segments:
+            break
+        shorter = dataclasses.replace(shorter, **less)
         text = _render("sms", locale, "txt", shorter) or text
     return text
 
@@ -99,6 +127,7 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "code": context.code,
         "valid_hours": context.valid_hours,
         "page_url": context.page_url,
+        "held_until": context.held_until,
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):

@@ -34,7 +34,7 @@ from backinstock.dispatch.journal import GroupCommit, Journal
 from backinstock.dispatch.models import CANCELLING, InDoubt, Kind, Notification, Reason, Status
 from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
 from backinstock.dispatch.quiet import hold_until
-from backinstock.dispatch.render import MessageContext, render
+from backinstock.dispatch.render import MessageContext, render, wall_time, wechat_time
 from backinstock.identity import (
     CLICK_TOKEN,
     CONFIRM_TOKEN,
@@ -205,7 +205,7 @@ def _delivery(
             return Hold(**vars(claimed), contact=contact, until=held)
     try:
         message = _message(
-            settings, keys, notification, sub, contact, product_name, product_url, coupon
+            settings, keys, notification, sub, contact, product_name, product_url, coupon, now
         )
     except Exception as exc:  # this one message cannot be made: it fails alone, with a reason
         log.warning(
@@ -239,6 +239,7 @@ def _message(
     product_name: str | None,
     product_url: str | None,
     coupon: tuple[str, str | None] | None,
+    now: datetime,
 ) -> OutgoingMessage:
     to = keys.cipher.open(Sealed(contact.key_id, contact.blob), contact_aad(contact.row_id))
     base = settings.core.public_base_url.rstrip("/")
@@ -262,6 +263,7 @@ def _message(
         code=confirmation_code(keys, sub.id) if confirming else None,
         valid_hours=max(1, settings.opt_in.confirm_window_seconds // 3600),
         page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub.id)}",
+        held_until=_held_until(settings, notification, sub, now),
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(
@@ -281,8 +283,34 @@ def _message(
             "kind": notification.kind,
             "coupon_code": context.coupon_code,
             "page_url": context.page_url,
+            "held_until": _wechat_held_until(settings, notification, sub, now),
         },
     )
+
+
+def _zone(settings: Settings, sub: Subscription) -> str:
+    return sub.timezone or settings.quiet_hours.default_timezone
+
+
+def _still_held(notification: Notification, now: datetime) -> datetime | None:
+    """The time the message's unit is reserved until, unless that time has passed (quiet
+    hours held the message past it: its unit went back to the next shoppers)."""
+    until = notification.held_until
+    return until if until is not None and until > now else None
+
+
+def _held_until(
+    settings: Settings, notification: Notification, sub: Subscription, now: datetime
+) -> str | None:
+    until = _still_held(notification, now)
+    return None if until is None else wall_time(until, now, _zone(settings, sub), sub.locale)
+
+
+def _wechat_held_until(
+    settings: Settings, notification: Notification, sub: Subscription, now: datetime
+) -> str | None:
+    until = _still_held(notification, now)
+    return None if until is None else wechat_time(until, _zone(settings, sub))
 
 
 def _name(keys: Keys, sub: Subscription) -> str | None:

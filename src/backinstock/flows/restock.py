@@ -365,16 +365,16 @@ async def _write_chunk(
         return [], None
     limit = min(CHUNK, wave.target - wave.planned)
     picked = _next_in_queue(settings, wave.sku, wave_id, after, limit)
+    rules = await product_policy.effective(session, settings, wave.sku)
+    held_until = now + timedelta(seconds=rules.hold_seconds) if rules.hold_seconds > 0 else None
     written = await notifications.plan_restock_messages(
-        session, wave_id, wave, queue_size, picked, limit, now
+        session, wave_id, wave, queue_size, picked, limit, now, held_until
     )
     if not written:  # the queue is exhausted: this step is complete
         await waves.end_step(session, wave_id)
         return [], None
-    rules = await product_policy.effective(session, settings, wave.sku)
-    if rules.hold_seconds > 0:
-        until = now + timedelta(seconds=rules.hold_seconds)
-        await holds.record(session, [notification_id for notification_id, _ in written], until)
+    if held_until is not None:
+        await holds.record(session, [notification_id for notification_id, _ in written])
     last = await lifecycle.mark_notified(session, [sub_id for _, sub_id in written], now)
     await waves.count_planned(session, wave_id, len(written))
     return sorted(notification_id for notification_id, _ in written), last

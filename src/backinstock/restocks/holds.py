@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock.db import UTCDateTime, insert_for
+from backinstock.db import insert_for
 from backinstock.dispatch.models import Notification
 from backinstock.restocks.models import HoldState, StockHold
 
@@ -29,20 +29,23 @@ class HoldView:
     state: HoldState
 
 
-async def record(
-    session: AsyncSession, notification_ids: Sequence[uuid.UUID], until: datetime
-) -> int:
-    """One hold per restock message just planned, until ``until``: one INSERT … SELECT of
-    the messages' rows (their wave and SKU), like the messages themselves."""
+async def record(session: AsyncSession, notification_ids: Sequence[uuid.UUID]) -> int:
+    """One hold per restock message just planned with a reserved time: one INSERT … SELECT
+    of the messages' rows (their wave, SKU and ``held_until``, the time the message states),
+    like the messages themselves."""
     if not notification_ids:
         return 0
     rows = select(
         Notification.id,
         Notification.wave_id,
         Notification.sku,
-        literal(until, UTCDateTime),
+        Notification.held_until,
         literal(HoldState.HELD.value),
-    ).where(Notification.id.in_(notification_ids), Notification.wave_id.is_not(None))
+    ).where(
+        Notification.id.in_(notification_ids),
+        Notification.wave_id.is_not(None),
+        Notification.held_until.is_not(None),
+    )
     columns = [
         StockHold.notification_id,
         StockHold.wave_id,
