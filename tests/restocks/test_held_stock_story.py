@@ -2,7 +2,7 @@
 12 waiting shoppers; the 5 told have the units held for them; 2 buy with their token; the
 other 3 holds expire and the next 3 shoppers are told at once; the SKU sells out again and
 everyone still waiting gets one "sold out again" message with a coupon; the funnel shows
-each of these steps."""
+each of these steps, the holds among them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.conversions.helpers import (
     post_order,
     subscribe_by_email,
 )
+from tests.helpers import bearer
 from tests.restocks.helpers import post_level
 from tests.restocks.test_holds import HOLD, INTERVAL, hold_of, stock, tokens
 from tests.restocks.test_soldout_compensation import CODE
@@ -60,7 +61,13 @@ async def test_held_units_expire_to_the_next_shoppers_and_a_sell_out_compensates
     assert set(told) == set(ids[:8])
     for sub in ids[2:5]:
         assert (await hold_of(client, told[sub])).status_code == 410
-    assert (await funnel(client, key, sku=SKU))["notified"] == 8
+    figures = await funnel(client, key, sku=SKU)
+    assert figures["notified"] == 8
+    assert (figures["holds_placed"], figures["holds_consumed"], figures["holds_expired"]) == (
+        8,
+        2,
+        3,
+    ), "5 held, 2 bought, 3 expired and went on to 3 more, held now"
 
     # Sold out again: every hold ends, and each shopper still waiting (3 told who did not
     # buy, 3 told after them, 4 never told) gets one message, with a coupon of their own.
@@ -76,4 +83,16 @@ async def test_held_units_expire_to_the_next_shoppers_and_a_sell_out_compensates
     assert figures["subscribed"] == 12
     assert figures["converted"] == 2
     assert figures["compensations_sent"] == 10
+    assert (figures["holds_placed"], figures["holds_consumed"], figures["holds_expired"]) == (
+        8,
+        2,
+        3,
+    ), "the sell-out ended the last 3 holds: neither consumed nor expired"
+    hourly = await client.get(
+        "/v1/stats/timeseries",
+        params={"metric": "holds_expired", "interval": "hour", "sku": SKU},
+        headers=bearer(key),
+    )
+    assert hourly.status_code == 200, hourly.text
+    assert sum(point["value"] for point in hourly.json()["points"]) == 3
     assert figures["coupons_issued"] == 10

@@ -23,6 +23,7 @@ SPEC_KEYS = {
     "subscribed", "waiting", "notified", "delivered", "failed", "clicked", "converted",
     "revenue", "currency", "coupons_issued", "coupons_redeemed", "click_rate",
     "conversion_rate", "median_seconds_restock_to_send", "compensations_sent",
+    "holds_placed", "holds_consumed", "holds_expired",
 }  # fmt: skip
 
 
@@ -53,6 +54,9 @@ async def test_every_figure_of_a_week(
         "coupons_issued": 2,
         "coupons_redeemed": 2,
         "compensations_sent": 0,
+        "holds_placed": 0,
+        "holds_consumed": 0,
+        "holds_expired": 0,
         "click_rate": 0.5,
         "conversion_rate": 0.5,
         "median_seconds_restock_to_send": 25.0,
@@ -80,6 +84,9 @@ async def test_sku_narrows_every_figure(
         "coupons_issued": 1,
         "coupons_redeemed": 2,
         "compensations_sent": 0,
+        "holds_placed": 0,
+        "holds_consumed": 0,
+        "holds_expired": 0,
         "click_rate": 0.3333,
         "conversion_rate": 0.3333,
         "median_seconds_restock_to_send": 30.0,
@@ -106,6 +113,9 @@ async def test_channel_narrows_every_figure(
         "coupons_issued": 1,
         "coupons_redeemed": 0,
         "compensations_sent": 0,
+        "holds_placed": 0,
+        "holds_consumed": 0,
+        "holds_expired": 0,
         "click_rate": 1.0,
         "conversion_rate": 1.0,
         "median_seconds_restock_to_send": 20.0,

@@ -52,9 +52,9 @@ FormatQuery = Annotated[
 
 FUNNEL_CSV = (
     "subscribed,waiting,notified,delivered,failed,clicked,converted,revenue,currency,"
-    "coupons_issued,coupons_redeemed,compensations_sent,click_rate,conversion_rate,"
-    "median_seconds_restock_to_send,since,until\r\n"
-    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
+    "coupons_issued,coupons_redeemed,compensations_sent,holds_placed,holds_consumed,"
+    "holds_expired,click_rate,conversion_rate,median_seconds_restock_to_send,since,until\r\n"
+    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,100,9,60,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
     "2026-11-22T00:00:00Z\r\n"
 )
 DEMAND_CSV = """sku,product_name,waiting,oldest_waiting_since,restocks,last_restock_at\r
@@ -81,6 +81,11 @@ FUNNEL_DOC = """The marketer's funnel. Every figure counts by its own timestamp 
   follow-ups and of sold-out compensations alike).
 - `compensations_sent`: "sold out again" messages (`SOLDOUT_COMPENSATION`) sent, by
   `sent_at`; not part of `notified` or its rates.
+- `holds_placed`: units held for told shoppers (`HOLD_SECONDS`), one per restock message,
+  by the message's `created_at` (when its wave step planned it); `holds_consumed` /
+  `holds_expired`: of those, the ones an order with the shopper's token consumed / whose
+  time ran out unused (their units went on to the next shoppers at once). The rest are
+  still held or were ended by a sell-out.
 - `click_rate` = clicked / notified, `conversion_rate` = converted / notified (4 places,
   0.0 when nothing was notified).
 - `median_seconds_restock_to_send`: median of `sent_at - created_at` over the notified

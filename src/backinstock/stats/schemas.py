@@ -19,6 +19,9 @@ class Metric(enum.StrEnum):
     COUPONS_ISSUED = "coupons_issued"
     COUPONS_REDEEMED = "coupons_redeemed"
     COMPENSATIONS_SENT = "compensations_sent"
+    HOLDS_PLACED = "holds_placed"
+    HOLDS_CONSUMED = "holds_consumed"
+    HOLDS_EXPIRED = "holds_expired"
 
 
 class Interval(enum.StrEnum):
@@ -72,6 +75,17 @@ class Funnel(BaseModel):
     compensations_sent: int = Field(
         description='"Sold out again" messages (SOLDOUT_COMPENSATION) sent with sent_at in '
         "the period; the coupons they carry count in coupons_issued."
+    )
+    holds_placed: int = Field(
+        description="Units held for told shoppers (HOLD_SECONDS), by when their restock message "
+        "was planned (its created_at) in the period: one per message."
+    )
+    holds_consumed: int = Field(
+        description="Of those holds, the ones an order carrying the shopper's token consumed."
+    )
+    holds_expired: int = Field(
+        description="Of those holds, the ones whose time ran out unused: their units went to "
+        "the next shoppers at once. The rest are still held, or ended by a sell-out."
     )
     click_rate: float = Field(description="clicked / notified, 4 places; 0.0 when none notified.")
     conversion_rate: float = Field(

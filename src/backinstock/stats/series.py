@@ -22,6 +22,7 @@ from backinstock.db import dialect_name
 from backinstock.dispatch.models import Notification, Status
 from backinstock.errors import InvalidField
 from backinstock.money import money
+from backinstock.restocks.models import HoldState, StockHold
 from backinstock.stats import service
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import Interval, Metric, Point, Series
@@ -128,6 +129,14 @@ def _compensations_sent(f: Filters, _: str | None) -> _Source:
     return _Source(Notification.sent_at, func.count(), where)
 
 
+def _holds(*state: HoldState) -> Callable[[Filters, str | None], _Source]:
+    def source(f: Filters, _: str | None) -> _Source:
+        where = [*service.placed_holds(f), *(StockHold.state == s for s in state)]
+        return _Source(Notification.created_at, func.count(), where)
+
+    return source
+
+
 def _failed(f: Filters, _: str | None) -> _Source:
     # Never-sent failures count when created, undelivered ones when sent (as in the funnel).
     n = Notification
@@ -169,4 +178,7 @@ _SOURCES: dict[Metric, Callable[[Filters, str | None], _Source]] = {
     Metric.COUPONS_ISSUED: _coupons("issued_at"),
     Metric.COUPONS_REDEEMED: _coupons("redeemed_at"),
     Metric.COMPENSATIONS_SENT: _compensations_sent,
+    Metric.HOLDS_PLACED: _holds(),
+    Metric.HOLDS_CONSUMED: _holds(HoldState.CONSUMED),
+    Metric.HOLDS_EXPIRED: _holds(HoldState.RELEASED),
 }

@@ -23,7 +23,7 @@ from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
 from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Status
 from backinstock.money import money
-from backinstock.restocks.models import Wave
+from backinstock.restocks.models import HoldState, StockHold, Wave
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
@@ -74,6 +74,17 @@ def compensation_messages(f: Filters) -> list[ColumnElement[bool]]:
     ]
 
 
+def placed_holds(f: Filters) -> list[ColumnElement[bool]]:
+    """Holds by their restock message (its time, SKU and channel): the join is in the WHERE,
+    so that the time series can group the same clauses by the message's time."""
+    n = Notification
+    return [
+        StockHold.notification_id == n.id,
+        *f.period(n.created_at),
+        *f.narrow(n.sku, n.channel),
+    ]
+
+
 def seconds_to_send(session: AsyncSession) -> ColumnElement[Any]:
     if dialect_name(session) == "postgresql":
         # date_part gives a float8; extract() gives a numeric since PostgreSQL 14, and sorting
@@ -95,6 +106,7 @@ async def funnel(session: AsyncSession, f: Filters, currency: str | None) -> Fun
     by_currency = await revenue_by_currency(session, f)
     chosen = currency or pick_currency(by_currency)
     issued, redeemed = await _coupons(session, f)
+    holds = await _holds(session, f)
     return Funnel(
         subscribed=subscribed,
         waiting=waiting,
@@ -109,6 +121,9 @@ async def funnel(session: AsyncSession, f: Filters, currency: str | None) -> Fun
         coupons_issued=issued,
         coupons_redeemed=redeemed,
         compensations_sent=await _compensations_sent(session, f),
+        holds_placed=holds.placed,
+        holds_consumed=holds.consumed,
+        holds_expired=holds.expired,
         click_rate=_rate(messages.clicked, messages.notified),
         conversion_rate=_rate(converted, messages.notified),
         median_seconds_restock_to_send=messages.median_seconds,
@@ -167,6 +182,24 @@ async def _messages(session: AsyncSession, f: Filters) -> _Messages:
 async def _compensations_sent(session: AsyncSession, f: Filters) -> int:
     query = select(func.count()).where(*compensation_messages(f), sent_in_period(f))
     return int(await session.scalar(query) or 0)
+
+
+@dataclass(frozen=True)
+class _Holds:
+    placed: int
+    consumed: int
+    expired: int
+
+
+async def _holds(session: AsyncSession, f: Filters) -> _Holds:
+    state = StockHold.state
+    query = select(
+        func.count(),
+        func.count().filter(state == HoldState.CONSUMED),
+        func.count().filter(state == HoldState.RELEASED),
+    ).where(*placed_holds(f))
+    row = (await session.execute(query)).one()
+    return _Holds(int(row[0]), int(row[1]), int(row[2]))
 
 
 async def _median_by_offset(session: AsyncSession, f: Filters, count: int) -> float | None:
