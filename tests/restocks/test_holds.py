@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from backinstock.config import MetricsSettings
 from backinstock.restocks.models import StockHold
 from backinstock.runtime import Runtime
 from tests.catalog.helpers import put_policy
 from tests.clock import SteppingClock
-from tests.conftest import WorkerStarter
+from tests.conftest import ClientFactory, WorkerStarter
 from tests.conversions.helpers import (
     SKU,
     order_body,
@@ -24,6 +25,7 @@ from tests.conversions.helpers import (
     tracked_token,
 )
 from tests.helpers import bearer
+from tests.ops.test_pipeline_metrics import scrape, value
 from tests.restocks.helpers import outbox_count, post_level
 from tests.workers import settle, tick
 
@@ -230,3 +232,35 @@ async def test_a_restocks_answer_counts_holds_on_the_services_clock_as_its_step_
     assert more.json()["first_wave"] == 6, "the 5 expired holds free their units"
     await settle()
     assert await outbox_count(runtime) == 11
+
+
+async def test_metrics_show_the_units_held_and_the_holds_no_sweeper_released_yet(
+    make_client: ClientFactory,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    clock: SteppingClock,
+    start_worker: WorkerStarter,
+) -> None:
+    client = make_client(metrics=MetricsSettings(metrics_cache_seconds=0))  # every scrape reads
+    key = api_keys["all"]
+    await subscribe_by_email(client, key, 6)
+    start_worker(hold_seconds=HOLD, batch_interval_seconds=INTERVAL)
+    assert (await post_level(client, key, 4, sku=SKU)).status_code == 202
+    await settle()
+    held = await scrape(client)
+    assert (value(held, "backinstock_units_held"), value(held, "backinstock_holds_overdue")) == (
+        4,
+        0,
+    )
+
+    clock.advance(HOLD)  # over, and no tick yet: the sweeper has not seen them
+    overdue = await scrape(client)
+    assert value(overdue, "backinstock_units_held") == 0
+    assert value(overdue, "backinstock_holds_overdue") == 4
+
+    await tick()  # released; the next 2 shoppers are told, each with a unit held
+    swept = await scrape(client)
+    assert (value(swept, "backinstock_units_held"), value(swept, "backinstock_holds_overdue")) == (
+        2,
+        0,
+    )

@@ -40,7 +40,7 @@ from backinstock.config import Settings
 from backinstock.contacts import Channel
 from backinstock.dispatch.models import OPEN_OR_FAILED, InDoubt, Notification, Status
 from backinstock.dispatch.outcomes import in_doubt_counts
-from backinstock.restocks.models import OPEN_WAVE, RestockEvent, Wave
+from backinstock.restocks.models import HELD, OPEN_WAVE, RestockEvent, StockHold, Wave
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +66,8 @@ class Figures:
     oldest_due_age: float  # seconds; 0 when nothing is due
     last_sent_age: float | None  # seconds; None until a message was sent
     open_waves: int
+    units_held: int  # under a hold still running: not free for anyone but its shopper
+    holds_overdue: int  # holds whose time is over, not yet released by a sweeper
     in_doubt: dict[tuple[str, str], int]  # (channel, resolution) -> messages
     locations: dict[str, float]  # location -> seconds since its last stock event
     location_count: int  # locations that sent events (up to the cap plus one)
@@ -88,6 +90,8 @@ async def read_figures(session: AsyncSession, settings: Settings, now: datetime)
         oldest_due_age=_age(now, scalars.oldest_due),
         last_sent_age=None if scalars.last_sent is None else _age(now, scalars.last_sent),
         open_waves=scalars.open_waves,
+        units_held=scalars.units_held,
+        holds_overdue=scalars.holds_overdue,
         in_doubt=doubt,
         locations=locations,
         location_count=location_count,
@@ -117,13 +121,17 @@ class ScalarFigures:
     oldest_due: datetime | None  # since when the oldest of them is due; None: none is
     last_sent: datetime | None  # the last message sent, ever
     open_waves: int
+    units_held: int
+    holds_overdue: int
 
 
 async def scalar_figures(session: AsyncSession, now: datetime) -> ScalarFigures:
     """The single-valued figures in one statement (one round trip, one snapshot), each an
     index look-up: due and the oldest due (``ix_notifications_work``), the last sent
-    (``ix_notifications_sent_at``), the open waves (their partial index)."""
+    (``ix_notifications_sent_at``), the open waves and the running and overdue holds (their
+    partial indexes)."""
     pending = Notification.status == Status.PENDING
+    holding = select(func.count()).select_from(StockHold).where(text(HELD))
     row = (
         await session.execute(
             select(
@@ -133,13 +141,17 @@ async def scalar_figures(session: AsyncSession, now: datetime) -> ScalarFigures:
                 select(func.min(Notification.next_attempt_at)).where(pending).scalar_subquery(),
                 select(func.max(Notification.sent_at)).scalar_subquery(),
                 select(func.count()).select_from(Wave).where(text(OPEN_WAVE)).scalar_subquery(),
+                holding.where(StockHold.until > now).scalar_subquery(),
+                holding.where(StockHold.until <= now).scalar_subquery(),
             )
         )
     ).one()
-    due, oldest, last_sent, open_waves = row
+    due, oldest, last_sent, open_waves, held, overdue = row
     if oldest is not None and oldest > now:
         oldest = None  # the earliest is not due yet (a retry's backoff, quiet hours)
-    return ScalarFigures(int(due or 0), oldest, last_sent, int(open_waves or 0))
+    return ScalarFigures(
+        int(due or 0), oldest, last_sent, int(open_waves or 0), int(held or 0), int(overdue or 0)
+    )
 
 
 async def stock_event_ages(
@@ -357,6 +369,17 @@ def _figures(f: Figures) -> Iterator[Metric]:
         )
     yield _gauge(
         "backinstock_waves_open", "Waves open (restocked SKUs not sold out again)", f.open_waves
+    )
+    yield _gauge(
+        "backinstock_units_held",
+        "Units held for shoppers a wave told (HOLD_SECONDS), not expired: free for nobody else",
+        f.units_held,
+    )
+    yield _gauge(
+        "backinstock_holds_overdue",
+        "Holds whose time is over that no sweeper has released yet (their units wait, and "
+        "so does their wave's next step): above 0 for long, the workers are not sweeping",
+        f.holds_overdue,
     )
     doubt = GaugeMetricFamily(
         "backinstock_in_doubt_messages",
