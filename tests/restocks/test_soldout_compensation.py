@@ -4,12 +4,14 @@ message per wave, stating their place, with a pool coupon for ``coupon``."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text, update
 
 from backinstock import db
 from backinstock.config import SoldoutCompensation
@@ -20,7 +22,7 @@ from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
 from tests.catalog.helpers import put_policy
 from tests.clock import SteppingClock
-from tests.conftest import ClientFactory, WorkerStarter
+from tests.conftest import BACKEND, ClientFactory, WorkerStarter
 from tests.conversions.helpers import (
     SKU,
     email,
@@ -31,6 +33,7 @@ from tests.conversions.helpers import (
 )
 from tests.helpers import bearer
 from tests.restocks.helpers import outbox_count, post_level, subscribe_many
+from tests.waiting import eventually
 from tests.workers import settle, tick
 
 COMPENSATION = Kind.COMPENSATION.value
@@ -257,3 +260,65 @@ async def test_a_wave_sold_out_before_its_step_tells_everyone_in_queue_order_qui
     await tick()
     assert set(await outbox_by_subscription(runtime, kind=COMPENSATION)) == set(vip + sms + mail)
     assert await outbox_count(runtime) == 5, "nobody was told it was back"
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="concurrent writers: SQLite has one at a time")
+async def test_a_follow_up_coupon_committed_meanwhile_leaves_that_shopper_out_not_the_sell_out(
+    make_client: ClientFactory,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+) -> None:
+    """A follow-up hands a shopper a coupon while the sell-out's compensation hands out
+    codes: the shopper's one-coupon key refuses the compensation's statement when the
+    follow-up commits. The sell-out still succeeds, every other shopper still gets a code,
+    and that shopper keeps the follow-up's one."""
+    key = api_keys["all"]
+    client = _client(make_client, runtime, "coupon")
+    await _upload_pool(client, key, 20)
+    ids = await subscribe_by_email(client, key, 4)
+    start_worker(soldout_compensation="coupon")
+    await _restock_then_sell_out(client, key, runtime, told=2)
+    racer = uuid.UUID(ids[0])
+
+    async with runtime.engine.connect() as other:  # the follow-up's transaction, open
+        await other.begin()
+        await other.execute(
+            update(Coupon)
+            .where(Coupon.code == "SORRY-19")
+            .values(subscription_id=racer, sku=SKU, issued_at=db.utcnow())
+        )
+        sold_out = asyncio.create_task(
+            post_level(client, key, 0, sku=SKU, event_id="erp-zero", occurred=60)
+        )
+        await eventually(lambda: _waits_on_a_lock(runtime), 30, "the sell-out meets the key")
+        await other.commit()
+        response = await sold_out
+    assert response.status_code == 202, response.text
+
+    async with runtime.sessions() as session:
+        holders = dict(
+            (
+                await session.execute(
+                    select(Coupon.subscription_id, Coupon.code).where(
+                        Coupon.subscription_id.is_not(None)
+                    )
+                )
+            ).all()
+        )
+    assert holders[racer] == "SORRY-19", "the follow-up's code, and no second one"
+    assert set(holders) == {uuid.UUID(i) for i in ids}, "everyone else got a code"
+    assert len(set(holders.values())) == 4
+    await settle()
+    assert set(await outbox_by_subscription(runtime, kind=COMPENSATION)) == set(ids)
+
+
+async def _waits_on_a_lock(runtime: Runtime) -> bool:
+    async with runtime.engine.connect() as connection:
+        waiting = await connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)

@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import exists, func, select, tuple_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
@@ -62,6 +63,9 @@ log = structlog.get_logger(__name__)
 # it: no short messages). Larger chunks mean fewer round trips; the transaction stays short
 # because the rows never leave the database.
 CHUNK = 1000
+# Tries at a sell-out's compensation coupons while follow-ups race it for the same
+# shoppers: each failed try means one more follow-up committed in that very moment.
+COUPON_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -177,18 +181,36 @@ async def _compensate(
         session, wave_id, sku, _whole_queue(sku), count, now
     )
     if mode is SoldoutCompensation.COUPON and planned:
-        messages = (
-            select(
-                Notification.id.label("notification_id"),
-                Notification.subscription_id,
-                Notification.channel,
-            )
-            .where(Notification.wave_id == wave_id, Notification.kind == Kind.COMPENSATION)
-            .subquery("messages")
-        )
-        await coupons.issue_from_pools(session, sku, messages, len(planned), now)
+        await _compensation_coupons(session, wave_id, sku, len(planned), now)
     log.info("soldout_compensation_planned", wave_id=str(wave_id), sku=sku, messages=len(planned))
     return [notification_id for notification_id, _ in planned]
+
+
+async def _compensation_coupons(
+    session: AsyncSession, wave_id: uuid.UUID, sku: str, count: int, now: datetime
+) -> None:
+    """A code from the pools for each of the wave's compensation messages whose shopper has
+    no coupon yet. A follow-up that hands one of them a coupon and commits while this
+    statement runs makes the shopper's one-coupon key refuse the whole statement; it is
+    retried in a savepoint, whose new snapshot sees that coupon and passes the shopper by.
+    The sell-out itself (and the stock event carrying it) never fails for a coupon: after
+    the last attempt the messages go without."""
+    messages = (
+        select(
+            Notification.id.label("notification_id"),
+            Notification.subscription_id,
+            Notification.channel,
+        )
+        .where(Notification.wave_id == wave_id, Notification.kind == Kind.COMPENSATION)
+        .subquery("messages")
+    )
+    for attempt in range(1, COUPON_ATTEMPTS + 1):
+        try:
+            async with session.begin_nested():
+                await coupons.issue_from_pools(session, sku, messages, count, now)
+            return
+        except IntegrityError:
+            log.info("compensation_coupon_race", wave_id=str(wave_id), attempt=attempt)
 
 
 def _whole_queue(sku: str) -> Subquery:
