@@ -174,10 +174,27 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         reason = str((invalid.get("ctx") or {}).get("error", "")).rstrip(".")
         message = "The request body is not valid JSON" + (f": {reason}." if reason else ".")
         return error_response(400, "malformed_json", message)
-    # Only the location and pydantic's own message: never the submitted input.
-    details = [{"field": _field_path(tuple(e["loc"])), "message": _message(e)} for e in errors]
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-    return error_response(422, "invalid_field", f"Invalid request: {summary}", details)
+    details = validation_details(errors)
+    return error_response(422, "invalid_field", invalid_summary(details), details)
+
+
+def validation_details(errors: Sequence[Any], prefix: str = "") -> list[dict[str, Any]]:
+    """Pydantic's errors as ``details``: only the location (under ``prefix``, for an item of
+    a bulk request) and pydantic's own message, never the submitted input."""
+    return [
+        {"field": _prefixed(prefix, _field_path(tuple(e["loc"]))), "message": _message(e)}
+        for e in errors
+    ]
+
+
+def invalid_summary(details: list[dict[str, Any]]) -> str:
+    return "Invalid request: " + "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+
+
+def _prefixed(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    return prefix if path == "body" else f"{prefix}.{path}"
 
 
 def _message(error: Any) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
@@ -131,6 +132,17 @@ def check_product(settings: CoreSettings, info: ProductInfo, prefix: str = "prod
         parts = urlsplit(info.image_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidField(f"{prefix}.image_url", "must be an absolute http(s) URL")
+
+
+async def ensure_products(session: AsyncSession, skus: Sequence[str], now: datetime) -> None:
+    """A product row for each SKU not known yet (nothing about it but its SKU), in one
+    INSERT; known ones are left as they are."""
+    if skus:
+        await session.execute(
+            insert_for(session, Product)
+            .values([{"sku": sku, "updated_at": now} for sku in skus])
+            .on_conflict_do_nothing(index_elements=[Product.sku])
+        )
 
 
 async def upsert_product(

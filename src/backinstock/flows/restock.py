@@ -78,7 +78,7 @@ class RestockOutcome:
 
 
 # ------------------------------------------------------------------------------ the event
-def _product_info(payload: RestockIn) -> catalog.ProductInfo:
+def product_info(payload: RestockIn) -> catalog.ProductInfo:
     """A stock event's product: its ``name`` is the default, ``names`` are per locale."""
     if payload.product is None:
         return catalog.ProductInfo()
@@ -87,14 +87,21 @@ def _product_info(payload: RestockIn) -> catalog.ProductInfo:
     return catalog.ProductInfo(given.name, given.url, given.image_url, None, names)
 
 
+def check_event(settings: Settings, payload: RestockIn) -> catalog.ProductInfo:
+    """What validation alone cannot say: 422 for an event from the future or a product link
+    the settings refuse. Returns the event's product."""
+    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
+    product = product_info(payload)
+    catalog.check_product(settings.core, product)
+    return product
+
+
 async def record(
     session: AsyncSession, settings: Settings, payload: RestockIn, now: datetime
 ) -> RestockOutcome:
     """Record one stock event at ``now`` (the service's clock: the time its wave opens or
     moves, and the time its answer counts holds at, as the step will)."""
-    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
-    product = _product_info(payload)
-    catalog.check_product(settings.core, product)
+    product = check_event(settings, payload)
     occurred_at = payload.occurred_at or now
     event_id = await stock.record_event(session, payload, occurred_at, now)
     if event_id is None:
@@ -102,10 +109,8 @@ async def record(
         return RestockOutcome(replayed, replay=True, wave_due=None)
     change = await stock.apply_level(session, payload, product, occurred_at, event_id)
     compensations: list[uuid.UUID] = []
-    wave = await _move_wave(session, settings, payload.sku, change, event_id, now, compensations)
-    first_wave = (
-        0 if wave is None else await _first_step(session, settings, wave, change.after, now)
-    )
+    wave = await move_wave(session, settings, payload.sku, change, event_id, now, compensations)
+    first_wave = 0 if wave is None else await first_step(session, settings, wave, change.after, now)
     result = RestockOut(
         restock_id=event_id,
         sku=payload.sku,
@@ -119,7 +124,7 @@ async def record(
     return RestockOutcome(result, replay=False, wave_due=wave_due, compensations=compensations)
 
 
-async def _move_wave(
+async def move_wave(
     session: AsyncSession,
     settings: Settings,
     sku: str,
@@ -142,7 +147,7 @@ async def _move_wave(
     return None
 
 
-async def _first_step(
+async def first_step(
     session: AsyncSession, settings: Settings, wave: Wave, level: int, now: datetime
 ) -> int:
     eligible = await eligible_count(session, settings, wave.sku, wave.id)

@@ -10,12 +10,20 @@ from backinstock import db, tasks
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
 from backinstock.dispatch import service as dispatch
 from backinstock.errors import ApiError, NotFound, error_responses
-from backinstock.flows import restock
+from backinstock.flows import restock, stock_sync
 from backinstock.identity import CLICK_TOKEN
 from backinstock.restocks import holds, waves
 from backinstock.restocks import service as stock
 from backinstock.restocks.models import HoldState
-from backinstock.restocks.schemas import HoldOut, RestockIn, RestockOut, StockOut
+from backinstock.restocks.schemas import (
+    BatchItemOut,
+    HoldOut,
+    RestockBatchIn,
+    RestockBatchOut,
+    RestockIn,
+    RestockOut,
+    StockOut,
+)
 from backinstock.strict_json import StrictJsonRoute
 
 router = APIRouter(tags=["stock"], route_class=StrictJsonRoute)
@@ -59,6 +67,41 @@ async def post_stock_level(
         db.after_commit(session, lambda: _wake_senders(compensations))
     code = status.HTTP_200_OK if outcome.replay else status.HTTP_202_ACCEPTED
     return JSONResponse(outcome.result.model_dump(mode="json"), status_code=code)
+
+
+@router.post(
+    "/v1/restocks/batch",
+    operation_id="postStockLevels",
+    response_model=RestockBatchOut,
+    responses=error_responses(400, 401, 403, 413, 422),
+)
+async def post_stock_levels(
+    payload: RestockBatchIn, session: SessionDep, runtime: RuntimeDep, _: InventoryKey
+) -> RestockBatchOut:
+    """A catalogue sync: up to 1,000 stock events in one request, each with the meaning it
+    has alone (idempotent per location and `event_id`, the latest `occurred_at` wins) and its
+    own answer in `results`, in order. A refused event fails alone. Events of one SKU in one
+    request move its wave once, from its level before the request to its level after; the
+    answers carry the SKU's level after the request, and `first_wave` is on the SKU's last
+    applied event."""
+    outcome = await stock_sync.record_batch(
+        session, runtime.settings, payload.levels, runtime.clock.now()
+    )
+    for wave_id in outcome.waves_due:
+        db.after_commit(session, lambda wave_id=wave_id: tasks.wake_wave(wave_id))  # type: ignore[misc]
+    if outcome.compensations:
+        compensations = outcome.compensations
+        db.after_commit(session, lambda: _wake_senders(compensations))
+    results = [
+        BatchItemOut(index=i, status=item.status, result=item.result, error=item.error)
+        for i, item in enumerate(outcome.items)
+    ]
+    return RestockBatchOut(
+        recorded=sum(r.status == 202 for r in results),
+        replayed=sum(r.status == 200 for r in results),
+        refused=sum(r.status == 422 for r in results),
+        results=results,
+    )
 
 
 def _wake_senders(ids: list[uuid.UUID]) -> None:

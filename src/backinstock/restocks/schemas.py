@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from backinstock.errors import ErrorBody
 from backinstock.fields import INSTANT_RULE, Instant, RequestBody, StrictInt, Text
 from backinstock.subscriptions.schemas import Locale, ProductIn, ProductName, Sku
 
@@ -40,6 +42,20 @@ class RestockIn(RequestBody):
     product: StockProductIn | None = None
 
 
+MAX_BATCH_LEVELS = 1000
+
+
+class RestockBatchIn(RequestBody):
+    levels: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_LEVELS,
+        description=f"Up to {MAX_BATCH_LEVELS} stock events, each a `POST /v1/restocks` body "
+        "(RestockIn). Each is validated alone: a refused one gets its own 422 in `results` "
+        "and the others are recorded.",
+        json_schema_extra={"items": {"$ref": "#/components/schemas/RestockIn"}},
+    )
+
+
 class RestockOut(BaseModel):
     restock_id: uuid.UUID
     sku: str
@@ -65,3 +81,22 @@ class StockOut(BaseModel):
 class HoldOut(BaseModel):
     sku: str
     until: datetime = Field(description="When the hold expires, unless an order consumes it.")
+
+
+class BatchItemOut(BaseModel):
+    index: int = Field(description="The event's position in `levels`, from 0.")
+    status: int = Field(
+        description="What `POST /v1/restocks` would have answered: 202 recorded, 200 a replay "
+        "(the stored answer), 422 refused (`error`)."
+    )
+    result: RestockOut | None = Field(description="The event's answer; null when refused.")
+    error: ErrorBody | None = Field(
+        description="Why the event was refused, in the one error shape; null otherwise."
+    )
+
+
+class RestockBatchOut(BaseModel):
+    recorded: int = Field(description="Events recorded now (status 202).")
+    replayed: int = Field(description="Events recorded before (status 200).")
+    refused: int = Field(description="Events refused (status 422); nothing of them is kept.")
+    results: list[BatchItemOut] = Field(description="One per event, in the request's order.")

@@ -9,10 +9,11 @@ A SKU's level is the sum over its locations of each location's latest event by
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import service as catalog
@@ -125,3 +126,140 @@ async def _apply_level(
         .on_conflict_do_update(index_elements=[StockLevel.sku, StockLevel.location], set_=values)
     )
     return True
+
+
+# --------------------------------------------------------------------------- in bulk
+EventKey = tuple[str, str]  # (location, event_id): an event's identity
+LocationLevel = tuple[int, datetime]  # (available, occurred_at) of a location's latest event
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    payload: RestockIn
+    occurred_at: datetime
+
+
+async def record_events(
+    session: AsyncSession, events: Sequence[NewEvent], now: datetime
+) -> dict[EventKey, uuid.UUID]:
+    """Keep the events in one INSERT; returns the ids of those not recorded before (a key
+    absent from the answer is a replay, or a repeat within ``events``)."""
+    rows = [
+        {
+            "id": new_id(),
+            "location": e.payload.location,
+            "event_id": e.payload.event_id,
+            "sku": e.payload.sku,
+            "available": e.payload.available,
+            "occurred_at": e.occurred_at,
+            "received_at": now,
+            "applied": False,
+            "level_after": 0,
+            "waiting": 0,
+            "first_wave": 0,
+        }
+        for e in events
+    ]
+    if not rows:
+        return {}
+    inserted = await session.execute(
+        insert_for(session, RestockEvent)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[RestockEvent.location, RestockEvent.event_id])
+        .returning(RestockEvent.location, RestockEvent.event_id, RestockEvent.id)
+    )
+    return {(location, event_id): id_ for location, event_id, id_ in inserted}
+
+
+async def stored_answers(
+    session: AsyncSession, keys: Collection[EventKey]
+) -> dict[EventKey, RestockOut]:
+    """The answers recorded with earlier events, for their replays, in one SELECT."""
+    if not keys:
+        return {}
+    e = RestockEvent
+    rows = await session.execute(select(e).where(tuple_(e.location, e.event_id).in_(list(keys))))
+    return {
+        (event.location, event.event_id): RestockOut(
+            restock_id=event.id,
+            sku=event.sku,
+            available=event.level_after,
+            waiting=event.waiting,
+            first_wave=event.first_wave,
+            applied=event.applied,
+        )
+        for event in rows.scalars()
+    }
+
+
+async def lock_skus(session: AsyncSession, skus: Sequence[str], now: datetime) -> None:
+    """The product row of each SKU, made if missing, locked in SKU order: the single-event
+    path locks one of them the same way, and two bulk requests sharing SKUs take their
+    locks in the same order (no deadlock)."""
+    ordered = sorted(set(skus))
+    await catalog.ensure_products(session, ordered, now)
+    await session.execute(
+        select(Product.sku).where(Product.sku.in_(ordered)).order_by(Product.sku).with_for_update()
+    )
+
+
+async def location_levels(
+    session: AsyncSession, skus: Collection[str]
+) -> dict[str, dict[str, LocationLevel]]:
+    """Each SKU's level per location (locked until the transaction ends): SKU → location →
+    (available, occurred_at)."""
+    levels: dict[str, dict[str, LocationLevel]] = {sku: {} for sku in skus}
+    rows = await session.execute(
+        select(StockLevel.sku, StockLevel.location, StockLevel.available, StockLevel.occurred_at)
+        .where(StockLevel.sku.in_(list(skus)))
+        .with_for_update()
+    )
+    for sku, location, available, occurred_at in rows:
+        levels[sku][location] = (available, occurred_at)
+    return levels
+
+
+async def write_levels(
+    session: AsyncSession, rows: Sequence[tuple[str, str, int, datetime, uuid.UUID]]
+) -> None:
+    """Set each (sku, location, available, occurred_at, restock_id) in one upsert."""
+    if not rows:
+        return
+    stmt = insert_for(session, StockLevel).values(
+        [
+            {"sku": s, "location": loc, "available": a, "occurred_at": at, "restock_id": r}
+            for s, loc, a, at, r in rows
+        ]
+    )
+    changed = ("available", "occurred_at", "restock_id")
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[StockLevel.sku, StockLevel.location],
+            set_={column: stmt.excluded[column] for column in changed},
+        )
+    )
+
+
+async def forget_events(session: AsyncSession, ids: Collection[uuid.UUID]) -> None:
+    """Events refused after they were recorded (their SKU's level would pass MAX_LEVEL):
+    nothing of them is kept, as a refused single event is rolled back."""
+    if ids:
+        await session.execute(delete(RestockEvent).where(RestockEvent.id.in_(list(ids))))
+
+
+async def answer_events(session: AsyncSession, answers: Sequence[RestockOut]) -> None:
+    """Store each answer with its event (an UPDATE by primary key per row, sent at once)."""
+    if answers:
+        await session.execute(
+            update(RestockEvent),
+            [
+                {
+                    "id": a.restock_id,
+                    "applied": a.applied,
+                    "level_after": a.available,
+                    "waiting": a.waiting,
+                    "first_wave": a.first_wave,
+                }
+                for a in answers
+            ],
+        )

@@ -1,0 +1,256 @@
+"""A catalogue's stock levels in one request (``POST /v1/restocks/batch``): up to
+:data:`~backinstock.restocks.schemas.MAX_BATCH_LEVELS` events, each with the meaning it has
+alone (``flows/restock.py``), in a constant number of statements for the events and the
+levels and a few per SKU whose wave moves.
+
+1. **Validation, per event.** An event that is not a valid ``POST /v1/restocks`` body, or
+   that :func:`restock.check_event` refuses, gets its own 422 and is left out; the others go
+   on.
+2. **The events**, in one INSERT: an event recorded before (same location and
+   ``event_id``) is a replay and gets its stored answer (200); a repeat within the request
+   gets the answer of its first occurrence.
+3. **The levels.** The SKUs' product rows are locked in SKU order (as the single path locks
+   one), their location levels read once, and the events applied in request order: an event
+   older than its location's level (stored, or set by an earlier event of the request) is
+   recorded and not applied, exactly as alone. The new levels are written in one upsert. A
+   SKU whose level would pass ``MAX_LEVEL`` refuses its events (422 each) and keeps
+   nothing of them.
+4. **The waves**, per SKU whose level changed, from its level before the request to its
+   level after (``restock.move_wave``): events of one SKU in one request collapse into one
+   change, as a catalogue sync means them (a level that went 0 → 5 → 0 within the request
+   opens no wave and sends nothing). Each event's answer has its SKU's level after the
+   request; ``first_wave`` is the step the SKU's change started, on the SKU's last applied
+   event (0 on the others).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backinstock.catalog import service as catalog
+from backinstock.config import Settings
+from backinstock.errors import InvalidField, error_body, invalid_summary, validation_details
+from backinstock.flows import restock
+from backinstock.restocks import service as stock
+from backinstock.restocks.schemas import MAX_LEVEL, RestockIn, RestockOut
+from backinstock.restocks.service import EventKey, LocationLevel, NewEvent
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One event's answer: ``status`` 202 (recorded), 200 (a replay) or 422 (refused, with
+    ``error`` in the one error shape's ``{"code", "message", "details"}``)."""
+
+    status: int
+    result: RestockOut | None = None
+    error: dict[str, Any] | None = None
+
+
+def _refused(details: list[dict[str, Any]]) -> ItemOutcome:
+    return ItemOutcome(
+        422, error=error_body("invalid_field", invalid_summary(details), details)["error"]
+    )
+
+
+@dataclass
+class BatchOutcome:
+    items: list[ItemOutcome]
+    waves_due: list[uuid.UUID] = field(default_factory=list)
+    compensations: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass
+class _Sku:
+    """One SKU's events of the request, in request order, and its levels."""
+
+    events: list[tuple[int, NewEvent, uuid.UUID]] = field(default_factory=list)
+    applied: dict[int, bool] = field(default_factory=dict)  # index → applied
+    last_applied: int | None = None
+    before: int = 0
+    after: int = 0
+
+
+async def record_batch(
+    session: AsyncSession, settings: Settings, bodies: list[Any], now: datetime
+) -> BatchOutcome:
+    items: list[ItemOutcome | None] = [None] * len(bodies)
+    valid = _validate(settings, bodies, items, now)
+    ids = await stock.record_events(session, [event for _, event in valid], now)
+    firsts, repeats = _firsts(valid, ids)
+    outcome = BatchOutcome(items=[])
+    skus = _by_sku(firsts)
+    if skus:
+        await _apply_levels(session, skus, items, now)
+        await _move_waves(session, settings, skus, items, outcome, now)
+    await _answer_replays(session, valid, firsts, repeats, items)
+    outcome.items = [item for item in items if item is not None]
+    assert len(outcome.items) == len(bodies)
+    return outcome
+
+
+def _validate(
+    settings: Settings, bodies: list[Any], items: list[ItemOutcome | None], now: datetime
+) -> list[tuple[int, NewEvent]]:
+    """Each body as ``POST /v1/restocks`` validates it; a refused one gets its 422."""
+    valid = []
+    for index, body in enumerate(bodies):
+        try:
+            payload = RestockIn.model_validate(body)
+            restock.check_event(settings, payload)
+        except ValidationError as exc:
+            items[index] = _refused(validation_details(exc.errors(), prefix=f"levels.{index}"))
+            continue
+        except InvalidField as exc:
+            details = [{**d, "field": f"levels.{index}.{d['field']}"} for d in exc.details]
+            items[index] = _refused(details)
+            continue
+        valid.append((index, NewEvent(payload, payload.occurred_at or now)))
+    return valid
+
+
+def _firsts(
+    valid: list[tuple[int, NewEvent]], ids: dict[EventKey, uuid.UUID]
+) -> tuple[list[tuple[int, NewEvent, uuid.UUID]], list[int]]:
+    """The events recorded now, each with its id (the first occurrence of its key), and the
+    indexes of the rest: replays of earlier requests or repeats within this one."""
+    firsts, repeats, seen = [], [], set()
+    for index, event in valid:
+        key = (event.payload.location, event.payload.event_id)
+        if key in ids and key not in seen:
+            seen.add(key)
+            firsts.append((index, event, ids[key]))
+        else:
+            repeats.append(index)
+    return firsts, repeats
+
+
+def _by_sku(firsts: list[tuple[int, NewEvent, uuid.UUID]]) -> dict[str, _Sku]:
+    skus: dict[str, _Sku] = defaultdict(_Sku)
+    for index, event, event_id in firsts:
+        skus[event.payload.sku].events.append((index, event, event_id))
+    return dict(sorted(skus.items()))
+
+
+async def _apply_levels(
+    session: AsyncSession, skus: dict[str, _Sku], items: list[ItemOutcome | None], now: datetime
+) -> None:
+    """Lock the SKUs, apply each event in request order, write the levels in one upsert; a
+    SKU whose level would pass MAX_LEVEL is refused whole."""
+    await _products(session, skus)
+    await stock.lock_skus(session, list(skus), now)
+    levels = await stock.location_levels(session, list(skus))
+    rows: list[tuple[str, str, int, datetime, uuid.UUID]] = []
+    refused: list[uuid.UUID] = []
+    for sku, state in list(skus.items()):
+        locations = levels[sku]
+        state.before = sum(available for available, _ in locations.values())
+        written = _apply_in_order(state, locations)
+        state.after = sum(available for available, _ in locations.values())
+        if state.after > MAX_LEVEL:
+            refused.extend(_refuse(state, items))
+            del skus[sku]
+            continue
+        rows.extend((sku, location, *written[location]) for location in sorted(written))
+    await stock.forget_events(session, refused)
+    await stock.write_levels(session, rows)
+
+
+async def _products(session: AsyncSession, skus: dict[str, _Sku]) -> None:
+    """Names and links an event carries are recorded as a single event records them."""
+    for sku, state in skus.items():
+        for _, event, _ in state.events:
+            if event.payload.product is not None:
+                await catalog.upsert_product(session, sku, restock.product_info(event.payload))
+
+
+def _apply_in_order(
+    state: _Sku, locations: dict[str, LocationLevel]
+) -> dict[str, tuple[int, datetime, uuid.UUID]]:
+    """Apply the SKU's events in request order to ``locations`` (changed in place): an event
+    older than its location's level is not applied. Returns the locations' new rows."""
+    written: dict[str, tuple[int, datetime, uuid.UUID]] = {}
+    for index, event, event_id in state.events:
+        location = event.payload.location
+        known = locations.get(location)
+        applied = known is None or known[1] <= event.occurred_at
+        state.applied[index] = applied
+        if applied:
+            locations[location] = (event.payload.available, event.occurred_at)
+            written[location] = (event.payload.available, event.occurred_at, event_id)
+            state.last_applied = index
+    return written
+
+
+def _refuse(state: _Sku, items: list[ItemOutcome | None]) -> list[uuid.UUID]:
+    message = f"the SKU's level would exceed {MAX_LEVEL}"
+    for index, _, _ in state.events:
+        items[index] = _refused([{"field": f"levels.{index}.available", "message": message}])
+    return [event_id for _, _, event_id in state.events]
+
+
+async def _move_waves(
+    session: AsyncSession,
+    settings: Settings,
+    skus: dict[str, _Sku],
+    items: list[ItemOutcome | None],
+    outcome: BatchOutcome,
+    now: datetime,
+) -> None:
+    """Each SKU's wave moves once, from its level before the request to its level after."""
+    answers: list[RestockOut] = []
+    for sku, state in skus.items():
+        first_wave = 0
+        if state.last_applied is not None:
+            _, _, moved_by = next(e for e in state.events if e[0] == state.last_applied)
+            change = stock.LevelChange(state.before, state.after, applied=True)
+            wave = await restock.move_wave(
+                session, settings, sku, change, moved_by, now, outcome.compensations
+            )
+            if wave is not None:
+                outcome.waves_due.append(wave.id)
+                first_wave = await restock.first_step(session, settings, wave, state.after, now)
+        waiting = await restock.queue_length(session, sku)
+        for index, _, event_id in state.events:
+            answer = RestockOut(
+                restock_id=event_id,
+                sku=sku,
+                available=state.after,
+                waiting=waiting,
+                first_wave=first_wave if index == state.last_applied else 0,
+                applied=state.applied[index],
+            )
+            items[index] = ItemOutcome(202, result=answer)
+            answers.append(answer)
+    await stock.answer_events(session, answers)
+
+
+async def _answer_replays(
+    session: AsyncSession,
+    valid: list[tuple[int, NewEvent]],
+    firsts: list[tuple[int, NewEvent, uuid.UUID]],
+    repeats: list[int],
+    items: list[ItemOutcome | None],
+) -> None:
+    """A replay gets the answer stored with its event; a repeat within the request, the
+    answer of the event's first occurrence (or its 422, if its SKU was refused)."""
+    if not repeats:
+        return
+    events = dict(valid)
+    first_of = {(e.payload.location, e.payload.event_id): index for index, e, _ in firsts}
+    keys = {(events[i].payload.location, events[i].payload.event_id) for i in repeats}
+    stored = await stock.stored_answers(session, keys - set(first_of))
+    for index in repeats:
+        key = (events[index].payload.location, events[index].payload.event_id)
+        if key in first_of:
+            first = items[first_of[key]]
+            assert first is not None
+            items[index] = first if first.status == 422 else ItemOutcome(200, first.result)
+        else:
+            items[index] = ItemOutcome(200, result=stored[key])
