@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from backinstock.restocks.models import RestockEvent, Wave, WaveStatus
 from backinstock.restocks.schemas import MAX_BATCH_LEVELS, MAX_LEVEL
 from backinstock.runtime import Runtime
+from tests.catalog.helpers import put_policy
 from tests.conftest import WorkerStarter
 from tests.helpers import bearer
 from tests.restocks.helpers import at, outbox_count, post_level, subscribe_many
@@ -257,3 +258,50 @@ async def test_a_thousand_levels_across_skus_in_one_request(
     stock = await client.get("/v1/stock/S007", headers=bearer(api_keys["inventory"]))
     assert stock.json()["level"] == sum(1 + i % 3 for i in range(1000) if i % 250 == 7)
     assert len(await open_waves(runtime)) == 250, "each SKU back from nothing, as alone"
+
+
+async def test_a_sync_answers_what_the_same_events_one_by_one_would(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    """Two copies of one catalogue, one fed event by event, one by a sync: the same levels,
+    queues and step sizes (the SKU's own multiplier, a wave that is open and rises, one
+    that opens, a SKU nobody waits for, one that sells out)."""
+    key, admin = api_keys["inventory"], api_keys["all"]
+
+    def events(copy: str) -> list[dict[str, Any]]:
+        return [
+            level(f"{copy}-own", 3, occurred=10),  # multiplier 2: 6 of 8 told
+            level(f"{copy}-open", 2, occurred=10, location="east"),  # rises 1 → 3, no step run yet
+            level(f"{copy}-new", 4, occurred=10),
+            level(f"{copy}-nobody", 5, occurred=10),
+            level(f"{copy}-gone", 0, occurred=10),
+        ]
+
+    for copy in ("one", "sync"):
+        await subscribe_many(client, admin, 8, sku=f"{copy}-own", start=0)
+        await subscribe_many(client, admin, 5, sku=f"{copy}-open", start=100)
+        await subscribe_many(client, admin, 2, sku=f"{copy}-new", start=200)
+        await subscribe_many(client, admin, 3, sku=f"{copy}-gone", start=300)
+        put = await put_policy(client, admin, {"batch_multiplier": 2.0}, sku=f"{copy}-own")
+        assert put.status_code == 200, put.text
+        for sku, available in ((f"{copy}-open", 1), (f"{copy}-gone", 2)):
+            assert (
+                await post_level(client, key, available, sku=sku, occurred=1)
+            ).status_code == 202
+
+    one_by_one = []
+    for body in events("one"):
+        response = await client.post("/v1/restocks", json=body, headers=bearer(key))
+        assert response.status_code == 202, response.text
+        one_by_one.append(response.json())
+    synced = [r["result"] for r in (await post_batch(client, key, events("sync")))["results"]]
+
+    def comparable(answer: dict[str, Any]) -> tuple[Any, ...]:
+        return (answer["available"], answer["waiting"], answer["first_wave"], answer["applied"])
+
+    assert [comparable(a) for a in synced] == [comparable(a) for a in one_by_one]
+    assert [a["first_wave"] for a in synced] == [6, 3, 2, 0, 0]
+    waves = await open_waves(runtime)
+    assert {sku.removeprefix("sync-"): n for sku, n in waves.items() if sku.startswith("sync")} == {
+        sku.removeprefix("one-"): n for sku, n in waves.items() if sku.startswith("one")
+    }

@@ -105,8 +105,25 @@ async def effective(session: AsyncSession, settings: Settings, sku: str) -> Poli
     """The SKU's rules now: its overrides over the settings."""
     base = from_settings(settings)
     row = (await session.execute(_OVERRIDES, {"sku": sku})).first()
-    if row is None:
-        return base
+    return base if row is None else _over(base, tuple(row))
+
+
+async def effective_many(
+    session: AsyncSession, settings: Settings, skus: Sequence[str]
+) -> dict[str, Policy]:
+    """The rules of each of ``skus`` now, in one query."""
+    base = from_settings(settings)
+    rules = dict.fromkeys(skus, base)
+    rows = await session.execute(
+        select(ProductPolicy.sku, *_COLUMNS).where(ProductPolicy.sku.in_(list(skus)))
+    )
+    for sku, *row in rows:
+        rules[sku] = _over(base, tuple(row))
+    return rules
+
+
+def _over(base: Policy, row: tuple[Any, ...]) -> Policy:
+    """A SKU's overrides (a row of :data:`_COLUMNS`) over the settings' rules."""
     multiplier, interval, hold, followup, compensation, channels, updated_at = row
     return Policy(
         batch_multiplier=base.batch_multiplier if multiplier is None else multiplier,

@@ -203,27 +203,31 @@ async def _move_waves(
     outcome: BatchOutcome,
     now: datetime,
 ) -> None:
-    """Each SKU's wave moves once, from its level before the request to its level after."""
+    """Each SKU's wave moves once, from its level before the request to its level after
+    (every SKU's in a few statements: ``restock.move_waves``)."""
+    changes = {
+        sku: restock.SkuChange(
+            stock.LevelChange(state.before, state.after, applied=True),
+            next(event_id for i, _, event_id in state.events if i == state.last_applied),
+        )
+        for sku, state in skus.items()
+        if state.last_applied is not None
+    }
+    moves = await restock.move_waves(session, settings, changes, now, outcome.compensations)
+    outcome.waves_due.extend(m.wave_due for m in moves.values() if m.wave_due is not None)
+    unmoved = [sku for sku in skus if sku not in moves]
+    queues = await restock.queue_lengths(session, unmoved) if unmoved else {}
     answers: list[RestockOut] = []
     for sku, state in skus.items():
-        first_wave = 0
-        if state.last_applied is not None:
-            _, _, moved_by = next(e for e in state.events if e[0] == state.last_applied)
-            change = stock.LevelChange(state.before, state.after, applied=True)
-            wave = await restock.move_wave(
-                session, settings, sku, change, moved_by, now, outcome.compensations
-            )
-            if wave is not None:
-                outcome.waves_due.append(wave.id)
-                first_wave = await restock.first_step(session, settings, wave, state.after, now)
-        waiting = await restock.queue_length(session, sku)
+        move = moves.get(sku)
+        waiting = move.waiting if move is not None else queues.get(sku, 0)
         for index, _, event_id in state.events:
             answer = RestockOut(
                 restock_id=event_id,
                 sku=sku,
                 available=state.after,
                 waiting=waiting,
-                first_wave=first_wave if index == state.last_applied else 0,
+                first_wave=move.first_wave if move and index == state.last_applied else 0,
                 applied=state.applied[index],
             )
             items[index] = ItemOutcome(202, result=answer)

@@ -70,6 +70,19 @@ async def held(session: AsyncSession, sku: str, now: datetime) -> int:
     return int(await session.scalar(query) or 0)
 
 
+async def held_by_sku(session: AsyncSession, skus: Sequence[str], now: datetime) -> dict[str, int]:
+    """:func:`held` of each of ``skus``, in one query (0 for a SKU holding nothing)."""
+    rows = await session.execute(
+        select(StockHold.sku, func.count())
+        .where(StockHold.sku.in_(list(skus)), StockHold.state == HoldState.HELD)
+        .where(StockHold.until > now)
+        .group_by(StockHold.sku)
+    )
+    counts = dict.fromkeys(skus, 0)
+    counts.update({sku: int(n) for sku, n in rows})
+    return counts
+
+
 async def of_message(session: AsyncSession, notification_id: uuid.UUID) -> HoldView | None:
     row = (
         await session.execute(

@@ -73,6 +73,31 @@ async def open_wave_of(session: AsyncSession, sku: str) -> Wave | None:
     )
 
 
+async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str, Wave]:
+    """The open wave of each of ``skus`` that has one, locked (in SKU order) until the
+    transaction ends: :func:`open_wave_of` for many SKUs, in one query."""
+    waves = await session.scalars(
+        select(Wave)
+        .where(Wave.sku.in_(list(skus)), Wave.status == WaveStatus.OPEN)
+        .order_by(Wave.sku)
+        .with_for_update()
+    )
+    return {wave.sku: wave for wave in waves}
+
+
+async def open_many(
+    session: AsyncSession, opening: Sequence[tuple[str, uuid.UUID, int]], now: datetime
+) -> list[Wave]:
+    """:func:`open_wave` for each (sku, restock_id, level), in one flush."""
+    made = [
+        Wave(id=new_id(), sku=sku, restock_id=restock_id, next_step_at=now, level=level)
+        for sku, restock_id, level in opening
+    ]
+    session.add_all(made)
+    await session.flush()
+    return made
+
+
 async def open_wave(
     session: AsyncSession, sku: str, restock_id: uuid.UUID, level: int, now: datetime
 ) -> Wave:
