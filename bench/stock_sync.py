@@ -235,9 +235,21 @@ def section(args: argparse.Namespace, pg: dict[str, str], figures: dict) -> str:
         f"--waiting {args.waiting} --clients {args.clients} --order {args.order} "
         f"--single {args.single} --rounds {args.rounds} --write"
     )
-    return f"""## Catalogue sync: {size:,} levels through POST /v1/restocks/batch ({args.order}-major)
+    restock, sellout, single, cpu = (med[k] for k in ("restock", "sellout", "single", "cpu"))
+    heading = f"Catalogue sync: {size:,} levels through POST /v1/restocks/batch"
+    rows = [
+        f"| restock sync ({size:,} levels; every SKU's wave opens) "
+        f"| **{restock:.2f} s** ({size / restock:,.0f} levels/s) |",
+        f"| sell-out sync ({size:,} levels; every wave closes) | {sellout:.2f} s |",
+        f"| baseline: the same events one per request, 32 clients, extrapolated "
+        f"| {single:.1f} s ({single / restock:.0f}× the sync) |",
+        f"| API CPU for the restock sync | {cpu:.2f} s |",
+    ]
+    table = "\n".join(rows)
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    return f"""## {heading} ({args.order}-major)
 
-{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, source `{source_state()}`, PostgreSQL {pg["server_version"]}
+{when}, source `{source_state()}`, PostgreSQL {pg["server_version"]}
 (synchronous_commit {pg["synchronous_commit"]}), one API process, {args.clients} clients.
 
 `{command}`
@@ -248,10 +260,7 @@ exactly {args.skus:,} waves were open, after each sell-out sync none.
 
 | | median of {args.rounds} |
 |---|---|
-| restock sync ({size:,} levels; every SKU's wave opens) | **{med["restock"]:.2f} s** ({size / med["restock"]:,.0f} levels/s) |
-| sell-out sync ({size:,} levels; every wave closes) | {med["sellout"]:.2f} s |
-| baseline: the same events one per request, 32 clients, extrapolated | {med["single"]:.1f} s ({med["single"] / med["restock"]:.0f}× the sync) |
-| API CPU for the restock sync | {med["cpu"]:.2f} s |
+{table}
 
 | round | restock sync, s | sell-out sync, s | singles for {size:,}, s | API CPU, s |
 |---|---|---|---|---|

@@ -8,6 +8,7 @@ other domains cause is one named operation here (``tests/test_table_owners.py``)
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -127,13 +128,15 @@ async def _one_each(
     return [(r[0], r[1]) for r in await session.execute(stmt)]
 
 
-async def cancel_unsent_restock(session: AsyncSession, wave_id: uuid.UUID) -> list[uuid.UUID]:
-    """The wave sold out: its restock messages not yet claimed are cancelled. Returns their
-    shoppers (whose budget goes back)."""
+async def cancel_unsent_restock(
+    session: AsyncSession, wave_ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The waves sold out: their restock messages not yet claimed are cancelled. Returns
+    their shoppers (whose budget goes back)."""
     cancelled = await session.scalars(
         update(Notification)
         .where(
-            Notification.wave_id == wave_id,
+            Notification.wave_id.in_(list(wave_ids)),
             Notification.kind == Kind.RESTOCK,
             Notification.status == Status.PENDING,
         )

@@ -177,15 +177,18 @@ async def move_waves(
     open_now = await waves.open_waves_of(session, skus)
     due: dict[str, Wave] = {}
     opening: list[tuple[str, uuid.UUID, int]] = []
+    sold_out: list[uuid.UUID] = []
     for sku in skus:
         wave, change = open_now.get(sku), changes[sku].change
         if wave is not None and change.after == 0:
-            compensations.extend(await sell_out(session, settings, wave.id, now))
+            sold_out.append(wave.id)
         elif wave is not None and change.after > change.before:
             waves.make_due(wave, now)
             due[sku] = wave
         elif wave is None and change.before == 0 and change.after > 0:
             opening.append((sku, changes[sku].event_id, change.after))
+    if sold_out:
+        compensations.extend(await sell_out_many(session, settings, sold_out, now))
     for wave in await waves.open_many(session, opening, now):
         due[wave.sku] = wave
     sizes = await _first_steps(
@@ -232,13 +235,26 @@ async def sell_out(
     """No further steps, the wave's holds end, and messages not yet handed to a provider
     are withdrawn (their shoppers keep their notification budget and place). Then the
     compensation the SKU's rules ask for; returns its messages (none when off)."""
-    sku = await waves.close(session, wave_id, now)
-    await holds.end(session, wave_id)
-    withdrawn = await notifications.cancel_unsent_restock(session, wave_id)
+    return await sell_out_many(session, settings, [wave_id], now)
+
+
+async def sell_out_many(
+    session: AsyncSession, settings: Settings, wave_ids: Sequence[uuid.UUID], now: datetime
+) -> list[uuid.UUID]:
+    """:func:`sell_out` of several waves, one statement per step for them all (a catalogue
+    sync that zeroes a thousand SKUs); only their compensations, when on, are per wave."""
+    closed = await waves.close(session, wave_ids, now)
+    await holds.end(session, wave_ids)
+    withdrawn = await notifications.cancel_unsent_restock(session, wave_ids)
     await lifecycle.withdraw(session, withdrawn)
-    if sku is None:
-        return []
-    return await _compensate(session, settings, wave_id, sku, now)
+    planned: list[uuid.UUID] = []
+    if not closed:
+        return planned
+    rules = await product_policy.effective_many(session, settings, sorted(set(closed.values())))
+    for wave_id, sku in closed.items():
+        if rules[sku].soldout_compensation is not SoldoutCompensation.OFF:
+            planned.extend(await _compensate(session, settings, wave_id, sku, now))
+    return planned
 
 
 async def _compensate(

@@ -110,11 +110,11 @@ async def consume(session: AsyncSession, notification_id: uuid.UUID, skus: Colle
     return consumed is not None
 
 
-async def end(session: AsyncSession, wave_id: uuid.UUID) -> None:
-    """The SKU sold out: every hold of its wave ends (no unit is left to hold)."""
+async def end(session: AsyncSession, wave_ids: Sequence[uuid.UUID]) -> None:
+    """The SKUs sold out: every hold of their waves ends (no unit is left to hold)."""
     await session.execute(
         update(StockHold)
-        .where(StockHold.wave_id == wave_id, StockHold.state == HoldState.HELD)
+        .where(StockHold.wave_id.in_(list(wave_ids)), StockHold.state == HoldState.HELD)
         .values(state=HoldState.ENDED.value)
     )
 

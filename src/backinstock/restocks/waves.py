@@ -129,16 +129,18 @@ async def make_due_now(
     return list(made_due)
 
 
-async def close(session: AsyncSession, wave_id: uuid.UUID, now: datetime) -> str | None:
-    """Sold out: no further steps. Returns the wave's SKU if this call closed it (None if
-    it was closed already), so what follows a close happens once."""
-    closed = await session.scalar(
+async def close(
+    session: AsyncSession, wave_ids: Sequence[uuid.UUID], now: datetime
+) -> dict[uuid.UUID, str]:
+    """Sold out: no further steps. Returns the SKU of each wave this call closed (not of one
+    closed already), so that what follows a close happens once."""
+    closed = await session.execute(
         update(Wave)
-        .where(Wave.id == wave_id, Wave.status == WaveStatus.OPEN)
+        .where(Wave.id.in_(list(wave_ids)), Wave.status == WaveStatus.OPEN)
         .values(status=WaveStatus.CLOSED.value, closed_at=now, next_step_at=None, lease_until=None)
-        .returning(Wave.sku)
+        .returning(Wave.id, Wave.sku)
     )
-    return None if closed is None else str(closed)
+    return {wave_id: str(sku) for wave_id, sku in closed}
 
 
 async def take_lease(
