@@ -21,6 +21,14 @@ DEFAULT_LOCALE = "zh-CN"
 
 
 @dataclass(frozen=True)
+class Offer:
+    """A substitute a substitute message names: its name and its own tracked link."""
+
+    name: str
+    link: str
+
+
+@dataclass(frozen=True)
 class MessageContext:
     name: str | None
     product_name: str
@@ -39,6 +47,8 @@ class MessageContext:
     valid_hours: int = 24  # how long a confirmation's link and code work
     # The shopper's own page (/s/…): everything they wait for, each stoppable.
     page_url: str = ""
+    # A substitute message's offers, in order (the templates' ``substitutes``).
+    substitutes: tuple[Offer, ...] = ()
 
     @property
     def scarce(self) -> bool:
@@ -65,17 +75,42 @@ def _environment() -> SandboxedEnvironment:
 
 
 def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int) -> str:
-    """Shorten the product name (then drop the shopper's name) until the SMS fits: links
-    and the unsubscribe URL must survive whole, and long names are what grows."""
-    name = context.product_name
-    while segments(text) > max_segments and len(name) > 4:
-        name = name[: max(4, len(name) * 3 // 4)]
-        shorter = dataclasses.replace(context, product_name=name.rstrip() + "…")
+    """Shorten the product names (the product's and any substitutes'; then drop the
+    shopper's name) until the SMS fits: links and the unsubscribe URL must survive whole,
+    and long names are what grows."""
+    shorter = context
+    while segments(text) > max_segments and _longest_name(shorter) > 4:
+        shorter = _shortened(shorter)
         text = _render("sms", locale, "txt", shorter) or text
     if segments(text) > max_segments and context.name:
-        shorter = dataclasses.replace(context, name=None, product_name=name.rstrip() + "…")
+        shorter = dataclasses.replace(shorter, name=None)
         text = _render("sms", locale, "txt", shorter) or text
     return text
+
+
+def _bare(name: str) -> str:
+    return name.removesuffix("…")
+
+
+def _longest_name(context: MessageContext) -> int:
+    names = [context.product_name, *(o.name for o in context.substitutes)]
+    return max(len(_bare(name)) for name in names)
+
+
+def _shortened(context: MessageContext) -> MessageContext:
+    """Every name longer than 4 characters cut to three quarters (at least 4), with "…"."""
+
+    def cut(name: str) -> str:
+        bare = _bare(name)
+        if len(bare) <= 4:
+            return name
+        return bare[: max(4, len(bare) * 3 // 4)].rstrip() + "…"
+
+    return dataclasses.replace(
+        context,
+        product_name=cut(context.product_name),
+        substitutes=tuple(Offer(cut(o.name), o.link) for o in context.substitutes),
+    )
 
 
 def _locale_chain(locale: str) -> list[str]:
@@ -99,6 +134,7 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "code": context.code,
         "valid_hours": context.valid_hours,
         "page_url": context.page_url,
+        "substitutes": [{"name": o.name, "link": o.link} for o in context.substitutes],
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):

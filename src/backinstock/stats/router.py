@@ -52,9 +52,10 @@ FormatQuery = Annotated[
 
 FUNNEL_CSV = (
     "subscribed,waiting,notified,delivered,failed,clicked,converted,revenue,currency,"
-    "coupons_issued,coupons_redeemed,compensations_sent,click_rate,conversion_rate,"
+    "coupons_issued,coupons_redeemed,compensations_sent,substitute_messages_sent,"
+    "substitute_clicks,saved_by_substitute,click_rate,conversion_rate,"
     "median_seconds_restock_to_send,since,until\r\n"
-    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
+    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,20,7,2,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
     "2026-11-22T00:00:00Z\r\n"
 )
 DEMAND_CSV = """sku,product_name,waiting,oldest_waiting_since,restocks,last_restock_at\r
@@ -81,6 +82,12 @@ FUNNEL_DOC = """The marketer's funnel. Every figure counts by its own timestamp 
   follow-ups and of sold-out compensations alike).
 - `compensations_sent`: "sold out again" messages (`SOLDOUT_COMPENSATION`) sent, by
   `sent_at`; not part of `notified` or its rates.
+- `substitute_messages_sent`: substitute messages (`SUBSTITUTE_AFTER_SECONDS`) sent, by
+  `sent_at`; `substitute_clicks`: substitutes those messages offered whose own link was
+  followed, by the first click; `saved_by_substitute`: order lines of an offered
+  substitute whose order carried the message's token, by the order's `occurred_at`. All
+  three are narrowed by the SKU waited for, and none is part of `notified`, `converted` or
+  their rates.
 - `click_rate` = clicked / notified, `conversion_rate` = converted / notified (4 places,
   0.0 when nothing was notified).
 - `median_seconds_restock_to_send`: median of `sent_at - created_at` over the notified

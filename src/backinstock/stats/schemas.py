@@ -19,6 +19,9 @@ class Metric(enum.StrEnum):
     COUPONS_ISSUED = "coupons_issued"
     COUPONS_REDEEMED = "coupons_redeemed"
     COMPENSATIONS_SENT = "compensations_sent"
+    SUBSTITUTE_MESSAGES_SENT = "substitute_messages_sent"
+    SUBSTITUTE_CLICKS = "substitute_clicks"
+    SAVED_BY_SUBSTITUTE = "saved_by_substitute"
 
 
 class Interval(enum.StrEnum):
@@ -72,6 +75,19 @@ class Funnel(BaseModel):
     compensations_sent: int = Field(
         description='"Sold out again" messages (SOLDOUT_COMPENSATION) sent with sent_at in '
         "the period; the coupons they carry count in coupons_issued."
+    )
+    substitute_messages_sent: int = Field(
+        description="Substitute messages (SUBSTITUTE_AFTER_SECONDS) sent with sent_at in the "
+        "period, narrowed by the SKU waited for."
+    )
+    substitute_clicks: int = Field(
+        description="Substitutes offered in those messages whose own link was first followed "
+        "in the period."
+    )
+    saved_by_substitute: int = Field(
+        description="Order lines, by the order's occurred_at in the period, of a substitute "
+        "that a substitute message offered the shopper whose token the order carried "
+        "(narrowed by the SKU waited for); not conversions."
     )
     click_rate: float = Field(description="clicked / notified, 4 places; 0.0 when none notified.")
     conversion_rate: float = Field(
