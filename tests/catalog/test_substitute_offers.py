@@ -90,9 +90,9 @@ async def test_one_message_after_the_wait_naming_the_substitutes_in_stock_never_
     assert await _offers(runtime) == {sub: ["ALT-A", "ALT-C"] for sub in first}
     messages = await outbox_by_subscription(runtime, kind=SUBSTITUTE)
     assert set(messages) == set(first)
-    body = messages[first[0]]
-    assert "蓝色T恤 M" in body and "Red T-shirt L" in body and "ALT-B" not in body
-    assert [n for _, n in LINK.findall(body)] == ["1", "2"]
+    text = messages[first[0]]
+    assert "蓝色T恤 M" in text and "Red T-shirt L" in text and "ALT-B" not in text
+    assert [n for _, n in LINK.findall(text)] == ["1", "2"]
 
     # A later shopper waits their own time; nobody gets a second one, ever.
     body = subscription_body(sku=SKU, channel="email", contact="later@example.com")
@@ -215,17 +215,9 @@ async def test_clicks_and_orders_of_an_offered_substitute_are_saved_by_a_substit
     for refused in (f"/r/{token}/0", f"/r/{token}/11", f"/r/{token}/1e0", f"/r/{token}/-1"):
         assert (await client.get(refused)).status_code == 422, refused
     async with runtime.sessions() as session:
-        clicks = dict(
-            (
-                await session.execute(
-                    select(
-                        SubstituteOffer.position, func.sum(SubstituteOffer.click_count)
-                    ).group_by(SubstituteOffer.position)
-                )
-            )
-            .tuples()
-            .all()
-        )
+        per_place = select(SubstituteOffer.position, func.sum(SubstituteOffer.click_count))
+        rows = await session.execute(per_place.group_by(SubstituteOffer.position))
+        clicks = {position: int(count) for position, count in rows}
     assert clicks == {1: 1, 2: 2}, "counted on the offer, per substitute"
 
     lines = [
