@@ -9,7 +9,9 @@ by their place in it, with their links' clicks. ``substitute_sales`` (owned by
 conversions): orders of an offered substitute that carried the message's token ("saved by
 a substitute"). ``uq_notifications_one_substitute``: one substitute message per
 subscription, ever (the unique (subscription, wave, kind) key does not hold where wave_id
-is NULL). New tables and an index on a kind no row has yet: nothing is rewritten.
+is NULL). ``product_policies.substitute_after_seconds`` overrides the setting for one SKU
+(NULL keeps it). New tables, a nullable column without a default and an index on a kind
+no row has yet: nothing is rewritten.
 """
 
 from collections.abc import Sequence
@@ -27,6 +29,9 @@ CLICKED = "clicked_at IS NOT NULL"
 
 
 def upgrade() -> None:
+    op.add_column(
+        "product_policies", sa.Column("substitute_after_seconds", sa.Integer(), nullable=True)
+    )
     op.create_index(
         "uq_notifications_one_substitute",
         "notifications",
@@ -109,3 +114,5 @@ def downgrade() -> None:
     op.drop_table("substitute_sales")
     op.drop_table("substitute_offers")
     op.drop_index("uq_notifications_one_substitute", table_name="notifications")
+    with op.batch_alter_table("product_policies") as batch:
+        batch.drop_column("substitute_after_seconds")

@@ -18,6 +18,7 @@ from backinstock.dispatch.models import Kind, Notification, SubstituteOffer
 from backinstock.flows import substitutes
 from backinstock.runtime import Runtime
 from backinstock.subscriptions.models import Subscription
+from tests.catalog.helpers import put_policy
 from tests.catalog.test_substitutes import put, stock
 from tests.clock import SteppingClock
 from tests.conftest import WorkerStarter
@@ -288,3 +289,32 @@ async def test_a_second_sweep_plans_nothing_more_and_off_plans_nothing(
     second = await substitutes.plan_due(runtime.sessions, on, clock.now())
     assert len(first) == 3 and second == []
     assert set(await _offers(runtime)) == set(ids)
+
+
+async def test_the_products_rule_wins_over_the_setting(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    clock: SteppingClock,
+) -> None:
+    key = api_keys["all"]
+    await _shelves(client, key)
+    await stock(client, key, "SKU-2", 0)
+    assert (await put(client, key, {"substitutes": ["ALT-A"]}, sku="SKU-2")).status_code == 200
+    on_by_rule = await subscribe_by_email(client, key, 2)
+    off_by_rule = await subscribe_by_email(client, key, 2, sku="SKU-2")
+    assert (await put_policy(client, key, {"substitute_after_seconds": 600})).status_code == 200
+    answer = await put_policy(client, key, {"substitute_after_seconds": 0}, sku="SKU-2")
+    assert answer.status_code == 200, answer.text
+
+    clock.advance(300)
+    setting_off = runtime.settings  # SUBSTITUTE_AFTER_SECONDS=0
+    assert await substitutes.plan_due(runtime.sessions, setting_off, clock.now()) == []
+    clock.advance(400)
+    planned = await substitutes.plan_due(runtime.sessions, setting_off, clock.now())
+    assert len(planned) == 2 and set(await _offers(runtime)) == set(on_by_rule)
+
+    conversion = setting_off.conversion.model_copy(update={"substitute_after_seconds": 60})
+    setting_on = dataclasses.replace(setting_off, conversion=conversion)
+    assert await substitutes.plan_due(runtime.sessions, setting_on, clock.now()) == []
+    assert not set(await _offers(runtime)) & set(off_by_rule)

@@ -10,7 +10,8 @@ order, at most a batch per tick. The message is an outbox row like any other (ki
 fallbacks and recovered the same way; what it offers is written with it
 (``substitute_offers``), so its links and the orders it saves are known whatever the list
 does later. A unique index keeps it to one per subscription even when two workers' sweepers
-plan at once.
+plan at once. A SKU's ``substitute_after_seconds`` rule overrides the setting for it (0
+turns it off for that SKU; above 0 turns it on for that SKU with the setting off).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.selectable import Subquery
 
 from backinstock import db
+from backinstock.catalog import policy as product_policy
 from backinstock.config import Settings
 from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Kind, Notification
@@ -37,25 +39,26 @@ async def plan_due(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> list[uuid.UUID]:
     """Plan the substitute messages due at ``now``; returns them (none when off)."""
-    after = settings.conversion.substitute_after_seconds
-    if after == 0:
-        return []
     async with db.transaction(sessions) as session:
-        return await _plan(session, now - timedelta(seconds=after), now, settings)
+        if not await product_policy.substitutes_wanted(session, settings):
+            return []
+        return await _plan(session, settings, now)
 
 
-async def _plan(
-    session: AsyncSession, waited_since: datetime, now: datetime, settings: Settings
-) -> list[uuid.UUID]:
+async def _plan(session: AsyncSession, settings: Settings, now: datetime) -> list[uuid.UUID]:
     budget = settings.conversion.followup_batch
     planned: list[uuid.UUID] = []
     for sku in await substitutes.sold_out_with_substitutes(session):
         if len(planned) >= budget:
             break
+        # The SKU's own wait (its rule, else the setting), read when it applies.
+        after = (await product_policy.effective(session, settings, sku)).substitute_after_seconds
+        if after == 0:
+            continue
         listed = await substitutes.listed_in_stock(session, sku)
         offered = [substitute for substitute, in_stock in listed if in_stock]
         limit = budget - len(planned)
-        shoppers = _waited_long_enough(sku, waited_since, limit)
+        shoppers = _waited_long_enough(sku, now - timedelta(seconds=after), limit)
         messages = await notifications.plan_substitutes(session, sku, shoppers, limit, offered, now)
         if messages:
             log.info("substitute_offers_planned", sku=sku, messages=len(messages))
