@@ -94,6 +94,12 @@ async def test_one_message_after_the_wait_naming_the_substitutes_in_stock_never_
     text = messages[first[0]]
     assert "蓝色T恤 M" in text and "Red T-shirt L" in text and "ALT-B" not in text
     assert [n for _, n in LINK.findall(text)] == ["1", "2"]
+    # The shopper's page links the offered substitutes through the message's links too.
+    page = re.search(r"/s/([A-Za-z0-9_-]{44})", text)
+    assert page is not None
+    html = (await client.get(f"/s/{page.group(1)}", params={"lang": "en"})).text
+    token = LINK.findall(text)[0][0]
+    assert f"/r/{token}/1" in html and f"/r/{token}/2" in html
 
     # A later shopper waits their own time; nobody gets a second one, ever.
     body = subscription_body(sku=SKU, channel="email", contact="later@example.com")
