@@ -37,11 +37,13 @@ OWNERS: Mapping[str, str] = {
     "holds": "backinstock.restocks",
     "notifications": "backinstock.dispatch",
     "confirmations_sent": "backinstock.dispatch",
+    "substitute_offers": "backinstock.dispatch",
     "dev_outbox": "backinstock.senders",
     "coupon_pools": "backinstock.coupons",
     "coupons": "backinstock.coupons",
     "orders": "backinstock.conversions",
     "conversions": "backinstock.conversions",
+    "substitute_sales": "backinstock.conversions",
     "dashboard_sessions": "backinstock.dashboard",
 }
 # Modules that build a statement for a table their caller names (no table of their own).

@@ -1,7 +1,7 @@
 """held stock: the time until which a restock message says its unit is reserved
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 Create Date: 2026-12-06 01:00:00.000000
 
 ``notifications.held_until`` is set on a restock message a wave step plans while the SKU
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0021"
-down_revision: str | None = "0018"
+down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

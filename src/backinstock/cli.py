@@ -695,9 +695,9 @@ def policy_set(
 ) -> None:
     """Change some of SKU's rules and keep the others, then show them all. Rules:
     batch_multiplier, batch_interval_seconds, hold_seconds, followup_after_seconds,
-    soldout_compensation (off, message or coupon), channels; each takes the setting's own
-    bounds. They apply from the SKU's next wave step, follow-up decision, sell-out and
-    subscription."""
+    soldout_compensation (off, message or coupon), substitute_after_seconds, channels; each
+    takes the setting's own bounds. They apply from the SKU's next wave step, follow-up
+    decision, sell-out, substitute offer and subscription."""
     sku = _checked_sku(sku)
     given = _parse_rules(rules or [])
     cleared = clear or []

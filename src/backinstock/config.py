@@ -235,6 +235,10 @@ class ConversionSettings(_Section):
     followup_batch: int = Field(default=200, ge=1)
     # A product's policy may override it (``soldout_compensation``).
     soldout_compensation: SoldoutCompensation = SoldoutCompensation.OFF
+    # A shopper still waiting this long for a sold-out SKU gets one message naming its
+    # substitutes in stock (0: never). Bounded like FOLLOWUP_AFTER_SECONDS: the delay is
+    # subtracted from a datetime in the sweeper, where an overflow would fail every tick.
+    substitute_after_seconds: int = Field(default=0, ge=0, le=31_536_000)
 
 
 class MetricsSettings(_Section):

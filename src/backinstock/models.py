@@ -2,11 +2,11 @@
 
 from backinstock.auth.models import ApiKey
 from backinstock.catalog.models import Product, ProductName, ProductPolicy
-from backinstock.conversions.models import Conversion, Order
+from backinstock.conversions.models import Conversion, Order, SubstituteSale
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.dashboard.models import DashboardSession
 from backinstock.db import Base
-from backinstock.dispatch.models import ConfirmationSent, Notification
+from backinstock.dispatch.models import ConfirmationSent, Notification, SubstituteOffer
 from backinstock.restocks.models import RestockEvent, StockHold, StockLevel, Wave
 from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Subscription, SubscriptionFallback
@@ -30,5 +30,7 @@ __all__ = [
     "StockLevel",
     "Subscription",
     "SubscriptionFallback",
+    "SubstituteOffer",
+    "SubstituteSale",
     "Wave",
 ]

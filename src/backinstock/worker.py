@@ -38,7 +38,7 @@ from backinstock.config import Settings
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
-from backinstock.flows import followups, restock
+from backinstock.flows import followups, restock, substitutes
 from backinstock.ops import metrics
 from backinstock.ops.logging import configure_logging, quiet_data_loggers
 from backinstock.privacy import retention
@@ -240,7 +240,7 @@ def wake_senders(ids: Sequence[uuid.UUID]) -> None:
 async def sweep_once(rt: Runtime) -> None:
     """One tick of the sweeper, at ``rt.clock``'s now: release expired holds (making their
     waves due), wake due waves, settle lapsed claims,
-    plan due follow-ups and drain forgotten work."""
+    plan due follow-ups and substitute offers, and drain forgotten work."""
     stale_after = timedelta(seconds=rt.settings.waves.stale_after_seconds)
     now = rt.clock.now()
     async with db.transaction(rt.sessions) as session:
@@ -253,6 +253,7 @@ async def sweep_once(rt: Runtime) -> None:
     for wave_id in due_waves:
         tasks.wake_wave(wave_id)
     wake_senders(await followups.plan_due(rt.sessions, rt.settings, rt.clock.now()))
+    wake_senders(await substitutes.plan_due(rt.sessions, rt.settings, rt.clock.now()))
     drains = min(DRAIN_FANOUT, math.ceil((stale + recovered.requeued) / dispatch.BATCH))
     for _ in range(drains):
         tasks.enqueue(tasks.DRAIN)

@@ -23,6 +23,7 @@ POLICY_NAMES = (
     "hold_seconds",
     "followup_after_seconds",
     "soldout_compensation",
+    "substitute_after_seconds",
     "channels",
 )
 
@@ -43,6 +44,10 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             "value": settings.conversion.soldout_compensation.value,
             "source": "settings",
         },
+        "substitute_after_seconds": {
+            "value": settings.conversion.substitute_after_seconds,
+            "source": "settings",
+        },
         "channels": {"value": ["sms", "email", "wechat"], "source": "settings"},
     }
 
@@ -60,6 +65,7 @@ async def test_a_policy_is_replaced_whole_and_each_rule_says_where_it_comes_from
         "hold_seconds": 900,
         "followup_after_seconds": 7200,
         "soldout_compensation": "coupon",
+        "substitute_after_seconds": 86_400,
         "channels": ["email", "sms"],
     }
     put = await put_policy(client, admin, body)
@@ -71,6 +77,7 @@ async def test_a_policy_is_replaced_whole_and_each_rule_says_where_it_comes_from
         "hold_seconds": {"value": 900, "source": "product"},
         "followup_after_seconds": {"value": 7200, "source": "product"},
         "soldout_compensation": {"value": "coupon", "source": "product"},
+        "substitute_after_seconds": {"value": 86_400, "source": "product"},
         "channels": {"value": ["sms", "email"], "source": "product"},  # in the usual order
     }
     assert answer["updated_at"] is not None
@@ -131,6 +138,11 @@ REFUSED = [
     ({"soldout_compensation": "always"}, "soldout_compensation"),
     ({"soldout_compensation": "COUPON"}, "soldout_compensation"),
     ({"soldout_compensation": True}, "soldout_compensation"),
+    # The substitute message's wait: whole seconds, at most 365 days.
+    ({"substitute_after_seconds": -1}, "substitute_after_seconds"),
+    ({"substitute_after_seconds": 31_536_001}, "substitute_after_seconds"),
+    ({"substitute_after_seconds": 60.0}, "substitute_after_seconds"),
+    ({"substitute_after_seconds": "60"}, "substitute_after_seconds"),
     # Channels: known ones, at least one, each once.
     ({"channels": ["fax"]}, "channels.0"),
     ({"channels": []}, "channels"),
@@ -294,5 +306,9 @@ async def test_the_policy_command_sets_clears_and_shows_rules(
         "hold_seconds": [f"{settings.waves.hold_seconds:g}", "settings"],
         "followup_after_seconds": ["7200", "product"],
         "soldout_compensation": ["message", "product"],
+        "substitute_after_seconds": [
+            f"{settings.conversion.substitute_after_seconds:g}",
+            "settings",
+        ],
         "channels": ["sms,email,wechat", "settings"],
     }

@@ -72,6 +72,8 @@ class ProductPolicy(Base):
     followup_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # SOLDOUT_COMPENSATION for this SKU (off, message, coupon).
     soldout_compensation: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # SUBSTITUTE_AFTER_SECONDS for this SKU (0: no substitute message for it).
+    substitute_after_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The channels a subscription may use, comma-separated ("sms,email"); NULL: every one.
     channels: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -6,7 +6,7 @@ the SKU's override if it has one, else the setting. Whatever applies a rule read
 the moment it applies it, so a change takes effect from the next time: the next wave step
 (its size and the time of the one after it), the next chunk's holds, the next restock's
 answer, the next follow-up decision, the next sell-out's compensation, the next
-subscription.
+substitute offer, the next subscription.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Policy:
     hold_seconds: int
     followup_after_seconds: int
     soldout_compensation: SoldoutCompensation
+    substitute_after_seconds: int
     channels: tuple[Channel, ...]
     overridden: frozenset[str] = field(default_factory=frozenset)
     updated_at: datetime | None = None
@@ -62,6 +63,7 @@ def from_settings(settings: Settings) -> Policy:
         hold_seconds=settings.waves.hold_seconds,
         followup_after_seconds=settings.conversion.followup_after_seconds,
         soldout_compensation=settings.conversion.soldout_compensation,
+        substitute_after_seconds=settings.conversion.substitute_after_seconds,
         channels=tuple(Channel),
     )
 
@@ -72,6 +74,7 @@ _COLUMNS = (
     ProductPolicy.hold_seconds,
     ProductPolicy.followup_after_seconds,
     ProductPolicy.soldout_compensation,
+    ProductPolicy.substitute_after_seconds,
     ProductPolicy.channels,
     ProductPolicy.updated_at,
 )
@@ -124,7 +127,7 @@ async def effective_many(
 
 def _over(base: Policy, row: tuple[Any, ...]) -> Policy:
     """A SKU's overrides (a row of :data:`_COLUMNS`) over the settings' rules."""
-    multiplier, interval, hold, followup, compensation, channels, updated_at = row
+    multiplier, interval, hold, followup, compensation, substitute, channels, updated_at = row
     return Policy(
         batch_multiplier=base.batch_multiplier if multiplier is None else multiplier,
         batch_interval_seconds=base.batch_interval_seconds if interval is None else interval,
@@ -133,12 +136,15 @@ def _over(base: Policy, row: tuple[Any, ...]) -> Policy:
         soldout_compensation=(
             base.soldout_compensation if compensation is None else SoldoutCompensation(compensation)
         ),
+        substitute_after_seconds=(
+            base.substitute_after_seconds if substitute is None else substitute
+        ),
         channels=base.channels if channels is None else _channels(channels),
         overridden=frozenset(
             name
             for name, value in zip(
                 NAMES,
-                (multiplier, interval, hold, followup, compensation, channels),
+                (multiplier, interval, hold, followup, compensation, substitute, channels),
                 strict=True,
             )
             if value is not None
@@ -165,6 +171,7 @@ async def replace(session: AsyncSession, sku: str, rules: PolicyIn, now: datetim
         "soldout_compensation": (
             None if rules.soldout_compensation is None else rules.soldout_compensation.value
         ),
+        "substitute_after_seconds": rules.substitute_after_seconds,
         "channels": _stored_channels(rules.channels),
         "updated_at": now,
     }
@@ -194,6 +201,9 @@ def present(sku: str, policy: Policy) -> PolicyOut:
             soldout_compensation=CompensationRule(
                 value=policy.soldout_compensation, source=source("soldout_compensation")
             ),
+            substitute_after_seconds=SecondsRule(
+                value=policy.substitute_after_seconds, source=source("substitute_after_seconds")
+            ),
             channels=ChannelsRule(value=list(policy.channels), source=source("channels")),
         ),
         updated_at=policy.updated_at,
@@ -221,3 +231,11 @@ async def shortest_followup(session: AsyncSession, settings: Settings) -> int:
     own = await session.scalar(select(func.min(ProductPolicy.followup_after_seconds)))
     default = settings.conversion.followup_after_seconds
     return default if own is None else min(default, int(own))
+
+
+async def substitutes_wanted(session: AsyncSession, settings: Settings) -> bool:
+    """Whether any SKU may have a substitute message: the setting, or a SKU's own rule."""
+    if settings.conversion.substitute_after_seconds > 0:
+        return True
+    own = select(ProductPolicy.sku).where(ProductPolicy.substitute_after_seconds > 0).limit(1)
+    return await session.scalar(own) is not None

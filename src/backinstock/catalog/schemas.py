@@ -36,6 +36,9 @@ HoldSeconds = Annotated[int, Strict(), setting_bounds(WaveSettings, "hold_second
 FollowupAfter = Annotated[
     int, Strict(), setting_bounds(ConversionSettings, "followup_after_seconds")
 ]
+SubstituteAfter = Annotated[
+    int, Strict(), setting_bounds(ConversionSettings, "substitute_after_seconds")
+]
 
 
 class PolicyIn(RequestBody):
@@ -74,6 +77,11 @@ class PolicyIn(RequestBody):
         description="SOLDOUT_COMPENSATION for this SKU: when its wave closes on a sell-out, "
         'shoppers still in its queue get nothing (`off`), one "sold out again" message '
         "stating their place (`message`), or that message with a coupon (`coupon`).",
+    )
+    substitute_after_seconds: SubstituteAfter | None = Field(
+        default=None,
+        description="SUBSTITUTE_AFTER_SECONDS for this SKU: how long a shopper waits for it "
+        "while it is sold out before one message names its substitutes in stock (0: never).",
     )
     channels: list[Channel] | None = Field(
         default=None,
@@ -123,6 +131,7 @@ class EffectivePolicy(BaseModel):
     hold_seconds: SecondsRule
     followup_after_seconds: SecondsRule
     soldout_compensation: CompensationRule
+    substitute_after_seconds: SecondsRule
     channels: ChannelsRule
 
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock.conversions.models import Conversion, Method, Order
+from backinstock.conversions.models import Conversion, Method, Order, SubstituteSale
 from backinstock.conversions.schemas import OrderOut
 from backinstock.db import insert_for, new_id
 
@@ -80,5 +80,34 @@ async def add_conversion(
             revenue=revenue,
             currency=currency,
             converted_at=converted_at,
+        )
+    )
+
+
+async def add_substitute_sale(
+    session: AsyncSession,
+    order_pk: uuid.UUID,
+    *,
+    sku: str,
+    substitute_sku: str,
+    subscription_id: uuid.UUID,
+    notification_id: uuid.UUID,
+    channel: str | None,
+    revenue: Decimal,
+    currency: str,
+    saved_at: datetime,
+) -> None:
+    session.add(
+        SubstituteSale(
+            id=new_id(),
+            order_pk=order_pk,
+            subscription_id=subscription_id,
+            notification_id=notification_id,
+            sku=sku,
+            substitute_sku=substitute_sku,
+            channel=channel,
+            revenue=revenue,
+            currency=currency,
+            saved_at=saved_at,
         )
     )

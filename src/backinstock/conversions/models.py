@@ -61,3 +61,34 @@ class Conversion(Base):
         Index("ix_conversions_converted_at", "converted_at"),
         Index("ix_conversions_sku_converted_at", "sku", "converted_at"),
     )
+
+
+class SubstituteSale(Base):
+    """An order of a substitute the shopper was offered while waiting for a sold-out SKU
+    ("saved by a substitute"): the order carries the token of the substitute message that
+    named ``substitute_sku``. ``sku`` is the SKU the shopper waits for, so figures narrowed
+    to it count the sales its substitutes saved. Not a conversion: the shopper did not get
+    what they asked for, and keeps waiting for it."""
+
+    __tablename__ = "substitute_sales"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    order_pk: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("orders.id", ondelete="CASCADE"))
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("subscriptions.id", ondelete="SET NULL"), nullable=True
+    )
+    notification_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("notifications.id", ondelete="SET NULL"), nullable=True
+    )
+    sku: Mapped[str] = mapped_column(String(128))
+    substitute_sku: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    revenue: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("order_pk", "substitute_sku"),
+        Index("ix_substitute_sales_saved_at", "saved_at"),
+        Index("ix_substitute_sales_sku_saved_at", "sku", "saved_at"),
+    )

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
+from backinstock.catalog.substitutes import MAX_SUBSTITUTES
 from backinstock.conversions import clicks
 from backinstock.conversions.schemas import OrderIn, OrderOut
 from backinstock.deps import InventoryKey, RuntimeDep, SessionDep
@@ -62,6 +63,42 @@ async def follow_tracked_link(
     """Count the click and redirect (302) to the product with ``utm_source=backinstock``,
     ``utm_medium=<channel>`` and ``bis_token=<token>`` added."""
     target = await clicks.record_click(session, runtime.settings, runtime.keys, token)
+    return _followed(target, redirect)
+
+
+@router.get(
+    "/r/{token}/{position}",
+    operation_id="followSubstituteLink",
+    tags=["shoppers"],
+    status_code=status.HTTP_302_FOUND,
+    response_class=RedirectResponse,
+    responses={
+        204: {"description": "With redirect=0 (a WeChat mini-program reporting the open)"},
+        404: {"description": "Unknown or forged token, or no such substitute in the message"},
+    },
+)
+async def follow_substitute_link(
+    token: str,
+    position: Annotated[
+        int,
+        Path(ge=1, le=MAX_SUBSTITUTES, description="The substitute's place in the message"),
+        DIGITS,
+    ],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    redirect: Annotated[int, Query(ge=0, le=1, description="0: count, answer 204"), DIGITS] = 1,
+) -> Response:
+    """A substitute message's link to one of the substitutes it names: count the click on
+    that substitute and redirect (302) to its product page with ``utm_source=backinstock``,
+    ``utm_medium=<channel>`` and the message's ``bis_token`` added. An order of that
+    substitute carrying the token counts as saved by a substitute."""
+    target = await clicks.record_substitute_click(
+        session, runtime.settings, runtime.keys, token, position
+    )
+    return _followed(target, redirect)
+
+
+def _followed(target: str | None, redirect: int) -> Response:
     if target is None:
         return HTMLResponse(pages.invalid_link(), status_code=404, headers=_NO_STORE)
     if not redirect:

@@ -88,6 +88,18 @@ class ConversionOut(BaseModel):
     revenue: str = Field(description="This SKU's lines of the order, a decimal string.")
 
 
+class SavedOut(BaseModel):
+    """An order line of a substitute the shopper was offered while waiting ("saved by a
+    substitute")."""
+
+    sku: str = Field(description="The substitute bought.")
+    substitute_for: str = Field(description="The sold-out SKU the shopper waits for.")
+    subscription_id: uuid.UUID | None
+    notification_id: uuid.UUID | None = Field(description="The substitute message.")
+    channel: str | None
+    revenue: str = Field(description="This SKU's lines of the order, a decimal string.")
+
+
 class CouponUse(BaseModel):
     code: str
     status: Literal["redeemed", "already_redeemed", "not_issued", "unknown"]
@@ -103,3 +115,10 @@ class OrderOut(BaseModel):
         description="The SKUs of the order attributed to a back-in-stock message or coupon."
     )
     coupon: CouponUse | None
+    saved_by_substitute: list[SavedOut] = Field(
+        default_factory=list,
+        description="The SKUs of the order that are substitutes a substitute message offered "
+        "the shopper whose notification_token the order carries, sent within "
+        "ATTRIBUTION_WINDOW_SECONDS. They are not conversions: the shopper keeps waiting "
+        "for the SKU they asked for.",
+    )

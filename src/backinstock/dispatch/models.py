@@ -9,6 +9,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     UniqueConstraint,
     Uuid,
@@ -28,6 +29,10 @@ class Kind(enum.StrEnum):
     # "Sorry, it sold out again": to each shopper still in the queue when a wave closes
     # (SOLDOUT_COMPENSATION), once per wave, stating their place; maybe with a coupon.
     COMPENSATION = "compensation"
+    # "Meanwhile, these are in stock": SUBSTITUTE_AFTER_SECONDS into a shopper's wait for a
+    # sold-out SKU, once per subscription ever, naming its substitutes in stock (the rows of
+    # substitute_offers). In no wave.
+    SUBSTITUTE = "substitute"
 
 
 class Status(enum.StrEnum):
@@ -64,11 +69,15 @@ class Reason(enum.StrEnum):
     RENDER_FAILED = "render_failed"  # this one message cannot be made: failed
     QUIET_HOURS = "quiet_hours"  # held until the shopper's quiet hours end: pending
     SOLD_OUT = "sold_out"  # the wave closed before it was sent: cancelled
+    # A substitute offer whose shopper was told their SKU is back before it left: cancelled.
+    BACK_IN_STOCK = "back_in_stock"
     IN_DOUBT = "in_doubt"  # a crash left its call in flight
 
 
 # A skipped message the shopper no longer wants is cancelled; one nobody can send, failed.
-CANCELLING = frozenset({Reason.NOT_WAITING, Reason.NO_COUPON, Reason.NOT_PENDING})
+CANCELLING = frozenset(
+    {Reason.NOT_WAITING, Reason.NO_COUPON, Reason.NOT_PENDING, Reason.BACK_IN_STOCK}
+)
 
 
 class DeliveryReport(enum.StrEnum):
@@ -82,6 +91,7 @@ class DeliveryReport(enum.StrEnum):
 OPEN_OR_FAILED = (
     f"status IN ('{Status.PENDING}', '{Status.SENDING}', '{Status.INFLIGHT}', '{Status.FAILED}')"
 )
+ONE_SUBSTITUTE = f"kind = '{Kind.SUBSTITUTE}'"
 FOLLOWUP_PENDING = (
     f"kind = '{Kind.RESTOCK}' AND status = '{Status.SENT}' AND followed_up_at IS NULL"
 )
@@ -183,6 +193,15 @@ class Notification(Base):
             postgresql_where=text(f"status = '{Status.FAILED}'"),
             sqlite_where=text(f"status = '{Status.FAILED}'"),
         ),
+        # One substitute message per subscription, ever: the unique (subscription, wave,
+        # kind) key does not hold where wave_id is NULL.
+        Index(
+            "uq_notifications_one_substitute",
+            "subscription_id",
+            unique=True,
+            postgresql_where=text(ONE_SUBSTITUTE),
+            sqlite_where=text(ONE_SUBSTITUTE),
+        ),
         # Restock messages still owed a follow-up decision, oldest first.
         Index(
             "ix_notifications_followup_due",
@@ -203,3 +222,31 @@ class ConfirmationSent(Base):
     sku: Mapped[str] = mapped_column(String(128), primary_key=True)
     contact_index: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class SubstituteOffer(Base):
+    """A substitute a substitute message names, by its place in the message (1..): the
+    tracked link ``/r/{token}/{position}`` leads to it, and an order of ``substitute_sku``
+    carrying the message's token is "saved by a substitute". Written with the message, so
+    what the shopper was offered is known whatever the list or the levels do later."""
+
+    __tablename__ = "substitute_offers"
+
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("notifications.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    substitute_sku: Mapped[str] = mapped_column(String(128))
+    # Its link: first click and how many.
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    click_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __table_args__ = (
+        # Figures count first clicks by when they happened.
+        Index(
+            "ix_substitute_offers_clicked_at",
+            "clicked_at",
+            postgresql_where=text("clicked_at IS NOT NULL"),
+            sqlite_where=text("clicked_at IS NOT NULL"),
+        ),
+    )

@@ -25,6 +25,7 @@ from backinstock.dispatch.models import (
     Notification,
     Reason,
     Status,
+    SubstituteOffer,
 )
 
 # Nobody is sent more than one confirmation per SKU within this.
@@ -94,13 +95,16 @@ async def _one_each(
     count: int,
     now: datetime,
     fixed: dict[Any, Any],
+    *,
+    any_conflict: bool = False,
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """One pending message for each of ``shoppers`` (columns id, channel and n, their place
     1.., at most ``count``), with the ``fixed`` columns of its kind; returns (notification,
     subscription) pairs. One INSERT … SELECT: the shoppers never travel to this process and
     back. Ids are made here (time-ordered UUIDs, increasing in queue order, so claims follow
     the queue) and paired with the shoppers by position. The unique (subscription, wave,
-    kind) key keeps it to one message of a kind per shopper and wave."""
+    kind) key keeps it to one message of a kind per shopper and wave; with ``any_conflict``
+    every unique index of the table does (a kind that belongs to no wave has its own)."""
     nth_id = db.nth_of(session, [new_id() for _ in range(count)])
     columns = {
         Notification.id: nth_id(shoppers.c.n),
@@ -117,12 +121,11 @@ async def _one_each(
     # The n-th id by subscript, not by joining a numbered list (which PostgreSQL ran as a
     # nested loop: count² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
     rows = select(*columns.values()).where(true())
+    target = [Notification.subscription_id, Notification.wave_id, Notification.kind]
     stmt = (
         insert_for(session, Notification)
         .from_select(list(columns), rows, include_defaults=False)
-        .on_conflict_do_nothing(
-            index_elements=[Notification.subscription_id, Notification.wave_id, Notification.kind]
-        )
+        .on_conflict_do_nothing(index_elements=None if any_conflict else target)
         .returning(Notification.id, Notification.subscription_id)
     )
     return [(r[0], r[1]) for r in await session.execute(stmt)]
@@ -177,6 +180,60 @@ async def plan_compensations(
         },
     )
     return sorted(planned)
+
+
+async def plan_substitutes(
+    session: AsyncSession,
+    sku: str,
+    shoppers: Subquery,
+    limit: int,
+    offered: list[str],
+    now: datetime,
+) -> list[uuid.UUID]:
+    """One "meanwhile, these are in stock" message for each of ``shoppers`` (columns id,
+    channel and n, at most ``limit``), naming ``offered`` (substitute SKUs, in order), in no
+    wave; returns the messages planned. The unique index on a subscription's substitute
+    message keeps it to one per subscription, ever, whoever plans it at the same time."""
+    if limit == 0 or not offered:
+        return []
+    fixed = {
+        Notification.wave_id: literal(None, Uuid),
+        Notification.sku: literal(sku),
+        Notification.kind: literal(Kind.SUBSTITUTE.value),
+        Notification.step: literal(0),
+        Notification.level: literal(0),
+        Notification.queue_size: literal(0),
+    }
+    planned = await _one_each(session, shoppers, limit, now, fixed, any_conflict=True)
+    messages = sorted(notification_id for notification_id, _ in planned)
+    if messages:
+        await session.execute(
+            insert(SubstituteOffer),
+            [
+                {"notification_id": message, "position": place, "substitute_sku": substitute}
+                for message in messages
+                for place, substitute in enumerate(offered, start=1)
+            ],
+        )
+    return messages
+
+
+async def record_substitute_click(
+    session: AsyncSession, notification_id: uuid.UUID, position: int, now: datetime
+) -> None:
+    """A substitute's link in a substitute message was followed: counted on the offer,
+    first click's time kept."""
+    await session.execute(
+        update(SubstituteOffer)
+        .where(
+            SubstituteOffer.notification_id == notification_id,
+            SubstituteOffer.position == position,
+        )
+        .values(
+            click_count=SubstituteOffer.click_count + 1,
+            clicked_at=func.coalesce(SubstituteOffer.clicked_at, literal(now, UTCDateTime())),
+        )
+    )
 
 
 async def plan_followup(

@@ -23,6 +23,14 @@ DEFAULT_LOCALE = "zh-CN"
 
 
 @dataclass(frozen=True)
+class Offer:
+    """A substitute a substitute message names: its name and its own tracked link."""
+
+    name: str
+    link: str
+
+
+@dataclass(frozen=True)
 class MessageContext:
     name: str | None
     product_name: str
@@ -44,6 +52,8 @@ class MessageContext:
     # A restock message's "reserved for you until …": the shopper's wall-clock time
     # (:func:`wall_time`); None when nothing is held for them, or no longer.
     held_until: str | None = None
+    # A substitute message's offers, in order (the templates' ``substitutes``).
+    substitutes: tuple[Offer, ...] = ()
 
     @property
     def scarce(self) -> bool:
@@ -89,14 +99,13 @@ def _environment() -> SandboxedEnvironment:
 
 
 def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int) -> str:
-    """Shorten the product name, then drop the shopper's name, then the scarcity copy, until
-    the SMS fits: links and the reservation must survive whole, and long names are what
-    grows (a name in Chinese also makes an English message UCS-2, 67 characters a part)."""
-    name = context.product_name
+    """Shorten the product names (the product's and any substitutes'), then drop the
+    shopper's name, then the scarcity copy, until the SMS fits: links and the reservation
+    must survive whole, and long names are what grows (a name in Chinese also makes an
+    English message UCS-2, 67 characters a part)."""
     shorter = context
-    while segments(text) > max_segments and len(name) > 4:
-        name = name[: max(4, len(name) * 3 // 4)]
-        shorter = dataclasses.replace(context, product_name=name.rstrip() + "…")
+    while segments(text) > max_segments and _longest_name(shorter) > 4:
+        shorter = _shortened(shorter)
         text = _render("sms", locale, "txt", shorter) or text
     for less in ({"name": None}, {"level": 0}):  # level 0: no "only N left"
         if segments(text) <= max_segments:
@@ -104,6 +113,31 @@ def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int)
         shorter = dataclasses.replace(shorter, **less)
         text = _render("sms", locale, "txt", shorter) or text
     return text
+
+
+def _bare(name: str) -> str:
+    return name.removesuffix("…")
+
+
+def _longest_name(context: MessageContext) -> int:
+    names = [context.product_name, *(o.name for o in context.substitutes)]
+    return max(len(_bare(name)) for name in names)
+
+
+def _shortened(context: MessageContext) -> MessageContext:
+    """Every name longer than 4 characters cut to three quarters (at least 4), with "…"."""
+
+    def cut(name: str) -> str:
+        bare = _bare(name)
+        if len(bare) <= 4:
+            return name
+        return bare[: max(4, len(bare) * 3 // 4)].rstrip() + "…"
+
+    return dataclasses.replace(
+        context,
+        product_name=cut(context.product_name),
+        substitutes=tuple(Offer(cut(o.name), o.link) for o in context.substitutes),
+    )
 
 
 def _locale_chain(locale: str) -> list[str]:
@@ -128,6 +162,7 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "valid_hours": context.valid_hours,
         "page_url": context.page_url,
         "held_until": context.held_until,
+        "substitutes": [{"name": o.name, "link": o.link} for o in context.substitutes],
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,10 +32,18 @@ from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
 from backinstock.dispatch.journal import GroupCommit, Journal
-from backinstock.dispatch.models import CANCELLING, InDoubt, Kind, Notification, Reason, Status
+from backinstock.dispatch.models import (
+    CANCELLING,
+    InDoubt,
+    Kind,
+    Notification,
+    Reason,
+    Status,
+    SubstituteOffer,
+)
 from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
 from backinstock.dispatch.quiet import hold_until
-from backinstock.dispatch.render import MessageContext, render, wall_time, wechat_time
+from backinstock.dispatch.render import MessageContext, Offer, render, wall_time, wechat_time
 from backinstock.identity import (
     CLICK_TOKEN,
     CONFIRM_TOKEN,
@@ -124,7 +133,9 @@ async def prepare(
         )
     )
     coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind in CARRY_COUPONS])
-    names = await catalog.names_of(session, [n.sku for n, *_ in rows])
+    offers = await _offers_of(session, [n.id for n, *_ in rows if n.kind == Kind.SUBSTITUTE])
+    offered_skus = [o.sku for listed in offers.values() for o in listed]
+    names = await catalog.names_of(session, [n.sku for n, *_ in rows] + offered_skus)
     fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
     for fallback in await session.scalars(
         select(SubscriptionFallback).where(
@@ -143,9 +154,47 @@ async def prepare(
             fallbacks[s.id],
             now,
             coupons.get(n.id),
+            [o.named(s.locale, names) for o in offers.get(n.id, [])],
         )
         for n, s, default, url in rows
     ]
+
+
+@dataclass(frozen=True)
+class _Offered:
+    """A substitute a substitute message names, at its place in the message."""
+
+    position: int
+    sku: str
+    default_name: str | None
+
+    def named(self, locale: str, names: dict[str, list[tuple[str, str]]]) -> tuple[int, str]:
+        """(position, its name in the shopper's locale, else its SKU)."""
+        name = catalog.name_for(locale, names.get(self.sku, []), self.default_name)
+        return self.position, name or self.sku
+
+
+async def _offers_of(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[_Offered]]:
+    """What each substitute message offers, in order."""
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(
+            SubstituteOffer.notification_id,
+            SubstituteOffer.position,
+            SubstituteOffer.substitute_sku,
+            Product.name,
+        )
+        .outerjoin(Product, Product.sku == SubstituteOffer.substitute_sku)
+        .where(SubstituteOffer.notification_id.in_(ids))
+        .order_by(SubstituteOffer.notification_id, SubstituteOffer.position)
+    )
+    found: dict[uuid.UUID, list[_Offered]] = defaultdict(list)
+    for notification_id, position, sku, default in rows:
+        found[notification_id].append(_Offered(position, sku, default))
+    return found
 
 
 async def _coupons_of(
@@ -172,6 +221,7 @@ def _delivery(
     fallbacks: list[SubscriptionFallback],
     now: datetime,
     coupon: tuple[str, str | None] | None = None,
+    offers: list[tuple[int, str]] | None = None,
 ) -> Delivery:
     claimed = Claimed(
         notification.id,
@@ -205,7 +255,16 @@ def _delivery(
             return Hold(**vars(claimed), contact=contact, until=held)
     try:
         message = _message(
-            settings, keys, notification, sub, contact, product_name, product_url, coupon, now
+            settings,
+            keys,
+            notification,
+            sub,
+            contact,
+            product_name,
+            product_url,
+            coupon,
+            offers or [],
+            now,
         )
     except Exception as exc:  # this one message cannot be made: it fails alone, with a reason
         log.warning(
@@ -227,7 +286,16 @@ def _not_wanted(
         return Reason.NOT_WAITING
     if notification.kind == Kind.FOLLOWUP and coupon is None:
         return Reason.NO_COUPON  # the shopper was erased meanwhile
+    if notification.kind == Kind.SUBSTITUTE and _told_since(notification, sub):
+        return Reason.BACK_IN_STOCK
     return None
+
+
+def _told_since(notification: Notification, sub: Subscription) -> bool:
+    # A restock message planned after the offer: what the shopper waits for is back, and
+    # an offer of something else would now only compete with it.
+    told = sub.last_notified_at
+    return told is not None and told >= notification.created_at
 
 
 def _message(
@@ -239,6 +307,7 @@ def _message(
     product_name: str | None,
     product_url: str | None,
     coupon: tuple[str, str | None] | None,
+    offers: list[tuple[int, str]],
     now: datetime,
 ) -> OutgoingMessage:
     to = keys.cipher.open(Sealed(contact.key_id, contact.blob), contact_aad(contact.row_id))
@@ -249,6 +318,8 @@ def _message(
         if confirming
         else f"{base}/r/{keys.tokens.sign(CLICK_TOKEN, notification.id)}"
     )
+    # Each substitute's own tracked link: the message's link and the offer's place.
+    substitutes = tuple(Offer(name, f"{link}/{position}") for position, name in offers)
     context = MessageContext(
         name=_name(keys, sub),
         product_name=product_name or sub.sku,
@@ -263,6 +334,7 @@ def _message(
         code=confirmation_code(keys, sub.id) if confirming else None,
         valid_hours=max(1, settings.opt_in.confirm_window_seconds // 3600),
         page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub.id)}",
+        substitutes=substitutes,
         held_until=_held_until(settings, notification, sub, now),
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)

@@ -12,6 +12,11 @@ An order converts a subscription for each SKU it contains when, in this order of
 An order whose token names a message with a hold on one of its SKUs consumes that hold
 (restocks), in the same transaction.
 
+"Saved by a substitute": an order whose ``notification_token`` names a substitute message
+sent within the attribution window records, for each of its SKUs that message offered, a
+substitute sale for the message's shopper and the SKU they wait for. It converts nothing:
+the shopper keeps waiting for what they asked for (and may stop on their page).
+
 ``order_id`` is the idempotency key: the first request stores its answer, a replay gets the
 same answer and changes nothing, and two racing requests with one id write one order.
 """
@@ -39,12 +44,13 @@ from backinstock.conversions.schemas import (
     OrderCustomer,
     OrderIn,
     OrderOut,
+    SavedOut,
 )
 from backinstock.coupons import service as coupons
 from backinstock.coupons.models import Redemption
 from backinstock.crypto import Keys
 from backinstock.db import utcnow
-from backinstock.dispatch.models import Kind, Notification
+from backinstock.dispatch.models import Kind, Notification, SubstituteOffer
 from backinstock.dispatch.models import Status as MessageStatus
 from backinstock.fields import refuse_future
 from backinstock.identity import CLICK_TOKEN
@@ -103,6 +109,7 @@ async def record(
         await _convert(session, order_pk, sku, touch, lines.get(sku, total), payload, occurred)
         for sku, touch in sorted(touches.items())
     ]
+    saved = await _saved_by_substitute(session, keys, payload, order_pk, lines, window, occurred)
     answer = OrderOut(
         order_id=payload.order_id,
         received_at=now,
@@ -111,6 +118,7 @@ async def record(
         currency=payload.currency,
         conversions=conversions,
         coupon=coupon_use,
+        saved_by_substitute=saved,
     )
     await ledger.store_answer(session, order_pk, answer)
     return answer, False
@@ -174,6 +182,66 @@ async def _by_token(
     if row is None:
         return {}
     return {row.sku: Touch(row.subscription_id, row.id, row.channel, Method.TRACKED_LINK)}
+
+
+async def _saved_by_substitute(
+    session: AsyncSession,
+    keys: Keys,
+    payload: OrderIn,
+    order_pk: uuid.UUID,
+    lines: dict[str, Decimal],
+    window: Window,
+    occurred: datetime,
+) -> list[SavedOut]:
+    """The order's SKUs that the substitute message its token names offered: each a
+    substitute sale for that message's shopper, with that SKU's lines as its revenue."""
+    if not payload.notification_token:
+        return []
+    notification_id = keys.tokens.verify(CLICK_TOKEN, payload.notification_token)
+    if notification_id is None:
+        return []
+    rows = await session.execute(
+        select(
+            SubstituteOffer.substitute_sku,
+            Notification.sku,
+            Notification.subscription_id,
+            Notification.channel,
+        )
+        .join(Notification, Notification.id == SubstituteOffer.notification_id)
+        .where(
+            SubstituteOffer.notification_id == notification_id,
+            SubstituteOffer.substitute_sku.in_(set(lines)),
+            Notification.kind == Kind.SUBSTITUTE,
+            Notification.sent_at.between(window.start, window.end),
+        )
+        .order_by(SubstituteOffer.position)
+    )
+    saved: list[SavedOut] = []
+    for bought, waited_for, subscription_id, channel in rows:
+        await ledger.add_substitute_sale(
+            session,
+            order_pk,
+            sku=waited_for,
+            substitute_sku=bought,
+            subscription_id=subscription_id,
+            notification_id=notification_id,
+            channel=channel,
+            revenue=lines[bought],
+            currency=payload.currency,
+            saved_at=occurred,
+        )
+        metrics.SAVED_BY_SUBSTITUTE.labels(channel or "unknown").inc()
+        saved.append(
+            SavedOut(
+                sku=bought,
+                substitute_for=waited_for,
+                subscription_id=subscription_id,
+                notification_id=notification_id,
+                channel=channel,
+                revenue=money(lines[bought], exact=True),
+            )
+        )
+    return saved
 
 
 async def _consume_hold(

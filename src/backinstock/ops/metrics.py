@@ -21,6 +21,11 @@ CONVERSIONS = Counter(
     "backinstock_conversions_total", "Order lines attributed to a message", ["channel", "method"]
 )
 COUPONS_REDEEMED = Counter("backinstock_coupons_redeemed_total", "Coupons used in an order")
+SAVED_BY_SUBSTITUTE = Counter(
+    "backinstock_saved_by_substitute_total",
+    "Order lines of a substitute a waiting shopper's substitute message offered",
+    ["channel"],
+)
 # backinstock_in_doubt_messages{channel,resolution} (crash resolutions, from the database)
 # is one of the pipeline figures: stats/pipeline.py.
 REDIS_AVAILABLE = Gauge(

@@ -101,3 +101,23 @@ async def listed_in_stock(session: AsyncSession, sku: str) -> list[tuple[str, bo
         .order_by(ProductSubstitute.position)
     )
     return [(substitute, int(units) > 0) for substitute, units in rows]
+
+
+# Products sold out now with at least one listed substitute in stock: those whose waiting
+# shoppers may be offered substitutes. Products with a list are few (a list is kept by
+# hand), so this reads every list, each level by its primary key.
+_SOLD_OUT = (
+    "SELECT DISTINCT s.sku FROM product_substitutes AS s "
+    "WHERE {product_level} <= 0 AND {substitute_level} > 0 ORDER BY s.sku"
+)
+_SOLD_OUT_WITH_SUBSTITUTES = text(
+    _SOLD_OUT.format(
+        product_level=_LEVEL_OF.format("s.sku"),
+        substitute_level=_LEVEL_OF.format("s.substitute_sku"),
+    )
+)
+
+
+async def sold_out_with_substitutes(session: AsyncSession) -> list[str]:
+    """The SKUs whose shoppers are shown substitutes now (:func:`shown` is not empty)."""
+    return list(await session.scalars(_SOLD_OUT_WITH_SUBSTITUTES))

@@ -53,8 +53,10 @@ FormatQuery = Annotated[
 FUNNEL_CSV = (
     "subscribed,waiting,notified,delivered,failed,clicked,converted,revenue,currency,"
     "coupons_issued,coupons_redeemed,compensations_sent,holds_placed,holds_consumed,"
-    "holds_expired,click_rate,conversion_rate,median_seconds_restock_to_send,since,until\r\n"
-    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,100,9,60,0.41,0.12,2.35,2026-11-01T00:00:00Z,"
+    "holds_expired,substitute_messages_sent,substitute_clicks,saved_by_substitute,"
+    "click_rate,conversion_rate,median_seconds_restock_to_send,since,until\r\n"
+    "120,80,100,97,3,41,12,1188.00,CNY,30,4,15,100,9,60,20,7,2,0.41,0.12,2.35,"
+    "2026-11-01T00:00:00Z,"
     "2026-11-22T00:00:00Z\r\n"
 )
 DEMAND_CSV = """sku,product_name,waiting,oldest_waiting_since,restocks,last_restock_at\r
@@ -86,6 +88,12 @@ FUNNEL_DOC = """The marketer's funnel. Every figure counts by its own timestamp 
   `holds_expired`: of those, the ones an order with the shopper's token consumed / whose
   time ran out unused (their units went on to the next shoppers at once). The rest are
   still held or were ended by a sell-out.
+- `substitute_messages_sent`: substitute messages (`SUBSTITUTE_AFTER_SECONDS`) sent, by
+  `sent_at`; `substitute_clicks`: substitutes those messages offered whose own link was
+  followed, by the first click; `saved_by_substitute`: order lines of an offered
+  substitute whose order carried the message's token, by the order's `occurred_at`. All
+  three are narrowed by the SKU waited for, and none is part of `notified`, `converted` or
+  their rates.
 - `click_rate` = clicked / notified, `conversion_rate` = converted / notified (4 places,
   0.0 when nothing was notified).
 - `median_seconds_restock_to_send`: median of `sent_at - created_at` over the notified

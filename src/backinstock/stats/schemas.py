@@ -22,6 +22,9 @@ class Metric(enum.StrEnum):
     HOLDS_PLACED = "holds_placed"
     HOLDS_CONSUMED = "holds_consumed"
     HOLDS_EXPIRED = "holds_expired"
+    SUBSTITUTE_MESSAGES_SENT = "substitute_messages_sent"
+    SUBSTITUTE_CLICKS = "substitute_clicks"
+    SAVED_BY_SUBSTITUTE = "saved_by_substitute"
 
 
 class Interval(enum.StrEnum):
@@ -86,6 +89,19 @@ class Funnel(BaseModel):
     holds_expired: int = Field(
         description="Of those holds, the ones whose time ran out unused: their units went to "
         "the next shoppers at once. The rest are still held, or ended by a sell-out."
+    )
+    substitute_messages_sent: int = Field(
+        description="Substitute messages (SUBSTITUTE_AFTER_SECONDS) sent with sent_at in the "
+        "period, narrowed by the SKU waited for."
+    )
+    substitute_clicks: int = Field(
+        description="Substitutes offered in those messages whose own link was first followed "
+        "in the period."
+    )
+    saved_by_substitute: int = Field(
+        description="Order lines, by the order's occurred_at in the period, of a substitute "
+        "that a substitute message offered the shopper whose token the order carried "
+        "(narrowed by the SKU waited for); not conversions."
     )
     click_rate: float = Field(description="clicked / notified, 4 places; 0.0 when none notified.")
     conversion_rate: float = Field(

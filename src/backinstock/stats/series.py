@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock.conversions.models import Conversion
+from backinstock.conversions.models import Conversion, SubstituteSale
 from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
-from backinstock.dispatch.models import Notification, Status
+from backinstock.dispatch.models import Notification, Status, SubstituteOffer
 from backinstock.errors import InvalidField
 from backinstock.money import money
 from backinstock.restocks.models import HoldState, StockHold
@@ -137,6 +137,19 @@ def _holds(*state: HoldState) -> Callable[[Filters, str | None], _Source]:
     return source
 
 
+def _substitute_messages_sent(f: Filters, _: str | None) -> _Source:
+    where = [*service.substitute_messages(f), service.sent_in_period(f)]
+    return _Source(Notification.sent_at, func.count(), where)
+
+
+def _substitute_clicks(f: Filters, _: str | None) -> _Source:
+    return _Source(SubstituteOffer.clicked_at, func.count(), service.substitute_clicks(f))
+
+
+def _saved_by_substitute(f: Filters, _: str | None) -> _Source:
+    return _Source(SubstituteSale.saved_at, func.count(), service.saved_by_substitute(f))
+
+
 def _failed(f: Filters, _: str | None) -> _Source:
     # Never-sent failures count when created, undelivered ones when sent (as in the funnel).
     n = Notification
@@ -181,4 +194,7 @@ _SOURCES: dict[Metric, Callable[[Filters, str | None], _Source]] = {
     Metric.HOLDS_PLACED: _holds(),
     Metric.HOLDS_CONSUMED: _holds(HoldState.CONSUMED),
     Metric.HOLDS_EXPIRED: _holds(HoldState.RELEASED),
+    Metric.SUBSTITUTE_MESSAGES_SENT: _substitute_messages_sent,
+    Metric.SUBSTITUTE_CLICKS: _substitute_clicks,
+    Metric.SAVED_BY_SUBSTITUTE: _saved_by_substitute,
 }

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import cursors
 from backinstock.catalog.models import Product
-from backinstock.conversions.models import Conversion
+from backinstock.conversions.models import Conversion, SubstituteSale
 from backinstock.coupons.models import Coupon
 from backinstock.db import dialect_name
-from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Status
+from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Status, SubstituteOffer
 from backinstock.money import money
 from backinstock.restocks.models import HoldState, StockHold, Wave
 from backinstock.stats.filters import Filters
@@ -85,6 +85,29 @@ def placed_holds(f: Filters) -> list[ColumnElement[bool]]:
     ]
 
 
+def substitute_messages(f: Filters) -> list[ColumnElement[bool]]:
+    return [
+        Notification.kind == Kind.SUBSTITUTE,
+        *f.narrow(Notification.sku, Notification.channel),
+    ]
+
+
+def substitute_clicks(f: Filters) -> list[ColumnElement[bool]]:
+    """Offers first clicked in the period, of messages narrowed by the SKU waited for."""
+    return [
+        SubstituteOffer.notification_id == Notification.id,
+        *substitute_messages(f),
+        *f.period(SubstituteOffer.clicked_at),
+    ]
+
+
+def saved_by_substitute(f: Filters) -> list[ColumnElement[bool]]:
+    return [
+        *f.period(SubstituteSale.saved_at),
+        *f.narrow(SubstituteSale.sku, SubstituteSale.channel),
+    ]
+
+
 def seconds_to_send(session: AsyncSession) -> ColumnElement[Any]:
     if dialect_name(session) == "postgresql":
         # date_part gives a float8; extract() gives a numeric since PostgreSQL 14, and sorting
@@ -124,6 +147,7 @@ async def funnel(session: AsyncSession, f: Filters, currency: str | None) -> Fun
         holds_placed=holds.placed,
         holds_consumed=holds.consumed,
         holds_expired=holds.expired,
+        **await _substitutes(session, f),
         click_rate=_rate(messages.clicked, messages.notified),
         conversion_rate=_rate(converted, messages.notified),
         median_seconds_restock_to_send=messages.median_seconds,
@@ -200,6 +224,18 @@ async def _holds(session: AsyncSession, f: Filters) -> _Holds:
     ).where(*placed_holds(f))
     row = (await session.execute(query)).one()
     return _Holds(int(row[0]), int(row[1]), int(row[2]))
+
+
+async def _substitutes(session: AsyncSession, f: Filters) -> dict[str, int]:
+    """The substitute offers' steps: messages sent, substitutes clicked, orders saved."""
+    sent = select(func.count()).where(*substitute_messages(f), sent_in_period(f))
+    clicks = select(func.count()).where(*substitute_clicks(f))
+    saved = select(func.count()).where(*saved_by_substitute(f))
+    return {
+        "substitute_messages_sent": int(await session.scalar(sent) or 0),
+        "substitute_clicks": int(await session.scalar(clicks) or 0),
+        "saved_by_substitute": int(await session.scalar(saved) or 0),
+    }
 
 
 async def _median_by_offset(session: AsyncSession, f: Filters, count: int) -> float | None:

@@ -4,7 +4,8 @@ both), so a product name or SKU can only ever be text."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,13 +162,28 @@ def _link(url: str | None) -> str | None:
     return url if url and url.lower().startswith(("https://", "http://")) else None
 
 
+def _substitute_link(
+    alert: Alert, sku: str, url: str | None, tracked: Callable[[uuid.UUID, int], str] | None
+) -> str | None:
+    """The substitute's page, through the tracked link of the message that offered it when
+    one did (it redirects to the same page)."""
+    direct = _link(url)
+    offer = alert.offered.get(sku)
+    if direct is None or offer is None or tracked is None:
+        return direct
+    return tracked(*offer)
+
+
 def shopper_page(
     locale: str,
     action: str,
     contact_masked: str | None,
     alerts: list[Alert],
     notice: str | None = None,
+    tracked: Callable[[uuid.UUID, int], str] | None = None,
 ) -> str:
+    """``tracked`` makes the link of a substitute a message offered (its message and
+    place): the page's clicks count as the message's would."""
     t = TEXT[locale]
     rows = []
     for alert in alerts:
@@ -182,7 +198,8 @@ def shopper_page(
                 channel=CHANNELS[locale][alert.channel],
                 stop_label=t["stop_one"].format(name=name),
                 substitutes=tuple(
-                    Link(s.name or s.sku, _link(s.url), s.sku) for s in alert.substitutes
+                    Link(s.name or s.sku, _substitute_link(alert, s.sku, s.url, tracked), s.sku)
+                    for s in alert.substitutes
                 ),
             )
         )

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from backinstock.config import Settings
 from backinstock.deps import RuntimeDep, SessionDep
 from backinstock.errors import error_response
-from backinstock.identity import SHOPPER_PAGE_TOKEN
+from backinstock.identity import CLICK_TOKEN, SHOPPER_PAGE_TOKEN
 from backinstock.storefront import pages, shopper, widget
 
 router = APIRouter(tags=["storefront"])
@@ -213,7 +213,15 @@ async def shopper_page(
         name = await shopper.stopped_name(session, who, target, locale) if target else None
         if name is not None:
             notice = pages.stopped_notice(locale, name)
-    return _page(pages.shopper_page(locale, request.url.path, who.contact_masked, alerts, notice))
+    base = runtime.settings.core.public_base_url.rstrip("/")
+
+    def tracked(notification_id: uuid.UUID, position: int) -> str:
+        return f"{base}/r/{runtime.keys.tokens.sign(CLICK_TOKEN, notification_id)}/{position}"
+
+    html = pages.shopper_page(
+        locale, request.url.path, who.contact_masked, alerts, notice, tracked=tracked
+    )
+    return _page(html)
 
 
 def _form(body: bytes, content_type: str) -> dict[str, str]:

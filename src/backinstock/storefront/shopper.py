@@ -16,7 +16,7 @@ contact is not stopped through this page, whatever id a form posts.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -28,6 +28,7 @@ from backinstock.catalog.service import name_for, names_of, product_name
 from backinstock.config import Settings
 from backinstock.contacts import Channel, InvalidContact
 from backinstock.crypto import DecryptionError, Keys
+from backinstock.dispatch.models import Kind, Notification, SubstituteOffer
 from backinstock.restocks import substitutes
 from backinstock.restocks.substitutes import Substitute
 from backinstock.subscriptions import service as subscriptions
@@ -51,6 +52,9 @@ class Alert:
     created_at: datetime
     # While the product is sold out: its substitutes in stock now, in the order listed.
     substitutes: tuple[Substitute, ...] = ()
+    # Those a substitute message offered this subscription: substitute SKU → (message,
+    # place), so the page links them through that message's tracked link.
+    offered: dict[str, tuple[uuid.UUID, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ async def alerts(session: AsyncSession, who: Shopper, locale: str) -> list[Alert
         for product in await session.scalars(select(Product).where(Product.sku.in_(skus)))
     }
     instead = await substitutes.shown_for(session, skus, locale)
+    offered = await _offered(session, [sub.id for sub in rows])
     found = []
     for sub in rows:
         product = products.get(sub.sku)
@@ -133,8 +138,34 @@ async def alerts(session: AsyncSession, who: Shopper, locale: str) -> list[Alert
                 channel=Channel(sub.channel),
                 created_at=sub.created_at,
                 substitutes=tuple(instead.get(sub.sku, ())),
+                offered=offered.get(sub.id, {}),
             )
         )
+    return found
+
+
+async def _offered(
+    session: AsyncSession, subscription_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, tuple[uuid.UUID, int]]]:
+    """What the substitute messages of these subscriptions offered (one statement)."""
+    found: dict[uuid.UUID, dict[str, tuple[uuid.UUID, int]]] = {}
+    if not subscription_ids:
+        return found
+    rows = await session.execute(
+        select(
+            Notification.subscription_id,
+            SubstituteOffer.substitute_sku,
+            SubstituteOffer.notification_id,
+            SubstituteOffer.position,
+        )
+        .join(SubstituteOffer, SubstituteOffer.notification_id == Notification.id)
+        .where(
+            Notification.subscription_id.in_(subscription_ids),
+            Notification.kind == Kind.SUBSTITUTE,
+        )
+    )
+    for subscription_id, sku, notification_id, position in rows:
+        found.setdefault(subscription_id, {})[sku] = (notification_id, position)
     return found
 
 

@@ -265,6 +265,7 @@
       }),
     });
     loadCoupons(funnel);
+    loadSoldOut(funnel);
   }
 
   async function loadChannels(f) {
@@ -345,7 +346,8 @@
     for (const link of document.querySelectorAll("#timeseries a[data-metric]")) {
       link.href = csvHref("/v1/stats/timeseries", { ...base, metric: link.dataset.metric });
     }
-    for (const link of document.querySelectorAll("#coupons a[data-metric]")) {
+    const sectionLinks = "#coupons a[data-metric], #soldout a[data-metric]";
+    for (const link of document.querySelectorAll(sectionLinks)) {
       link.href = csvHref("/v1/stats/timeseries", { ...base, metric: link.dataset.metric });
     }
     const unit = state.interval === "hour" ? "per hour" : "per day";
@@ -479,6 +481,35 @@
     });
   }
 
+  // What shoppers of a sold-out product were sent while they waited, and what it sold.
+  function loadSoldOut(funnel) {
+    const sent = Number(funnel.substitute_messages_sent) || 0;
+    const clicks = Number(funnel.substitute_clicks) || 0;
+    const saved = Number(funnel.saved_by_substitute) || 0;
+    setFigures(document.getElementById("soldout-figures"), {
+      compensations_sent: count(funnel.compensations_sent),
+      substitute_messages_sent: count(sent),
+      substitute_clicks: count(clicks),
+      saved_by_substitute: count(saved),
+    });
+    draw("chart-soldout", {
+      type: "bar",
+      data: {
+        labels: ["Substitute messages", "Substitute clicks", "Saved by a substitute"],
+        datasets: [
+          {
+            label: "Count",
+            data: [sent, clicks, saved],
+            backgroundColor: ["#3b6fb6", "#e8912d", "#2e9d5b"],
+          },
+        ],
+      },
+      options: barOptions("messages / clicks / order lines", {
+        plugins: { legend: { display: false } },
+      }),
+    });
+  }
+
   // ---- wiring -----------------------------------------------------------------------------
 
   function setStatus(text, isError) {
@@ -530,7 +561,7 @@
     Filters.remember(state.interval);
     const f = Filters.current();
     // The overall funnel first: the per-channel table borrows its currency.
-    const funnelThenChannels = section(["funnel", "coupons"], () => loadFunnel(f)).then(
+    const funnelThenChannels = section(["funnel", "coupons", "soldout"], () => loadFunnel(f)).then(
       (funnelLoaded) => section(["channels"], () => loadChannels(f)).then(
         (channelsLoaded) => funnelLoaded && channelsLoaded,
       ),

@@ -25,6 +25,7 @@ _STATUS = {"zh": "到货", "en": "In stock"}
 _KIND_STATUS = {
     "followup": {"zh": "优惠", "en": "Coupon"},
     "compensation": {"zh": "售罄", "en": "Sold out"},
+    "substitute": {"zh": "替代款有货", "en": "Alternatives"},
 }
 
 # WeChat's per-type limits in characters (docs: subscribeMessage.send, "参数值限制").
