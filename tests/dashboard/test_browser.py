@@ -22,6 +22,7 @@ from backinstock import db
 from backinstock.conversions.models import Conversion, Order
 from backinstock.coupons.models import Coupon
 from backinstock.dispatch.models import Notification, Status
+from backinstock.restocks.models import HoldState, StockHold
 from backinstock.runtime import Runtime
 from tests.browser import artifacts, chromium
 from tests.conftest import BACKEND
@@ -116,9 +117,28 @@ async def _seed_clicks_orders_and_coupons(
     runtime: Runtime, sku_b: dict[str, str], revenue: Decimal = Decimal("199.00")
 ) -> None:
     """What shoppers do after the message (follow links, buy, redeem), written as rows: the
-    SMS and WeChat shoppers click, the WeChat one buys (for 199.00 CNY) with a coupon."""
+    SMS and WeChat shoppers click, the WeChat one buys (for 199.00 CNY) with a coupon. Each
+    of the three had a unit held: the buyer's was consumed, the SMS shopper's expired, the
+    email shopper's still runs."""
     now = db.utcnow()
     async with db.transaction(runtime.sessions) as session:
+        fates = {"wechat": HoldState.CONSUMED, "sms": HoldState.RELEASED, "email": HoldState.HELD}
+        for channel, state in fates.items():
+            message = await session.scalar(
+                select(Notification).where(
+                    Notification.subscription_id == uuid.UUID(sku_b[channel])
+                )
+            )
+            assert message is not None and message.wave_id is not None
+            session.add(
+                StockHold(
+                    notification_id=message.id,
+                    wave_id=message.wave_id,
+                    sku="SKU-B",
+                    until=now + timedelta(minutes=30),
+                    state=state.value,
+                )
+            )
         clicked = [sku_b["sms"], sku_b["wechat"]]
         await session.execute(
             update(Notification)
@@ -268,6 +288,8 @@ async def test_the_dashboard_signs_in_and_draws_every_chart(
     coupons = await page.evaluate(_chart_data("chart-coupons"))
     assert coupons["datasets"][0]["data"] == [2, 1]
     assert await page.locator('[data-figure="redemption_rate"]').inner_text() == "50%"
+    held = await page.locator("#hold-figures").inner_text()
+    assert held.split("\n")[1::2] == ["3", "1", "1", "33.3%"], held
 
     # The hourly view redraws the time series from the same endpoint.
     await page.click("button[data-interval=hour]")

@@ -266,6 +266,19 @@
     });
     loadCoupons(funnel);
     loadSoldOut(funnel);
+    loadHolds(funnel);
+  }
+
+  // Units held for told shoppers: how many, and what became of them.
+  function loadHolds(funnel) {
+    const placed = Number(funnel.holds_placed) || 0;
+    const consumed = Number(funnel.holds_consumed) || 0;
+    setFigures(document.getElementById("hold-figures"), {
+      holds_placed: count(placed),
+      holds_consumed: count(consumed),
+      holds_expired: count(funnel.holds_expired),
+      hold_rate: placed ? percentFormat.format(consumed / placed) : "–",
+    });
   }
 
   async function loadChannels(f) {
