@@ -2,12 +2,17 @@
 
 A sandboxed Jinja2 environment: templates are editable by people who are not developers,
 and must not reach into Python. HTML templates are autoescaped; text ones are not.
+
+A subscription's ``segment`` attribute picks a variant where one exists
+(``channels/<channel>/segments/<segment>/<locale>.*.j2``), file by file, before the default
+of the same locale; the segment's grammar (a slug) keeps it a plain folder name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
@@ -16,6 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from backinstock.dispatch.models import Kind
 from backinstock.dispatch.sms import segments
 from backinstock.resources import resource_dir
+from backinstock.subscriptions.attributes import SEGMENT, is_segment
 
 DEFAULT_LOCALE = "zh-CN"
 
@@ -39,6 +45,13 @@ class MessageContext:
     valid_hours: int = 24  # how long a confirmation's link and code work
     # The shopper's own page (/s/…): everything they wait for, each stoppable.
     page_url: str = ""
+    # The subscription's attributes (validated one-line values); ``segment`` among them
+    # picks the template variant.
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def segment(self) -> str | None:
+        return self.attributes.get(SEGMENT)
 
     @property
     def scarce(self) -> bool:
@@ -75,6 +88,11 @@ def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int)
     if segments(text) > max_segments and context.name:
         shorter = dataclasses.replace(context, name=None, product_name=name.rstrip() + "…")
         text = _render("sms", locale, "txt", shorter) or text
+    if segments(text) > max_segments and context.attributes:
+        # Last, the attributes a template prints (up to 8 of 64 characters each); the
+        # segment still picks the variant, whose copy then shows its defaults.
+        bare = dataclasses.replace(context, name=None, product_name=name.rstrip() + "…")
+        text = _render("sms", locale, "txt", bare, printed=False) or text
     return text
 
 
@@ -84,7 +102,18 @@ def _locale_chain(locale: str) -> list[str]:
     return list(dict.fromkeys(chain))
 
 
-def _render(channel: str, locale: str, part: str, context: MessageContext) -> str | None:
+def _template_names(channel: str, name: str, segment: str | None) -> list[str]:
+    default = f"{channel}/{name}"
+    # Checked again here, not only at the boundary: the value becomes part of a path.
+    if segment is None or not is_segment(segment):
+        return [default]
+    return [f"{channel}/segments/{segment}/{name}", default]
+
+
+def _render(
+    channel: str, locale: str, part: str, context: MessageContext, *, printed: bool = True
+) -> str | None:
+    """``printed``: whether templates see the attributes (not when they cannot fit)."""
     values = {
         "name": context.name,
         "product_name": context.product_name,
@@ -99,14 +128,19 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "code": context.code,
         "valid_hours": context.valid_hours,
         "page_url": context.page_url,
+        # A missing key prints nothing (Jinja's Undefined), so `{{ attributes.tier }}` and
+        # `{{ attributes.tier | default("…") }}` never fail for a shopper without it.
+        "attributes": dict(context.attributes) if printed else {},
+        "segment": context.segment,
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):
-        try:
-            template = _environment().get_template(f"{channel}/{candidate}.{prefix}{part}.j2")
-        except TemplateNotFound:
-            continue
-        return template.render(values).strip()
+        for name in _template_names(channel, f"{candidate}.{prefix}{part}.j2", context.segment):
+            try:
+                template = _environment().get_template(name)
+            except TemplateNotFound:
+                continue
+            return template.render(values).strip()
     return None
 
 

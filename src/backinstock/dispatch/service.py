@@ -262,6 +262,7 @@ def _message(
         code=confirmation_code(keys, sub.id) if confirming else None,
         valid_hours=max(1, settings.opt_in.confirm_window_seconds // 3600),
         page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub.id)}",
+        attributes=sub.attributes or {},
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(

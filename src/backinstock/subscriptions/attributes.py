@@ -120,5 +120,9 @@ Attributes = Annotated[
 ]
 
 
+def is_segment(value: str) -> bool:
+    return _SEGMENT.fullmatch(value) is not None
+
+
 def segment_of(attributes: dict[str, str] | None) -> str | None:
     return (attributes or {}).get(SEGMENT)
