@@ -89,7 +89,9 @@ class Subscription(Base):
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Non-identifying values for templates and figures (subscriptions.attributes); the
     # segment among them again in a column of its own, indexed for filtering and grouping.
-    attributes: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    attributes: Mapped[dict[str, str] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
     segment: Mapped[str | None] = mapped_column(String(64), nullable=True)
     consent_text_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=Status.WAITING.value)
