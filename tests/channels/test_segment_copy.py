@@ -7,7 +7,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from backinstock.dispatch.render import MessageContext, _environment, render
+from backinstock.dispatch.render import (
+    MessageContext,
+    _environment,
+    printed_attributes,
+    render,
+)
 from backinstock.dispatch.sms import segments
 from backinstock.runtime import Runtime
 from tests.conftest import WorkerStarter
@@ -77,7 +82,13 @@ def test_an_attribute_prints_and_a_missing_one_prints_nothing() -> None:
     plain = render("sms", "zh-CN", _context({"segment": "sensitive-skin"}))
     assert "「舒缓面霜」温和配方" in plain.text
     template = _environment().from_string("[{{ attributes.tier }}|{{ attributes.x|default('-') }}]")
-    assert template.render(attributes={}) == "[|-]"
+    assert template.render(attributes=printed_attributes({})) == "[|-]"
+    assert template.render(attributes=printed_attributes({"tier": "gold"})) == "[gold|-]"
+
+
+def test_keys_named_like_dict_methods_print_their_values() -> None:
+    template = _environment().from_string("{{ attributes.items }}/{{ attributes['keys'] }}")
+    assert template.render(attributes=printed_attributes({"items": "a", "keys": "b"})) == "a/b"
 
 
 def test_html_escapes_attributes() -> None:
@@ -88,7 +99,8 @@ def test_html_escapes_attributes() -> None:
 
 
 def render_attribute_html(value: str) -> str:
-    return _environment().from_string("{{ attributes.tier|e }}").render(attributes={"tier": value})
+    template = _environment().from_string("{{ attributes.tier|e }}")
+    return template.render(attributes=printed_attributes({"tier": value}))
 
 
 @pytest.mark.parametrize("max_segments", [3, 4])

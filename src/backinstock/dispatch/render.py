@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import SimpleNamespace
 
 from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
@@ -110,6 +111,14 @@ def _template_names(channel: str, name: str, segment: str | None) -> list[str]:
     return [f"{channel}/segments/{segment}/{name}", default]
 
 
+def printed_attributes(attributes: Mapping[str, str]) -> SimpleNamespace:
+    """What templates see as ``attributes``: ``attributes.items`` is the value of the key
+    "items" (of a dict, Jinja would give its method), and a missing key prints nothing
+    (Jinja's Undefined), so ``{{ attributes.tier | default("…") }}`` never fails. Keys are
+    slugs starting with a letter, never a dunder."""
+    return SimpleNamespace(**attributes)
+
+
 def _render(
     channel: str, locale: str, part: str, context: MessageContext, *, printed: bool = True
 ) -> str | None:
@@ -128,9 +137,7 @@ def _render(
         "code": context.code,
         "valid_hours": context.valid_hours,
         "page_url": context.page_url,
-        # A missing key prints nothing (Jinja's Undefined), so `{{ attributes.tier }}` and
-        # `{{ attributes.tier | default("…") }}` never fail for a shopper without it.
-        "attributes": dict(context.attributes) if printed else {},
+        "attributes": printed_attributes(context.attributes if printed else {}),
         "segment": context.segment,
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
