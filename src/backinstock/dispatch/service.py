@@ -121,6 +121,9 @@ async def prepare(
             .join(Subscription, Subscription.id == Notification.subscription_id)
             .outerjoin(Product, Product.sku == Notification.sku)
             .where(Notification.id.in_(ids))
+            # Sent in the order they were planned (ids are time-ordered), not in whatever
+            # order the join's plan gives: that changes with the tables' shape and size.
+            .order_by(Notification.id)
         )
     )
     coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind in CARRY_COUPONS])
