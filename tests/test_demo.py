@@ -112,6 +112,7 @@ def test_the_demo_fills_its_own_instance_and_its_command_serves_it(tmp_path: Pat
             _url(done.stdout, "dev outbox") + "?limit=1000", headers=bearer(admin_key)
         ).json()["items"]
         funnel = httpx.get(_url(done.stdout, "funnel"), headers=bearer(stats_key)).json()
+        segments = httpx.get(f"{base}/v1/stats/segments", headers=bearer(stats_key)).json()
         dashboard = httpx.get(f"{base}/dashboard", headers=bearer(stats_key))
     finally:
         server.stop()
@@ -121,6 +122,8 @@ def test_the_demo_fills_its_own_instance_and_its_command_serves_it(tmp_path: Pat
     linked = [m for m in outbox if m["channel"] in ("sms", "email")]
     assert linked and all(f"{base}/r/" in m["body"] for m in linked), "links lead to the demo"
     assert (funnel["subscribed"], funnel["notified"], funnel["clicked"]) == (75, 30, 14)
+    by_segment = {row["segment"]: row["subscribed"] for row in segments["items"]}
+    assert by_segment == {None: 25, "oily-skin": 25, "sensitive-skin": 25}
     assert (funnel["converted"], funnel["coupons_issued"], funnel["coupons_redeemed"]) == (
         8,
         24,

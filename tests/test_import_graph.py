@@ -69,8 +69,17 @@ FLOORS: tuple[Floor, ...] = (
         "domain",
         ("backinstock.*.*", "backinstock.*.*.*", "backinstock.flows.*", "backinstock.keyops"),
     ),
-    # Tables and API shapes.
-    Floor("data", ("backinstock.models", "backinstock.*.models", "backinstock.*.schemas")),
+    # Tables and API shapes (and the attributes' rules, which both a shape and the
+    # templates' variant choice read).
+    Floor(
+        "data",
+        (
+            "backinstock.models",
+            "backinstock.*.models",
+            "backinstock.*.schemas",
+            "backinstock.subscriptions.attributes",
+        ),
+    ),
     # What everything may use: settings, database, crypto, contacts, errors, input types.
     Floor(
         "foundation",

@@ -1,7 +1,7 @@
 """substitute messages: what each one offered, and the orders they saved
 
 Revision ID: 0020
-Revises: 0018
+Revises: 0019
 Create Date: 2026-12-06 00:40:00.000000
 
 ``substitute_offers`` (owned by dispatch): the substitutes a ``substitute`` message names,
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0020"
-down_revision: str | None = "0018"
+down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -335,8 +335,16 @@ async def _subscribe(
             "source": "demo",
             "product": {"name": name, "url": f"https://shop.example/p/{sku.lower()}"},
             "fallbacks": [{"channel": "email", "contact": f"fallback{n}.{suffix}@example.com"}],
+            "attributes": _attributes(n),
         }
         await _post(api, "/v1/subscriptions", body)
+
+
+def _attributes(n: int) -> dict[str, str]:
+    """Two segments and shoppers without one, so the dashboard has segments to compare;
+    "sensitive-skin" has its own copy (channels/<channel>/segments/sensitive-skin/)."""
+    segment = ("sensitive-skin", "oily-skin", None)[n % 3]
+    return {"segment": segment} if segment else {}
 
 
 async def _notifications(runtime: Runtime, kind: str, sku: str) -> list[Notification]:

@@ -45,7 +45,7 @@ _NOT_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _one_line_text(value: str) -> str:
+def one_line_text(value: str) -> str:
     if _NOT_TEXT.search(value) is None:
         return value
     if _SURROGATE.search(value):
@@ -55,7 +55,7 @@ def _one_line_text(value: str) -> str:
     raise ValueError("must be one line without control characters")
 
 
-Text = Annotated[str, AfterValidator(_one_line_text)]
+Text = Annotated[str, AfterValidator(one_line_text)]
 
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)

@@ -47,6 +47,7 @@ FREE_TEXT: list[tuple[str, Any, Path]] = [
             ("product", "url"),
             ("product", "image_url"),
             ("consent", "text_version"),
+            ("attributes", "tier"),
         ]
     ],
     *[
@@ -176,6 +177,10 @@ async def test_no_log_line_carries_a_submitted_value_or_a_link_token(
     for endpoint, base, path in FREE_TEXT:
         for bad in NOT_TEXT.values():
             await post(endpoint, with_value(base(), path, sent(bad)))
+    # Refused attributes: a key that is not a slug, a value that reads as an email address.
+    for attributes in ({sent("\n"): "gold"}, {"note": sent().lower() + "@mailbox.example"}):
+        refused = email_subscription(attributes=attributes)
+        assert (await post("/v1/subscriptions", refused)).status_code == 422
     # Refused instants: the far future, before the epoch, without an offset, a number.
     for when in ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00", "2026-11-21T10:00:00", 0]:
         refused = restock_body(event_id=sent(), occurred_at=when)
@@ -202,6 +207,7 @@ async def test_no_log_line_carries_a_submitted_value_or_a_link_token(
             source=sent(length=64),
             product={"name": sent(hostile_name, length=300), "url": "https://shop.example/p/1"},
             consent={"text_version": sent(length=64), "ip": "203.0.113.9"},
+            attributes={"segment": "sensitive-skin", "tier": sent(hostile_name, length=64)},
         )
         assert (await post("/v1/subscriptions", body)).status_code == 201
     start_worker()
@@ -230,7 +236,7 @@ async def test_no_log_line_carries_a_submitted_value_or_a_link_token(
     statuses.append((await client.post(f"/u/{tokens[-1][1]}")).status_code)
     for kind in ("u", "r", "s"):
         statuses.append((await client.get(f"/{kind}/{sent('%0D%0A%00')}")).status_code)
-    for query in ("sku", "since", "until", "cursor", "format"):
+    for query in ("sku", "since", "until", "cursor", "format", "segment"):
         path = f"/v1/stats/funnel?{query}={sent('%00%ED%A0%80')}"
         statuses.append((await client.get(path, headers=bearer(key))).status_code)
 

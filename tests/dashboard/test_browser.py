@@ -38,17 +38,18 @@ ENV = {
 CHARTS = ["chart-funnel", "chart-channels", "chart-timeseries", "chart-demand", "chart-coupons"]
 
 # Who waits for what: SKU-A is the most wanted and never restocked; SKU-B is restocked, so
-# its three shoppers (one per channel) are notified and stay in its queue.
+# its three shoppers (one per channel) are notified and stay in its queue. Some shoppers
+# carry a segment: two of SKU-A's are "oily", SKU-B's SMS and WeChat ones "sensitive-skin".
 SHOPPERS = [
-    ("SKU-A", "sms"),
-    ("SKU-A", "sms"),
-    ("SKU-A", "sms"),
-    ("SKU-A", "email"),
-    ("SKU-A", "email"),
-    ("SKU-B", "sms"),
-    ("SKU-B", "email"),
-    ("SKU-B", "wechat"),
-    ("SKU-C", "email"),
+    ("SKU-A", "sms", "oily"),
+    ("SKU-A", "sms", None),
+    ("SKU-A", "sms", None),
+    ("SKU-A", "email", "oily"),
+    ("SKU-A", "email", None),
+    ("SKU-B", "sms", "sensitive-skin"),
+    ("SKU-B", "email", None),
+    ("SKU-B", "wechat", "sensitive-skin"),
+    ("SKU-C", "email", None),
 ]
 PRODUCTS = {"SKU-A": "Linen shirt, blue, M", "SKU-B": "红色T恤 M", "SKU-C": "Canvas tote"}
 
@@ -91,12 +92,13 @@ async def _wait_for_sent(runtime: Runtime, expected: int) -> None:
 async def _seed_through_the_api(base_url: str, keys: dict[str, str]) -> dict[str, str]:
     ids: dict[str, str] = {}
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        for n, (sku, channel) in enumerate(SHOPPERS):
+        for n, (sku, channel, segment) in enumerate(SHOPPERS):
             body = subscription_body(
                 sku=sku,
                 channel=channel,
                 contact=_contact(channel, n),
                 product={"name": PRODUCTS[sku], "url": f"https://shop.example/p/{sku}"},
+                attributes={"segment": segment} if segment else {},
             )
             response = await client.post(
                 "/v1/subscriptions", json=body, headers=bearer(keys["subscribe"])
@@ -291,6 +293,41 @@ async def test_the_dashboard_signs_in_and_draws_every_chart(
     held = await page.locator("#hold-figures").inner_text()
     assert held.split("\n")[1::2] == ["3", "1", "1", "33.3%"], held
 
+    # A row per segment, the shoppers without one first; the filter offers the segments seen.
+    segment_rows = await page.locator("#segment-table tbody tr").all_inner_texts()
+    assert [row.split("\t")[:7] for row in segment_rows] == [
+        ["(no segment)", "5", "5", "1", "1", "0", "0"],
+        ["oily", "2", "2", "0", "0", "0", "0"],
+        ["sensitive-skin", "2", "2", "2", "2", "2", "1"],
+    ]
+    options = page.locator("#segment-options option")
+    assert [await o.get_attribute("value") for o in await options.all()] == [
+        "oily",
+        "sensitive-skin",
+    ]
+
+    # The segment filter narrows every section, and stays in the page's address.
+    await page.fill("input[name=segment]", "sensitive-skin")
+    await page.click("#filters button[type=submit]")
+    await page.wait_for_selector("body[data-state=ready]")
+    assert "segment=sensitive-skin" in page.url
+    narrowed = await page.evaluate(_chart_data("chart-funnel"))
+    assert narrowed["datasets"][0]["data"] == [2, 2, 2, 2, 1]
+    assert "segment sensitive-skin" in await page.locator("#funnel .scope").inner_text()
+    narrowed_series = await page.evaluate(_chart_data("chart-timeseries"))
+    assert sum(narrowed_series["datasets"][0]["data"]) == 2
+    narrowed_demand = await page.evaluate(_chart_data("chart-demand"))
+    assert narrowed_demand["labels"] == ["SKU-B"]
+    assert narrowed_demand["datasets"][0]["data"] == [2]
+    only = await page.locator("#segment-table tbody tr").all_inner_texts()
+    assert [row.split("\t")[0] for row in only] == ["sensitive-skin"]
+    segment_csv = await page.get_attribute("#csv-segments", "href")
+    assert segment_csv is not None and "segment=sensitive-skin" in segment_csv
+    await page.screenshot(path=str(screenshot.with_name("dashboard-segment.png")), full_page=True)
+    await page.fill("input[name=segment]", "")
+    await page.click("#filters button[type=submit]")
+    await page.wait_for_selector("body[data-state=ready]")
+
     # The hourly view redraws the time series from the same endpoint.
     await page.click("button[data-interval=hour]")
     await page.wait_for_selector("body[data-state=ready]")
@@ -371,7 +408,7 @@ async def _assert_content_fits(page: Any) -> None:
     assert "1,234,567.89" in revenue["text"], revenue
     for box in boxes:
         assert box["textLeft"] >= box["cardLeft"] and box["textRight"] <= box["cardRight"], box
-    for table in ("demand-table", "channel-table"):
+    for table in ("demand-table", "channel-table", "segment-table"):
         cells = await page.evaluate(_LAST_COLUMN, table)
         assert len(cells) >= 3, table
         for cell in cells:
@@ -398,10 +435,12 @@ async def test_the_dashboard_copes_with_hand_edited_addresses_and_fits_its_conte
     assert page.url.endswith("?period=7") and await _all_charts_drawn(page)
 
     # Nonsense: the default period, a message in place, every chart.
-    await _open(page, f"{base}?period=fortnight&channel=fax&sku=红色 T")
+    await _open(page, f"{base}?period=fortnight&channel=fax&sku=红色 T&segment=Sensitive Skin")
     assert await page.get_attribute("body", "data-state") == "ready"
     notice = await page.locator("#notice").inner_text()
     assert "fortnight" in notice and "fax" in notice and "红色 T" in notice
+    assert "Sensitive Skin" in notice
+    assert await page.locator("input[name=segment]").input_value() == ""
     assert await page.locator("select[name=period]").input_value() == "30"
     assert await _all_charts_drawn(page)
 

@@ -66,10 +66,13 @@ class Seeder:
         channel: str = "sms",
         created_at: datetime = T0,
         status: str = "waiting",
+        attributes: dict[str, str] | None = None,
     ) -> uuid.UUID:
         self._count += 1
         contact = NormalizedContact(Channel(channel), _contact(Channel(channel), self._count))
-        payload = SubscriptionCreate(sku=sku, channel=contact.channel, contact=contact.value)
+        payload = SubscriptionCreate(
+            sku=sku, channel=contact.channel, contact=contact.value, attributes=attributes or {}
+        )
         index = self.runtime.keys.blind_index.digest(contact.index_form)
         row = _NewSubscription.build(self.runtime.keys, payload, contact, index)
         await self.session.execute(INSERT_SUBSCRIPTION, {**row.params, "created_at": created_at})
@@ -163,10 +166,12 @@ class Seeder:
         channel: str = "sms",
         issued_at: datetime | None = T0,
         redeemed_at: datetime | None = None,
+        subscription_id: uuid.UUID | None = None,
     ) -> None:
         self._count += 1
         self.session.add(
             Coupon(
+                subscription_id=subscription_id,
                 code=f"BIS-{self._count:06d}",
                 sku=sku,
                 channel=channel,

@@ -2,14 +2,20 @@
 
 A sandboxed Jinja2 environment: templates are editable by people who are not developers,
 and must not reach into Python. HTML templates are autoescaped; text ones are not.
+
+A subscription's ``segment`` attribute picks a variant where one exists
+(``channels/<channel>/segments/<segment>/<locale>.*.j2``), file by file, before the default
+of the same locale; the segment's grammar (a slug) keeps it a plain folder name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 from jinja2 import FileSystemLoader, TemplateNotFound, select_autoescape
@@ -18,6 +24,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from backinstock.dispatch.models import Kind
 from backinstock.dispatch.sms import segments
 from backinstock.resources import resource_dir
+from backinstock.subscriptions.attributes import SEGMENT, is_segment
 
 DEFAULT_LOCALE = "zh-CN"
 
@@ -54,6 +61,13 @@ class MessageContext:
     held_until: str | None = None
     # A substitute message's offers, in order (the templates' ``substitutes``).
     substitutes: tuple[Offer, ...] = ()
+    # The subscription's attributes (validated one-line values); ``segment`` among them
+    # picks the template variant.
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def segment(self) -> str | None:
+        return self.attributes.get(SEGMENT)
 
     @property
     def scarce(self) -> bool:
@@ -100,9 +114,9 @@ def _environment() -> SandboxedEnvironment:
 
 def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int) -> str:
     """Shorten the product names (the product's and any substitutes'), then drop the
-    shopper's name, then the scarcity copy, until the SMS fits: links and the reservation
-    must survive whole, and long names are what grows (a name in Chinese also makes an
-    English message UCS-2, 67 characters a part)."""
+    shopper's name, the scarcity copy and the attributes printed, until the SMS fits: links
+    and the reservation must survive whole, and long names are what grows (a name in
+    Chinese also makes an English message UCS-2, 67 characters a part)."""
     shorter = context
     while segments(text) > max_segments and _longest_name(shorter) > 4:
         shorter = _shortened(shorter)
@@ -112,6 +126,10 @@ def _fit_sms(locale: str, context: MessageContext, text: str, max_segments: int)
             break
         shorter = dataclasses.replace(shorter, **less)
         text = _render("sms", locale, "txt", shorter) or text
+    if segments(text) > max_segments and context.attributes:
+        # Last, the attributes a template prints (up to 8 of 64 characters each); the
+        # segment still picks the variant, whose copy then shows its defaults.
+        text = _render("sms", locale, "txt", shorter, printed=False) or text
     return text
 
 
@@ -146,7 +164,26 @@ def _locale_chain(locale: str) -> list[str]:
     return list(dict.fromkeys(chain))
 
 
-def _render(channel: str, locale: str, part: str, context: MessageContext) -> str | None:
+def _template_names(channel: str, name: str, segment: str | None) -> list[str]:
+    default = f"{channel}/{name}"
+    # Checked again here, not only at the boundary: the value becomes part of a path.
+    if segment is None or not is_segment(segment):
+        return [default]
+    return [f"{channel}/segments/{segment}/{name}", default]
+
+
+def printed_attributes(attributes: Mapping[str, str]) -> SimpleNamespace:
+    """What templates see as ``attributes``: ``attributes.items`` is the value of the key
+    "items" (of a dict, Jinja would give its method), and a missing key prints nothing
+    (Jinja's Undefined), so ``{{ attributes.tier | default("…") }}`` never fails. Keys are
+    slugs starting with a letter, never a dunder."""
+    return SimpleNamespace(**attributes)
+
+
+def _render(
+    channel: str, locale: str, part: str, context: MessageContext, *, printed: bool = True
+) -> str | None:
+    """``printed``: whether templates see the attributes (not when they cannot fit)."""
     values = {
         "name": context.name,
         "product_name": context.product_name,
@@ -163,14 +200,17 @@ def _render(channel: str, locale: str, part: str, context: MessageContext) -> st
         "page_url": context.page_url,
         "held_until": context.held_until,
         "substitutes": [{"name": o.name, "link": o.link} for o in context.substitutes],
+        "attributes": printed_attributes(context.attributes if printed else {}),
+        "segment": context.segment,
     }
     prefix = "" if context.kind == Kind.RESTOCK else f"{context.kind}."
     for candidate in _locale_chain(locale):
-        try:
-            template = _environment().get_template(f"{channel}/{candidate}.{prefix}{part}.j2")
-        except TemplateNotFound:
-            continue
-        return template.render(values).strip()
+        for name in _template_names(channel, f"{candidate}.{prefix}{part}.j2", context.segment):
+            try:
+                template = _environment().get_template(name)
+            except TemplateNotFound:
+                continue
+            return template.render(values).strip()
     return None
 
 

@@ -130,6 +130,9 @@ async def prepare(
             .join(Subscription, Subscription.id == Notification.subscription_id)
             .outerjoin(Product, Product.sku == Notification.sku)
             .where(Notification.id.in_(ids))
+            # Sent in the order they were planned (ids are time-ordered), not in whatever
+            # order the join's plan gives: that changes with the tables' shape and size.
+            .order_by(Notification.id)
         )
     )
     coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind in CARRY_COUPONS])
@@ -336,6 +339,7 @@ def _message(
         page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub.id)}",
         substitutes=substitutes,
         held_until=_held_until(settings, notification, sub, now),
+        attributes=sub.attributes or {},
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
     return OutgoingMessage(

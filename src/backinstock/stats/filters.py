@@ -1,4 +1,5 @@
-"""What every figure is narrowed by: a SKU, a channel and a period ``[since, until)``."""
+"""What every figure is narrowed by: a SKU, a channel, a segment and a period
+``[since, until)``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression
+from sqlalchemy import ColumnElement, SQLColumnExpression, select
+
+from backinstock.subscriptions.models import Subscription
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,7 @@ class Filters:
     since: datetime | None = None
     sku: str | None = None
     channel: str | None = None
+    segment: str | None = None
 
     def period(self, moment: SQLColumnExpression[Any]) -> list[ColumnElement[bool]]:
         """``since <= moment < until``; a NULL moment is never in a period."""
@@ -24,11 +28,19 @@ class Filters:
         return clauses
 
     def narrow(
-        self, sku: SQLColumnExpression[Any], channel: SQLColumnExpression[Any]
+        self,
+        sku: SQLColumnExpression[Any],
+        channel: SQLColumnExpression[Any],
+        subscription_id: SQLColumnExpression[Any],
     ) -> list[ColumnElement[bool]]:
+        """``subscription_id``: the row's subscription, whose segment the segment filter
+        reads (a semi-join on the indexed column, so no figure table repeats the segment)."""
         clauses: list[ColumnElement[bool]] = []
         if self.sku is not None:
             clauses.append(sku == self.sku)
         if self.channel is not None:
             clauses.append(channel == self.channel)
+        if self.segment is not None:
+            segment = select(Subscription.id).where(Subscription.segment == self.segment)
+            clauses.append(subscription_id.in_(segment))
         return clauses

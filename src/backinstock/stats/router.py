@@ -1,4 +1,4 @@
-"""GET /v1/stats/funnel, /demand and /timeseries: JSON, or CSV on request."""
+"""GET /v1/stats/funnel, /demand, /timeseries and /segments: JSON, or CSV on request."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from backinstock.dashboard.deps import StatsReader
 from backinstock.deps import RuntimeDep, SessionDep
 from backinstock.errors import InvalidField, error_responses
 from backinstock.fields import DIGITS, INSTANT_RULE, Instant
-from backinstock.stats import csv_export, series, service
+from backinstock.stats import csv_export, segments, series, service
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import (
     DemandItem,
@@ -21,8 +21,11 @@ from backinstock.stats.schemas import (
     Funnel,
     Interval,
     Metric,
+    SegmentFigures,
+    SegmentPage,
     Series,
 )
+from backinstock.subscriptions.attributes import SEGMENT_PATTERN
 
 router = APIRouter(tags=["figures"])
 
@@ -31,6 +34,15 @@ SkuQuery = Annotated[
     Query(min_length=1, max_length=128, pattern=r"^[!-~]+$", description="Only this SKU."),
 ]
 ChannelQuery = Annotated[Channel | None, Query(description="Only this channel.")]
+SegmentQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        pattern=SEGMENT_PATTERN,
+        description="Only the subscriptions whose `segment` attribute is this (their "
+        "messages, conversions and coupons too).",
+    ),
+]
 SinceQuery = Annotated[
     Instant | None, Query(description="Start of the period, inclusive. " + INSTANT_RULE)
 ]
@@ -67,7 +79,9 @@ SERIES_CSV = """t,value\r
 2026-11-22T00:00:00Z,0\r
 """
 FUNNEL_DOC = """The marketer's funnel. Every figure counts by its own timestamp in `[since, until)`
-(`since` absent: all time; `until` absent: now); `sku` and `channel` narrow every figure.
+(`since` absent: all time; `until` absent: now); `sku`, `channel` and `segment` narrow
+every figure (`segment`: the subscriptions with that `segment` attribute, and their
+messages, conversions and coupons; per segment side by side: `GET /v1/stats/segments`).
 
 - `subscribed`: subscriptions created in the period; `waiting`: of those, the ones still
   in the queue now (waiting or notified).
@@ -115,12 +129,19 @@ def period_filters(
     channel: ChannelQuery = None,
     since: SinceQuery = None,
     until: UntilQuery = None,
+    segment: SegmentQuery = None,
 ) -> Filters:
     end = until or runtime.clock.now()
     start = since
     if start is not None and start >= end:
         raise InvalidField("since", "must be before until")
-    return Filters(until=end, since=start, sku=sku, channel=channel.value if channel else None)
+    return Filters(
+        until=end,
+        since=start,
+        sku=sku,
+        channel=channel.value if channel else None,
+        segment=segment,
+    )
 
 
 FiltersDep = Annotated[Filters, Depends(period_filters)]
@@ -162,14 +183,16 @@ async def get_demand(
     _: StatsReader,
     limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
+    segment: SegmentQuery = None,
     fmt: FormatQuery = None,
 ) -> DemandPage | Response:
     """SKUs with at least one shopper in the queue (waiting or notified), most waiting first,
-    then by SKU. `restocks` counts the waves ever opened for the SKU.
+    then by SKU. `restocks` counts the waves ever opened for the SKU. With `segment`, only
+    that segment's shoppers count (a cursor belongs to the segment it was made with).
 
     CSV: one row per SKU of this page; the next page's cursor is in the `X-Next-Cursor`
     header and as a `Link: <...>; rel="next"` URL (both absent on the last page)."""
-    page = await service.demand(session, limit, cursor)
+    page = await service.demand(session, limit, cursor, segment)
     if not wants_csv(request, fmt):
         return page
     header = list(DemandItem.model_fields)
@@ -199,6 +222,7 @@ async def get_timeseries(
     channel: ChannelQuery = None,
     since: SinceQuery = None,
     until: UntilQuery = None,
+    segment: SegmentQuery = None,
     currency: CurrencyQuery = None,
     fmt: FormatQuery = None,
 ) -> Series | Response:
@@ -211,12 +235,63 @@ async def get_timeseries(
     CSV: `t,value` rows."""
     end = until or runtime.clock.now()
     start = since or end - series.DEFAULT_SPAN[interval]
-    filters = period_filters(runtime, sku, channel, start, end)
+    filters = period_filters(runtime, sku, channel, start, end, segment)
     result = await series.timeseries(session, metric, interval, filters, currency)
     if not wants_csv(request, fmt):
         return result
     rows = [[point.t, _series_cell(point.value)] for point in result.points]
     return csv_export.response(f"timeseries-{metric.value}", ["t", "value"], rows)
+
+
+SEGMENTS_CSV = (
+    "segment,subscribed,waiting,notified,delivered,clicked,converted,revenue,currency,"
+    "click_rate,conversion_rate\r\n"
+    ",80,50,60,58,20,6,594.00,CNY,0.3333,0.1\r\n"
+    "sensitive-skin,40,30,40,39,21,6,594.00,CNY,0.525,0.15\r\n"
+)
+
+
+@router.get(
+    "/v1/stats/segments",
+    operation_id="getSegments",
+    response_model=SegmentPage,
+    responses={**csv_export.openapi(SEGMENTS_CSV), **error_responses(401, 403, 422)},
+)
+async def get_segments(
+    request: Request,
+    session: SessionDep,
+    _: StatsReader,
+    filters: FiltersDep,
+    currency: CurrencyQuery = None,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    fmt: FormatQuery = None,
+) -> SegmentPage | Response:
+    """The funnel grouped by the subscriptions' `segment` attribute: one row per segment
+    (`segment` null: the subscriptions without one, first), then by segment name, each
+    counted as the funnel with `segment=` counts it (`subscribed`, `waiting`, `notified`,
+    `delivered`, `clicked`, `converted`, `revenue`, the rates). Every segment with a
+    subscription matching `sku` and `channel` has a row, with zeros when nothing of it falls
+    in the period. Revenue is in one `currency` for all rows.
+
+    CSV: one row per segment of this page (an empty `segment` cell: none); the next page's
+    cursor is in the `X-Next-Cursor` header and as a `Link: <...>; rel="next"` URL."""
+    page = await segments.breakdown(session, filters, currency, limit, cursor)
+    if not wants_csv(request, fmt):
+        return page
+    header = list(SegmentFigures.model_fields)
+    rows = [[_segment_cell(item, name) for name in header] for item in page.items]
+    headers = {}
+    if page.next_cursor:
+        next_url = request.url.include_query_params(cursor=page.next_cursor)
+        headers = {"X-Next-Cursor": page.next_cursor, "Link": f'<{next_url}>; rel="next"'}
+    return csv_export.response("segments", header, rows, headers)
+
+
+def _segment_cell(item: SegmentFigures, name: str) -> csv_export.Cell:
+    value: csv_export.Cell = getattr(item, name)
+    # Revenue a number, not text, in a spreadsheet; no segment an empty cell.
+    return Decimal(item.revenue) if name == "revenue" else value
 
 
 def _series_cell(value: int | str) -> int | Decimal:

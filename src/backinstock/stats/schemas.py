@@ -146,3 +146,34 @@ class Series(BaseModel):
         description="Revenue only: the ISO 4217 currency of the values; absent when none was seen.",
     )
     points: list[Point]
+
+
+class SegmentFigures(BaseModel):
+    """The funnel's shopper and message figures for the subscriptions of one segment."""
+
+    segment: str | None = Field(
+        description="The subscriptions' `segment` attribute; null: those without one."
+    )
+    subscribed: int = Field(description="As the funnel's, for this segment.")
+    waiting: int = Field(description="As the funnel's, for this segment.")
+    notified: int = Field(description="As the funnel's, for this segment.")
+    delivered: int = Field(description="As the funnel's, for this segment.")
+    clicked: int = Field(description="As the funnel's, for this segment.")
+    converted: int = Field(description="As the funnel's, for this segment.")
+    revenue: str = Field(
+        description="Revenue of the segment's conversions in `currency`, two decimal places.",
+        examples=["297.00"],
+    )
+    currency: str | None = Field(
+        description="ISO 4217, the same for every row: the one asked for, else the one with "
+        "the most revenue over all segments in the period; null when there was none."
+    )
+    click_rate: float = Field(description="clicked / notified, 4 places; 0.0 when none notified.")
+    conversion_rate: float = Field(
+        description="converted / notified, 4 places; 0.0 when none notified."
+    )
+
+
+class SegmentPage(BaseModel):
+    items: list[SegmentFigures]
+    next_cursor: str | None

@@ -110,7 +110,7 @@ def _subscribed(f: Filters, _: str | None) -> _Source:
     # A pending request (double opt-in) is not a subscription until its shopper confirms.
     where = [
         *f.period(s.created_at),
-        *f.narrow(s.sku, s.channel),
+        *f.narrow(s.sku, s.channel, s.id),
         s.status != SubscriptionStatus.PENDING,
     ]
     return _Source(s.created_at, func.count(), where)
@@ -160,13 +160,17 @@ def _failed(f: Filters, _: str | None) -> _Source:
 
 def _converted(f: Filters, _: str | None) -> _Source:
     c = Conversion
-    where = [*f.period(c.converted_at), *f.narrow(c.sku, c.channel)]
+    where = [*f.period(c.converted_at), *f.narrow(c.sku, c.channel, c.subscription_id)]
     return _Source(c.converted_at, func.count(c.subscription_id.distinct()), where)
 
 
 def _revenue(f: Filters, currency: str | None) -> _Source:
     c = Conversion
-    where = [*f.period(c.converted_at), *f.narrow(c.sku, c.channel), c.currency == currency]
+    where = [
+        *f.period(c.converted_at),
+        *f.narrow(c.sku, c.channel, c.subscription_id),
+        c.currency == currency,
+    ]
     return _Source(c.converted_at, func.sum(c.revenue), where)
 
 
@@ -174,7 +178,9 @@ def _coupons(column: str) -> Callable[[Filters, str | None], _Source]:
     def source(f: Filters, _: str | None) -> _Source:
         moment = getattr(Coupon, column)
         return _Source(
-            moment, func.count(), [*f.period(moment), *f.narrow(Coupon.sku, Coupon.channel)]
+            moment,
+            func.count(),
+            [*f.period(moment), *f.narrow(Coupon.sku, Coupon.channel, Coupon.subscription_id)],
         )
 
     return source

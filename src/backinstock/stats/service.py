@@ -64,13 +64,16 @@ def delivered() -> ColumnElement[bool]:
 
 
 def restock_messages(f: Filters) -> list[ColumnElement[bool]]:
-    return [Notification.kind == Kind.RESTOCK, *f.narrow(Notification.sku, Notification.channel)]
+    return [
+        Notification.kind == Kind.RESTOCK,
+        *f.narrow(Notification.sku, Notification.channel, Notification.subscription_id),
+    ]
 
 
 def compensation_messages(f: Filters) -> list[ColumnElement[bool]]:
     return [
         Notification.kind == Kind.COMPENSATION,
-        *f.narrow(Notification.sku, Notification.channel),
+        *f.narrow(Notification.sku, Notification.channel, Notification.subscription_id),
     ]
 
 
@@ -81,14 +84,14 @@ def placed_holds(f: Filters) -> list[ColumnElement[bool]]:
     return [
         StockHold.notification_id == n.id,
         *f.period(n.created_at),
-        *f.narrow(n.sku, n.channel),
+        *f.narrow(n.sku, n.channel, n.subscription_id),
     ]
 
 
 def substitute_messages(f: Filters) -> list[ColumnElement[bool]]:
     return [
         Notification.kind == Kind.SUBSTITUTE,
-        *f.narrow(Notification.sku, Notification.channel),
+        *f.narrow(Notification.sku, Notification.channel, Notification.subscription_id),
     ]
 
 
@@ -104,7 +107,7 @@ def substitute_clicks(f: Filters) -> list[ColumnElement[bool]]:
 def saved_by_substitute(f: Filters) -> list[ColumnElement[bool]]:
     return [
         *f.period(SubstituteSale.saved_at),
-        *f.narrow(SubstituteSale.sku, SubstituteSale.channel),
+        *f.narrow(SubstituteSale.sku, SubstituteSale.channel, SubstituteSale.subscription_id),
     ]
 
 
@@ -148,15 +151,15 @@ async def funnel(session: AsyncSession, f: Filters, currency: str | None) -> Fun
         holds_consumed=holds.consumed,
         holds_expired=holds.expired,
         **await _substitutes(session, f),
-        click_rate=_rate(messages.clicked, messages.notified),
-        conversion_rate=_rate(converted, messages.notified),
+        click_rate=rate(messages.clicked, messages.notified),
+        conversion_rate=rate(converted, messages.notified),
         median_seconds_restock_to_send=messages.median_seconds,
         since=f.since,
         until=f.until,
     )
 
 
-def _rate(part: int, whole: int) -> float:
+def rate(part: int, whole: int) -> float:
     return round(part / whole, 4) if whole else 0.0
 
 
@@ -167,7 +170,7 @@ async def _subscriptions(session: AsyncSession, f: Filters) -> tuple[int, int]:
         await session.execute(
             select(func.count(), func.count().filter(s.status.in_(IN_QUEUE))).where(
                 *f.period(s.created_at),
-                *f.narrow(s.sku, s.channel),
+                *f.narrow(s.sku, s.channel, s.id),
                 s.status != SubscriptionStatus.PENDING,
             )
         )
@@ -258,7 +261,7 @@ async def _median_by_offset(session: AsyncSession, f: Filters, count: int) -> fl
 async def _converted(session: AsyncSession, f: Filters) -> int:
     c = Conversion
     query = select(func.count(c.subscription_id.distinct())).where(
-        *f.period(c.converted_at), *f.narrow(c.sku, c.channel)
+        *f.period(c.converted_at), *f.narrow(c.sku, c.channel, c.subscription_id)
     )
     return int(await session.scalar(query) or 0)
 
@@ -267,7 +270,7 @@ async def revenue_by_currency(session: AsyncSession, f: Filters) -> dict[str, De
     c = Conversion
     query = (
         select(c.currency, func.sum(c.revenue))
-        .where(*f.period(c.converted_at), *f.narrow(c.sku, c.channel))
+        .where(*f.period(c.converted_at), *f.narrow(c.sku, c.channel, c.subscription_id))
         .group_by(c.currency)
         .order_by(c.currency)
     )
@@ -285,7 +288,7 @@ async def _coupons(session: AsyncSession, f: Filters) -> tuple[int, int]:
     c = Coupon
     issued, redeemed = and_(*f.period(c.issued_at)), and_(*f.period(c.redeemed_at))
     query = select(func.count().filter(issued), func.count().filter(redeemed)).where(
-        or_(issued, redeemed), *f.narrow(c.sku, c.channel)
+        or_(issued, redeemed), *f.narrow(c.sku, c.channel, c.subscription_id)
     )
     row = (await session.execute(query)).one()
     return int(row[0]), int(row[1])
@@ -294,16 +297,20 @@ async def _coupons(session: AsyncSession, f: Filters) -> tuple[int, int]:
 # ---------------------------------------------------------------- demand
 
 
-async def demand(session: AsyncSession, limit: int, cursor: str | None) -> DemandPage:
-    """SKUs with shoppers in the queue, most waiting first (then by SKU), a page at a time."""
+async def demand(
+    session: AsyncSession, limit: int, cursor: str | None, segment: str | None = None
+) -> DemandPage:
+    """SKUs with shoppers in the queue (of ``segment`` when given), most waiting first (then
+    by SKU), a page at a time."""
     s = Subscription
+    in_segment = [s.segment == segment] if segment is not None else []
     queued = (
         select(
             s.sku.label("sku"),
             func.count().label("waiting"),
             func.min(s.created_at).label("oldest"),
         )
-        .where(s.status.in_(IN_QUEUE))
+        .where(s.status.in_(IN_QUEUE), *in_segment)
         .group_by(s.sku)
         .subquery()
     )

@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     ForeignKey,
     Index,
     Integer,
@@ -86,6 +87,12 @@ class Subscription(Base):
     priority: Mapped[str] = mapped_column(String(16))
     priority_rank: Mapped[int] = mapped_column(SmallInteger)
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Non-identifying values for templates and figures (subscriptions.attributes); the
+    # segment among them again in a column of its own, indexed for filtering and grouping.
+    attributes: Mapped[dict[str, str] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
+    segment: Mapped[str | None] = mapped_column(String(64), nullable=True)
     consent_text_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=Status.WAITING.value)
     notification_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -126,6 +133,7 @@ class Subscription(Base):
         ),
         Index("ix_subscriptions_contact_index", "contact_index"),
         Index("ix_subscriptions_customer_id", "customer_id"),
+        Index("ix_subscriptions_segment", "segment"),
         # Retention: notified shoppers who may expire, stopped ones whose contact is kept.
         Index(
             "ix_subscriptions_expiry",

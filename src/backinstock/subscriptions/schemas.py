@@ -14,6 +14,7 @@ from pydantic import (
 
 from backinstock.contacts import Channel
 from backinstock.fields import IpAddress, RequestBody, StrictInt, Text
+from backinstock.subscriptions.attributes import ATTRIBUTES_DOC, Attributes
 from backinstock.subscriptions.models import Priority, Status
 
 Sku = Annotated[
@@ -81,6 +82,7 @@ class SubscriptionCreate(RequestBody):
                     "timezone": "Asia/Shanghai",
                     "priority": "standard",
                     "product": {"name": "红色T恤 M", "url": "https://shop.example/p/123"},
+                    "attributes": {"segment": "sensitive-skin", "tier": "gold"},
                 }
             ]
         }
@@ -101,6 +103,7 @@ class SubscriptionCreate(RequestBody):
     source: Text | None = Field(default=None, max_length=64)
     product: ProductIn | None = None
     consent: ConsentIn | None = None
+    attributes: Attributes = Field(default_factory=dict, description=ATTRIBUTES_DOC)
 
     @field_validator("timezone")
     @classmethod
@@ -143,6 +146,9 @@ class SubscriptionOut(BaseModel):
     timezone: str | None
     customer_id: str | None
     source: str | None
+    attributes: dict[str, str] = Field(
+        description="The subscription's attributes as stored (see the request's)."
+    )
     notification_count: int
     created_at: datetime
     updated_at: datetime

@@ -27,6 +27,7 @@ from backinstock.errors import Conflict, InvalidField, RateLimited
 from backinstock.identity import NormalizedContact, contact_aad, open_contact, profile_aad
 from backinstock.ratelimit import Counted, Hit, RateLimiter
 from backinstock.subscriptions import lifecycle
+from backinstock.subscriptions.attributes import segment_of
 from backinstock.subscriptions.models import (
     ACTIVE,
     PRIORITY_RANK,
@@ -288,6 +289,9 @@ class _NewSubscription:
             "source": payload.source,
             "consent_text_version": payload.consent.text_version if payload.consent else None,
             "wechat_consents": payload.consent.wechat_messages if payload.consent else 1,
+            # NULL, not {}, when there are none: most subscriptions carry none.
+            "attributes": payload.attributes or None,
+            "segment": segment_of(payload.attributes),
             "status": (Status.PENDING if terms.pending else Status.WAITING).value,
             "created_at": now,
         }
@@ -311,6 +315,7 @@ class _NewSubscription:
             timezone=self.payload.timezone,
             customer_id=self.payload.customer_id,
             source=self.payload.source,
+            attributes=self.payload.attributes,
             notification_count=0,
             created_at=self.created_at,
             updated_at=self.created_at,
@@ -414,6 +419,7 @@ async def _present(session: AsyncSession, keys: Keys, sub: Subscription) -> Subs
         timezone=sub.timezone,
         customer_id=sub.customer_id,
         source=sub.source,
+        attributes=sub.attributes or {},
         notification_count=sub.notification_count,
         created_at=sub.created_at,
         updated_at=sub.updated_at,

@@ -8,7 +8,7 @@ with a subquery, and row-value comparison).
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, LargeBinary, SmallInteger, String, Uuid, bindparam, text
+from sqlalchemy import JSON, Integer, LargeBinary, SmallInteger, String, Uuid, bindparam, text
 
 from backinstock.db import UTCDateTime
 from backinstock.subscriptions.models import ACTIVE_SQL, QUEUED
@@ -25,11 +25,11 @@ INSERT_SUBSCRIPTION = (
         "INSERT INTO subscriptions (id, sku, channel, contact_key_id, contact_blob, "  # noqa: S608
         "contact_index, profile_key_id, profile_blob, locale, timezone, customer_id, priority, "
         "priority_rank, source, consent_text_version, status, notification_count, created_at, "
-        "updated_at, wechat_consents) VALUES ("
+        "updated_at, wechat_consents, attributes, segment) VALUES ("
         ":id, :sku, :channel, :contact_key_id, :contact_blob, :contact_index, :profile_key_id, "
         ":profile_blob, :locale, :timezone, :customer_id, :priority, :priority_rank, :source, "
         ":consent_text_version, :status, 0, :created_at, :created_at, "
-        ":wechat_consents) "
+        ":wechat_consents, :attributes, :segment) "
         f"ON CONFLICT (sku, contact_index) WHERE status IN ({ACTIVE_SQL}) DO NOTHING "
         "RETURNING id, (SELECT count(*) FROM subscriptions AS ahead "
         f"WHERE ahead.sku = :sku AND ahead.status IN ({QUEUED}) "
@@ -48,6 +48,8 @@ INSERT_SUBSCRIPTION = (
         bindparam("source", type_=String()),
         bindparam("profile_key_id", type_=String()),
         bindparam("consent_text_version", type_=String()),
+        bindparam("attributes", type_=JSON(none_as_null=True)),
+        bindparam("segment", type_=String()),
     )
     .columns(id=Uuid(), ahead=Integer())
 )

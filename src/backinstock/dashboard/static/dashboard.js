@@ -26,12 +26,21 @@
   const DAY_MS = 86400000;
   const HOUR_MS = 3600000;
   const DEMAND_PAGE = 50;
+  const SEGMENT_PAGE = 100;
 
   const HOURLY_SPAN_MS = 48 * HOUR_MS;
   const Filters = window.BackinstockFilters;
   const query = Filters.query;
 
-  const state = { interval: "day", demandCursor: null, demandRank: 0, currency: null };
+  const state = {
+    interval: "day",
+    demandCursor: null,
+    demandRank: 0,
+    demandSegment: "",
+    currency: null,
+    segmentFilters: null,
+    segmentCursor: null,
+  };
   const numberFormat = new Intl.NumberFormat(undefined);
   const percentFormat = new Intl.NumberFormat(undefined, {
     style: "percent",
@@ -115,7 +124,8 @@
   function describeScope(f) {
     const channel = CHANNELS.find(([value]) => value === f.channel);
     const sku = f.sku ? "SKU " + f.sku : "all SKUs";
-    return sku + ", " + (channel ? channel[1] + " only" : "all channels");
+    const scope = sku + ", " + (channel ? channel[1] + " only" : "all channels");
+    return f.segment ? scope + ", segment " + f.segment : scope;
   }
 
   function describePeriod(f) {
@@ -217,8 +227,13 @@
 
   // ---- sections ---------------------------------------------------------------------------
 
+  // The figures' query for the filters: every endpoint narrows by all of them.
+  function scoped(f) {
+    return { sku: f.sku, channel: f.channel, segment: f.segment, since: f.since, until: f.until };
+  }
+
   async function loadFunnel(f) {
-    const params = { sku: f.sku, channel: f.channel, since: f.since, until: f.until };
+    const params = scoped(f);
     const funnel = await getJSON("/v1/stats/funnel", params);
     state.currency = funnel.currency;
     document.getElementById("csv-funnel").href = csvHref("/v1/stats/funnel", params);
@@ -282,7 +297,7 @@
   }
 
   async function loadChannels(f) {
-    const base = { sku: f.sku, since: f.since, until: f.until };
+    const base = { sku: f.sku, segment: f.segment, since: f.since, until: f.until };
     const funnels = await Promise.all(
       CHANNELS.map(([channel]) => getJSON("/v1/stats/funnel", { ...base, channel: channel })),
     );
@@ -350,6 +365,7 @@
       interval: state.interval,
       sku: f.sku,
       channel: f.channel,
+      segment: f.segment,
       since: span.since,
       until: span.until,
     };
@@ -421,8 +437,15 @@
     labelCells(document.getElementById("demand-table"));
   }
 
-  async function loadDemand() {
-    const page = await getJSON("/v1/stats/demand", { limit: DEMAND_PAGE });
+  async function loadDemand(f) {
+    state.demandSegment = f.segment;
+    const page = await getJSON("/v1/stats/demand", { limit: DEMAND_PAGE, segment: f.segment });
+    document.getElementById("csv-demand").href = csvHref("/v1/stats/demand", {
+      segment: f.segment,
+    });
+    document.querySelector("#demand .segment-scope").textContent = f.segment
+      ? "; segment " + f.segment + " only"
+      : "";
     const tbody = document.querySelector("#demand-table tbody");
     tbody.replaceChildren();
     state.demandRank = 0;
@@ -467,11 +490,74 @@
     if (!state.demandCursor) return;
     const page = await getJSON("/v1/stats/demand", {
       limit: DEMAND_PAGE,
+      segment: state.demandSegment,
       cursor: state.demandCursor,
     });
     appendDemand(page.items);
     state.demandCursor = page.next_cursor;
     document.getElementById("demand-more").hidden = !page.next_cursor;
+  }
+
+  function appendSegments(items) {
+    const tbody = document.querySelector("#segment-table tbody");
+    for (const item of items) {
+      const row = document.createElement("tr");
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = item.segment === null ? "(no segment)" : item.segment;
+      if (item.segment === null) th.className = "none";
+      row.appendChild(th);
+      for (const key of ["subscribed", "waiting", "notified", "delivered", "clicked", "converted"]) {
+        cell(row, count(item[key]), true);
+      }
+      cell(row, percent(item.click_rate), true);
+      cell(row, percent(item.conversion_rate), true);
+      cell(row, revenueText(item, state.currency), true).classList.add("money");
+      tbody.appendChild(row);
+    }
+    labelCells(document.getElementById("segment-table"));
+  }
+
+  // The segments seen (without a segment filter) are offered in the filter's list.
+  function offerSegments(items) {
+    const list = document.getElementById("segment-options");
+    list.replaceChildren();
+    for (const item of items) {
+      if (item.segment === null) continue;
+      const option = document.createElement("option");
+      option.value = item.segment;
+      list.appendChild(option);
+    }
+  }
+
+  async function loadSegments(f) {
+    const params = scoped(f);
+    state.segmentFilters = params;
+    const page = await getJSON("/v1/stats/segments", { ...params, limit: SEGMENT_PAGE });
+    document.getElementById("csv-segments").href = csvHref("/v1/stats/segments", params);
+    for (const el of document.querySelectorAll("#segments .scope")) el.textContent = describeScope(f);
+    for (const el of document.querySelectorAll("#segments .period")) {
+      el.textContent = describePeriod(f);
+    }
+    const tbody = document.querySelector("#segment-table tbody");
+    tbody.replaceChildren();
+    if (page.items.length === 0) emptyRow(tbody, 10, "No subscriptions in this scope.");
+    appendSegments(page.items);
+    if (!f.segment) offerSegments(page.items);
+    state.segmentCursor = page.next_cursor;
+    document.getElementById("segments-more").hidden = !page.next_cursor;
+  }
+
+  async function loadMoreSegments() {
+    if (!state.segmentCursor) return;
+    const page = await getJSON("/v1/stats/segments", {
+      ...state.segmentFilters,
+      limit: SEGMENT_PAGE,
+      cursor: state.segmentCursor,
+    });
+    appendSegments(page.items);
+    state.segmentCursor = page.next_cursor;
+    document.getElementById("segments-more").hidden = !page.next_cursor;
   }
 
   function loadCoupons(funnel) {
@@ -573,16 +659,19 @@
     showNotice((notes || []).concat(Filters.check(form)));
     Filters.remember(state.interval);
     const f = Filters.current();
-    // The overall funnel first: the per-channel table borrows its currency.
-    const funnelThenChannels = section(["funnel", "coupons", "soldout"], () => loadFunnel(f)).then(
-      (funnelLoaded) => section(["channels"], () => loadChannels(f)).then(
-        (channelsLoaded) => funnelLoaded && channelsLoaded,
-      ),
+    // The overall funnel first: the per-channel and per-segment tables borrow its currency.
+    const funnelCards = ["funnel", "coupons", "soldout", "holds"];
+    const funnelThenTables = section(funnelCards, () => loadFunnel(f)).then(
+      (funnelLoaded) =>
+        Promise.all([
+          section(["channels"], () => loadChannels(f)),
+          section(["segments"], () => loadSegments(f)),
+        ]).then((loaded) => funnelLoaded && loaded.every(Boolean)),
     );
     return run([
-      funnelThenChannels,
+      funnelThenTables,
       section(["timeseries"], () => loadTimeseries(f)),
-      section(["demand"], loadDemand),
+      section(["demand"], () => loadDemand(f)),
     ]);
   }
 
@@ -610,6 +699,9 @@
     document
       .getElementById("demand-more")
       .addEventListener("click", () => run([section(["demand"], loadMoreDemand)]));
+    document
+      .getElementById("segments-more")
+      .addEventListener("click", () => run([section(["segments"], loadMoreSegments)]));
     refresh(restored.notes);
   }
 

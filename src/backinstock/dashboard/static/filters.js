@@ -8,6 +8,7 @@
   const DAY_MS = 86400000;
   const DEFAULT_PERIOD = "30";
   const SKU_PATTERN = /^[!-~]{1,128}$/; // as the API's
+  const SEGMENT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,63}$/; // as the API's
 
   function utcMidnight(date) {
     return new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()));
@@ -40,6 +41,12 @@
         "punctuation, without spaces): showing all SKUs.");
       sku.value = "";
     }
+    const segment = form.elements.segment;
+    if (segment.value.trim() && !SEGMENT_PATTERN.test(segment.value.trim())) {
+      notes.push("“" + segment.value.trim() + "” cannot be a segment (segments are lower-case " +
+        "letters, digits, - and _): showing all segments.");
+      segment.value = "";
+    }
     if (form.elements.period.value !== "custom") return notes;
     const since = form.elements.since;
     const until = form.elements.until;
@@ -64,6 +71,7 @@
     return {
       sku: form.elements.sku.value.trim(),
       channel: form.elements.channel.value,
+      segment: form.elements.segment.value.trim(),
       since: p.since ? p.since.toISOString().replace(".000Z", "Z") : "",
       until: p.until ? p.until.toISOString().replace(".000Z", "Z") : "",
     };
@@ -96,6 +104,7 @@
     const params = new URLSearchParams(window.location.search);
     const notes = [];
     if (params.has("sku")) form.elements.sku.value = params.get("sku").trim();
+    if (params.has("segment")) form.elements.segment.value = params.get("segment").trim();
     const channel = params.get("channel");
     if (channel !== null && hasOption(form.elements.channel, channel)) {
       form.elements.channel.value = channel;
@@ -128,6 +137,7 @@
     const params = {
       sku: form.elements.sku.value.trim(),
       channel: form.elements.channel.value,
+      segment: form.elements.segment.value.trim(),
       period: form.elements.period.value === "30" ? "" : form.elements.period.value,
       interval: interval === "day" ? "" : interval,
     };
