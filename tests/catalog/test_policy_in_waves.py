@@ -7,10 +7,13 @@ assertion follows a :func:`~tests.workers.settle` or :func:`~tests.workers.tick`
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import httpx
 from sqlalchemy import func, select
 
 from backinstock.dispatch.models import Notification
+from backinstock.restocks.models import StockHold
 from backinstock.runtime import Runtime
 from backinstock.senders.models import DevOutboxMessage
 from tests.catalog.helpers import put_policy
@@ -143,3 +146,63 @@ async def test_follow_ups_come_after_each_skus_own_delay(
     clock.advance(FOLLOWUP_AFTER)
     await tick()
     assert len(await outbox_by_subscription(runtime, kind="followup")) == 4, "one each, ever"
+
+
+async def test_a_skus_new_multiplier_and_hold_time_apply_from_its_next_step_only(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    clock: SteppingClock,
+) -> None:
+    """The marketer's change mid-wave: SKU-A's next step tells twice its free units and
+    holds them for its own time; SKU-B keeps the settings' multiplier and hold time."""
+    key, setting_hold, own_hold = api_keys["all"], 1800, 600
+    await subscribe_many(client, key, 20, sku="SKU-A")
+    await subscribe_many(client, key, 20, sku="SKU-B", start=100)
+    start_worker(batch_interval_seconds=INTERVAL, hold_seconds=setting_hold)
+    for sku in ("SKU-A", "SKU-B"):
+        assert (await post_level(client, key, 3, sku=sku, event_id=f"{sku}-3")).status_code == 202
+    await settle()
+    assert await told_each(runtime) == (3, 3)
+
+    rules = {"batch_multiplier": 2, "hold_seconds": own_hold}
+    assert (await put_policy(client, api_keys["admin"], rules, sku="SKU-A")).status_code == 200
+    answers = [
+        (await post_level(client, key, 6, sku=sku, event_id=f"{sku}-6")).json()["first_wave"]
+        for sku in ("SKU-A", "SKU-B")
+    ]
+    assert answers == [6, 3], "3 free units each: × 2 for SKU-A, × 1 for SKU-B"
+    await settle()
+    assert await told_each(runtime) == (3 + 6, 3 + 3)
+    now = clock.now()
+    held_for = {
+        sku: (until - now).total_seconds()
+        for sku, until in (await hold_times(runtime, step=2)).items()
+    }
+    # The clock steps on with the test's own work: a little less than each hold time is left.
+    assert own_hold - 100 < held_for["SKU-A"] <= own_hold
+    assert setting_hold - 100 < held_for["SKU-B"] <= setting_hold
+
+    # SKU-A's 6 new holds expire; its first 3 shoppers' (the setting's time) still run: of
+    # its 6 units 3 are free, and its next step, due at once, tells 3 × 2. SKU-B's holds
+    # all run, and its step is not due.
+    clock.advance(own_hold)
+    await tick()
+    assert await told_each(runtime) == (15, 6)
+
+
+async def hold_times(runtime: Runtime, step: int) -> dict[str, datetime]:
+    """Each SKU's hold time for the messages of that step (one value per step and SKU)."""
+    async with runtime.sessions() as session:
+        rows = await session.execute(
+            select(StockHold.sku, func.min(StockHold.until), func.max(StockHold.until))
+            .join(Notification, Notification.id == StockHold.notification_id)
+            .where(Notification.step == step)
+            .group_by(StockHold.sku)
+        )
+        times = {}
+        for sku, earliest, latest in rows:
+            assert earliest == latest, "one chunk: one time"
+            times[sku] = earliest
+        return times
