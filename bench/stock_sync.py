@@ -98,7 +98,7 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
 
 def open_waves() -> int:
     with psycopg2.connect(dbname=DATABASE, **PG) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM waves WHERE status = 'open'")
+        cur.execute("SELECT count(*) FROM waves WHERE status = 'open' AND sku LIKE 'SKU-%'")
         return int(cur.fetchone()[0])
 
 

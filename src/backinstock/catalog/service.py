@@ -138,10 +138,11 @@ async def ensure_products(session: AsyncSession, skus: Sequence[str], now: datet
     """A product row for each SKU not known yet (nothing about it but its SKU), in one
     INSERT; known ones are left as they are."""
     if skus:
-        await session.execute(
-            insert_for(session, Product)
-            .values([{"sku": sku, "updated_at": now} for sku in skus])
-            .on_conflict_do_nothing(index_elements=[Product.sku])
+        await session.execute(  # compiled once, sent with many rows
+            insert_for(session, Product.__table__).on_conflict_do_nothing(
+                index_elements=[Product.sku]
+            ),
+            [{"sku": sku, "updated_at": now} for sku in skus],
         )
 
 

@@ -157,7 +157,10 @@ class SkuChange:
 
 @dataclass(frozen=True)
 class WaveMove:
-    wave_due: uuid.UUID | None  # the wave whose step is now due, to wake a worker for
+    # The wave whose step is now due, to wake a worker for; None also when it was due
+    # already (its wake-up is queued, or a worker is running it and sees the new level when
+    # its step ends; the sweeper finds it either way).
+    wave_due: uuid.UUID | None
     first_wave: int
     waiting: int
 
@@ -175,28 +178,35 @@ async def move_waves(
     runs :func:`sell_out` per SKU (its messages are per wave)."""
     skus = sorted(changes)
     open_now = await waves.open_waves_of(session, skus)
-    due: dict[str, Wave] = {}
+    due: dict[str, waves.WaveState] = {}
     opening: list[tuple[str, uuid.UUID, int]] = []
     sold_out: list[uuid.UUID] = []
+    woken: set[uuid.UUID] = set()
     for sku in skus:
         wave, change = open_now.get(sku), changes[sku].change
         if wave is not None and change.after == 0:
             sold_out.append(wave.id)
         elif wave is not None and change.after > change.before:
-            waves.make_due(wave, now)
+            if wave.next_step_at is not None and wave.next_step_at <= now:
+                woken.add(wave.id)  # due already: a wake-up is queued, or a step runs
             due[sku] = wave
         elif wave is None and change.before == 0 and change.after > 0:
             opening.append((sku, changes[sku].event_id, change.after))
     if sold_out:
         compensations.extend(await sell_out_many(session, settings, sold_out, now))
-    for wave in await waves.open_many(session, opening, now):
-        due[wave.sku] = wave
+    await waves.make_due_all(session, [wave.id for wave in due.values()], now)
+    for opened in await waves.open_many(session, opening, now):
+        due[opened.sku] = opened
     sizes = await _first_steps(
         session, settings, due, {s: changes[s].change.after for s in due}, now
     )
     queues = await queue_lengths(session, skus)
     return {
-        sku: WaveMove(due[sku].id if sku in due else None, sizes.get(sku, 0), queues.get(sku, 0))
+        sku: WaveMove(
+            due[sku].id if sku in due and due[sku].id not in woken else None,
+            sizes.get(sku, 0),
+            queues.get(sku, 0),
+        )
         for sku in skus
     }
 
@@ -204,7 +214,7 @@ async def move_waves(
 async def _first_steps(
     session: AsyncSession,
     settings: Settings,
-    due: dict[str, Wave],
+    due: dict[str, waves.WaveState],
     levels: dict[str, int],
     now: datetime,
 ) -> dict[str, int]:
@@ -365,7 +375,7 @@ async def eligible_count(
 
 
 async def eligible_counts(
-    session: AsyncSession, settings: Settings, waves_by_sku: dict[str, Wave]
+    session: AsyncSession, settings: Settings, waves_by_sku: dict[str, waves.WaveState]
 ) -> dict[str, int]:
     """:func:`eligible_count` of each SKU's wave, in one grouped query: a shopper waits for
     one SKU, so a message of any of these waves to them is one of their SKU's wave."""

@@ -142,17 +142,20 @@ async def _apply_levels(
     session: AsyncSession, skus: dict[str, _Sku], items: list[ItemOutcome | None], now: datetime
 ) -> None:
     """Lock the SKUs, apply each event in request order, write the levels in one upsert; a
-    SKU whose level would pass MAX_LEVEL is refused whole."""
+    SKU whose level would pass MAX_LEVEL is refused whole. A SKU's level after is its level
+    before less the old levels of the locations the request changed, plus their new ones."""
     await _products(session, skus)
     await stock.lock_skus(session, list(skus), now)
-    levels = await stock.location_levels(session, list(skus))
+    before = await stock.levels_of(session, list(skus))
+    named = {(sku, e.payload.location) for sku, s in skus.items() for _, e, _ in s.events}
+    known = await stock.location_levels(session, named)
     rows: list[tuple[str, str, int, datetime, uuid.UUID]] = []
     refused: list[uuid.UUID] = []
     for sku, state in list(skus.items()):
-        locations = levels[sku]
-        state.before = sum(available for available, _ in locations.values())
-        written = _apply_in_order(state, locations)
-        state.after = sum(available for available, _ in locations.values())
+        written = _apply_in_order(sku, state, known)
+        old = sum(known_level[0] for loc in written if (known_level := known.get((sku, loc))))
+        state.before = before[sku]
+        state.after = before[sku] - old + sum(available for available, _, _ in written.values())
         if state.after > MAX_LEVEL:
             refused.extend(_refuse(state, items))
             del skus[sku]
@@ -171,18 +174,21 @@ async def _products(session: AsyncSession, skus: dict[str, _Sku]) -> None:
 
 
 def _apply_in_order(
-    state: _Sku, locations: dict[str, LocationLevel]
+    sku: str, state: _Sku, known: dict[tuple[str, str], LocationLevel]
 ) -> dict[str, tuple[int, datetime, uuid.UUID]]:
-    """Apply the SKU's events in request order to ``locations`` (changed in place): an event
-    older than its location's level is not applied. Returns the locations' new rows."""
+    """Apply the SKU's events in request order: an event older than its location's level
+    (stored in ``known``, or set by an earlier event of the request) is not applied.
+    Returns the new rows of the locations changed; ``known`` is left as stored."""
+    latest: dict[str, datetime] = {}
     written: dict[str, tuple[int, datetime, uuid.UUID]] = {}
     for index, event, event_id in state.events:
         location = event.payload.location
-        known = locations.get(location)
-        applied = known is None or known[1] <= event.occurred_at
+        stored = known.get((sku, location))
+        current = latest.get(location, stored[1] if stored else None)
+        applied = current is None or current <= event.occurred_at
         state.applied[index] = applied
         if applied:
-            locations[location] = (event.payload.available, event.occurred_at)
+            latest[location] = event.occurred_at
             written[location] = (event.payload.available, event.occurred_at, event_id)
             state.last_applied = index
     return written

@@ -162,11 +162,14 @@ async def record_events(
     ]
     if not rows:
         return {}
+    # One statement compiled once and sent with many rows (SQLAlchemy batches them into
+    # multi-row INSERTs, RETURNING included): a 1,000-row VALUES built per request spent
+    # most of a sync's time compiling, and the Core table skips the mapper's walk per value.
     inserted = await session.execute(
-        insert_for(session, RestockEvent)
-        .values(rows)
+        insert_for(session, RestockEvent.__table__)
         .on_conflict_do_nothing(index_elements=[RestockEvent.location, RestockEvent.event_id])
-        .returning(RestockEvent.location, RestockEvent.event_id, RestockEvent.id)
+        .returning(RestockEvent.location, RestockEvent.event_id, RestockEvent.id),
+        rows,
     )
     return {(location, event_id): id_ for location, event_id, id_ in inserted}
 
@@ -203,20 +206,32 @@ async def lock_skus(session: AsyncSession, skus: Sequence[str], now: datetime) -
     )
 
 
+async def levels_of(session: AsyncSession, skus: Collection[str]) -> dict[str, int]:
+    """Each SKU's level (the sum over its locations), in one grouped query; 0 for a SKU
+    with no level yet. The SKUs' product rows are locked (:func:`lock_skus`), so no other
+    stock event changes them meanwhile."""
+    levels = dict.fromkeys(skus, 0)
+    rows = await session.execute(
+        select(StockLevel.sku, func.sum(StockLevel.available))
+        .where(StockLevel.sku.in_(list(skus)))
+        .group_by(StockLevel.sku)
+    )
+    levels.update({sku: int(total or 0) for sku, total in rows})
+    return levels
+
+
 async def location_levels(
-    session: AsyncSession, skus: Collection[str]
-) -> dict[str, dict[str, LocationLevel]]:
-    """Each SKU's level per location (locked until the transaction ends): SKU → location →
-    (available, occurred_at)."""
-    levels: dict[str, dict[str, LocationLevel]] = {sku: {} for sku in skus}
+    session: AsyncSession, pairs: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], LocationLevel]:
+    """The level of each (sku, location) that has one, locked until the transaction ends:
+    (sku, location) → (available, occurred_at). Only the locations a request names are
+    read: a catalogue synced from 50 marketplaces has 50 rows per SKU."""
     rows = await session.execute(
         select(StockLevel.sku, StockLevel.location, StockLevel.available, StockLevel.occurred_at)
-        .where(StockLevel.sku.in_(list(skus)))
+        .where(tuple_(StockLevel.sku, StockLevel.location).in_(list(pairs)))
         .with_for_update()
     )
-    for sku, location, available, occurred_at in rows:
-        levels[sku][location] = (available, occurred_at)
-    return levels
+    return {(sku, location): (available, at) for sku, location, available, at in rows}
 
 
 async def write_levels(
@@ -225,18 +240,18 @@ async def write_levels(
     """Set each (sku, location, available, occurred_at, restock_id) in one upsert."""
     if not rows:
         return
-    stmt = insert_for(session, StockLevel).values(
+    stmt = insert_for(session, StockLevel.__table__)
+    changed = ("available", "occurred_at", "restock_id")
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[StockLevel.sku, StockLevel.location],
+        set_={column: stmt.excluded[column] for column in changed},
+    )
+    await session.execute(  # compiled once, sent with many rows (as record_events)
+        upsert,
         [
             {"sku": s, "location": loc, "available": a, "occurred_at": at, "restock_id": r}
             for s, loc, a, at, r in rows
-        ]
-    )
-    changed = ("available", "occurred_at", "restock_id")
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[StockLevel.sku, StockLevel.location],
-            set_={column: stmt.excluded[column] for column in changed},
-        )
+        ],
     )
 
 

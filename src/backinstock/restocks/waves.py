@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from backinstock.catalog.policy import Policy
 from backinstock.config import Settings
-from backinstock.db import new_id
+from backinstock.db import insert_for, new_id
 from backinstock.restocks.models import Wave, WaveStatus
 
 WaveRow = Row[str, int, int, int, int]  # sku, step, level, planned, target
@@ -41,13 +43,33 @@ def step_size(policy: Policy, level: int) -> int:
     return math.ceil(level * policy.batch_multiplier) if level > 0 else 0
 
 
-def step_target(policy: Policy, wave: Wave, level: int) -> int:
+class Progress(Protocol):
+    """What sizing a step reads of a wave: a :class:`Wave`, or a :class:`WaveState`."""
+
+    @property
+    def target(self) -> int: ...
+    @property
+    def planned(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class WaveState:
+    """An open wave as a bulk request reads it (plain columns, no ORM object)."""
+
+    id: uuid.UUID
+    sku: str
+    next_step_at: datetime | None
+    target: int
+    planned: int
+
+
+def step_target(policy: Policy, wave: Progress, level: int) -> int:
     """How many shoppers the wave means to have told once its next step, at ``level``, is
     written: what is left of the current step, plus the new step's share."""
     return min(max(wave.target, wave.planned) + step_size(policy, level), MAX_TARGET)
 
 
-def step_count(policy: Policy, wave: Wave, level: int, eligible: int, held: int = 0) -> int:
+def step_count(policy: Policy, wave: Progress, level: int, eligible: int, held: int = 0) -> int:
     """How many messages the wave's next step writes, of ``eligible`` shoppers not yet told,
     at ``level`` with ``held`` units held: the sizing :func:`begin_step` applies, bounded by
     the queue."""
@@ -73,28 +95,52 @@ async def open_wave_of(session: AsyncSession, sku: str) -> Wave | None:
     )
 
 
-async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str, Wave]:
+async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str, WaveState]:
     """The open wave of each of ``skus`` that has one, locked (in SKU order) until the
-    transaction ends: :func:`open_wave_of` for many SKUs, in one query."""
-    waves = await session.scalars(
-        select(Wave)
+    transaction ends: :func:`open_wave_of` for many SKUs, in one query of plain columns
+    (a thousand ORM objects, loaded and flushed back, cost a sync more than its SQL)."""
+    rows = await session.execute(
+        select(Wave.id, Wave.sku, Wave.next_step_at, Wave.target, Wave.planned)
         .where(Wave.sku.in_(list(skus)), Wave.status == WaveStatus.OPEN)
         .order_by(Wave.sku)
         .with_for_update()
     )
-    return {wave.sku: wave for wave in waves}
+    return {row.sku: WaveState(*row) for row in rows}
+
+
+async def make_due_all(session: AsyncSession, wave_ids: Sequence[uuid.UUID], now: datetime) -> None:
+    """:func:`make_due` for many open waves, in one UPDATE."""
+    if wave_ids:
+        await session.execute(
+            update(Wave).where(Wave.id.in_(list(wave_ids))).values(next_step_at=now)
+        )
 
 
 async def open_many(
     session: AsyncSession, opening: Sequence[tuple[str, uuid.UUID, int]], now: datetime
-) -> list[Wave]:
-    """:func:`open_wave` for each (sku, restock_id, level), in one flush."""
-    made = [
-        Wave(id=new_id(), sku=sku, restock_id=restock_id, next_step_at=now, level=level)
-        for sku, restock_id, level in opening
-    ]
-    session.add_all(made)
-    await session.flush()
+) -> list[WaveState]:
+    """:func:`open_wave` for each (sku, restock_id, level): one statement, compiled once."""
+    if not opening:
+        return []
+    made = [WaveState(new_id(), sku, now, 0, 0) for sku, _, _ in opening]
+    await session.execute(
+        insert_for(session, Wave.__table__),  # the Core table: no mapper walk per row
+        [
+            {
+                "id": wave.id,
+                "sku": wave.sku,
+                "status": WaveStatus.OPEN.value,
+                "opened_at": now,
+                "restock_id": restock_id,
+                "step": 0,
+                "target": 0,
+                "planned": 0,
+                "level": level,
+                "next_step_at": now,
+            }
+            for wave, (_, restock_id, level) in zip(made, opening, strict=True)
+        ],
+    )
     return made
 
 
