@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -310,6 +310,15 @@ def among(session: AsyncSession, key: Any, ids: list[uuid.UUID]) -> Any:
         return key == any_(literal(ids, postgresql.ARRAY(Uuid)))
     each = func.json_each(literal(json.dumps([v.hex for v in ids]))).table_valued("value")
     return key.in_(select(type_coerce(each.c.value, Uuid)))
+
+
+def one_of(session: AsyncSession, key: Any, values: Sequence[Any]) -> Any:
+    """``key IN values`` for a column of any type: one bound array on PostgreSQL (``= ANY``:
+    the statement's text, and so its compiled form, is the same for any number of values;
+    an ``IN`` of a thousand is rendered anew each time), a plain ``IN`` on SQLite."""
+    if dialect_name(session) == "postgresql":
+        return key == any_(literal(list(values), postgresql.ARRAY(key.type)))
+    return key.in_(list(values))
 
 
 def in_rows(dialect: str, name: str, key: ColumnElement[Any], column: str = "id") -> Any:

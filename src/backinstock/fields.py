@@ -101,10 +101,15 @@ def _in_range(value: datetime) -> datetime:
 Instant = Annotated[datetime, BeforeValidator(_rfc3339_string), AfterValidator(_in_range)]
 
 
-def refuse_future(field: str, value: datetime | None, skew_seconds: float) -> None:
-    """422 unless ``value`` is at most ``skew_seconds`` after now: an event from the future
-    would pin a stock level, or open an attribution window, until that time arrives."""
-    if value is not None and value > datetime.now(UTC) + timedelta(seconds=skew_seconds):
+def refuse_future(
+    field: str, value: datetime | None, skew_seconds: float, now: datetime | None = None
+) -> None:
+    """422 unless ``value`` is at most ``skew_seconds`` after now (the system's, unless
+    given): an event from the future would pin a stock level, or open an attribution
+    window, until that time arrives."""
+    if value is None:
+        return
+    if value > (now or datetime.now(UTC)) + timedelta(seconds=skew_seconds):
         raise InvalidField(field, f"must not be more than {skew_seconds:g} s in the future")
 
 

@@ -34,7 +34,7 @@ from backinstock.catalog.schemas import (
 from backinstock.catalog.service import ProductInfo, upsert_product
 from backinstock.config import Settings, SoldoutCompensation
 from backinstock.contacts import Channel
-from backinstock.db import insert_for
+from backinstock.db import insert_for, one_of
 
 # The rules, by name: those a PUT, the CLI and GET know.
 NAMES: tuple[str, ...] = tuple(PolicyIn.model_fields)
@@ -118,7 +118,7 @@ async def effective_many(
     base = from_settings(settings)
     rules = dict.fromkeys(skus, base)
     rows = await session.execute(
-        select(ProductPolicy.sku, *_COLUMNS).where(ProductPolicy.sku.in_(list(skus)))
+        select(ProductPolicy.sku, *_COLUMNS).where(one_of(session, ProductPolicy.sku, skus))
     )
     for sku, *row in rows:
         rules[sku] = _over(base, tuple(row))

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, literal, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog.models import Product, ProductName
 from backinstock.config import CoreSettings
-from backinstock.db import insert_for, utcnow
+from backinstock.db import dialect_name, insert_for, utcnow
 from backinstock.errors import InvalidField
 
 
@@ -137,13 +138,18 @@ def check_product(settings: CoreSettings, info: ProductInfo, prefix: str = "prod
 async def ensure_products(session: AsyncSession, skus: Sequence[str], now: datetime) -> None:
     """A product row for each SKU not known yet (nothing about it but its SKU), in one
     INSERT; known ones are left as they are."""
-    if skus:
-        await session.execute(  # compiled once, sent with many rows
-            insert_for(session, Product.__table__).on_conflict_do_nothing(
-                index_elements=[Product.sku]
-            ),
-            [{"sku": sku, "updated_at": now} for sku in skus],
-        )
+    if not skus:
+        return
+    table = insert_for(session, Product.__table__)
+    if dialect_name(session) == "postgresql":  # one array, one row of SQL per request
+        given = select(func.unnest(literal(list(skus), postgresql.ARRAY(String))), literal(now))
+        stmt = table.from_select(["sku", "updated_at"], given)
+        await session.execute(stmt.on_conflict_do_nothing(index_elements=[Product.sku]))
+        return
+    await session.execute(  # compiled once, sent with many rows
+        table.on_conflict_do_nothing(index_elements=[Product.sku]),
+        [{"sku": sku, "updated_at": now} for sku in skus],
+    )
 
 
 async def upsert_product(

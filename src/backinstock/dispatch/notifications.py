@@ -139,7 +139,7 @@ async def cancel_unsent_restock(
     cancelled = await session.scalars(
         update(Notification)
         .where(
-            Notification.wave_id.in_(list(wave_ids)),
+            db.one_of(session, Notification.wave_id, wave_ids),
             Notification.kind == Kind.RESTOCK,
             Notification.status == Status.PENDING,
         )

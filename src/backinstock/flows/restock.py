@@ -87,10 +87,14 @@ def product_info(payload: RestockIn) -> catalog.ProductInfo:
     return catalog.ProductInfo(given.name, given.url, given.image_url, None, names)
 
 
-def check_event(settings: Settings, payload: RestockIn) -> catalog.ProductInfo:
-    """What validation alone cannot say: 422 for an event from the future or a product link
-    the settings refuse. Returns the event's product."""
-    refuse_future("occurred_at", payload.occurred_at, settings.core.max_clock_skew_seconds)
+def check_event(
+    settings: Settings, payload: RestockIn, system_now: datetime | None = None
+) -> catalog.ProductInfo:
+    """What validation alone cannot say: 422 for an event from the future (by the system's
+    time, read once per request for a bulk one) or a product link the settings refuse.
+    Returns the event's product."""
+    skew = settings.core.max_clock_skew_seconds
+    refuse_future("occurred_at", payload.occurred_at, skew, system_now)
     product = product_info(payload)
     catalog.check_product(settings.core, product)
     return product
@@ -340,7 +344,7 @@ async def queue_lengths(session: AsyncSession, skus: Sequence[str]) -> dict[str,
     """:func:`queue_length` of each of ``skus``, in one grouped query."""
     rows = await session.execute(
         select(Subscription.sku, func.count())
-        .where(Subscription.sku.in_(list(skus)), Subscription.status.in_(IN_QUEUE))
+        .where(db.one_of(session, Subscription.sku, skus), Subscription.status.in_(IN_QUEUE))
         .group_by(Subscription.sku)
     )
     return {sku: int(n) for sku, n in rows}
@@ -381,12 +385,12 @@ async def eligible_counts(
     one SKU, so a message of any of these waves to them is one of their SKU's wave."""
     told = exists().where(
         Notification.subscription_id == Subscription.id,
-        Notification.wave_id.in_([wave.id for wave in waves_by_sku.values()]),
+        db.one_of(session, Notification.wave_id, [wave.id for wave in waves_by_sku.values()]),
     )
     rows = await session.execute(
         select(Subscription.sku, func.count())
         .where(
-            Subscription.sku.in_(list(waves_by_sku)),
+            db.one_of(session, Subscription.sku, list(waves_by_sku)),
             Subscription.status.in_(IN_QUEUE),
             Subscription.notification_count < settings.waves.max_notifications,
             ~told,

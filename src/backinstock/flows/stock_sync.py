@@ -28,7 +28,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -73,6 +73,7 @@ class _Sku:
     events: list[tuple[int, NewEvent, uuid.UUID]] = field(default_factory=list)
     applied: dict[int, bool] = field(default_factory=dict)  # index → applied
     last_applied: int | None = None
+    last_applied_id: uuid.UUID | None = None  # that event's id
     before: int = 0
     after: int = 0
 
@@ -100,10 +101,11 @@ def _validate(
 ) -> list[tuple[int, NewEvent]]:
     """Each body as ``POST /v1/restocks`` validates it; a refused one gets its 422."""
     valid = []
+    system_now = datetime.now(UTC)  # the future is judged by the system's clock, as alone
     for index, body in enumerate(bodies):
         try:
             payload = RestockIn.model_validate(body)
-            restock.check_event(settings, payload)
+            restock.check_event(settings, payload, system_now)
         except ValidationError as exc:
             items[index] = _refused(validation_details(exc.errors(), prefix=f"levels.{index}"))
             continue
@@ -190,7 +192,7 @@ def _apply_in_order(
         if applied:
             latest[location] = event.occurred_at
             written[location] = (event.payload.available, event.occurred_at, event_id)
-            state.last_applied = index
+            state.last_applied, state.last_applied_id = index, event_id
     return written
 
 
@@ -214,10 +216,10 @@ async def _move_waves(
     changes = {
         sku: restock.SkuChange(
             stock.LevelChange(state.before, state.after, applied=True),
-            next(event_id for i, _, event_id in state.events if i == state.last_applied),
+            state.last_applied_id,
         )
         for sku, state in skus.items()
-        if state.last_applied is not None
+        if state.last_applied_id is not None
     }
     moves = await restock.move_waves(session, settings, changes, now, outcome.compensations)
     outcome.waves_due.extend(m.wave_due for m in moves.values() if m.wave_due is not None)

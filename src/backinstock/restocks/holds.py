@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backinstock.db import insert_for
+from backinstock.db import insert_for, one_of
 from backinstock.dispatch.models import Notification
 from backinstock.restocks.models import HoldState, StockHold
 
@@ -74,7 +74,7 @@ async def held_by_sku(session: AsyncSession, skus: Sequence[str], now: datetime)
     """:func:`held` of each of ``skus``, in one query (0 for a SKU holding nothing)."""
     rows = await session.execute(
         select(StockHold.sku, func.count())
-        .where(StockHold.sku.in_(list(skus)), StockHold.state == HoldState.HELD)
+        .where(one_of(session, StockHold.sku, skus), StockHold.state == HoldState.HELD)
         .where(StockHold.until > now)
         .group_by(StockHold.sku)
     )
@@ -114,7 +114,7 @@ async def end(session: AsyncSession, wave_ids: Sequence[uuid.UUID]) -> None:
     """The SKUs sold out: every hold of their waves ends (no unit is left to hold)."""
     await session.execute(
         update(StockHold)
-        .where(StockHold.wave_id.in_(list(wave_ids)), StockHold.state == HoldState.HELD)
+        .where(one_of(session, StockHold.wave_id, wave_ids), StockHold.state == HoldState.HELD)
         .values(state=HoldState.ENDED.value)
     )
 

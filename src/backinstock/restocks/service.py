@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import String, Table, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
-from backinstock.db import insert_for, new_id
+from backinstock.db import dialect_name, insert_for, new_id, one_of, rows_params, rows_table
 from backinstock.errors import InvalidField
 from backinstock.restocks.models import RestockEvent, StockLevel
 from backinstock.restocks.schemas import MAX_LEVEL, RestockIn, RestockOut
@@ -202,7 +203,10 @@ async def lock_skus(session: AsyncSession, skus: Sequence[str], now: datetime) -
     ordered = sorted(set(skus))
     await catalog.ensure_products(session, ordered, now)
     await session.execute(
-        select(Product.sku).where(Product.sku.in_(ordered)).order_by(Product.sku).with_for_update()
+        select(Product.sku)
+        .where(one_of(session, Product.sku, ordered))
+        .order_by(Product.sku)
+        .with_for_update()
     )
 
 
@@ -213,7 +217,7 @@ async def levels_of(session: AsyncSession, skus: Collection[str]) -> dict[str, i
     levels = dict.fromkeys(skus, 0)
     rows = await session.execute(
         select(StockLevel.sku, func.sum(StockLevel.available))
-        .where(StockLevel.sku.in_(list(skus)))
+        .where(one_of(session, StockLevel.sku, list(skus)))
         .group_by(StockLevel.sku)
     )
     levels.update({sku: int(total or 0) for sku, total in rows})
@@ -226,11 +230,20 @@ async def location_levels(
     """The level of each (sku, location) that has one, locked until the transaction ends:
     (sku, location) → (available, occurred_at). Only the locations a request names are
     read: a catalogue synced from 50 marketplaces has 50 rows per SKU."""
-    rows = await session.execute(
-        select(StockLevel.sku, StockLevel.location, StockLevel.available, StockLevel.occurred_at)
-        .where(tuple_(StockLevel.sku, StockLevel.location).in_(list(pairs)))
-        .with_for_update()
-    )
+    columns = (StockLevel.sku, StockLevel.location, StockLevel.available, StockLevel.occurred_at)
+    dialect = dialect_name(session)
+    if dialect == "postgresql":  # one array per column, not an IN of a thousand pairs
+        named = rows_table(dialect, "named", sku=String, location=String)
+        query = select(*columns).join(
+            named, (named.c.sku == StockLevel.sku) & (named.c.location == StockLevel.location)
+        )
+        params = rows_params(
+            dialect, "named", sku=[s for s, _ in pairs], location=[loc for _, loc in pairs]
+        )
+    else:
+        query = select(*columns).where(tuple_(StockLevel.sku, StockLevel.location).in_(list(pairs)))
+        params = {}
+    rows = await session.execute(query.with_for_update(of=StockLevel), params)
     return {(sku, location): (available, at) for sku, location, available, at in rows}
 
 
@@ -262,14 +275,28 @@ async def forget_events(session: AsyncSession, ids: Collection[uuid.UUID]) -> No
         await session.execute(delete(RestockEvent).where(RestockEvent.id.in_(list(ids))))
 
 
+_EVENTS = cast(Table, RestockEvent.__table__)
+_ANSWER = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == bindparam("answered"))
+    .values(
+        applied=bindparam("applied"),
+        level_after=bindparam("level_after"),
+        waiting=bindparam("waiting"),
+        first_wave=bindparam("first_wave"),
+    )
+)
+
+
 async def answer_events(session: AsyncSession, answers: Sequence[RestockOut]) -> None:
-    """Store each answer with its event (an UPDATE by primary key per row, sent at once)."""
+    """Store each answer with its event: one UPDATE by primary key, compiled once and sent
+    with every row (the ORM's bulk update collected each row through the mapper)."""
     if answers:
         await session.execute(
-            update(RestockEvent),
+            _ANSWER,
             [
                 {
-                    "id": a.restock_id,
+                    "answered": a.restock_id,
                     "applied": a.applied,
                     "level_after": a.available,
                     "waiting": a.waiting,

@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from backinstock.catalog.policy import Policy
 from backinstock.config import Settings
-from backinstock.db import insert_for, new_id
+from backinstock.db import insert_for, new_id, one_of
 from backinstock.restocks.models import Wave, WaveStatus
 
 WaveRow = Row[str, int, int, int, int]  # sku, step, level, planned, target
@@ -101,7 +101,7 @@ async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str,
     (a thousand ORM objects, loaded and flushed back, cost a sync more than its SQL)."""
     rows = await session.execute(
         select(Wave.id, Wave.sku, Wave.next_step_at, Wave.target, Wave.planned)
-        .where(Wave.sku.in_(list(skus)), Wave.status == WaveStatus.OPEN)
+        .where(one_of(session, Wave.sku, skus), Wave.status == WaveStatus.OPEN)
         .order_by(Wave.sku)
         .with_for_update()
     )
@@ -112,7 +112,7 @@ async def make_due_all(session: AsyncSession, wave_ids: Sequence[uuid.UUID], now
     """:func:`make_due` for many open waves, in one UPDATE."""
     if wave_ids:
         await session.execute(
-            update(Wave).where(Wave.id.in_(list(wave_ids))).values(next_step_at=now)
+            update(Wave).where(one_of(session, Wave.id, wave_ids)).values(next_step_at=now)
         )
 
 
@@ -168,7 +168,7 @@ async def make_due_now(
         return []
     made_due = await session.scalars(
         update(Wave)
-        .where(Wave.id.in_(list(wave_ids)), Wave.status == WaveStatus.OPEN)
+        .where(one_of(session, Wave.id, wave_ids), Wave.status == WaveStatus.OPEN)
         .values(next_step_at=now)
         .returning(Wave.id)
     )
