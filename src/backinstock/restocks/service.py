@@ -12,9 +12,8 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import String, Table, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import String, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import service as catalog
@@ -275,10 +274,9 @@ async def forget_events(session: AsyncSession, ids: Collection[uuid.UUID]) -> No
         await session.execute(delete(RestockEvent).where(RestockEvent.id.in_(list(ids))))
 
 
-_EVENTS = cast(Table, RestockEvent.__table__)
 _ANSWER = (
-    update(_EVENTS)
-    .where(_EVENTS.c.id == bindparam("answered"))
+    update(RestockEvent.__table__)  # type: ignore[arg-type]  # the Core table: no mapper walk
+    .where(RestockEvent.__table__.c.id == bindparam("answered"))
     .values(
         applied=bindparam("applied"),
         level_after=bindparam("level_after"),
