@@ -169,8 +169,91 @@ async def test_invalid_segment_and_cursor_get_422(
         ("/v1/stats/segments", {"cursor": "bm90LWpzb24"}, "cursor"),
         ("/v1/stats/segments", {"cursor": "WyIuLi8iXQ"}, "cursor"),  # ["../"]
         ("/v1/stats/segments", {"limit": "0"}, "limit"),
+        ("/v1/stats/timeseries", {"metric": "notified", "group_by": "channel"}, "group_by"),
+        ("/v1/stats/demand", {"group_by": "Segment"}, "group_by"),
+        ("/v1/stats/demand", {"cursor": "WzEsIlNLVS0xIiwiLi4vIl0"}, "cursor"),  # [1,"SKU-1","../"]
     ]
     for path, params, field in cases:
         response = await client.get(path, params=params, headers=bearer(key))
         assert response.status_code == 422, (path, params, response.text)
         assert field in [d["field"] for d in response.json()["error"]["details"]]
+
+
+async def test_the_timeseries_grouped_by_segment_adds_up_to_its_total(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _scenario(runtime)
+    key = api_keys["stats"]
+
+    def totals(body: Any) -> dict[str | None, Any]:
+        return {
+            group["segment"]: [p["value"] for p in group["points"] if p["value"] not in (0, "0.00")]
+            for group in body["groups"]
+        }
+
+    notified = await _get(
+        client, key, "/v1/stats/timeseries", metric="notified", group_by="segment", **WEEK
+    )
+    assert totals(notified) == {None: [1], "oily": [1], "sensitive-skin": [2]}
+    assert sum(p["value"] for p in notified["points"]) == 4, "the total stays beside them"
+    assert all(len(g["points"]) == len(notified["points"]) for g in notified["groups"])
+    revenue = await _get(
+        client, key, "/v1/stats/timeseries", metric="revenue", group_by="segment", **WEEK
+    )
+    assert totals(revenue) == {None: ["50.00"], "sensitive-skin": ["100.00"]}
+    subscribed = await _get(
+        client, key, "/v1/stats/timeseries", metric="subscribed", group_by="segment", **WEEK
+    )
+    assert {g: sum(v) for g, v in totals(subscribed).items()} == {
+        None: 1,
+        "oily": 1,
+        "sensitive-skin": 2,
+    }
+    plain = await _get(client, key, "/v1/stats/timeseries", metric="notified", **WEEK)
+    assert "groups" not in plain
+
+    response = await client.get(
+        "/v1/stats/timeseries",
+        params={"metric": "notified", "group_by": "segment", "format": "csv", **WEEK},
+        headers=bearer(key),
+    )
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0] == ["t", "segment", "value"]
+    assert sum(int(r[2]) for r in rows[1:] if r[1] == "sensitive-skin") == 2
+    assert sum(int(r[2]) for r in rows[1:] if r[1] == "") == 1
+
+
+async def test_the_demand_grouped_by_segment_ranks_each_skus_segments(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _scenario(runtime)
+    key = api_keys["stats"]
+    grouped = await _get(client, key, "/v1/stats/demand", group_by="segment")
+    rows = [(i["sku"], i["segment"], i["waiting"]) for i in grouped["items"]]
+    assert rows == [
+        ("SKU-1", None, 1),
+        ("SKU-1", "dry", 1),
+        ("SKU-1", "oily", 1),
+        ("SKU-1", "sensitive-skin", 1),
+    ]
+    assert "segment" not in (await _get(client, key, "/v1/stats/demand"))["items"][0]
+
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"group_by": "segment", "limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = await _get(client, key, "/v1/stats/demand", **params)
+        seen += [i["segment"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [None, "dry", "oily", "sensitive-skin"], "paged without loss or repeat"
+
+    response = await client.get(
+        "/v1/stats/demand", params={"group_by": "segment", "format": "csv"}, headers=bearer(key)
+    )
+    header = next(csv.reader(io.StringIO(response.text)))
+    assert header[-1] == "segment"
+    plain = await client.get("/v1/stats/demand", params={"format": "csv"}, headers=bearer(key))
+    assert "segment" not in next(csv.reader(io.StringIO(plain.text)))

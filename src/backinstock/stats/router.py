@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from backinstock.contacts import Channel
 from backinstock.dashboard.deps import StatsReader
@@ -55,6 +57,19 @@ CurrencyQuery = Annotated[
     Query(
         pattern=r"^[A-Z]{3}$",
         description="ISO 4217 code of the revenue; default the one with the most revenue.",
+    ),
+]
+
+
+class GroupBy(enum.StrEnum):
+    SEGMENT = "segment"
+
+
+GroupByQuery = Annotated[
+    GroupBy | None,
+    Query(
+        description="`segment`: the figures per segment of the subscriptions they belong to "
+        "as well (no segment as null), beside the total."
     ),
 ]
 FormatQuery = Annotated[
@@ -175,6 +190,7 @@ async def get_funnel(
     "/v1/stats/demand",
     operation_id="getDemand",
     response_model=DemandPage,
+    response_model_exclude_unset=True,
     responses={**csv_export.openapi(DEMAND_CSV), **error_responses(401, 403, 422)},
 )
 async def get_demand(
@@ -184,18 +200,22 @@ async def get_demand(
     limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     segment: SegmentQuery = None,
+    group_by: GroupByQuery = None,
     fmt: FormatQuery = None,
 ) -> DemandPage | Response:
     """SKUs with at least one shopper in the queue (waiting or notified), most waiting first,
     then by SKU. `restocks` counts the waves ever opened for the SKU. With `segment`, only
-    that segment's shoppers count (a cursor belongs to the segment it was made with).
+    that segment's shoppers count (a cursor belongs to the segment it was made with). With
+    `group_by=segment`, a row per SKU and segment of its shoppers, with `segment` (null:
+    shoppers without one), ranked the same way (then by segment).
 
     CSV: one row per SKU of this page; the next page's cursor is in the `X-Next-Cursor`
     header and as a `Link: <...>; rel="next"` URL (both absent on the last page)."""
-    page = await service.demand(session, limit, cursor, segment)
+    grouped = group_by is GroupBy.SEGMENT
+    page = await service.demand(session, limit, cursor, segment, grouped)
     if not wants_csv(request, fmt):
         return page
-    header = list(DemandItem.model_fields)
+    header = [name for name in DemandItem.model_fields if grouped or name != "segment"]
     rows = [[getattr(item, name) for name in header] for item in page.items]
     headers = {}
     if page.next_cursor:
@@ -223,6 +243,7 @@ async def get_timeseries(
     since: SinceQuery = None,
     until: UntilQuery = None,
     segment: SegmentQuery = None,
+    group_by: GroupByQuery = None,
     currency: CurrencyQuery = None,
     fmt: FormatQuery = None,
 ) -> Series | Response:
@@ -236,11 +257,28 @@ async def get_timeseries(
     end = until or runtime.clock.now()
     start = since or end - series.DEFAULT_SPAN[interval]
     filters = period_filters(runtime, sku, channel, start, end, segment)
-    result = await series.timeseries(session, metric, interval, filters, currency)
+    grouped = group_by is GroupBy.SEGMENT
+    result = await series.timeseries(session, metric, interval, filters, currency, grouped)
     if not wants_csv(request, fmt):
-        return result
+        return _series_json(result)
+    if result.groups is not None:
+        rows = [
+            [point.t, group.segment or "", _series_cell(point.value)]
+            for group in result.groups
+            for point in group.points
+        ]
+        return csv_export.response(f"timeseries-{metric.value}", ["t", "segment", "value"], rows)
     rows = [[point.t, _series_cell(point.value)] for point in result.points]
     return csv_export.response(f"timeseries-{metric.value}", ["t", "value"], rows)
+
+
+def _series_json(result: Series) -> Response:
+    """Absent `currency` and `groups` are left out, but a group's null `segment` (shoppers
+    without one) is kept: `segment` means the same in every figure."""
+    body = result.model_dump(mode="json", exclude={"groups"}, exclude_none=True)
+    if result.groups is not None:
+        body["groups"] = [group.model_dump(mode="json") for group in result.groups]
+    return JSONResponse(body)
 
 
 SEGMENTS_CSV = (

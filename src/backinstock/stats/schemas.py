@@ -124,6 +124,11 @@ class DemandItem(BaseModel):
     )
     restocks: int = Field(description="Waves opened for the SKU, ever.")
     last_restock_at: datetime | None = Field(description="When the latest wave opened.")
+    segment: str | None = Field(
+        default=None,
+        description="With `group_by=segment`: the segment of the row's shoppers (null: "
+        "those without one); absent otherwise.",
+    )
 
 
 class DemandPage(BaseModel):
@@ -136,6 +141,11 @@ class Point(BaseModel):
     value: int | str = Field(description="A count, or for revenue a decimal string.")
 
 
+class SeriesGroup(BaseModel):
+    segment: str | None = Field(description="The segment; null for subscriptions without one.")
+    points: list[Point]
+
+
 class Series(BaseModel):
     metric: Metric
     interval: Interval
@@ -146,6 +156,12 @@ class Series(BaseModel):
         description="Revenue only: the ISO 4217 currency of the values; absent when none was seen.",
     )
     points: list[Point]
+    groups: list[SeriesGroup] | None = Field(
+        default=None,
+        description="With `group_by=segment`: the same series per segment of the counted "
+        "rows' subscriptions (`segment` null: those without one), no segment first, then by "
+        "name, at most 50; each zero-filled like `points`. Absent otherwise.",
+    )
 
 
 class SegmentFigures(BaseModel):

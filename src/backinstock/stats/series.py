@@ -25,7 +25,7 @@ from backinstock.money import money
 from backinstock.restocks.models import HoldState, StockHold
 from backinstock.stats import service
 from backinstock.stats.filters import Filters
-from backinstock.stats.schemas import Interval, Metric, Point, Series
+from backinstock.stats.schemas import Interval, Metric, Point, Series, SeriesGroup
 from backinstock.subscriptions.models import Status as SubscriptionStatus
 from backinstock.subscriptions.models import Subscription
 
@@ -42,6 +42,8 @@ class _Source:
     moment: SQLColumnExpression[Any]
     value: ColumnElement[Any]
     where: list[ColumnElement[bool]]
+    # The row's subscription, whose segment groups it (``group_by=segment``).
+    subscription: SQLColumnExpression[Any]
 
 
 def floor(moment: datetime, interval: Interval) -> datetime:
@@ -61,8 +63,15 @@ def bucket_starts(since: datetime, until: datetime, interval: Interval) -> list[
 
 
 async def timeseries(
-    session: AsyncSession, metric: Metric, interval: Interval, f: Filters, currency: str | None
+    session: AsyncSession,
+    metric: Metric,
+    interval: Interval,
+    f: Filters,
+    currency: str | None,
+    by_segment: bool = False,
 ) -> Series:
+    """The metric per bucket; ``by_segment``: also per segment of the rows' subscriptions
+    (``groups``, no segment first, then by name, at most :data:`MAX_GROUPS`)."""
     assert f.since is not None
     starts = bucket_starts(f.since, f.until, interval)
     chosen = None
@@ -73,6 +82,16 @@ async def timeseries(
     query = select(bucket, source.value).where(*source.where).group_by(bucket)
     sums = {_moment(t): value for t, value in (await session.execute(query)).all()}
     present = money if metric is Metric.REVENUE else _count
+    groups = None
+    if by_segment:
+        by_group = await _by_segment(session, source, bucket)
+        groups = [
+            SeriesGroup(
+                segment=key or None,
+                points=[Point(t=t, value=present(sums_of.get(t))) for t in starts],
+            )
+            for key, sums_of in sorted(by_group.items())[:MAX_GROUPS]
+        ]
     return Series(
         metric=metric,
         interval=interval,
@@ -80,7 +99,25 @@ async def timeseries(
         until=f.until,
         currency=chosen,
         points=[Point(t=t, value=present(sums.get(t))) for t in starts],
+        groups=groups,
     )
+
+
+async def _by_segment(
+    session: AsyncSession, source: _Source, bucket: Any
+) -> dict[str, dict[datetime, Any]]:
+    """The source's sums per (segment, bucket): its rows joined to their subscription in the
+    WHERE (as the funnel's own joins), no segment grouped as ''."""
+    key = func.coalesce(Subscription.segment, literal_column("''"))
+    query = (
+        select(key, bucket, source.value)
+        .where(*source.where, Subscription.id == source.subscription)
+        .group_by(key, bucket)
+    )
+    groups: dict[str, dict[datetime, Any]] = {}
+    for segment, t, value in (await session.execute(query)).all():
+        groups.setdefault(segment, {})[_moment(t)] = value
+    return groups
 
 
 def _count(value: Any) -> int:
@@ -102,6 +139,11 @@ def _moment(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# A series grouped by segment carries at most this many groups (no segment first, then by
+# name): a chart of more is unreadable, and each is a full series.
+MAX_GROUPS = 50
+
+
 # ---------------------------------------------------------------- metric sources
 
 
@@ -113,41 +155,43 @@ def _subscribed(f: Filters, _: str | None) -> _Source:
         *f.narrow(s.sku, s.channel, s.id),
         s.status != SubscriptionStatus.PENDING,
     ]
-    return _Source(s.created_at, func.count(), where)
+    return _Source(s.created_at, func.count(), where, s.id)
 
 
 def _sent(*extra: ColumnElement[bool]) -> Callable[[Filters, str | None], _Source]:
     def source(f: Filters, _: str | None) -> _Source:
         where = [*service.restock_messages(f), service.sent_in_period(f), *extra]
-        return _Source(Notification.sent_at, func.count(), where)
+        return _Source(Notification.sent_at, func.count(), where, Notification.subscription_id)
 
     return source
 
 
 def _compensations_sent(f: Filters, _: str | None) -> _Source:
     where = [*service.compensation_messages(f), service.sent_in_period(f)]
-    return _Source(Notification.sent_at, func.count(), where)
+    return _Source(Notification.sent_at, func.count(), where, Notification.subscription_id)
 
 
 def _holds(*state: HoldState) -> Callable[[Filters, str | None], _Source]:
     def source(f: Filters, _: str | None) -> _Source:
         where = [*service.placed_holds(f), *(StockHold.state == s for s in state)]
-        return _Source(Notification.created_at, func.count(), where)
+        return _Source(Notification.created_at, func.count(), where, Notification.subscription_id)
 
     return source
 
 
 def _substitute_messages_sent(f: Filters, _: str | None) -> _Source:
     where = [*service.substitute_messages(f), service.sent_in_period(f)]
-    return _Source(Notification.sent_at, func.count(), where)
+    return _Source(Notification.sent_at, func.count(), where, Notification.subscription_id)
 
 
 def _substitute_clicks(f: Filters, _: str | None) -> _Source:
-    return _Source(SubstituteOffer.clicked_at, func.count(), service.substitute_clicks(f))
+    where = service.substitute_clicks(f)
+    return _Source(SubstituteOffer.clicked_at, func.count(), where, Notification.subscription_id)
 
 
 def _saved_by_substitute(f: Filters, _: str | None) -> _Source:
-    return _Source(SubstituteSale.saved_at, func.count(), service.saved_by_substitute(f))
+    where = service.saved_by_substitute(f)
+    return _Source(SubstituteSale.saved_at, func.count(), where, SubstituteSale.subscription_id)
 
 
 def _failed(f: Filters, _: str | None) -> _Source:
@@ -155,13 +199,15 @@ def _failed(f: Filters, _: str | None) -> _Source:
     n = Notification
     moment = case((n.status == Status.FAILED, n.created_at), else_=n.sent_at)
     where = [*service.restock_messages(f), service.failed_in_period(f)]
-    return _Source(moment, func.count(), where)
+    return _Source(moment, func.count(), where, n.subscription_id)
 
 
 def _converted(f: Filters, _: str | None) -> _Source:
     c = Conversion
     where = [*f.period(c.converted_at), *f.narrow(c.sku, c.channel, c.subscription_id)]
-    return _Source(c.converted_at, func.count(c.subscription_id.distinct()), where)
+    return _Source(
+        c.converted_at, func.count(c.subscription_id.distinct()), where, c.subscription_id
+    )
 
 
 def _revenue(f: Filters, currency: str | None) -> _Source:
@@ -171,7 +217,7 @@ def _revenue(f: Filters, currency: str | None) -> _Source:
         *f.narrow(c.sku, c.channel, c.subscription_id),
         c.currency == currency,
     ]
-    return _Source(c.converted_at, func.sum(c.revenue), where)
+    return _Source(c.converted_at, func.sum(c.revenue), where, c.subscription_id)
 
 
 def _coupons(column: str) -> Callable[[Filters, str | None], _Source]:
@@ -181,6 +227,7 @@ def _coupons(column: str) -> Callable[[Filters, str | None], _Source]:
             moment,
             func.count(),
             [*f.period(moment), *f.narrow(Coupon.sku, Coupon.channel, Coupon.subscription_id)],
+            Coupon.subscription_id,
         )
 
     return source

@@ -26,6 +26,7 @@ from backinstock.money import money
 from backinstock.restocks.models import HoldState, StockHold, Wave
 from backinstock.stats.filters import Filters
 from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
+from backinstock.subscriptions.attributes import is_segment
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 from backinstock.subscriptions.models import Status as SubscriptionStatus
 
@@ -298,27 +299,43 @@ async def _coupons(session: AsyncSession, f: Filters) -> tuple[int, int]:
 
 
 async def demand(
-    session: AsyncSession, limit: int, cursor: str | None, segment: str | None = None
+    session: AsyncSession,
+    limit: int,
+    cursor: str | None,
+    segment: str | None = None,
+    by_segment: bool = False,
 ) -> DemandPage:
     """SKUs with shoppers in the queue (of ``segment`` when given), most waiting first (then
-    by SKU), a page at a time."""
+    by SKU), a page at a time; ``by_segment``: a row per SKU and segment of its shoppers."""
     s = Subscription
     in_segment = [s.segment == segment] if segment is not None else []
+    key = func.coalesce(s.segment, literal_column("''")) if by_segment else literal_column("''")
+    grouping = (s.sku, key) if by_segment else (s.sku,)
     queued = (
         select(
             s.sku.label("sku"),
+            key.label("segment"),
             func.count().label("waiting"),
             func.min(s.created_at).label("oldest"),
         )
         .where(s.status.in_(IN_QUEUE), *in_segment)
-        .group_by(s.sku)
+        .group_by(*grouping)
         .subquery()
     )
-    page_query = select(queued).order_by(queued.c.waiting.desc(), queued.c.sku).limit(limit + 1)
+    order = (queued.c.waiting.desc(), queued.c.sku, queued.c.segment)
+    page_query = select(queued).order_by(*order).limit(limit + 1)
     if cursor:
-        waiting, sku = decode_cursor(cursor)
+        waiting, sku, after_segment = decode_cursor(cursor)
         page_query = page_query.where(
-            or_(queued.c.waiting < waiting, and_(queued.c.waiting == waiting, queued.c.sku > sku))
+            or_(
+                queued.c.waiting < waiting,
+                and_(queued.c.waiting == waiting, queued.c.sku > sku),
+                and_(
+                    queued.c.waiting == waiting,
+                    queued.c.sku == sku,
+                    queued.c.segment > after_segment,
+                ),
+            )
         )
     page = page_query.subquery()
     # Waves and names are looked up for the page's SKUs only, not for every SKU in the queue.
@@ -327,36 +344,46 @@ async def demand(
     query = (
         select(page, Product.name, restocks, last_restock)
         .outerjoin(Product, Product.sku == page.c.sku)
-        .order_by(page.c.waiting.desc(), page.c.sku)
+        .order_by(page.c.waiting.desc(), page.c.sku, page.c.segment)
     )
     rows = (await session.execute(query)).all()
-    items = [
-        DemandItem(
-            sku=row[0],
-            waiting=int(row[1]),
-            oldest_waiting_since=row[2],
-            product_name=row[3],
-            restocks=int(row[4]),
-            last_restock_at=row[5],
-        )
-        for row in rows[:limit]
-    ]
+    items = [_demand_item(row, by_segment) for row in rows[:limit]]
     more = len(rows) > limit
     return DemandPage(items=items, next_cursor=encode_cursor(items[-1]) if more else None)
 
 
+def _demand_item(row: Any, by_segment: bool) -> DemandItem:
+    sku, segment, waiting, oldest, name, restocks, last_restock = row
+    values = {
+        "sku": sku,
+        "waiting": int(waiting),
+        "oldest_waiting_since": oldest,
+        "product_name": name,
+        "restocks": int(restocks),
+        "last_restock_at": last_restock,
+    }
+    if by_segment:  # absent from the answer otherwise (unset)
+        values["segment"] = segment or None
+    return DemandItem(**values)
+
+
 def encode_cursor(last: DemandItem) -> str:
-    return cursors.encode_json([last.waiting, last.sku])
+    return cursors.encode_json([last.waiting, last.sku, last.segment or ""])
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def decode_cursor(cursor: str) -> tuple[int, str, str]:
+    """(waiting, sku, segment: '' for none) of the last row of the page before; a cursor
+    made before rows had segments has two parts."""
     try:
-        waiting, sku = cursors.decode_json(cursor)
+        waiting, sku, *rest = cursors.decode_json(cursor)
     except (ValueError, TypeError):
         raise cursors.invalid() from None
+    segment = rest[0] if len(rest) == 1 else "" if not rest else None
     # Checked as strictly as the values it stands for: a forged one must not reach the database.
     if not (isinstance(waiting, int) and 0 < waiting < 2**63):
         raise cursors.invalid()
     if not (isinstance(sku, str) and _SKU.fullmatch(sku)):
         raise cursors.invalid()
-    return waiting, sku
+    if not (segment == "" or (isinstance(segment, str) and is_segment(segment))):
+        raise cursors.invalid()
+    return waiting, sku, segment
