@@ -113,47 +113,23 @@ async def record(
         return RestockOutcome(replayed, replay=True, wave_due=None)
     change = await stock.apply_level(session, payload, product, occurred_at, event_id)
     compensations: list[uuid.UUID] = []
-    wave = await move_wave(session, settings, payload.sku, change, event_id, now, compensations)
-    first_wave = 0 if wave is None else await first_step(session, settings, wave, change.after, now)
+    changes = {payload.sku: SkuChange(change, event_id)}
+    move = (await move_waves(session, settings, changes, now, compensations))[payload.sku]
     result = RestockOut(
         restock_id=event_id,
         sku=payload.sku,
         available=change.after,
-        waiting=await queue_length(session, payload.sku),
-        first_wave=first_wave,
+        waiting=move.waiting,
+        first_wave=move.first_wave,
         applied=change.applied,
     )
-    await stock.answer_event(session, event_id, result)
-    wave_due = None if wave is None else wave.id
-    return RestockOutcome(result, replay=False, wave_due=wave_due, compensations=compensations)
-
-
-async def move_wave(
-    session: AsyncSession,
-    settings: Settings,
-    sku: str,
-    change: stock.LevelChange,
-    event_id: uuid.UUID,
-    now: datetime,
-    compensations: list[uuid.UUID],
-) -> Wave | None:
-    """Open, advance or sell out the SKU's wave; returns the wave whose step is now due
-    (a sell-out's compensation messages are added to ``compensations``)."""
-    wave = await waves.open_wave_of(session, sku)
-    if wave is not None and change.after == 0:
-        compensations.extend(await sell_out(session, settings, wave.id, now))
-        return None
-    if wave is not None and change.after > change.before:
-        waves.make_due(wave, now)
-        return wave
-    if wave is None and change.before == 0 and change.after > 0:
-        return await waves.open_wave(session, sku, event_id, change.after, now)
-    return None
+    await stock.answer_event(session, result)
+    return RestockOutcome(result, replay=False, wave_due=move.wave_due, compensations=compensations)
 
 
 @dataclass(frozen=True)
 class SkuChange:
-    """One SKU's level change in a bulk request, made by its event ``event_id``."""
+    """One SKU's level change, made by its (last applied) event ``event_id``."""
 
     change: stock.LevelChange
     event_id: uuid.UUID
@@ -176,10 +152,14 @@ async def move_waves(
     now: datetime,
     compensations: list[uuid.UUID],
 ) -> dict[str, WaveMove]:
-    """:func:`move_wave` and :func:`first_step` for many SKUs (in SKU order), with one query
-    each for their open waves, rules, held units, eligible shoppers and queues: a sync of a
-    thousand SKUs costs a handful of statements, not a handful per SKU. A sell-out still
-    runs :func:`sell_out` per SKU (its messages are per wave)."""
+    """Open, advance or sell out each SKU's wave (in SKU order) on its level change, and size
+    the step now due (``waves.step_count``, the sizing the step itself applies): one query
+    each for the SKUs' open waves, rules, held units, eligible shoppers and queues, so a sync
+    of a thousand SKUs costs a handful of statements, and one event the same handful.
+
+    - an open wave whose SKU fell to 0 sells out (``compensations`` gets the messages);
+    - an open wave whose level rose has its next step due at once;
+    - a SKU from 0 to more opens a wave whose first step is due at once."""
     skus = sorted(changes)
     open_now = await waves.open_waves_of(session, skus)
     due: dict[str, waves.WaveState] = {}
@@ -234,15 +214,6 @@ async def _first_steps(
     }
 
 
-async def first_step(
-    session: AsyncSession, settings: Settings, wave: Wave, level: int, now: datetime
-) -> int:
-    eligible = await eligible_count(session, settings, wave.sku, wave.id)
-    rules = await product_policy.effective(session, settings, wave.sku)
-    held = await holds.held(session, wave.sku, now)
-    return waves.step_count(rules, wave, level, eligible, held)
-
-
 async def sell_out(
     session: AsyncSession, settings: Settings, wave_id: uuid.UUID, now: datetime
 ) -> list[uuid.UUID]:
@@ -266,21 +237,23 @@ async def sell_out_many(
         return planned
     rules = await product_policy.effective_many(session, settings, sorted(set(closed.values())))
     for wave_id, sku in closed.items():
-        if rules[sku].soldout_compensation is not SoldoutCompensation.OFF:
-            planned.extend(await _compensate(session, settings, wave_id, sku, now))
+        mode = rules[sku].soldout_compensation
+        if mode is not SoldoutCompensation.OFF:
+            planned.extend(await _compensate(session, wave_id, sku, mode, now))
     return planned
 
 
 async def _compensate(
-    session: AsyncSession, settings: Settings, wave_id: uuid.UUID, sku: str, now: datetime
+    session: AsyncSession,
+    wave_id: uuid.UUID,
+    sku: str,
+    mode: SoldoutCompensation,
+    now: datetime,
 ) -> list[uuid.UUID]:
     """One "sold out again" message to each shopper still in the SKU's queue, in queue
     order, stating their place; with ``coupon``, an uploaded code each while any is left.
     Like a follow-up it neither counts against nor is refused by MAX_NOTIFICATIONS: it
     answers a message the shopper already had, or one the sell-out kept from them."""
-    mode = (await product_policy.effective(session, settings, sku)).soldout_compensation
-    if mode is SoldoutCompensation.OFF:
-        return []
     count = await queue_length(session, sku)
     planned = await notifications.plan_compensations(
         session, wave_id, sku, _whole_queue(sku), count, now
@@ -352,8 +325,7 @@ async def queue_lengths(session: AsyncSession, skus: Sequence[str]) -> dict[str,
 
 async def queue_length(session: AsyncSession, sku: str) -> int:
     """Shoppers in the SKU's queue (waiting, or notified and not yet converted)."""
-    query = select(func.count()).where(Subscription.sku == sku, Subscription.status.in_(IN_QUEUE))
-    return int(await session.scalar(query) or 0)
+    return (await queue_lengths(session, [sku])).get(sku, 0)
 
 
 def _not_told_in_wave(wave_id: uuid.UUID) -> ColumnElement[bool]:
@@ -371,18 +343,12 @@ def _eligible(settings: Settings, sku: str, wave_id: uuid.UUID) -> list[ColumnEl
     ]
 
 
-async def eligible_count(
-    session: AsyncSession, settings: Settings, sku: str, wave_id: uuid.UUID
-) -> int:
-    query = select(func.count()).select_from(Subscription).where(*_eligible(settings, sku, wave_id))
-    return int(await session.scalar(query) or 0)
-
-
 async def eligible_counts(
     session: AsyncSession, settings: Settings, waves_by_sku: dict[str, waves.WaveState]
 ) -> dict[str, int]:
-    """:func:`eligible_count` of each SKU's wave, in one grouped query: a shopper waits for
-    one SKU, so a message of any of these waves to them is one of their SKU's wave."""
+    """Shoppers each SKU's wave may still tell (those its step picks from), in one grouped
+    query: a shopper waits for one SKU, so a message of any of these waves to them is one
+    of their SKU's wave."""
     told = exists().where(
         Notification.subscription_id == Subscription.id,
         db.one_of(session, Notification.wave_id, [wave.id for wave in waves_by_sku.values()]),

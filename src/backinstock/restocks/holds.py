@@ -64,14 +64,12 @@ async def record(session: AsyncSession, notification_ids: Sequence[uuid.UUID]) -
 
 async def held(session: AsyncSession, sku: str, now: datetime) -> int:
     """Units of the SKU under a hold that is neither expired, consumed nor ended."""
-    query = select(func.count()).where(
-        StockHold.sku == sku, StockHold.state == HoldState.HELD, StockHold.until > now
-    )
-    return int(await session.scalar(query) or 0)
+    return (await held_by_sku(session, [sku], now))[sku]
 
 
 async def held_by_sku(session: AsyncSession, skus: Sequence[str], now: datetime) -> dict[str, int]:
-    """:func:`held` of each of ``skus``, in one query (0 for a SKU holding nothing)."""
+    """Units of each of ``skus`` under a hold that is neither expired, consumed nor ended,
+    in one query (0 for a SKU holding nothing)."""
     rows = await session.execute(
         select(StockHold.sku, func.count())
         .where(one_of(session, StockHold.sku, skus), StockHold.state == HoldState.HELD)

@@ -32,10 +32,7 @@ class LevelChange:
 
 
 async def current_level(session: AsyncSession, sku: str) -> int:
-    total = await session.scalar(
-        select(func.coalesce(func.sum(StockLevel.available), 0)).where(StockLevel.sku == sku)
-    )
-    return int(total or 0)
+    return (await levels_of(session, [sku]))[sku]
 
 
 async def record_event(
@@ -43,49 +40,18 @@ async def record_event(
 ) -> uuid.UUID | None:
     """Keep the event, received ``now``; None when (location, event_id) was recorded before
     (a replay)."""
-    return await session.scalar(  # type: ignore[no-any-return]
-        insert_for(session, RestockEvent)
-        .values(
-            id=new_id(),
-            location=payload.location,
-            event_id=payload.event_id,
-            sku=payload.sku,
-            available=payload.available,
-            occurred_at=occurred_at,
-            received_at=now,
-            applied=False,
-            level_after=0,
-            waiting=0,
-            first_wave=0,
-        )
-        .on_conflict_do_nothing(index_elements=[RestockEvent.location, RestockEvent.event_id])
-        .returning(RestockEvent.id)
-    )
+    ids = await record_events(session, [NewEvent(payload, occurred_at)], now)
+    return ids.get((payload.location, payload.event_id))
 
 
-async def answer_event(session: AsyncSession, event_id: uuid.UUID, answer: RestockOut) -> None:
-    """Store the answer with the event, for a replay to return."""
-    event = await session.get(RestockEvent, event_id)
-    assert event is not None
-    event.applied, event.level_after = answer.applied, answer.available
-    event.waiting, event.first_wave = answer.waiting, answer.first_wave
+async def answer_event(session: AsyncSession, answer: RestockOut) -> None:
+    """Store the answer with its event, for a replay to return."""
+    await answer_events(session, [answer])
 
 
 async def stored_answer(session: AsyncSession, payload: RestockIn) -> RestockOut:
-    event = await session.scalar(
-        select(RestockEvent).where(
-            RestockEvent.location == payload.location, RestockEvent.event_id == payload.event_id
-        )
-    )
-    assert event is not None
-    return RestockOut(
-        restock_id=event.id,
-        sku=event.sku,
-        available=event.level_after,
-        waiting=event.waiting,
-        first_wave=event.first_wave,
-        applied=event.applied,
-    )
+    key = (payload.location, payload.event_id)
+    return (await stored_answers(session, [key]))[key]
 
 
 async def apply_level(

@@ -88,17 +88,10 @@ def _has_work(now: datetime) -> ColumnElement[bool]:
     return or_(Wave.next_step_at <= now, Wave.planned < Wave.target)
 
 
-async def open_wave_of(session: AsyncSession, sku: str) -> Wave | None:
-    """The SKU's open wave, locked until the transaction ends."""
-    return await session.scalar(
-        select(Wave).where(Wave.sku == sku, Wave.status == WaveStatus.OPEN).with_for_update()
-    )
-
-
 async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str, WaveState]:
     """The open wave of each of ``skus`` that has one, locked (in SKU order) until the
-    transaction ends: :func:`open_wave_of` for many SKUs, in one query of plain columns
-    (a thousand ORM objects, loaded and flushed back, cost a sync more than its SQL)."""
+    transaction ends, in one query of plain columns (a thousand ORM objects, loaded and
+    flushed back, cost a sync more than its SQL)."""
     rows = await session.execute(
         select(Wave.id, Wave.sku, Wave.next_step_at, Wave.target, Wave.planned)
         .where(one_of(session, Wave.sku, skus), Wave.status == WaveStatus.OPEN)
@@ -109,7 +102,7 @@ async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str,
 
 
 async def make_due_all(session: AsyncSession, wave_ids: Sequence[uuid.UUID], now: datetime) -> None:
-    """:func:`make_due` for many open waves, in one UPDATE."""
+    """The level rose while these waves are open: their next step is due at once."""
     if wave_ids:
         await session.execute(
             update(Wave).where(one_of(session, Wave.id, wave_ids)).values(next_step_at=now)
@@ -119,7 +112,8 @@ async def make_due_all(session: AsyncSession, wave_ids: Sequence[uuid.UUID], now
 async def open_many(
     session: AsyncSession, opening: Sequence[tuple[str, uuid.UUID, int]], now: datetime
 ) -> list[WaveState]:
-    """:func:`open_wave` for each (sku, restock_id, level): one statement, compiled once."""
+    """A wave for each (sku, restock_id, level) back from nothing, its first step due at
+    once: one statement, compiled once, sent with every row."""
     if not opening:
         return []
     made = [WaveState(new_id(), sku, now, 0, 0) for sku, _, _ in opening]
@@ -142,21 +136,6 @@ async def open_many(
         ],
     )
     return made
-
-
-async def open_wave(
-    session: AsyncSession, sku: str, restock_id: uuid.UUID, level: int, now: datetime
-) -> Wave:
-    """A restock from nothing: a wave whose first step is due at once."""
-    wave = Wave(id=new_id(), sku=sku, restock_id=restock_id, next_step_at=now, level=level)
-    session.add(wave)
-    await session.flush()
-    return wave
-
-
-def make_due(wave: Wave, now: datetime) -> None:
-    """The level rose while the wave is open: its next step is due at once."""
-    wave.next_step_at = now
 
 
 async def make_due_now(
