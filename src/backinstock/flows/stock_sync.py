@@ -1,7 +1,7 @@
 """A catalogue's stock levels in one request (``POST /v1/restocks/batch``): up to
 :data:`~backinstock.restocks.schemas.MAX_BATCH_LEVELS` events, each with the meaning it has
-alone (``flows/restock.py``), in a constant number of statements for the events and the
-levels and a few per SKU whose wave moves.
+alone (``flows/restock.py``), in a constant number of statements however many SKUs it
+names (a sell-out's compensation aside, which is per wave).
 
 1. **Validation, per event.** An event that is not a valid ``POST /v1/restocks`` body, or
    that :func:`restock.check_event` refuses, gets its own 422 and is left out; the others go
@@ -14,13 +14,13 @@ levels and a few per SKU whose wave moves.
    older than its location's level (stored, or set by an earlier event of the request) is
    recorded and not applied, exactly as alone. The new levels are written in one upsert. A
    SKU whose level would pass ``MAX_LEVEL`` refuses its events (422 each) and keeps
-   nothing of them.
-4. **The waves**, per SKU whose level changed, from its level before the request to its
-   level after (``restock.move_wave``): events of one SKU in one request collapse into one
-   change, as a catalogue sync means them (a level that went 0 → 5 → 0 within the request
-   opens no wave and sends nothing). Each event's answer has its SKU's level after the
-   request; ``first_wave`` is the step the SKU's change started, on the SKU's last applied
-   event (0 on the others).
+   nothing of them, not even the product names they carry.
+4. **The waves**, from each SKU's level before the request to its level after
+   (``restock.move_waves``, as a single event moves its SKU's): events of one SKU in one
+   request collapse into one change, as a catalogue sync means them (a level that went
+   0 → 5 → 0 within the request opens no wave and sends nothing). Each event's answer has
+   its SKU's level after the request; ``first_wave`` is the step the SKU's change started,
+   on the SKU's last applied event (0 on the others).
 """
 
 from __future__ import annotations
@@ -72,8 +72,7 @@ class _Sku:
 
     events: list[tuple[int, NewEvent, uuid.UUID]] = field(default_factory=list)
     applied: dict[int, bool] = field(default_factory=dict)  # index → applied
-    last_applied: int | None = None
-    last_applied_id: uuid.UUID | None = None  # that event's id
+    last_applied: tuple[int, uuid.UUID] | None = None  # (index, event id)
     before: int = 0
     after: int = 0
 
@@ -146,7 +145,6 @@ async def _apply_levels(
     """Lock the SKUs, apply each event in request order, write the levels in one upsert; a
     SKU whose level would pass MAX_LEVEL is refused whole. A SKU's level after is its level
     before less the old levels of the locations the request changed, plus their new ones."""
-    await _products(session, skus)
     await stock.lock_skus(session, list(skus), now)
     before = await stock.levels_of(session, list(skus))
     named = {(sku, e.payload.location) for sku, s in skus.items() for _, e, _ in s.events}
@@ -164,6 +162,7 @@ async def _apply_levels(
             continue
         rows.extend((sku, location, *written[location]) for location in sorted(written))
     await stock.forget_events(session, refused)
+    await _products(session, skus)  # of the SKUs kept: a refused event keeps nothing
     await stock.write_levels(session, rows)
 
 
@@ -192,7 +191,7 @@ def _apply_in_order(
         if applied:
             latest[location] = event.occurred_at
             written[location] = (event.payload.available, event.occurred_at, event_id)
-            state.last_applied, state.last_applied_id = index, event_id
+            state.last_applied = index, event_id
     return written
 
 
@@ -201,6 +200,14 @@ def _refuse(state: _Sku, items: list[ItemOutcome | None]) -> list[uuid.UUID]:
     for index, _, _ in state.events:
         items[index] = _refused([{"field": f"levels.{index}.available", "message": message}])
     return [event_id for _, _, event_id in state.events]
+
+
+def _change(state: _Sku) -> restock.SkuChange:
+    """The SKU's change over the request, made by its last applied event (with none applied
+    the level did not change, and no wave opens on the event named)."""
+    applied = state.last_applied is not None
+    event_id = state.last_applied[1] if state.last_applied else state.events[-1][2]
+    return restock.SkuChange(stock.LevelChange(state.before, state.after, applied), event_id)
 
 
 async def _move_waves(
@@ -213,29 +220,20 @@ async def _move_waves(
 ) -> None:
     """Each SKU's wave moves once, from its level before the request to its level after
     (every SKU's in a few statements: ``restock.move_waves``)."""
-    changes = {
-        sku: restock.SkuChange(
-            stock.LevelChange(state.before, state.after, applied=True),
-            state.last_applied_id,
-        )
-        for sku, state in skus.items()
-        if state.last_applied_id is not None
-    }
+    changes = {sku: _change(state) for sku, state in skus.items()}
     moves = await restock.move_waves(session, settings, changes, now, outcome.compensations)
     outcome.waves_due.extend(m.wave_due for m in moves.values() if m.wave_due is not None)
-    unmoved = [sku for sku in skus if sku not in moves]
-    queues = await restock.queue_lengths(session, unmoved) if unmoved else {}
     answers: list[RestockOut] = []
     for sku, state in skus.items():
-        move = moves.get(sku)
-        waiting = move.waiting if move is not None else queues.get(sku, 0)
+        move = moves[sku]
+        moved_by = state.last_applied[0] if state.last_applied else None
         for index, _, event_id in state.events:
             answer = RestockOut(
                 restock_id=event_id,
                 sku=sku,
                 available=state.after,
-                waiting=waiting,
-                first_wave=move.first_wave if move and index == state.last_applied else 0,
+                waiting=move.waiting,
+                first_wave=move.first_wave if index == moved_by else 0,
                 applied=state.applied[index],
             )
             items[index] = ItemOutcome(202, result=answer)
