@@ -252,7 +252,7 @@ def _delivery(
     # Quiet hours hold what we decided to say; a confirmation answers what the shopper
     # asked for a moment ago, and its window is running.
     if contact.channel == Channel.SMS.value and not confirming:
-        zone = sub.timezone or settings.quiet_hours.default_timezone
+        zone = _zone(settings, sub)
         held = hold_until(now, zone, settings.quiet_hours.window)
         if held is not None:
             return Hold(**vars(claimed), contact=contact, until=held)
@@ -323,6 +323,7 @@ def _message(
     )
     # Each substitute's own tracked link: the message's link and the offer's place.
     substitutes = tuple(Offer(name, f"{link}/{position}") for position, name in offers)
+    reserved = _reserved(settings, notification, sub, now)
     context = MessageContext(
         name=_name(keys, sub),
         product_name=product_name or sub.sku,
@@ -338,7 +339,7 @@ def _message(
         valid_hours=max(1, settings.opt_in.confirm_window_seconds // 3600),
         page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sub.id)}",
         substitutes=substitutes,
-        held_until=_held_until(settings, notification, sub, now),
+        held_until=reserved[0] if reserved else None,
         attributes=sub.attributes or {},
     )
     rendered = render(contact.channel, sub.locale, context, settings.twilio.sms_max_segments)
@@ -359,7 +360,7 @@ def _message(
             "kind": notification.kind,
             "coupon_code": context.coupon_code,
             "page_url": context.page_url,
-            "held_until": _wechat_held_until(settings, notification, sub, now),
+            "held_until": reserved[1] if reserved else None,
         },
     )
 
@@ -368,25 +369,17 @@ def _zone(settings: Settings, sub: Subscription) -> str:
     return sub.timezone or settings.quiet_hours.default_timezone
 
 
-def _still_held(notification: Notification, now: datetime) -> datetime | None:
-    """The time the message's unit is reserved until, unless that time has passed (quiet
-    hours held the message past it: its unit went back to the next shoppers)."""
+def _reserved(
+    settings: Settings, notification: Notification, sub: Subscription, now: datetime
+) -> tuple[str, str] | None:
+    """Until when the message's unit is reserved, as the copy says it (the shopper's wall
+    clock) and as a WeChat ``time`` field takes it; None when nothing is held, or no longer
+    (quiet hours held the message past it: its unit went on to the next shoppers)."""
     until = notification.held_until
-    return until if until is not None and until > now else None
-
-
-def _held_until(
-    settings: Settings, notification: Notification, sub: Subscription, now: datetime
-) -> str | None:
-    until = _still_held(notification, now)
-    return None if until is None else wall_time(until, now, _zone(settings, sub), sub.locale)
-
-
-def _wechat_held_until(
-    settings: Settings, notification: Notification, sub: Subscription, now: datetime
-) -> str | None:
-    until = _still_held(notification, now)
-    return None if until is None else wechat_time(until, _zone(settings, sub))
+    if until is None or until <= now:
+        return None
+    zone = _zone(settings, sub)
+    return wall_time(until, now, zone, sub.locale), wechat_time(until, zone)
 
 
 def _name(keys: Keys, sub: Subscription) -> str | None:
