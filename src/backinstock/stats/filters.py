@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, literal_column, select
 
 from backinstock.subscriptions.models import Subscription
 
@@ -44,3 +44,10 @@ class Filters:
             segment = select(Subscription.id).where(Subscription.segment == self.segment)
             clauses.append(subscription_id.in_(segment))
         return clauses
+
+
+def segment_key() -> ColumnElement[str]:
+    """A subscription's segment for grouping: none groups as '' (a segment is never empty),
+    which sorts first on both databases, unlike NULL. A literal, not a bound parameter:
+    PostgreSQL must see the GROUP BY expression and the selected one as the same."""
+    return func.coalesce(Subscription.segment, literal_column("''"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import cursors
@@ -21,20 +21,13 @@ from backinstock.conversions.models import Conversion
 from backinstock.dispatch.models import Notification
 from backinstock.money import money
 from backinstock.stats import service
-from backinstock.stats.filters import Filters
+from backinstock.stats.filters import Filters, segment_key
 from backinstock.stats.schemas import SegmentFigures, SegmentPage
 from backinstock.subscriptions.attributes import is_segment
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 from backinstock.subscriptions.models import Status as SubscriptionStatus
 
-# No segment groups as '' (a segment is never empty), which sorts first on both databases,
-# unlike NULL. A literal, not a bound parameter: PostgreSQL must see the GROUP BY
-# expression and the selected one as the same expression.
-NONE = ""
-
-
-def _key() -> ColumnElement[str]:
-    return func.coalesce(Subscription.segment, literal_column("''"))
+NONE = ""  # how segmentsegment_key() groups the subscriptions without a segment
 
 
 Counts = dict[str, tuple[Any, ...]]
@@ -60,14 +53,14 @@ async def breakdown(
 async def _page_keys(session: AsyncSession, f: Filters, limit: int, after: str | None) -> list[str]:
     s = Subscription
     query = (
-        select(_key())
+        select(segment_key())
         .where(*f.narrow(s.sku, s.channel, s.id), s.status != SubscriptionStatus.PENDING)
-        .group_by(_key())
-        .order_by(_key())
+        .group_by(segment_key())
+        .order_by(segment_key())
         .limit(limit + 1)
     )
     if after is not None:
-        query = query.where(_key() > after)
+        query = query.where(segment_key() > after)
     return [str(key) for key in await session.scalars(query)]
 
 
@@ -78,14 +71,14 @@ async def _grouped(session: AsyncSession, query: Any) -> Counts:
 async def _subscriptions(session: AsyncSession, f: Filters, page: Sequence[str]) -> Counts:
     s = Subscription
     query = (
-        select(_key(), func.count(), func.count().filter(s.status.in_(IN_QUEUE)))
+        select(segment_key(), func.count(), func.count().filter(s.status.in_(IN_QUEUE)))
         .where(
             *f.period(s.created_at),
             *f.narrow(s.sku, s.channel, s.id),
             s.status != SubscriptionStatus.PENDING,
-            _key().in_(page),
+            segment_key().in_(page),
         )
-        .group_by(_key())
+        .group_by(segment_key())
     )
     return await _grouped(session, query)
 
@@ -94,14 +87,14 @@ async def _messages(session: AsyncSession, f: Filters, page: Sequence[str]) -> C
     n = Notification
     query = (
         select(
-            _key(),
+            segment_key(),
             func.count(),
             func.count().filter(service.delivered()),
             func.count().filter(n.clicked_at.is_not(None)),
         )
         .join(Subscription, Subscription.id == n.subscription_id)
-        .where(*service.restock_messages(f), service.sent_in_period(f), _key().in_(page))
-        .group_by(_key())
+        .where(*service.restock_messages(f), service.sent_in_period(f), segment_key().in_(page))
+        .group_by(segment_key())
     )
     return await _grouped(session, query)
 
@@ -112,14 +105,14 @@ async def _conversions(
     c = Conversion
     in_currency = func.sum(c.revenue).filter(c.currency == currency)
     query = (
-        select(_key(), func.count(c.subscription_id.distinct()), in_currency)
+        select(segment_key(), func.count(c.subscription_id.distinct()), in_currency)
         .join(Subscription, Subscription.id == c.subscription_id)
         .where(
             *f.period(c.converted_at),
             *f.narrow(c.sku, c.channel, c.subscription_id),
-            _key().in_(page),
+            segment_key().in_(page),
         )
-        .group_by(_key())
+        .group_by(segment_key())
     )
     return await _grouped(session, query)
 

@@ -24,7 +24,7 @@ from backinstock.errors import InvalidField
 from backinstock.money import money
 from backinstock.restocks.models import HoldState, StockHold
 from backinstock.stats import service
-from backinstock.stats.filters import Filters
+from backinstock.stats.filters import Filters, segment_key
 from backinstock.stats.schemas import Interval, Metric, Point, Series, SeriesGroup
 from backinstock.subscriptions.models import Status as SubscriptionStatus
 from backinstock.subscriptions.models import Subscription
@@ -108,7 +108,7 @@ async def _by_segment(
 ) -> dict[str, dict[datetime, Any]]:
     """The source's sums per (segment, bucket): its rows joined to their subscription in the
     WHERE (as the funnel's own joins), no segment grouped as ''."""
-    key = func.coalesce(Subscription.segment, literal_column("''"))
+    key = segment_key()
     query = (
         select(key, bucket, source.value)
         .where(*source.where, Subscription.id == source.subscription)

@@ -24,7 +24,7 @@ from backinstock.db import dialect_name
 from backinstock.dispatch.models import DeliveryReport, Kind, Notification, Status, SubstituteOffer
 from backinstock.money import money
 from backinstock.restocks.models import HoldState, StockHold, Wave
-from backinstock.stats.filters import Filters
+from backinstock.stats.filters import Filters, segment_key
 from backinstock.stats.schemas import DemandItem, DemandPage, Funnel
 from backinstock.subscriptions.attributes import is_segment
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
@@ -309,7 +309,7 @@ async def demand(
     by SKU), a page at a time; ``by_segment``: a row per SKU and segment of its shoppers."""
     s = Subscription
     in_segment = [s.segment == segment] if segment is not None else []
-    key = func.coalesce(s.segment, literal_column("''")) if by_segment else literal_column("''")
+    key = segment_key() if by_segment else literal_column("''")
     grouping = (s.sku, key) if by_segment else (s.sku,)
     queued = (
         select(
