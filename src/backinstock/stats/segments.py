@@ -27,7 +27,7 @@ from backinstock.subscriptions.attributes import is_segment
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 from backinstock.subscriptions.models import Status as SubscriptionStatus
 
-NONE = ""  # how segmentsegment_key() groups the subscriptions without a segment
+NONE = ""  # how segment_key() groups the subscriptions without a segment
 
 
 Counts = dict[str, tuple[Any, ...]]
