@@ -48,11 +48,12 @@ async def plan_due(
 async def _plan(session: AsyncSession, settings: Settings, now: datetime) -> list[uuid.UUID]:
     budget = settings.conversion.followup_batch
     planned: list[uuid.UUID] = []
-    for sku in await substitutes.sold_out_with_substitutes(session):
+    skus = await substitutes.sold_out_with_substitutes(session)
+    rules = await product_policy.effective_many(session, settings, skus) if skus else {}
+    for sku in skus:
         if len(planned) >= budget:
             break
-        # The SKU's own wait (its rule, else the setting), read when it applies.
-        after = (await product_policy.effective(session, settings, sku)).substitute_after_seconds
+        after = rules[sku].substitute_after_seconds  # the SKU's own wait, else the setting's
         if after == 0:
             continue
         listed = await substitutes.listed_in_stock(session, sku)
