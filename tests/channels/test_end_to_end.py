@@ -3,6 +3,8 @@ aiosmtplib, httpx) against local fake providers, with failures injected."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -236,3 +238,38 @@ async def test_wechat_consents_are_spent_one_per_message_then_email_takes_over(
     await settle()
     assert len(smtp.messages) == 1
     assert len(wechat.messages) == 1, "a consent is never spent twice"
+
+
+async def test_a_held_unit_is_announced_with_its_time_through_every_real_client(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+    providers: dict[str, Any],
+    clock: SteppingClock,
+) -> None:
+    """The reserved time reaches the shopper as the provider carries it: in the SMS body,
+    the email's subject, and a WeChat subscribe message's text and ``time`` field."""
+    key = api_keys["all"]
+    await _subscribe(client, key, channel="sms", contact=phone(1), locale="en")
+    await _subscribe(client, key, channel="email", contact="ann@mailbox.example", locale="en")
+    await _subscribe(client, key, channel="wechat", contact="oGoodUser00000000000000000")
+    field_map = {
+        "thing1": "product_name",
+        "phrase2": "status",
+        "thing3": "text",
+        "time4": "data.held_until",
+    }
+    settings = {**provider_settings(providers), "wechat_field_map": json.dumps(field_map)}
+    start_worker(**settings, hold_seconds=1800)
+    assert (await post_level(client, key, 3)).status_code == 202
+
+    twilio, smtp, wechat = providers["twilio"], providers["smtp"], providers["wechat"]
+    await tick_until_delivered(runtime, clock)
+    assert (len(twilio.messages), len(smtp.messages), len(wechat.messages)) == (1, 1, 1)
+    assert re.search(r"Yours until (\d+ \w{3} )?\d{2}:\d{2}\.", twilio.messages[0].body)
+    subject = smtp.messages[0].message["Subject"]
+    assert re.search(r"reserved for you until (\d+ \w{3} )?\d{2}:\d{2}", subject), subject
+    data = wechat.messages[0].data
+    assert data["thing3"]["value"].startswith("已为您保留至"), data
+    assert re.fullmatch(r"\d{4}年\d{1,2}月\d{1,2}日 \d{2}:\d{2}", data["time4"]["value"]), data
