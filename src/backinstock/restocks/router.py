@@ -87,8 +87,9 @@ async def post_stock_levels(
     outcome = await stock_sync.record_batch(
         session, runtime.settings, payload.levels, runtime.clock.now()
     )
-    for wave_id in outcome.waves_due:
-        db.after_commit(session, lambda wave_id=wave_id: tasks.wake_wave(wave_id))  # type: ignore[misc]
+    if outcome.waves_due:
+        waves_due = outcome.waves_due
+        db.after_commit(session, lambda: _wake_waves(waves_due))
     if outcome.compensations:
         compensations = outcome.compensations
         db.after_commit(session, lambda: _wake_senders(compensations))
@@ -102,6 +103,11 @@ async def post_stock_levels(
         refused=sum(r.status == 422 for r in results),
         results=results,
     )
+
+
+def _wake_waves(ids: list[uuid.UUID]) -> None:
+    for wave_id in ids:
+        tasks.wake_wave(wave_id)
 
 
 def _wake_senders(ids: list[uuid.UUID]) -> None:
