@@ -16,7 +16,10 @@ the sender's concurrency plus the results of one group not yet committed.
 A commit costs a WAL flush (milliseconds on a busy disk), and a call that waits for one
 before it starts pays it in full. So a start may mark ahead: with ``lookahead`` N, the
 commit that marks a call also marks the next N messages of the claim on that channel, which
-then start without waiting. After a crash those N may be in doubt although they never left;
+then start without waiting. A claim's first N are marked by the claim's own transaction
+(:func:`first_marks`), so that no claim's first call waits for a commit either. After a
+crash those N may be in doubt although they never left (a worker process's claims each
+have up to N of them);
 their channel's policy settles them as it would a real doubt (SMS: looked up, absent, sent;
 email and WeChat: sent), so nobody is lost or told twice. A channel whose policy is
 ``drop`` never marks ahead: a message dropped there must have really been in flight.
@@ -37,12 +40,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from backinstock import db
 from backinstock.clock import SYSTEM_CLOCK, Clock
@@ -89,6 +92,8 @@ class GroupCommit:
         self._journals: dict[Journal, None] = {}  # attached, in order
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The connection kept while journals are attached, and sessions on it.
+        self._connection: tuple[AsyncConnection, async_sessionmaker[AsyncSession]] | None = None
 
     def attach(self, journal: Journal) -> None:
         self._journals[journal] = None
@@ -99,6 +104,12 @@ class GroupCommit:
             self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        try:
+            await self._commit_while_attached()
+        finally:
+            await self._let_go_of_connection()
+
+    async def _commit_while_attached(self) -> None:
         while self._journals:
             self._let_go_of_drained()
             await self._due()
@@ -162,9 +173,37 @@ class GroupCommit:
             journal.settle(group)
 
     async def _write(self, parts: list[tuple[Journal, _Group]]) -> None:
-        async with db.transaction(self._sessions) as session:
+        async with self._transaction() as session:
             for journal, group in parts:
                 group.allowed = await journal.write(session, group)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A transaction on the connection this group commit keeps while it has journals
+        (no pool checkout and no pre-ping per commit: on a busy event loop each round trip
+        waits for the loop's turn, and the marks a sender waits for ride on these commits).
+        A connection that fails is given back, and the next commit takes a fresh one.
+        SQLite keeps one connection per engine, for every transaction: none is kept."""
+        engine = self._sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine) or engine.dialect.name == "sqlite":
+            async with db.transaction(self._sessions) as session:
+                yield session
+            return
+        if self._connection is None:
+            connection = await engine.connect()
+            self._connection = (connection, db.sessionmaker(connection))
+        try:
+            async with db.transaction(self._connection[1]) as session:
+                yield session
+        except BaseException:
+            await self._let_go_of_connection()
+            raise
+
+    async def _let_go_of_connection(self) -> None:
+        kept, self._connection = self._connection, None
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                await kept[0].close()
 
     async def _failed(self, parts: list[tuple[Journal, _Group]]) -> None:
         failures = 0
@@ -185,17 +224,17 @@ class Journal:
         lookahead: Mapping[str, int] | None = None,
         group_commit: GroupCommit | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        marked_with_claim: set[uuid.UUID] | None = None,
     ) -> None:
+        """``marked_with_claim``: the ids of :func:`first_marks` that the claim's own
+        transaction marked in flight (their calls start without waiting for a commit)."""
         self._sessions = sessions
         self._clock = clock  # when calls start and end, as recorded
         self._claim_id = claim_id
         # Only the messages to send: the journal records provider calls, nothing else.
         self._deliveries = {d.notification_id: d for d in deliveries if isinstance(d, Send)}
         self._lookahead = lookahead or {}
-        # Each channel's messages in claim order: the order its sender starts them in.
-        self._queues: dict[str, list[OutgoingMessage]] = {}
-        for d in self._deliveries.values():
-            self._queues.setdefault(d.message.channel, []).append(d.message)
+        self._queues = _channel_queues(deliveries)
         self._next_ahead: dict[str, int] = {}  # per channel: first message not yet asked
         self._stopping = stopping or asyncio.Event()
         self._commit = group_commit or GroupCommit(sessions)
@@ -210,6 +249,7 @@ class Journal:
         # Per channel: marked ahead (or about to be) and not started; at most ``lookahead``.
         self._unstarted_marks: dict[str, set[uuid.UUID]] = {}
         self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
+        self._take_claim_marks(marked_with_claim)
         self._started: set[uuid.UUID] = set()  # may have reached the provider
         self._recorded: set[uuid.UUID] = set()
         self._renew_until: datetime | None = None
@@ -220,6 +260,17 @@ class Journal:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def _take_claim_marks(self, marked: set[uuid.UUID] | None) -> None:
+        """Count the claim's own marks as marked ahead: each channel's first messages."""
+        if not marked:
+            return
+        for channel, queue in self._queues.items():
+            first = queue[: self._lookahead.get(channel, 0)]
+            self._next_ahead[channel] = len(first)
+            ids = {m.notification_id for m in first} & marked
+            self._unstarted_marks[channel] = ids
+            self._marked |= ids
 
     # ------------------------------------------------------------------ the senders' side
     async def call(
@@ -411,20 +462,23 @@ class Journal:
         return True
 
     def _top_up(self, channel: str) -> None:
-        """Mark the channel's next messages before the sender runs out of marked ones: once
-        half of the marks ahead have been used, the next half is marked by a group commit
-        the sender does not wait for. Where providers answer at once, a sender that waited
-        for each commit would be held to the database's commit rate.
+        """Mark the channel's next messages before the sender runs out of marked ones: each
+        start asks for the next message's mark, by a group commit the sender does not wait
+        for. Where providers answer at once, a sender that waited for each commit would be
+        held to the database's commit rate.
 
         That commit need not come at once: the marks ride along with the next one (another
-        claim's, or this claim's results), and force one only when a quarter of the marks
-        are left. Forced at once, they cost a commit per half lookahead per claim."""
+        claim's, or this claim's results), and force one only when half of the marks are
+        used. The window stays full: on a busy event loop a commit takes tens of
+        milliseconds, and marks asked half a window at a time (the earlier design) arrived
+        after the senders had reached them, so calls waited for the commit carrying their
+        own mark."""
         if self.stopping or self.closing:
             return
         lookahead = self._lookahead.get(channel, 0)
-        if self._room(channel) * 2 >= lookahead:
+        if self._room(channel) > 0:
             self._ahead += self._look_ahead(channel)
-        if self._ahead and not self._ahead_due and self._marks_left(channel) * 4 <= lookahead:
+        if self._ahead and not self._ahead_due and self._marks_left(channel) * 2 <= lookahead:
             self._ahead_due = True
             self._commit.wake()
 
@@ -474,6 +528,30 @@ class Journal:
                 error=result.error,
                 already_sent=result.already_sent or None,
             )
+
+
+def _channel_queues(deliveries: list[Delivery]) -> dict[str, list[OutgoingMessage]]:
+    """Each channel's messages in claim order: the order its sender starts them in."""
+    queues: dict[str, list[OutgoingMessage]] = {}
+    for d in deliveries:
+        if isinstance(d, Send):
+            queues.setdefault(d.message.channel, []).append(d.message)
+    return queues
+
+
+def first_marks(
+    deliveries: list[Delivery], lookahead: Mapping[str, int]
+) -> list[tuple[OutgoingMessage, int]]:
+    """The messages a claim marks in flight in its own transaction (with their contact
+    ranks): each channel's first ``lookahead``, as if marked ahead by a first call. A
+    claim's first calls then start at once instead of each claim paying a commit before
+    its first call; after a crash they are settled as any message marked ahead."""
+    ranks = {d.notification_id: d.contact.rank for d in deliveries if isinstance(d, Send)}
+    return [
+        (m, ranks[m.notification_id])
+        for channel, queue in _channel_queues(deliveries).items()
+        for m in queue[: lookahead.get(channel, 0)]
+    ]
 
 
 # A recorded event and the counter it adds to (resolutions count twice: how, and that one

@@ -31,7 +31,7 @@ from backinstock.config import InDoubtPolicy, Settings
 from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
-from backinstock.dispatch.journal import GroupCommit, Journal
+from backinstock.dispatch.journal import GroupCommit, Journal, first_marks
 from backinstock.dispatch.models import (
     CANCELLING,
     InDoubt,
@@ -41,7 +41,16 @@ from backinstock.dispatch.models import (
     Status,
     SubstituteOffer,
 )
-from backinstock.dispatch.outcomes import Claimed, Contact, Delivery, Hold, Send, Skip, record_skips
+from backinstock.dispatch.outcomes import (
+    Claimed,
+    Contact,
+    Delivery,
+    Hold,
+    Send,
+    Skip,
+    mark_inflight,
+    record_skips,
+)
 from backinstock.dispatch.quiet import hold_until
 from backinstock.dispatch.render import MessageContext, Offer, render, wall_time, wechat_time
 from backinstock.identity import (
@@ -410,16 +419,18 @@ async def deliver(
         return 0  # shutting down: claim nothing, another worker will
     lease = timedelta(seconds=settings.waves.claim_lease_seconds)
     claim_id = uuid.uuid4()
-    # Claim, read and settle what needs no provider call in one transaction.
+    lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
+    # Claim, read, settle what needs no provider call and mark the first calls in flight,
+    # in one transaction.
     async with db.transaction(sessions) as session:
         now = clock.now()
         claimed = await claim(session, ids, lease, claim_id, now)
         deliveries = await prepare(session, settings, keys, claimed, now) if claimed else []
         await record_skips(session, claim_id, deliveries)
+        marked = await mark_inflight(session, claim_id, first_marks(deliveries, lookahead), now)
     if not claimed:
         return 0
     _observe_claim(claim_id, deliveries)
-    lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
     journal = Journal(
         sessions,
         claim_id,
@@ -428,6 +439,7 @@ async def deliver(
         lookahead=lookahead,
         group_commit=group_commit,
         clock=clock,
+        marked_with_claim=marked,
     )
     renewal = asyncio.create_task(_keep_claimed(journal, lease, clock))
     try:
