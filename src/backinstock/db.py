@@ -37,8 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -138,13 +138,49 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     from its exceptions' messages: they hold what clients sent."""
     if url.startswith("sqlite"):
         return _create_sqlite_engine(url)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         hide_parameters=True,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before use.
+IDLE_BEFORE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use only when it has been idle a while.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout, and with asyncpg a ping is
+    three round trips (BEGIN, an empty query, ROLLBACK): more than a subscribe's own
+    statements. A connection given back less than IDLE_BEFORE_PING_SECONDS ago was working
+    then; one that has waited longer (the database may have restarted or dropped it) is
+    pinged, and a failed ping makes the pool connect afresh, as pre-ping would. A database
+    that dies within that second fails the statements in flight either way, and SQLAlchemy
+    then drops every pooled connection (its disconnect handling), so at most the requests
+    already under way see the error."""
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _given_back(_: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _taken(dbapi_connection: Any, record: Any, _: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)  # none: a connection just made
+        if since is None or time.monotonic() - since < IDLE_BEFORE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError() from exc  # the pool connects afresh
+
+
+_IDLE_SINCE = "backinstock.idle_since"
 
 
 def _create_sqlite_engine(url: str) -> AsyncEngine:
@@ -178,7 +214,7 @@ def _create_sqlite_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def sessionmaker(engine: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 

@@ -40,12 +40,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock import db
 from backinstock.clock import SYSTEM_CLOCK, Clock
@@ -92,8 +92,6 @@ class GroupCommit:
         self._journals: dict[Journal, None] = {}  # attached, in order
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # The connection kept while journals are attached, and sessions on it.
-        self._connection: tuple[AsyncConnection, async_sessionmaker[AsyncSession]] | None = None
 
     def attach(self, journal: Journal) -> None:
         self._journals[journal] = None
@@ -104,12 +102,6 @@ class GroupCommit:
             self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        try:
-            await self._commit_while_attached()
-        finally:
-            await self._let_go_of_connection()
-
-    async def _commit_while_attached(self) -> None:
         while self._journals:
             self._let_go_of_drained()
             await self._due()
@@ -173,37 +165,9 @@ class GroupCommit:
             journal.settle(group)
 
     async def _write(self, parts: list[tuple[Journal, _Group]]) -> None:
-        async with self._transaction() as session:
+        async with db.transaction(self._sessions) as session:
             for journal, group in parts:
                 group.allowed = await journal.write(session, group)
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        """A transaction on the connection this group commit keeps while it has journals
-        (no pool checkout and no pre-ping per commit: on a busy event loop each round trip
-        waits for the loop's turn, and the marks a sender waits for ride on these commits).
-        A connection that fails is given back, and the next commit takes a fresh one.
-        SQLite keeps one connection per engine, for every transaction: none is kept."""
-        engine = self._sessions.kw.get("bind")
-        if not isinstance(engine, AsyncEngine) or engine.dialect.name == "sqlite":
-            async with db.transaction(self._sessions) as session:
-                yield session
-            return
-        if self._connection is None:
-            connection = await engine.connect()
-            self._connection = (connection, db.sessionmaker(connection))
-        try:
-            async with db.transaction(self._connection[1]) as session:
-                yield session
-        except BaseException:
-            await self._let_go_of_connection()
-            raise
-
-    async def _let_go_of_connection(self) -> None:
-        kept, self._connection = self._connection, None
-        if kept is not None:
-            with contextlib.suppress(Exception):
-                await kept[0].close()
 
     async def _failed(self, parts: list[tuple[Journal, _Group]]) -> None:
         failures = 0
