@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from backinstock.config import RateLimitSettings
+from tests.catalog.helpers import SKU, put_policy
 from tests.conftest import ClientFactory
 from tests.helpers import bearer, phone, subscription_body
 
@@ -69,3 +70,24 @@ async def test_a_repeat_with_fallbacks_is_free_for_every_contact(
     # The fallback number was counted once: one more new subscription may use it.
     assert (await _post(client, key, _with_fallback(2))).status_code == 201
     assert (await _post(client, key, _with_fallback(3))).status_code == 429
+
+
+async def test_a_channel_the_product_refuses_uses_none_of_the_contacts_limit(
+    make_client: ClientFactory, api_keys: dict[str, str]
+) -> None:
+    """The product's channel rule is checked by the subscribe INSERT, after the limits are
+    counted: a refusal (422) gives the contact's count back, as a repeat does."""
+    client = make_client(rate_limits=RateLimitSettings(rate_limit_per_contact="1/hour"))
+    key = api_keys["subscribe"]
+    assert (await put_policy(client, api_keys["admin"], {"channels": ["email"]})).status_code == 200
+    for _ in range(3):
+        refused = await _post(client, key, subscription_body(sku=SKU, contact=PUMPED))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["details"][0]["field"] == "channel"
+    # The number's one subscription an hour is still there to use, on another product.
+    assert (
+        await _post(client, key, subscription_body(sku="P-9", contact=PUMPED))
+    ).status_code == 201
+    assert (
+        await _post(client, key, subscription_body(sku="P-10", contact=PUMPED))
+    ).status_code == 429

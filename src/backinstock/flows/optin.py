@@ -67,5 +67,9 @@ async def subscribe(
         confirmation = await notifications.plan_confirmation(
             session, made.out.id, made.out.sku, made.out.channel.value, now
         )
-    shown = await substitutes.shown(session, made.out.sku, payload.locale)
+    shown = (
+        await substitutes.shown(session, made.out.sku, payload.locale)
+        if made.may_have_substitutes
+        else []
+    )
     return Requested(made.out, made.created, confirmation, shown)

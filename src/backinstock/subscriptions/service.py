@@ -132,6 +132,7 @@ class Subscribed:
     out: SubscriptionOut
     created: bool
     contact_index: bytes  # the primary contact's blind index (newest key)
+    may_have_substitutes: bool = True  # False: the product has none (known from the INSERT)
 
 
 async def subscribe(
@@ -170,7 +171,8 @@ async def subscribe(
             else catalog.ProductInfo()
         )
         catalog.check_product(settings.core, product)
-        await _check_channels(session, payload)
+        if payload.fallbacks:  # the primary channel alone is checked by the INSERT
+            await _check_channels(session, payload)
     except InvalidField:
         await _check_limits(terms, limiter, client, [])  # invalid requests count too
         raise
@@ -180,6 +182,8 @@ async def subscribe(
     contact_counter = await _check_limits(terms, limiter, client, indexes)
     new = _NewSubscription.build(keys, payload, primary, candidates[0], terms, now)
     inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+    if inserted is None and not payload.fallbacks:  # a repeat, or a channel refused
+        await _refuse_channel(session, payload, limiter, contact_counter)
     existing: Subscription | None = None
     if inserted is None:  # already there, under this or an older index key
         existing = await _active_for_contact(session, payload.sku, candidates)
@@ -210,7 +214,24 @@ async def subscribe(
         _add_fallbacks(session, keys, new.id, fallbacks)
         await session.flush()
     out.position = int(inserted.ahead) + 1
-    return Subscribed(out, True, candidates[0])
+    return Subscribed(out, True, candidates[0], bool(inserted.substitutes))
+
+
+async def _refuse_channel(
+    session: AsyncSession,
+    payload: SubscriptionCreate,
+    limiter: RateLimiter,
+    contact_counter: _ContactCount,
+) -> None:
+    """Refuse (422) a channel the product's rule does not take, as :func:`_check_channels`
+    would have before the limits: the contacts' counts are taken back (the client's
+    stays: invalid requests count)."""
+    try:
+        await _check_channels(session, payload)
+    except InvalidField:
+        for counter in contact_counter.counters:
+            await limiter.take_back(counter)
+        raise
 
 
 def _window_start(settings: Settings, now: datetime) -> datetime:
