@@ -71,7 +71,7 @@ def _ensure_schema(settings: Settings) -> None:
 
 def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     async def run() -> T:
-        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        engine = db.create_engine(settings.core.database_url, pool_size=2)
         try:
             async with db.transaction(db.sessionmaker(engine)) as session:
                 return await work(session)
@@ -235,7 +235,7 @@ def check(
     async def database() -> None:
         from sqlalchemy import text
 
-        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        engine = db.create_engine(settings.core.database_url, pool_size=2)
         try:
             async with engine.connect() as conn:
                 await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout)
@@ -287,7 +287,7 @@ def status(
     console = Console()
 
     async def frames() -> None:
-        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        engine = db.create_engine(settings.core.database_url, pool_size=2)
         sessions = db.sessionmaker(engine)
 
         async def frame() -> RenderableType:
@@ -584,7 +584,7 @@ def keys_rotate_data() -> None:
     keys = load_keys(settings.crypto, production=not settings.core.is_sqlite)
 
     async def run() -> int:
-        engine = db.create_engine(settings.core.database_url, pool_size=1)
+        engine = db.create_engine(settings.core.database_url, pool_size=2)
         sessions = db.sessionmaker(engine)
         try:
             total = await keyops.count_sealed_rows(sessions)

@@ -42,7 +42,7 @@ class CoreSettings(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "INFO"
     log_json: bool = True
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=20, ge=1)
     # Proxies (comma-separated IPs or networks, or "*") whose X-Forwarded-For and
     # X-Forwarded-Proto are believed. Empty: none; the client IP is the TCP peer's. Trusting
     # a proxy lets it choose the IP every rate limit counts under: name only your own.

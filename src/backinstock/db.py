@@ -133,15 +133,22 @@ def new_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """The engine for ``url``. Statement parameters are hidden from SQLAlchemy's logging and
-    from its exceptions' messages: they hold what clients sent."""
+    from its exceptions' messages: they hold what clients sent.
+
+    On PostgreSQL the pool opens connections as they are needed, up to ``pool_size``, and
+    keeps them; a transaction that finds them all in use waits for one. There is no
+    overflow: a connection opened beyond the pool is closed as soon as it is given back, and
+    under load (a busy API process holds more connections at once, each a little longer)
+    the next request opens another. Measured on subscribe (bench/RESULTS.md): with 10 kept
+    and 10 overflow, about a third of the CPU went to opening connections."""
     if url.startswith("sqlite"):
         return _create_sqlite_engine(url)
     engine = create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         hide_parameters=True,
     )
     _ping_when_idle(engine)

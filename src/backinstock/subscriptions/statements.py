@@ -8,7 +8,17 @@ with a subquery, and row-value comparison).
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Integer, LargeBinary, SmallInteger, String, Uuid, bindparam, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Uuid,
+    bindparam,
+    text,
+)
 
 from backinstock.db import UTCDateTime
 from backinstock.subscriptions.models import ACTIVE_SQL, QUEUED
