@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from backinstock.catalog.models import Product
 from backinstock.restocks.models import RestockEvent, Wave, WaveStatus
 from backinstock.restocks.schemas import MAX_BATCH_LEVELS, MAX_LEVEL
 from backinstock.runtime import Runtime
@@ -305,3 +306,24 @@ async def test_a_sync_answers_what_the_same_events_one_by_one_would(
     assert {sku.removeprefix("sync-"): n for sku, n in waves.items() if sku.startswith("sync")} == {
         sku.removeprefix("one-"): n for sku, n in waves.items() if sku.startswith("one")
     }
+
+
+async def test_the_products_a_sync_carries_end_as_the_same_events_sent_one_by_one_would(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    """Every location of a sync repeats its SKU's product; each field ends with the value of
+    the last event that gives it, whichever events repeat which product."""
+    old = {"name": "Old name", "url": "https://shop.example/old"}
+    new = {"name": "New name", "image_url": "https://shop.example/new.png"}
+    levels = [
+        level("A", 1, location=f"store-{i}", occurred=i, product=product)
+        for i, product in enumerate([old, new, old, new, old])
+    ]
+    await post_batch(client, api_keys["inventory"], levels)
+    async with runtime.sessions() as session:
+        row = (
+            await session.execute(
+                select(Product.name, Product.url, Product.image_url).where(Product.sku == "A")
+            )
+        ).one()
+    assert tuple(row) == ("Old name", "https://shop.example/old", "https://shop.example/new.png")

@@ -167,11 +167,18 @@ async def _apply_levels(
 
 
 async def _products(session: AsyncSession, skus: dict[str, _Sku]) -> None:
-    """Names and links an event carries are recorded as a single event records them."""
+    """Names and links an event carries are recorded as a single event records them. A
+    sync repeats a SKU's product at every location: each distinct one is written once, at
+    its last place in the request, so every field still ends with the value of the last
+    event that gives it (the writes overwrite field by field)."""
     for sku, state in skus.items():
-        for _, event, _ in state.events:
-            if event.payload.product is not None:
-                await catalog.upsert_product(session, sku, restock.product_info(event.payload))
+        given = [
+            restock.product_info(event.payload)
+            for _, event, _ in state.events
+            if event.payload.product is not None
+        ]
+        for info in reversed(list(dict.fromkeys(reversed(given)))):
+            await catalog.upsert_product(session, sku, info)
 
 
 def _apply_in_order(
