@@ -318,6 +318,25 @@ async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
         assert set(back) == {(0, None)}
 
 
+async def test_a_claim_marks_its_first_calls_itself_so_the_first_waits_for_no_commit(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    """The claim's transaction marks the channel's first START_LOOKAHEAD messages: when the
+    first call runs, those four are in flight in the database and nothing else (a first
+    call that asked for its own mark would have found itself and four more)."""
+    await _plan(runtime, client, api_keys["inventory"], 12)
+    in_flight: list[int] = []
+
+    async def look(_: int) -> None:
+        in_flight.append((await _statuses(runtime))["inflight"])
+
+    sender = ScriptedSender(concurrency=1, inside=look)
+    await _deliver(runtime, sender, None, _exact(runtime, start_lookahead=4))
+    assert in_flight[0] == 4
+    assert max(in_flight) <= 1 + 4 + 4
+    assert await _statuses(runtime) == {"sent": 12}
+
+
 async def _two_claims(runtime: Runtime, group_commit: GroupCommit) -> None:
     """Two claims of one worker process at once (two Dramatiq threads), one group commit."""
     async with runtime.sessions() as session:

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -510,12 +511,13 @@ def first_marks(
     ranks): each channel's first ``lookahead``, as if marked ahead by a first call. A
     claim's first calls then start at once instead of each claim paying a commit before
     its first call; after a crash they are settled as any message marked ahead."""
-    ranks = {d.notification_id: d.contact.rank for d in deliveries if isinstance(d, Send)}
-    return [
-        (m, ranks[m.notification_id])
-        for channel, queue in _channel_queues(deliveries).items()
-        for m in queue[: lookahead.get(channel, 0)]
-    ]
+    taken: Counter[str] = Counter()
+    firsts: list[tuple[OutgoingMessage, int]] = []
+    for d in deliveries:
+        if isinstance(d, Send) and taken[d.message.channel] < lookahead.get(d.message.channel, 0):
+            taken[d.message.channel] += 1
+            firsts.append((d.message, d.contact.rank))
+    return firsts
 
 
 # A recorded event and the counter it adds to (resolutions count twice: how, and that one
