@@ -22,6 +22,7 @@ from backinstock.dispatch.in_doubt_router import router as in_doubt_router
 from backinstock.dispatch.router import router as outbox_router
 from backinstock.errors import ERROR_DESCRIPTIONS, install_error_handlers, remember_routes
 from backinstock.ops.cors import StorefrontCors
+from backinstock.ops.heap import settle_heap
 from backinstock.ops.logging import configure_logging
 from backinstock.ops.middleware import RequestContextMiddleware
 from backinstock.ops.router import router as ops_router
@@ -70,6 +71,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             from backinstock.worker import start_embedded_worker
 
             embedded = start_embedded_worker(settings.waves.embedded_worker_threads)
+        if owned:
+            settle_heap()  # a server process, booted: see ops/heap.py
         try:
             yield
         finally:

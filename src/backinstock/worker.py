@@ -40,6 +40,7 @@ from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
 from backinstock.flows import followups, restock, substitutes
 from backinstock.ops import metrics
+from backinstock.ops.heap import settle_heap
 from backinstock.ops.logging import configure_logging, quiet_data_loggers
 from backinstock.privacy import retention
 from backinstock.ratelimit import Throttle, local_limiter, shared_limiter
@@ -111,6 +112,7 @@ class LogContext(Middleware):
         core = Settings.from_env().core
         configure_logging(core.log_level, core.log_json, libraries=False)
         metrics.initialise_worker_metrics()
+        settle_heap()
 
 
 # The process's broker (built here if the API has not built it yet); the sweeper runs in

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from backinstock.senders.base import OutgoingMessage
-from backinstock.senders.mime import header_text, render_email
+from backinstock.senders.mime import check_wire_form, header_text, render_email
 from tests.senders import mime_check
 
 FROM = "Shop <shop@shop.example>"
@@ -202,3 +202,29 @@ def test_the_hostile_corpus_on_every_admitted_interpreter_found() -> None:
         )
         assert result.returncode == 0, (interpreter, result.stdout, result.stderr)
         assert result.stdout.startswith("ok"), result.stdout
+
+
+# The last check, alone: what the rules before it should never let through.
+_NAMES = [b"From", b"To", b"MIME-Version"]
+_GOOD = b"From: a@example.com\r\nTo: b@example.com\r\nMIME-Version: 1.0\r\n\r\nhello\r\n"
+
+
+def test_the_last_check_passes_a_well_formed_message() -> None:
+    check_wire_form(_GOOD, _NAMES)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _GOOD.replace(b"hello", b"hel\nlo"),  # a bare LF in the body
+        _GOOD.replace(b"hello", b"hel\rlo"),  # a bare CR
+        _GOOD.replace(b"hello\r\n", b"hello\n\r"),  # both, in the wrong order
+        _GOOD.replace(b"hello", b"hel\x00lo"),  # a NUL
+        _GOOD.replace(b"To: b@", b"To: b\nBcc: c@"),  # a header smuggled by a bare LF
+        _GOOD.replace(b"hello", "héllo".encode()),  # 8-bit outside SMTPUTF8
+        _GOOD.replace(b"MIME-Version", b"Bcc: x\r\nMIME-Version"),  # a header not written
+    ],
+)
+def test_the_last_check_stops_what_could_add_a_line_or_a_header(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        check_wire_form(data, _NAMES)

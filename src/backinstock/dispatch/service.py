@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import uuid
 from collections import defaultdict
@@ -20,8 +21,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from backinstock import contacts, db
 from backinstock.catalog import service as catalog
@@ -76,6 +78,7 @@ from backinstock.subscriptions.models import Status as SubscriptionStatus
 log = structlog.get_logger(__name__)
 
 BATCH = 200
+_NOTIFICATIONS = Notification.metadata.tables[Notification.__tablename__]  # Core statements
 # The kinds that may carry a coupon: a follow-up always, a compensation while codes last.
 CARRY_COUPONS = frozenset({Kind.FOLLOWUP, Kind.COMPENSATION})
 # Twilio's clock against ours, when looking for a message a crash left in doubt.
@@ -92,28 +95,45 @@ async def claim(
     limit: int = BATCH,
 ) -> list[uuid.UUID]:
     """Take up to ``limit`` notifications due at ``now`` (among ``ids`` when given)."""
+    params: dict[str, Any] = {
+        "b_now": now,
+        "b_limit": limit,
+        "b_claim": claim_id,
+        "b_until": now + lease,
+    }
+    if ids is not None:
+        params["b_ids"] = ids
+    return list(await session.scalars(_claim_statement(ids is not None), params))
+
+
+@functools.cache
+def _claim_statement(among_ids: bool) -> ReturningUpdate[Any]:
+    """Built once: a Core statement with bound values. Built per claim as an ORM update, its
+    cache key and the session's bookkeeping of the returned rows cost more than its run."""
     due = (
-        select(Notification.id)
-        .where(Notification.status == Status.PENDING, Notification.next_attempt_at <= now)
-        .order_by(Notification.next_attempt_at, Notification.id)
-        .limit(limit)
+        select(_NOTIFICATIONS.c.id)
+        .where(
+            _NOTIFICATIONS.c.status == Status.PENDING.value,
+            _NOTIFICATIONS.c.next_attempt_at <= bindparam("b_now"),
+        )
+        .order_by(_NOTIFICATIONS.c.next_attempt_at, _NOTIFICATIONS.c.id)
+        .limit(bindparam("b_limit"))
         .with_for_update(skip_locked=True)
     )
-    if ids is not None:
-        due = due.where(Notification.id.in_(ids))
-    stmt = (
-        update(Notification)
-        .where(Notification.id.in_(due.scalar_subquery()))
+    if among_ids:
+        due = due.where(_NOTIFICATIONS.c.id.in_(bindparam("b_ids", expanding=True)))
+    return (
+        update(_NOTIFICATIONS)
+        .where(_NOTIFICATIONS.c.id.in_(due.scalar_subquery()))
         .values(
-            status=Status.SENDING,
-            claim_id=claim_id,
-            lease_until=now + lease,
+            status=Status.SENDING.value,
+            claim_id=bindparam("b_claim"),
+            lease_until=bindparam("b_until"),
             call_started_at=None,
-            attempts=Notification.attempts + 1,
+            attempts=_NOTIFICATIONS.c.attempts + 1,
         )
-        .returning(Notification.id)
+        .returning(_NOTIFICATIONS.c.id)
     )
-    return list(await session.scalars(stmt))
 
 
 def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> list[Contact]:
