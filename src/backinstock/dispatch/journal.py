@@ -38,12 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -221,6 +224,10 @@ class Journal:
         self.closing = False
         self._failures = 0
         self.released = asyncio.Event()  # the group commit has nothing more of this journal
+        # Bound once per claim, not looked up again by every line (the lazy logger rebuilds
+        # itself per call); one line per provider answer only when INFO lines are written.
+        self._log = log.bind()
+        self._logs_answers = _logs_at_info(self._log)
 
     @property
     def stopping(self) -> bool:
@@ -245,9 +252,7 @@ class Journal:
             return None
         started = time.perf_counter()
         result = await send()  # cancelled here: the row stays in flight, in doubt
-        metrics.PROVIDER_CALL_SECONDS.labels(channel=message.channel).observe(
-            time.perf_counter() - started
-        )
+        _call_seconds(message.channel).observe(time.perf_counter() - started)
         self.record([result])
         return result
 
@@ -481,9 +486,11 @@ class Journal:
         """One line per provider answer (a batch's for the dev outbox), naming the
         notification and its wave: with the request id bound by the worker (see
         worker.LogContext), one restock is followed from webhook to provider with grep."""
+        if not self._logs_answers:
+            return
         for result in results:
             delivery = self._deliveries.get(result.notification_id)
-            log.info(
+            self._log.info(
                 "provider_answered",
                 notification_id=str(result.notification_id),
                 wave_id=str(delivery.wave_id) if delivery and delivery.wave_id else None,
@@ -520,20 +527,29 @@ def first_marks(
     return firsts
 
 
-# A recorded event and the counter it adds to (resolutions count twice: how, and that one
-# was resolved).
 def count_recorded(recorded: list[Recorded]) -> None:
-    """Count what a committed group of results came to."""
-    for item in recorded:
-        channel, event = item.channel, item.event
+    """Count what a committed group of results came to: each counter once per group, by
+    how many (a group is up to a few hundred results of one or two kinds)."""
+    for (channel, event), times in Counter((r.channel, r.event) for r in recorded).items():
         if event in ("sent", "transient", "permanent"):
-            metrics.MESSAGES.labels(channel=channel, outcome=event).inc()
+            metrics.MESSAGES.labels(channel=channel, outcome=event).inc(times)
         elif event == "retry":
-            metrics.RETRIES.labels(channel=channel).inc()
+            metrics.RETRIES.labels(channel=channel).inc(times)
         elif event == "retries_exhausted":
-            metrics.GAVE_UP.labels(reason=event).inc()
+            metrics.GAVE_UP.labels(reason=event).inc(times)
         elif event == "fallback":
-            metrics.FALLBACKS.labels(channel=channel).inc()
-        else:  # found, resent: an in-doubt message settled
-            metrics.MESSAGES.labels(channel=channel, outcome="resolved").inc()
-            metrics.IN_DOUBT_RESOLUTIONS.labels(channel=channel, resolution=event).inc()
+            metrics.FALLBACKS.labels(channel=channel).inc(times)
+        else:  # found, resent: an in-doubt message settled (counted twice: how, and that)
+            metrics.MESSAGES.labels(channel=channel, outcome="resolved").inc(times)
+            metrics.IN_DOUBT_RESOLUTIONS.labels(channel=channel, resolution=event).inc(times)
+
+
+@functools.cache
+def _call_seconds(channel: str) -> Any:
+    """The provider-call histogram of a channel (a label lookup per call costs a lock)."""
+    return metrics.PROVIDER_CALL_SECONDS.labels(channel=channel)
+
+
+def _logs_at_info(logger: Any) -> bool:
+    enabled = getattr(logger, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.INFO))
