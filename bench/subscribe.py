@@ -288,7 +288,7 @@ async def _time_parts(calls: int) -> list[str]:
         await limiter.hit_all([Hit(f"ip:bench:{i % 7}", rate), Hit(f"contact:{i}", rate)])
 
     await timed_async(
-        "rate limits: per client and per contact, one Redis call each (client side)", limits
+        "rate limits: per client and per contact, in one Redis call (client side)", limits
     )
 
     async def whole(i: int) -> None:

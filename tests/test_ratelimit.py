@@ -3,16 +3,20 @@ to this process's counters while Redis is down, and go back to Redis's when it r
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from limits.aio.storage import RedisStorage
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from backinstock.config import Rate
 from backinstock.ratelimit import (
+    KEY_PREFIX,
     FallbackRateLimiter,
     Grant,
     Hit,
@@ -130,3 +134,33 @@ async def test_a_fractional_rate_is_a_whole_number_per_window(limiter: Limiter) 
     assert grant.granted == 5, "2.5 a second is 5 per 2 seconds"
     everything = await limiter.take(f"{SCOPE}wide", 10, 1000)
     assert everything == Grant(10, 0.0)
+
+
+async def test_redis_counts_a_requests_windows_in_one_call_on_the_librarys_counters() -> None:
+    redis = Redis.from_url(REDIS_URL)
+    calls: list[object] = []
+    execute: Any = redis.execute_command
+
+    async def counted(*args: object, **options: object) -> object:
+        calls.append(args[0])
+        return await execute(*args, **options)
+
+    redis.execute_command = counted  # type: ignore[method-assign]
+    limiter = shared_limiter(redis)
+    hits = [Hit(f"{SCOPE}one-call-client", RATE), Hit(f"{SCOPE}one-call-contact", RATE)]
+    try:
+        verdict = await limiter.hit_all(hits)
+        assert verdict.refused is None
+        assert len(calls) == 1 and calls[0] in ("EVALSHA", "EVAL"), calls
+        # The library reads the same counters, with the library's own expiry.
+        library = RedisStorage(
+            "async+redis://", implementation="redispy", key_prefix=KEY_PREFIX,
+            connection_pool=Redis.from_url(REDIS_URL).connection_pool,  # type: ignore[arg-type]
+        )  # fmt: skip
+        for counter in verdict.counters:
+            assert await library.get(counter.key) == 1
+            assert 0 < await library.get_expiry(counter.key) - time.time() <= 60
+    finally:
+        async for key in redis.scan_iter(match=f"bis:rl:*{SCOPE}one-call*"):
+            await redis.delete(key)
+        await redis.aclose()
