@@ -99,7 +99,7 @@ def _bucket(rate: float) -> RateLimitItem:
 # the library's FixedWindowRateLimiter does for one (its incr_expire.lua: INCRBY, EXPIRE
 # when the count is new, refused above the limit), stopping at the first refused, with
 # that key's seconds to live. The library counts one key per call, and a subscribe counts
-# two (its client and its contact): the second call cost 0.08 ms of the API's CPU per
+# two (its client and its contact): the second call cost 0.07 ms of the API's CPU per
 # request (bench/subscribe.py, "rate limits"). The keys and counts are the library's, so
 # take_back and the library's own reads see the same counters (tests/test_ratelimit.py).
 _COUNT_IN_ORDER = """
