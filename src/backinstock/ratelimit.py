@@ -29,6 +29,7 @@ from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from backinstock.config import Rate
@@ -132,7 +133,7 @@ class Limiter:
 
     async def hit_all(self, hits: Sequence[Hit]) -> Verdict:
         if self._count_in_order is not None and hits:
-            return await self._hit_all_in_redis(hits)
+            return await self._hit_all_in_redis(self._count_in_order, hits)
         counters: list[Counted] = []
         for i, hit in enumerate(hits):
             window = _window(hit.rate)
@@ -141,12 +142,12 @@ class Limiter:
                 return Verdict(i, await self._retry_after(counters[-1]), tuple(counters))
         return Verdict(None, 0, tuple(counters))
 
-    async def _hit_all_in_redis(self, hits: Sequence[Hit]) -> Verdict:
-        assert self._count_in_order is not None
+    @staticmethod
+    async def _hit_all_in_redis(count_in_order: AsyncScript, hits: Sequence[Hit]) -> Verdict:
         counters = [Counted(_window(h.rate).key_for(h.key), h.rate.window_seconds) for h in hits]
         keys = [f"{KEY_PREFIX}:{c.key}" for c in counters]  # the storage's own prefixing
         limits = [n for h in hits for n in (h.rate.limit, h.rate.window_seconds)]
-        refused, ttl = await self._count_in_order(keys=keys, args=limits)
+        refused, ttl = await count_in_order(keys=keys, args=limits)
         if not refused:
             return Verdict(None, 0, tuple(counters))
         return Verdict(int(refused) - 1, max(1, int(ttl)), tuple(counters[: int(refused)]))

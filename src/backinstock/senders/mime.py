@@ -58,6 +58,7 @@ _CRLF = b"\r\n"
 _MAX_LINE = 78  # RFC 5322 2.1.1: SHOULD; a body line longer than this gets base64
 _HARD_MAX_LINE = 998  # RFC 5322 2.1.1: MUST
 _BASE64_CHUNK = 57  # bytes per 76-character base64 line, as the stdlib writes them
+_BASE64_LINE = _BASE64_CHUNK * 4 // 3
 _URL = re.compile(r"[!-~]+")  # printable ASCII, no spaces: nothing to fold or encode
 _PRINTABLE_TEXT = re.compile(rb"[\t\n\r -~]*")  # what a 7bit body may hold, line breaks aside
 _BLANKS = re.compile(r"[ \t]+")
@@ -91,7 +92,7 @@ def render_email(
         headers.append(subject_header(message.subject))
         names.append(b"Subject")
     headers += [
-        _cached_header(wire, "Date", _date_now()),
+        _cached_header(wire, "Date", _date_at(int(time.time()))),
         _plain_header(wire, "Message-ID", message_id, _SIMPLE_MESSAGE_ID),
     ]
     names += [b"Date", b"Message-ID"]
@@ -230,8 +231,9 @@ def _text_part(subtype: str, text: str) -> bytes:
         # characters a line (57 bytes), as it writes them.
         cte = b"base64"
         encoded = binascii.b2a_base64(b"\n".join(lines) + b"\n", newline=False)
-        width = _BASE64_CHUNK * 4 // 3
-        body = b"".join(encoded[i : i + width] + _CRLF for i in range(0, len(encoded), width))
+        body = b"".join(
+            encoded[i : i + _BASE64_LINE] + _CRLF for i in range(0, len(encoded), _BASE64_LINE)
+        )
     return (
         b"Content-Type: text/" + subtype.encode("ascii") + b'; charset="utf-8"' + _CRLF
         + b"Content-Transfer-Encoding: " + cte + _CRLF + _CRLF + body
@@ -247,12 +249,7 @@ def _boundary(*parts: bytes) -> bytes:
             return boundary
 
 
-def _date_now() -> str:
+@lru_cache(maxsize=1)
+def _date_at(second: int) -> str:
     """The Date header's value, formatted once a second (each message would otherwise)."""
-    second = int(time.time())
-    if _date_cache[0] != second:
-        _date_cache[:] = [second, formatdate(second, usegmt=True)]
-    return str(_date_cache[1])
-
-
-_date_cache: list[int | str] = [-1, ""]
+    return formatdate(second, usegmt=True)
