@@ -121,7 +121,13 @@ async def runtime(settings: Settings, migrated: str) -> AsyncIterator[Runtime]:
     await rt.close()
 
 
-_TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]
+_TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]  # referencing ones first
+# Which tables hold a row, in one round trip: most tests write to a few of them, and
+# emptying one that is empty costs as much as emptying a full one (on PostgreSQL a TRUNCATE
+# of every table took ~60 ms a test; deleting from the filled ones takes ~1 ms).
+_FILLED = " UNION ALL ".join(
+    f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM {table})" for table in _TABLES
+)
 
 
 @pytest.fixture(autouse=True)
@@ -132,10 +138,9 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         return
     rt: Runtime = request.getfixturevalue("runtime")
     async with rt.engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execute(text(f"TRUNCATE {', '.join(_TABLES)} CASCADE"))
-        else:
-            for table in _TABLES:
+        filled = {name for (name,) in await connection.execute(text(_FILLED))}
+        for table in _TABLES:  # referencing tables before the ones they reference
+            if table in filled:
                 await connection.execute(text(f"DELETE FROM {table}"))
     if rt.redis is not None:
         await rt.redis.flushdb()
