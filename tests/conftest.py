@@ -166,6 +166,11 @@ async def session(runtime: Runtime) -> AsyncIterator[AsyncSession]:
 
 
 WorkerStarter = Callable[..., Any]
+# Dramatiq's worker timeout for the in-process workers: an idle thread looks again this
+# often, so a stop takes two of these (worker threads, then consumers) rather than 2 x 100 ms
+# after every test that started a worker, and Redis' idle consumers pick up a message this
+# soon rather than up to 100 ms later. Nothing waits on it: tests join the broker.
+WORKER_POLL_MS = 10
 
 
 @pytest.fixture
@@ -185,7 +190,9 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         from dramatiq.asyncio import get_event_loop_thread
 
         assert get_event_loop_thread() is None, "stop the running worker first"
-        worker = worker_module.start_embedded_worker(threads, clock=runtime.clock, sweep=sweep)
+        worker = worker_module.start_embedded_worker(
+            threads, clock=runtime.clock, sweep=sweep, poll_ms=WORKER_POLL_MS
+        )
         started.append(worker)
         return worker
 
