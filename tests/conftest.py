@@ -121,7 +121,13 @@ async def runtime(settings: Settings, migrated: str) -> AsyncIterator[Runtime]:
     await rt.close()
 
 
-_TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]
+_TABLES = [t.name for t in reversed(Base.metadata.sorted_tables)]  # referencing ones first
+# Which tables hold a row, in one round trip: most tests write to a few of them, and
+# emptying one that is empty costs as much as emptying a full one (on PostgreSQL a TRUNCATE
+# of every table took ~60 ms a test; deleting from the filled ones takes ~1 ms).
+_FILLED = " UNION ALL ".join(
+    f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM {table})" for table in _TABLES
+)
 
 
 @pytest.fixture(autouse=True)
@@ -132,10 +138,9 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         return
     rt: Runtime = request.getfixturevalue("runtime")
     async with rt.engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execute(text(f"TRUNCATE {', '.join(_TABLES)} CASCADE"))
-        else:
-            for table in _TABLES:
+        filled = {name for (name,) in await connection.execute(text(_FILLED))}
+        for table in _TABLES:  # referencing tables before the ones they reference
+            if table in filled:
                 await connection.execute(text(f"DELETE FROM {table}"))
     if rt.redis is not None:
         await rt.redis.flushdb()
@@ -161,6 +166,11 @@ async def session(runtime: Runtime) -> AsyncIterator[AsyncSession]:
 
 
 WorkerStarter = Callable[..., Any]
+# Dramatiq's worker timeout for the in-process workers: an idle thread looks again this
+# often, so a stop takes two of these (worker threads, then consumers) rather than 2 x 100 ms
+# after every test that started a worker, and Redis' idle consumers pick up a message this
+# soon rather than up to 100 ms later. Nothing waits on it: tests join the broker.
+WORKER_POLL_MS = 10
 
 
 @pytest.fixture
@@ -180,7 +190,9 @@ def start_worker(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         from dramatiq.asyncio import get_event_loop_thread
 
         assert get_event_loop_thread() is None, "stop the running worker first"
-        worker = worker_module.start_embedded_worker(threads, clock=runtime.clock, sweep=sweep)
+        worker = worker_module.start_embedded_worker(
+            threads, clock=runtime.clock, sweep=sweep, poll_ms=WORKER_POLL_MS
+        )
         started.append(worker)
         return worker
 

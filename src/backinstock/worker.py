@@ -299,14 +299,16 @@ async def sweep_forever() -> None:
 
 
 def start_embedded_worker(
-    threads: int, *, clock: Clock = SYSTEM_CLOCK, sweep: bool = True
+    threads: int, *, clock: Clock = SYSTEM_CLOCK, sweep: bool = True, poll_ms: int = 100
 ) -> dramatiq.Worker:
     """The embedded mode's workers: the same actors and sweeper, inside this process.
     ``sweep=False`` leaves the sweeper's ticks to the caller (:func:`sweep_once`).
+    ``poll_ms`` is Dramatiq's worker timeout, as ``backinstock worker --poll-ms``: how long
+    an idle thread waits before it looks again (and so how long a stop may take).
     """
     global _embedding
     _embedding = Embedding(clock, sweep)
     metrics.initialise_worker_metrics()
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=poll_ms)
     worker.start()
     return worker

@@ -186,8 +186,9 @@ async def _seed_clicks_orders_and_coupons(
         )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
+    """One Chromium for the module's tests: each test browses in contexts of its own."""
     async with chromium("the dashboard's browser test") as launched:
         yield launched
 

@@ -10,6 +10,8 @@ own loop (pytest-asyncio). Usage::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -28,7 +30,7 @@ class BackgroundServer:
     def __init__(self, app: ASGIApp, *, startup_timeout: float = 10.0) -> None:
         self.app = app
         self.startup_timeout = startup_timeout
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
 
@@ -49,7 +51,7 @@ class BackgroundServer:
         # port, then hope nobody takes it before uvicorn binds it".
         sock = _bind_loopback()
         self._port = sock.getsockname()[1]
-        self._server = uvicorn.Server(self._config())
+        self._server = _Server(self._config())
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [sock]},
@@ -63,9 +65,9 @@ class BackgroundServer:
     def stop(self) -> None:
         if self._server is None or self._thread is None:
             return
-        # uvicorn polls should_exit every 0.1 s, then closes idle keep-alive
+        # The server's loop wakes at once (see _Server), closes idle keep-alive
         # connections and the listening socket.
-        self._server.should_exit = True
+        self._server.stop()
         self._thread.join(timeout=10)
         self._server = self._thread = None
         self._port = None
@@ -107,6 +109,53 @@ class BackgroundServer:
         # Belt and braces: prove the port really accepts a TCP connection.
         with socket.create_connection((_HOST, self.port), timeout=self.startup_timeout):
             pass
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with two of its fixed waits made events: its main loop looks at
+    ``should_exit`` every 0.1 s, and its shutdown gives closed connections 0.1 s to go.
+    Here :meth:`stop` wakes the main loop, and the shutdown lets the loop turn once (an
+    idle connection is gone then) before uvicorn's own wait for what is still open."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._woken: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def stop(self) -> None:
+        """From any thread: exit now."""
+        self.should_exit = True
+        loop, woken = self._loop, self._woken
+        if loop is not None and woken is not None:
+            loop.call_soon_threadsafe(woken.set)
+
+    async def main_loop(self) -> None:
+        self._woken = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):  # on_tick keeps the Date header fresh
+                await asyncio.wait_for(self._woken.wait(), 0.1)
+            should_exit = await self.on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        await asyncio.sleep(0)  # an idle connection's close runs on this turn of the loop
+        try:
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                await self._wait_tasks_to_complete()
+        except TimeoutError:
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
 def _bind_loopback() -> socket.socket:

@@ -200,8 +200,9 @@ async def publishable_key(runtime: Runtime, name: str, origin: str) -> str:
         return await auth.create_key(session, name, [], auth.normalize_origins([origin]))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
+    """One Chromium for the module's tests: each test browses in contexts of its own."""
     async with chromium("the widget's browser test") as launched:
         yield launched
 
