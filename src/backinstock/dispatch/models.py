@@ -107,10 +107,11 @@ class Notification(Base):
     | cancelled. A lapsed claim not started goes back to pending; a lapsed one in flight is in
     doubt and is resolved by the channel's policy.
 
-    The in-flight mark touches no indexed column, so PostgreSQL can write it as a HOT update
-    (no index entries) into the room the table's fillfactor (85, revision 0010) leaves on
-    each page: a status change would add an entry to each of the table's indexes, for every
-    message, just to say that its call started.
+    The in-flight mark touches no indexed column, so PostgreSQL can write it as a HOT
+    update (no index entries) into the room the table's fillfactor (30, revision 0022;
+    the claim's own new version takes part of it) leaves on each page: a status change
+    would add an entry to each of the table's indexes, for every message, just to say
+    that its call started.
     """
 
     __tablename__ = "notifications"
