@@ -337,6 +337,51 @@ async def test_a_claim_marks_its_first_calls_itself_so_the_first_waits_for_no_co
     assert await _statuses(runtime) == {"sent": 12}
 
 
+async def _marks_per_commit(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, concurrency: int
+) -> list[int]:
+    """How many marks ahead each group commit of one claim carried (the claim's own
+    transaction aside), the sender making ``concurrency`` calls at once; every call reads
+    the database once, so the commits run between the calls as they would in a worker."""
+    carried: list[int] = []
+    write = GroupCommit._write
+
+    async def counted(self: GroupCommit, parts: list[Any]) -> None:
+        carried.extend(len(group.wanted) for _, group in parts if group.wanted)
+        await write(self, parts)
+
+    async def look(_: int) -> None:
+        await _statuses(runtime)
+
+    monkeypatch.setattr(GroupCommit, "_write", counted)
+    sender = ScriptedSender(concurrency=concurrency, inside=look)
+    await _deliver(runtime, sender, None, _exact(runtime, start_lookahead=16))
+    assert await _statuses(runtime) == {"sent": 64}
+    return carried
+
+
+@pytest.mark.parametrize(("concurrency", "low_water"), [(1, 4), (8, 8)])
+async def test_a_sender_with_few_connections_asks_for_more_marks_per_commit(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    concurrency: int,
+    low_water: int,
+) -> None:
+    """A window of 16: one call at a time (an email relay with one connection) asks for
+    more marks once 4 are left, so each commit carries about 12; eight calls at once ask
+    at half the window, about 8 a commit (their calls would otherwise outrun the commit).
+    Asked at half the window whatever the sender, one call at a time got 8 a commit."""
+    await _plan(runtime, client, api_keys["inventory"], 64)
+    carried = await _marks_per_commit(runtime, monkeypatch, concurrency)
+    assert sum(carried) == 64 - 16  # every message past the claim's own marks, once
+    full = carried[:-1]  # the last commit takes what is left of the queue
+    # Each asked once `low_water` were left: the rest of the window, give or take the call
+    # that was starting.
+    assert full and min(full) >= 16 - low_water - 1, carried
+
+
 async def _two_claims(runtime: Runtime, group_commit: GroupCommit) -> None:
     """Two claims of one worker process at once (two Dramatiq threads), one group commit."""
     async with runtime.sessions() as session:

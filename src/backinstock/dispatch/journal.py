@@ -219,6 +219,7 @@ class Journal:
         self._marked: set[uuid.UUID] = set()  # in flight in the database, allowed to start
         self._take_claim_marks(marked_with_claim)
         self._started: set[uuid.UUID] = set()  # may have reached the provider
+        self._calling: Counter[str] = Counter()  # per channel: calls under way now
         self._recorded: set[uuid.UUID] = set()
         self._renew_until: datetime | None = None
         self.closing = False
@@ -251,7 +252,11 @@ class Journal:
         if not await self._start(message):
             return None
         started = time.perf_counter()
-        result = await send()  # cancelled here: the row stays in flight, in doubt
+        self._calling[message.channel] += 1
+        try:
+            result = await send()  # cancelled here: the row stays in flight, in doubt
+        finally:
+            self._calling[message.channel] -= 1
         _call_seconds(message.channel).observe(time.perf_counter() - started)
         self.record([result])
         return result
@@ -438,8 +443,8 @@ class Journal:
         held to the database's commit rate.
 
         That commit need not come at once: the marks ride along with the next one (another
-        claim's, or this claim's results), and force one only when half of the marks are
-        used. The window stays full: on a busy event loop a commit takes tens of
+        claim's, or this claim's results), and force one only when few are left
+        (:func:`low_water`). The window stays full: on a busy event loop a commit takes tens of
         milliseconds, and marks asked half a window at a time (the earlier design) arrived
         after the senders had reached them, so calls waited for the commit carrying their
         own mark."""
@@ -448,7 +453,11 @@ class Journal:
         lookahead = self._lookahead.get(channel, 0)
         if self._room(channel) > 0:
             self._ahead += self._look_ahead(channel)
-        if self._ahead and not self._ahead_due and self._marks_left(channel) * 2 <= lookahead:
+        if (
+            self._ahead
+            and not self._ahead_due
+            and self._marks_left(channel) <= low_water(lookahead, self._calling[channel])
+        ):
             self._ahead_due = True
             self._commit.wake()
 
@@ -525,6 +534,16 @@ def first_marks(
             taken[d.message.channel] += 1
             firsts.append((d.message, d.contact.rank))
     return firsts
+
+
+def low_water(lookahead: int, calling: int) -> int:
+    """How few marks left ahead of a sender force a commit for more: enough for the calls
+    under way to start twice over while that commit is made, at least a quarter of the
+    window and at most half. A sender with few connections (email: ``SMTP_CONNECTIONS``)
+    then asks for more marks per commit, so a claim costs fewer commits; one with many
+    (Twilio and WeChat: 20) asks at half the window, as its calls start faster than a
+    commit is made on a busy event loop."""
+    return min(lookahead // 2, max(lookahead // 4, 2 * calling))
 
 
 def count_recorded(recorded: list[Recorded]) -> None:
