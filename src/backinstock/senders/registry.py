@@ -1,4 +1,9 @@
-"""Which sender serves each channel: the configured provider, else the dev outbox."""
+"""Which sender serves each channel: the configured provider, else the dev outbox.
+
+A provider's module is imported only when the provider is configured: each brings its
+client library (Twilio's SDK and aiohttp, aiosmtplib, httpx for WeChat), which a process
+without that provider need not load at start-up.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,6 @@ from backinstock.contacts import Channel
 from backinstock.crypto import Keys
 from backinstock.senders.base import Sender
 from backinstock.senders.outbox import DevOutboxSender
-from backinstock.senders.smtp_email import SmtpEmailSender
-from backinstock.senders.twilio_sms import TwilioSmsSender
-from backinstock.senders.wechat import AccessTokenCache, WeChatSender
 
 TWILIO_STATUS_PATH = "/v1/providers/twilio/status"
 
@@ -27,13 +29,19 @@ def build_senders(
         channel.value: DevOutboxSender(channel.value, sessions, keys.cipher) for channel in Channel
     }
     if settings.twilio.configured:
+        from backinstock.senders.twilio_sms import TwilioSmsSender
+
         callback = settings.core.public_base_url.rstrip("/") + TWILIO_STATUS_PATH
         senders[Channel.SMS.value] = TwilioSmsSender(settings.twilio, callback)
     if settings.smtp.configured:
+        from backinstock.senders.smtp_email import SmtpEmailSender
+
         senders[Channel.EMAIL.value] = SmtpEmailSender(
             settings.smtp, pool_size=settings.smtp.smtp_connections
         )
     if settings.wechat.configured:
+        from backinstock.senders.wechat import AccessTokenCache, WeChatSender
+
         tokens = AccessTokenCache(settings.wechat, redis)
         field_map = settings.wechat.wechat_field_map or None
         senders[Channel.WECHAT.value] = WeChatSender(settings.wechat, tokens, field_map=field_map)
