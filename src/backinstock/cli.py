@@ -1,8 +1,9 @@
 """The ``backinstock`` command: serve, migrate and manage keys.
 
 Each command imports what it uses when it runs: at module level are only typer, rich's
-console and what the options name (the key scopes), so that ``--help``, ``keys create`` or
-``check`` start without loading the web app, Alembic or the database layer they do not use.
+console and what the options name (the key scopes). So ``--help`` or ``keys generate-env``
+start without the database layer, Alembic or the web app, and every other command loads
+only its own (``check`` no Alembic, ``keys create`` no web app).
 """
 
 from __future__ import annotations
