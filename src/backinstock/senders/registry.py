@@ -2,10 +2,13 @@
 
 A provider's module is imported only when the provider is configured: each brings its
 client library (Twilio's SDK and aiohttp, aiosmtplib, httpx for WeChat), which a process
-without that provider need not load at start-up.
+without that provider need not load at start-up. A booted process imports its configured
+providers before it freezes its heap (:func:`load_configured`, ops/heap.py).
 """
 
 from __future__ import annotations
+
+import importlib
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,6 +20,20 @@ from backinstock.senders.base import Sender
 from backinstock.senders.outbox import DevOutboxSender
 
 TWILIO_STATUS_PATH = "/v1/providers/twilio/status"
+
+
+def load_configured(settings: Settings) -> None:
+    """Import the configured providers' senders now. Senders are built on a worker's first
+    message, after boot; a client library imported then (the Twilio SDK alone is tens of
+    thousands of objects) would stay outside the frozen heap and be walked again by every
+    full collection."""
+    for configured, module in (
+        (settings.twilio.configured, "backinstock.senders.twilio_sms"),
+        (settings.smtp.configured, "backinstock.senders.smtp_email"),
+        (settings.wechat.configured, "backinstock.senders.wechat"),
+    ):
+        if configured:
+            importlib.import_module(module)
 
 
 def build_senders(
