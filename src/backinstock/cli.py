@@ -1,39 +1,36 @@
-"""The ``backinstock`` command: serve, migrate and manage keys."""
+"""The ``backinstock`` command: serve, migrate and manage keys.
+
+Each command imports what it uses when it runs: at module level are only typer, rich's
+console and what the options name (the key scopes). So ``--help`` or ``keys generate-env``
+start without the database layer, Alembic or the web app, and every other command loads
+only its own (``check`` no Alembic, ``keys create`` no web app).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
-import structlog
 import typer
-from pydantic import ValidationError
-from rich.console import Console, RenderableType
-from rich.progress import Progress
-from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncSession
+from rich.console import Console
 
-from backinstock import db, keyops, migrations
-from backinstock.auth import service as auth
-from backinstock.auth.service import KeyKind, Scope
-from backinstock.catalog import policy as product_policy
-from backinstock.catalog.schemas import PolicyIn, PolicyOut
-from backinstock.config import Settings
-from backinstock.crypto import KeyConfigError, load_keys, new_key_spec
-from backinstock.errors import ApiError, Conflict
-from backinstock.ops.logging import configure_logging
+from backinstock.auth.scopes import Scope
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from rich.console import RenderableType
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from backinstock.catalog.schemas import PolicyOut
+    from backinstock.config import Settings
     from backinstock.demo import DemoInstance, DemoResult
+    from backinstock.errors import ApiError
 
 app = typer.Typer(help="Back-in-stock notifications.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and data keys.", no_args_is_help=True)
@@ -43,7 +40,7 @@ policy_app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 err = Console(stderr=True)
-_serve_log = structlog.get_logger("backinstock.serve")
+_SERVE_LOG = "backinstock.serve"  # the logger of serve's own lines
 T = TypeVar("T")
 # The key rings production requires, as `keys generate-env` prints them.
 ENV_KEY_SETTINGS = (
@@ -55,21 +52,32 @@ ENV_KEY_SETTINGS = (
 
 @app.callback()
 def _main() -> None:
+    from backinstock.ops.logging import configure_logging
+
     # Logs go to stderr so that stdout carries only what a command prints (a new key, say).
     configure_logging("WARNING", json=False, stream=sys.stderr)
 
 
 def _settings() -> Settings:
+    from backinstock.config import Settings
+
     return Settings.from_env()
 
 
 def _ensure_schema(settings: Settings) -> None:
     # The embedded database migrates itself; production runs `backinstock migrate` on deploy.
     if settings.core.is_sqlite:
+        from backinstock import migrations
+
         migrations.upgrade(settings.core.database_url)
 
 
 def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    import asyncio
+
+    from backinstock import db
+    from backinstock.errors import ApiError
+
     async def run() -> T:
         engine = db.create_engine(settings.core.database_url, pool_size=2)
         try:
@@ -91,7 +99,12 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Migrate if needed and serve the API."""
+    import structlog
     import uvicorn
+
+    from backinstock import migrations
+    from backinstock.crypto import KeyConfigError, load_keys
+    from backinstock.ops.logging import configure_logging
 
     settings = _settings()
     if settings.core.log_json:
@@ -101,7 +114,7 @@ def serve(
         load_keys(settings.crypto, production=not settings.core.is_sqlite)
     except KeyConfigError as exc:
         if settings.core.log_json:
-            _serve_log.error("refusing_to_start", reason=str(exc))
+            structlog.get_logger(_SERVE_LOG).error("refusing_to_start", reason=str(exc))
         else:
             err.print(f"[red]Refusing to start:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -130,7 +143,9 @@ def _banner(settings: Settings, host: str, port: int) -> None:
     mode = "embedded (SQLite, in-process broker)" if settings.core.is_sqlite else "production"
     hint = "backinstock keys create --name storefront --scope subscribe"
     if settings.core.log_json:
-        _serve_log.info(
+        import structlog
+
+        structlog.get_logger(_SERVE_LOG).info(
             "serving",
             url=base,
             mode="embedded" if settings.core.is_sqlite else "production",
@@ -174,6 +189,9 @@ def worker(
     ] = None,
 ) -> None:
     """Dramatiq workers, each with the sweeper and wave scheduler (production mode)."""
+    from backinstock import migrations
+    from backinstock.crypto import KeyConfigError, load_keys
+
     settings = _settings()
     if not settings.core.redis_url:
         err.print(
@@ -213,6 +231,8 @@ def _worker_metrics(port: int, host: str, directory: Path | None) -> str:
     """Set up the environment the worker processes count in (prometheus_client's
     multiprocess mode, read when they first import it) and return the function Dramatiq
     forks to serve the sum."""
+    import tempfile
+
     from backinstock.ops import exposition
 
     directory = directory or Path(tempfile.gettempdir()) / f"backinstock-worker-metrics-{port}"
@@ -229,12 +249,16 @@ def check(
 ) -> None:
     """Exit 0 when the database and Redis (if BACKINSTOCK_REDIS_URL is set) answer, else 1
     with the reason on stderr: the worker's container healthcheck (it serves no HTTP)."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from backinstock import db
+
     settings = _settings()
     problems: list[str] = []
 
     async def database() -> None:
-        from sqlalchemy import text
-
         engine = db.create_engine(settings.core.database_url, pool_size=2)
         try:
             async with engine.connect() as conn:
@@ -278,8 +302,12 @@ def status(
 ) -> None:
     """Open waves with progress per SKU, pending work by channel, the oldest due message
     and the providers configured, read from BACKINSTOCK_DATABASE_URL."""
+    import asyncio
+    import contextlib
+
     from rich.live import Live
 
+    from backinstock import db
     from backinstock import status as status_view
 
     settings = _settings()
@@ -348,7 +376,12 @@ def demo(
     """Fill a demo instance of its own (its own SQLite file and key file; your instance is
     never touched) with sample shoppers, a restock, clicks, orders and coupons (dev outbox
     only, never a real provider), and print how to serve it and where to look."""
+    import asyncio
+
+    from rich.progress import Progress
+
     from backinstock import demo as demo_module
+    from backinstock import migrations
 
     user = _settings()  # the user's instance: read, never opened
     try:
@@ -439,6 +472,8 @@ def widget(
 @app.command()
 def migrate() -> None:
     """Apply the database migrations to BACKINSTOCK_DATABASE_URL."""
+    from backinstock import migrations
+
     settings = _settings()
     migrations.upgrade(settings.core.database_url)
     err.print("[green]database is up to date[/green]")
@@ -479,6 +514,9 @@ def keys_create(
     """Create an API key; the key is printed once, alone on stdout. An existing name is an
     error (exit 1) unless --replace is given. A secret key (bis_…) needs --scope; a
     publishable key (--publishable, pk_…) needs --origin and takes no scope."""
+    from backinstock.auth import service as auth
+    from backinstock.errors import Conflict
+
     scopes, origins = _key_grants(scope or [], publishable, origin or [])
     settings = _settings()
     _ensure_schema(settings)
@@ -515,6 +553,8 @@ def _key_grants(
     scopes: list[Scope], publishable: bool, origins: list[str]
 ) -> tuple[list[Scope], list[str] | None]:
     """The scopes, or (for a publishable key) the normalised origins, a new key is given."""
+    from backinstock.auth import service as auth
+
     if not publishable:
         if origins:
             raise typer.BadParameter("--origin is for publishable keys: add --publishable")
@@ -534,6 +574,8 @@ def keys_generate_env() -> None:
     """Print fresh data keys as BACKINSTOCK_*=… lines for an .env file (e.g.
     `backinstock keys generate-env > .env`). Generate them once per instance and keep them:
     contacts sealed under lost keys cannot be read again."""
+    from backinstock.crypto import new_key_spec
+
     typer.echo("# backinstock data keys: keep secret, back up, never commit.")
     typer.echo("# Losing BACKINSTOCK_ENCRYPTION_KEYS loses every stored contact.")
     for setting in ENV_KEY_SETTINGS:
@@ -544,6 +586,11 @@ def keys_generate_env() -> None:
 def keys_list() -> None:
     """List API keys (never their secrets): secret keys with their scopes, publishable keys
     with their origins."""
+    from rich.table import Table
+
+    from backinstock.auth import service as auth
+    from backinstock.auth.scopes import KeyKind
+
     settings = _settings()
     _ensure_schema(settings)
 
@@ -570,6 +617,8 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke an API key (it stops working within seconds on every API process)."""
+    from backinstock.auth import service as auth
+
     settings = _settings()
     _ensure_schema(settings)
     _with_session(settings, lambda s: auth.revoke_key(s, name))
@@ -579,6 +628,13 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) ->
 @keys_app.command("rotate-data")
 def keys_rotate_data() -> None:
     """Re-encrypt every stored contact under the newest data key and re-index it."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from backinstock import db, keyops
+    from backinstock.crypto import load_keys
+
     settings = _settings()
     _ensure_schema(settings)
     keys = load_keys(settings.crypto, production=not settings.core.is_sqlite)
@@ -611,6 +667,8 @@ def _checked_sku(sku: str) -> str:
 
 
 def _rule_names() -> str:
+    from backinstock.catalog import policy as product_policy
+
     return ", ".join(product_policy.NAMES)
 
 
@@ -628,6 +686,8 @@ def _rule_value(name: str, raw: str) -> object:
 
 
 def _parse_rules(assignments: list[str]) -> dict[str, object]:
+    from backinstock.catalog import policy as product_policy
+
     given: dict[str, object] = {}
     for assignment in assignments:
         name, equals, raw = assignment.partition("=")
@@ -641,6 +701,8 @@ def _parse_rules(assignments: list[str]) -> dict[str, object]:
 
 
 def _refusal(exc: ValidationError) -> ApiError:
+    from backinstock.errors import ApiError
+
     reasons = "; ".join(
         f"{'.'.join(str(part) for part in error['loc']) or 'rules'}: {error['msg']}"
         for error in exc.errors()
@@ -649,6 +711,8 @@ def _refusal(exc: ValidationError) -> ApiError:
 
 
 def _print_policy(shown: PolicyOut) -> None:
+    from rich.table import Table
+
     updated = shown.updated_at.isoformat(timespec="seconds") if shown.updated_at else "never"
     table = Table(
         "rule", "value", "source", title=shown.sku, caption=f"overrides replaced: {updated}"
@@ -667,6 +731,8 @@ def _print_policy(shown: PolicyOut) -> None:
 def policy_show(sku: SkuArgument) -> None:
     """Each rule's value for SKU as it applies now, and its source: `product` (the SKU's
     own) or `settings`."""
+    from backinstock.catalog import policy as product_policy
+
     sku = _checked_sku(sku)
     settings = _settings()
     _ensure_schema(settings)
@@ -698,6 +764,12 @@ def policy_set(
     soldout_compensation (off, message or coupon), substitute_after_seconds, channels; each
     takes the setting's own bounds. They apply from the SKU's next wave step, follow-up
     decision, sell-out, substitute offer and subscription."""
+    from pydantic import ValidationError
+
+    from backinstock import db
+    from backinstock.catalog import policy as product_policy
+    from backinstock.catalog.schemas import PolicyIn
+
     sku = _checked_sku(sku)
     given = _parse_rules(rules or [])
     cleared = clear or []

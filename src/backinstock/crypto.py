@@ -27,13 +27,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from itsdangerous import BadSignature, TimestampSigner
 
-from backinstock.config import CryptoSettings
+if TYPE_CHECKING:
+    # Only load_keys' parameter: `keys generate-env` makes keys without reading settings.
+    from backinstock.config import CryptoSettings
 
 log = structlog.get_logger(__name__)
 

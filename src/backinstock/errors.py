@@ -2,21 +2,24 @@
 
 Messages and details are written here or by validation, never built from the request's
 values, so a contact sent in a bad request cannot come back in an error or a log line.
+
+The errors are raised below the web floor too (services, the command line): FastAPI is
+imported by the functions that answer with them, so that raising one does not load it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter, FastAPI, Request
 
 log = structlog.get_logger(__name__)
 
@@ -165,6 +168,8 @@ async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    from fastapi.exceptions import RequestValidationError
+
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     invalid = next((err for err in errors if err.get("type") == "json_invalid"), None)
@@ -224,6 +229,8 @@ def _allowed_methods(request: Request) -> str:
 
 def remember_routes(app: FastAPI, routers: Sequence[APIRouter]) -> None:
     """The paths and methods the app serves, for the ``Allow`` header of a 405."""
+    from fastapi.routing import APIRoute
+
     app.state.route_methods = [
         (route.path_regex, set(route.methods or ()))
         for router in routers
@@ -239,6 +246,8 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

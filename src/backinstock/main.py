@@ -30,6 +30,7 @@ from backinstock.privacy.router import router as privacy_router
 from backinstock.providers.router import router as providers_router
 from backinstock.restocks.router import router as restocks_router
 from backinstock.runtime import Runtime
+from backinstock.senders.registry import load_configured
 from backinstock.stats.router import router as stats_router
 from backinstock.storefront.router import router as storefront_router
 from backinstock.subscriptions.router import router as subscriptions_router
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
             embedded = start_embedded_worker(settings.waves.embedded_worker_threads)
         if owned:
+            load_configured(settings)  # its embedded workers' providers, frozen with the rest
             settle_heap()  # a server process, booted: see ops/heap.py
         try:
             yield

@@ -47,7 +47,7 @@ from backinstock.ratelimit import Throttle, local_limiter, shared_limiter
 from backinstock.restocks import waves
 from backinstock.runtime import Runtime
 from backinstock.senders.base import Sender
-from backinstock.senders.registry import build_senders, close_senders
+from backinstock.senders.registry import build_senders, close_senders, load_configured
 
 log = structlog.get_logger(__name__)
 DRAIN_FANOUT = 4
@@ -109,9 +109,10 @@ class LogContext(Middleware):
         """A Dramatiq worker process (``backinstock worker``): our lines in the configured
         shape and level (Dramatiq keeps its own handler), and every channel's counters
         at 0."""
-        core = Settings.from_env().core
-        configure_logging(core.log_level, core.log_json, libraries=False)
+        settings = Settings.from_env()
+        configure_logging(settings.core.log_level, settings.core.log_json, libraries=False)
         metrics.initialise_worker_metrics()
+        load_configured(settings)  # frozen with the rest, below
         settle_heap()
 
 

@@ -8,7 +8,6 @@ subscriptions from those origins (see ``deps.SubscriberKey``).
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import secrets
 import time
@@ -20,21 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.auth.models import ApiKey
+
+# Re-exported (callers find them here): defined apart for the command line's options.
+from backinstock.auth.scopes import KeyKind as KeyKind
+from backinstock.auth.scopes import Scope as Scope
 from backinstock.db import utcnow
 from backinstock.errors import Conflict, NotFound
-
-
-class Scope(enum.StrEnum):
-    SUBSCRIBE = "subscribe"
-    INVENTORY = "inventory"
-    STATS = "stats"
-    ADMIN = "admin"
-
-
-class KeyKind(enum.StrEnum):
-    SECRET = "secret"  # noqa: S105 - a kind of key, not a secret
-    PUBLISHABLE = "publishable"
-
 
 _KEY_PREFIX = "bis_"
 PUBLISHABLE_PREFIX = "pk_"

@@ -26,13 +26,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 from sqlalchemy import func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -41,6 +40,10 @@ from backinstock.contacts import Channel
 from backinstock.dispatch.models import OPEN_OR_FAILED, InDoubt, Notification, Status
 from backinstock.dispatch.outcomes import in_doubt_counts
 from backinstock.restocks.models import HELD, OPEN_WAVE, RestockEvent, StockHold, Wave
+
+if TYPE_CHECKING:
+    # The API passes its client in; `backinstock status` reads without one.
+    from redis.asyncio import Redis
 
 log = structlog.get_logger(__name__)
 
