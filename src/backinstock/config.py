@@ -245,8 +245,10 @@ class MetricsSettings(_Section):
     """What the API's /metrics reads from the database (the pipeline figures)."""
 
     # Scrapes within this many seconds of the last read share it (several Prometheus
-    # servers, or a dashboard's own polling, cost one read).
-    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # servers, or a dashboard's own polling, cost one read). Shorter than the shipped scrape
+    # interval (5 s): at 5 a scrape that came a hair early was served the previous read,
+    # so a figure could be two intervals old and an alert fire an interval late.
+    metrics_cache_seconds: float = Field(default=4.0, ge=0, le=300)
     # The stock feeds (locations) whose last event's age is shown. Empty: the first
     # METRICS_MAX_LOCATIONS locations by name. Locations are client input: each is a
     # series, so their number is capped.

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from backinstock.config import MetricsSettings
+from tests.ops.shipped import MONITORING, scrape_seconds
+
 ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "monitoring"
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,3 +66,10 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     checked = _promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_scrape_of_the_shipped_configuration_gets_a_fresh_read() -> None:
+    """The API shares a read of the pipeline figures with the scrapes that come within
+    METRICS_CACHE_SECONDS of it: at the scrape interval itself, a scrape a hair early got
+    the previous read, a figure two intervals old, and an alert an interval late."""
+    assert MetricsSettings().metrics_cache_seconds < scrape_seconds()

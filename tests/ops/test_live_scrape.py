@@ -41,6 +41,7 @@ from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from tests.conftest import BACKEND
 from tests.crashkit import start_provider, until_settled
+from tests.ops.shipped import MONITORING, scrape_seconds
 from tests.restocks.helpers import at
 from tests.restocks.seed import seed_waiting
 from tests.server import BackinstockProcess, PrometheusServer, ServerProcess, free_port
@@ -48,7 +49,6 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL + Redis workers")
 
-MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 SHOPPERS = 5_000
 SECOND_WAVE = 1_000
 STOP_AFTER = 200  # messages of the second wave accepted when the worker host is stopped
@@ -59,18 +59,9 @@ LATENCY_COUNT = 'backinstock_provider_call_seconds_count{channel="sms"}'
 LATENCY_BUCKETS = 'backinstock_provider_call_seconds_bucket{channel="sms"}'
 
 
-def _scrape_seconds() -> float:
-    """The shipped configuration's scrape interval ("5s", "1m", "1m30s")."""
-    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    interval = str(config["global"]["scrape_interval"])
-    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", interval)
-    assert parts and interval, f"a scrape interval this test cannot read: {interval}"
-    return 60 * int(parts[1] or 0) + int(parts[2] or 0)
-
-
 # The client's limit (across the host's processes) makes the first wave last 2.5 scrape
 # intervals: a known time, not a size that a fast machine sends between two scrapes.
-RATE = SHOPPERS / (2.5 * _scrape_seconds())
+RATE = SHOPPERS / (2.5 * scrape_seconds())
 
 
 def _rule(name: str) -> str:
@@ -112,11 +103,7 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
     first_port, second_port = free_port(), free_port()
     first = _worker(env, tmp_path, "worker-1", first_port)
     second = _worker(env, tmp_path, "worker-2", second_port)
-    # Every scrape reads the pipeline figures afresh: at the default (the scrape interval)
-    # a scrape that comes a hair early is served the previous one's, a scrape interval old,
-    # and each figure the test waits for (the stall, its end) shows up that much later.
-    cache = {"BACKINSTOCK_METRICS_CACHE_SECONDS": str(_scrape_seconds() / 2)}
-    api = ServerProcess({**env, **cache}, tmp_path / "api.log")
+    api = ServerProcess(env, tmp_path / "api.log")
     prometheus: PrometheusServer | None = None
     request_id = f"live-{uuid.uuid4().hex}"
     try:

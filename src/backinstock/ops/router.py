@@ -86,7 +86,7 @@ async def metrics(runtime: RuntimeDep) -> Response:
     notifications by status and channel, due work and the oldest due, the last message
     sent, open waves, restock → first and last message latency, crash resolutions, each
     stock feed's last event and whether Redis answers. The database is read at most
-    every ``METRICS_CACHE_SECONDS`` (default 5). In the embedded mode the workers run in
+    every ``METRICS_CACHE_SECONDS`` (default 4). In the embedded mode the workers run in
     this process, and their counters are here too. docs/operations.md lists every metric."""
     await runtime.pipeline.refresh(
         runtime.sessions, runtime.settings, runtime.redis, runtime.clock.now()
