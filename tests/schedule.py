@@ -22,12 +22,12 @@ import pytest
 LONG: dict[str, float] = {
     # PostgreSQL only: a 5,000-shopper wave throttled to 12.5 s, then a stall that must last
     # past the alert's 30 s threshold, both watched through Prometheus (5 s scrapes).
-    "tests/ops/test_live_scrape.py::": 75,
-    "tests/contract/test_fuzz.py::": 30,
+    "tests/ops/test_live_scrape.py::": 65,
     "tests/dispatch/test_crash_providers.py::test_two_kills_and_a_broker_flush_lose_nobody": 22,
+    "tests/contract/test_fuzz.py::": 19,
     "tests/dispatch/test_crash_providers.py::test_two_kills_and_a_broker_flush_lose_nobody[wec": 11,
     "tests/restocks/test_crash_recovery.py::": 14,
-    "tests/test_demo.py::test_the_demo_fills_its_own_instance": 12,
+    "tests/test_demo.py::test_the_demo_fills_its_own_instance": 11,
     "tests/dispatch/test_crash_providers.py::test_embedded_server_killed_and_stopped_mid_wave": 10,
     "tests/dispatch/test_crash_providers.py::test_sigterm_mid_wave": 8,
     "tests/test_readme.py::test_readme_api_tour_runs_as_written": 8,
