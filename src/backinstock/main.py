@@ -72,8 +72,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             from backinstock.worker import start_embedded_worker
 
             embedded = start_embedded_worker(settings.waves.embedded_worker_threads)
+            # Its workers build their senders on their first message: their providers'
+            # libraries are imported now, to be frozen with the rest. A server without
+            # workers sends nothing, and never loads them.
+            load_configured(settings)
         if owned:
-            load_configured(settings)  # its embedded workers' providers, frozen with the rest
             settle_heap()  # a server process, booted: see ops/heap.py
         try:
             yield
