@@ -7,33 +7,38 @@ unchanged by default. Time moves only on the test clock."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from backinstock import db, worker
 from backinstock.auth import service as auth
 from backinstock.config import OptInSettings, TwilioSettings
 from backinstock.dispatch import service as dispatch
+from backinstock.dispatch.journal import first_marks
 from backinstock.dispatch.models import Kind, Notification, Status
+from backinstock.dispatch.outcomes import mark_inflight
 from backinstock.identity import confirmation_code
+from backinstock.privacy import retention
 from backinstock.runtime import Runtime
 from backinstock.senders.models import DevOutboxMessage
 from backinstock.subscriptions.models import Subscription
 from tests.clock import SteppingClock
-from tests.conftest import ClientFactory, WorkerStarter
+from tests.conftest import BACKEND, ClientFactory, WorkerStarter
 from tests.conversions.helpers import outbox_by_subscription
 from tests.fakes.smtp import FakeSMTP
 from tests.fakes.twilio import twilio_signature
 from tests.helpers import bearer, phone, subscription_body
 from tests.restocks.helpers import post_level
+from tests.waiting import eventually
 from tests.workers import settle, tick
 
 SKU = "SKU-1"
@@ -41,6 +46,8 @@ DAY = 86_400
 TWILIO_TOKEN = "inbound-token"
 PUBLIC_BASE = "http://127.0.0.1:8000"  # PUBLIC_BASE_URL: what Twilio signs
 CONFIRM_LINK = re.compile(r"/c/([A-Za-z0-9_-]{44})")
+T = TypeVar("T")
+postgres_only = pytest.mark.skipif(BACKEND != "postgres", reason="row locks: PostgreSQL")
 
 
 def opt_in(channels: str = "sms,email", window: int = DAY) -> dict[str, Any]:
@@ -299,6 +306,88 @@ async def test_a_repeat_after_the_window_replaces_the_stale_request(
     assert (await status_of(client, key, stale["id"])) == {"missing": True}
     await settle()
     assert await confirmations(runtime, again.json()["id"]) == 1
+
+
+async def confirmation_of(runtime: Runtime, sub_id: str) -> uuid.UUID:
+    async with runtime.sessions() as session:
+        found = await session.scalar(
+            select(Notification.id).where(
+                Notification.subscription_id == uuid.UUID(sub_id),
+                Notification.kind == Kind.CONFIRMATION,
+            )
+        )
+    assert found is not None
+    return found
+
+
+async def someone_waits_for_a_lock(runtime: Runtime) -> bool:
+    async with runtime.sessions() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+async def while_a_worker_sends_it(
+    runtime: Runtime,
+    clock: SteppingClock,
+    confirmation: uuid.UUID,
+    erasing: Callable[[], Coroutine[Any, Any, T]],
+) -> T:
+    """Run a worker's claim transaction on the stale request's confirmation, statement by
+    statement as ``dispatch.deliver`` does, with ``erasing`` started between its claim and
+    its first marks (the request is erased while that claim is under way); its result."""
+    settings = runtime.settings
+    async with db.transaction(runtime.sessions) as session:
+        claim_id, now = uuid.uuid4(), clock.now()
+        lease = timedelta(seconds=settings.waves.claim_lease_seconds)
+        claimed = await dispatch.claim(session, [confirmation], lease, claim_id, now)
+        assert claimed == [confirmation]
+        erase = asyncio.create_task(erasing())
+        await eventually(
+            lambda: erase.done() or someone_waits_for_a_lock(runtime), 10, "erasing is under way"
+        )
+        deliveries = await dispatch.prepare(session, settings, runtime.keys, claimed, now)
+        lookahead = {"sms": settings.delivery.lookahead("sms")}
+        marks = first_marks(deliveries, lookahead)
+        assert marks, "the claim marks its first calls in its own transaction"
+        assert await mark_inflight(session, claim_id, marks, now) == {confirmation}
+    return await erase
+
+
+@postgres_only
+async def test_a_repeat_while_a_worker_sends_the_stale_confirmation_waits_for_it(
+    make_client: ClientFactory, api_keys: dict[str, str], runtime: Runtime, clock: SteppingClock
+) -> None:
+    client, key = make_client(**opt_in()), api_keys["all"]
+    stale = (await subscribe(client, key, contact=phone(1))).json()
+    clock.advance(DAY + 60)
+    confirmation = await confirmation_of(runtime, stale["id"])
+    again = await while_a_worker_sends_it(
+        runtime, clock, confirmation, lambda: subscribe(client, key, contact=phone(1))
+    )
+    assert again.status_code == 201, again.text
+    assert (await status_of(client, key, stale["id"])) == {"missing": True}
+
+
+@postgres_only
+async def test_retention_erasing_a_request_while_a_worker_sends_its_confirmation_waits_for_it(
+    make_client: ClientFactory, api_keys: dict[str, str], runtime: Runtime, clock: SteppingClock
+) -> None:
+    client, key = make_client(**opt_in()), api_keys["all"]
+    stale = (await subscribe(client, key, contact=phone(1))).json()
+    clock.advance(DAY + 60)
+
+    async def sweep() -> int:
+        async with db.transaction(runtime.sessions) as session:
+            return await retention.discard_unconfirmed(session, runtime.settings, clock.now())
+
+    confirmation = await confirmation_of(runtime, stale["id"])
+    assert await while_a_worker_sends_it(runtime, clock, confirmation, sweep) == 1
+    assert (await status_of(client, key, stale["id"])) == {"missing": True}
 
 
 async def test_nobody_gets_more_than_one_confirmation_per_sku_a_day(

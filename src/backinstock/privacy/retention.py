@@ -85,7 +85,9 @@ async def discard_unconfirmed(session: AsyncSession, settings: Settings, now: da
             select(Subscription.id)
             .where(Subscription.status == Status.PENDING.value, Subscription.created_at < cutoff)
             .limit(BATCH)
-            .with_for_update(skip_locked=True)
+            # NO KEY: a worker sending one of these confirmations re-checks the key of its
+            # subscription; a full lock here would deadlock with it (see lifecycle.discard).
+            .with_for_update(skip_locked=True, key_share=True)
         )
     )
     if ids:

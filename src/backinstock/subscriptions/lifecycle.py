@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Update, Uuid, case, delete, select, update
+from sqlalchemy import Update, Uuid, case, column, delete, select, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,6 +40,8 @@ from backinstock.subscriptions.models import (
 CHUNK = 1000
 _SUBSCRIPTIONS = Subscription.metadata.tables[Subscription.__tablename__]  # Core, for speed
 QueueKey = tuple[int, datetime, uuid.UUID]  # (priority_rank, created_at, id): queue order
+# Read (locked) only, never written here: the messages a discarded request takes with it.
+_MESSAGES = table("notifications", column("id", Uuid), column("subscription_id", Uuid))
 
 
 async def confirm(
@@ -65,6 +67,13 @@ async def discard(session: AsyncSession, subscription_ids: list[uuid.UUID]) -> N
     with them); they never were subscriptions and count in no figure."""
     unconfirmed = select(Subscription.id).where(
         Subscription.id.in_(subscription_ids), Subscription.status == Status.PENDING.value
+    )
+    # Lock order. A worker locks a message when it claims it, then its subscription's key
+    # (a second update of the row in one transaction re-checks the foreign key); the
+    # cascade below would lock the subscription first, then its messages, and deadlock
+    # with a worker sending this request's confirmation. Wait for that claim instead.
+    await session.execute(
+        select(_MESSAGES.c.id).where(_MESSAGES.c.subscription_id.in_(unconfirmed)).with_for_update()
     )
     await session.execute(
         delete(SubscriptionFallback).where(SubscriptionFallback.subscription_id.in_(unconfirmed))
