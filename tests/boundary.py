@@ -3,15 +3,14 @@ without rate limits, and values of exact lengths."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import httpx
 
 from backinstock.config import RateLimitSettings
-from backinstock.main import create_app
 from backinstock.runtime import Runtime
+from tests import apps
 from tests.helpers import bearer, subscription_body
 from tests.restocks.helpers import at
 
@@ -53,16 +52,13 @@ def dotted(path: Path) -> str:
 def unlimited_client(runtime: Runtime) -> httpx.AsyncClient:
     """The app with its rate limits off (so every request is judged on its content) and
     app exceptions answered as the server would (500), not raised into the test."""
-    settings = dataclasses.replace(
-        runtime.settings,
-        rate_limits=RateLimitSettings(
-            rate_limit_per_ip="",
-            rate_limit_per_contact="",
-            publishable_rate_limit_per_ip="",
-            publishable_rate_limit_per_contact="",
-        ),
+    unlimited = RateLimitSettings(
+        rate_limit_per_ip="",
+        rate_limit_per_contact="",
+        publishable_rate_limit_per_ip="",
+        publishable_rate_limit_per_contact="",
     )
-    app = create_app(runtime=dataclasses.replace(runtime, settings=settings))
+    app = apps.app_for(runtime, rate_limits=unlimited)
     transport = httpx.ASGITransport(
         app=app, raise_app_exceptions=False, client=("198.51.100.7", 40000)
     )

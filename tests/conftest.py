@@ -4,7 +4,6 @@ migrations and real connections."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +27,7 @@ from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import local_limiter
 from backinstock.runtime import Runtime
 from backinstock.stats.pipeline import PipelineCache
+from tests import apps
 from tests.clock import SteppingClock
 from tests.schedule import pytest_collection_modifyitems  # noqa: F401 - the suite's order
 from tests.server import RedisServer
@@ -219,18 +219,11 @@ async def make_client(runtime: Runtime) -> AsyncIterator[ClientFactory]:
     """Clients for the app; pass settings sections to override, e.g. rate_limits=..."""
     clients: list[httpx.AsyncClient] = []
 
-    # Imported here, not at the top: the app's routers import the worker module, which builds
-    # its broker from the environment when first imported, and the environment is the one
-    # this module sets up (per pytest-xdist process), not the one the suite was started in.
-    from backinstock.main import create_app
-
     def factory(**sections: Any) -> httpx.AsyncClient:
-        rt = dataclasses.replace(
-            runtime, settings=dataclasses.replace(runtime.settings, **sections)
-        )
-        app = create_app(runtime=rt)
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("198.51.100.7", 40000)),
+            transport=httpx.ASGITransport(
+                app=apps.app_for(runtime, **sections), client=("198.51.100.7", 40000)
+            ),
             base_url="http://testserver",
         )
         clients.append(client)
