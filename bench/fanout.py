@@ -1,14 +1,19 @@
 """Restock fan-out on PostgreSQL + Redis: one POST /v1/restocks to N waiting shoppers.
 
 Per round: a fresh database, N waiting SMS shoppers on one SKU seeded straight into it
-(sealed and blind-indexed by the project's own code), the API and ONE worker host
-(`backinstock worker`) started, then one restock covering everyone. From the 202 it times
+(sealed and blind-indexed by the project's own code), the API and one worker host
+(`backinstock worker`; `--hosts H` starts H of them, separate process trees sharing the
+database and Redis) started, then one restock covering everyone. From the 202 it times
 the first and the last dev-outbox message, samples the worker processes' RSS, and checks
 that every shopper got exactly one message. The services are then stopped and a bare
 script loop sends the same messages again (decrypt, render, seal, insert in batches of
 200; no broker, no claiming) for a baseline; its bodies must equal the worker's.
 
     .venv/bin/python bench/fanout.py --sizes 10000,100000 --rounds 3 --write
+
+With several hosts, each host's messages come from its own /metrics (`--metrics-port`:
+``backinstock_messages_total``, summed over its processes): a host that sent none fails
+the round's checks, as a duplicate does.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from benchlib import (
     PG,
     RESULTS,
     cpu_seconds,
-    free_port,
+    free_ports,
     fresh_database,
     source_state,
     write_results,
@@ -56,6 +61,7 @@ from backinstock.db import new_id
 from backinstock.dispatch.render import MessageContext, render
 from backinstock.identity import (
     CLICK_TOKEN,
+    SHOPPER_PAGE_TOKEN,
     UNSUBSCRIBE_TOKEN,
     contact_aad,
     outbox_aad,
@@ -104,6 +110,8 @@ class Round:
     other_cpu_s: float = 0.0  # CPU used by everything else on the host (other jobs), 202 -> last
     host_busy: float = 0.0  # share of all cores busy, 202 -> last
     bare_s: float = 0.0
+    host_msgs: list[int] = field(default_factory=list)  # messages sent, per worker host
+    host_cpu_s: list[float] = field(default_factory=list)  # per worker host, 202 -> last
     checks: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -113,6 +121,11 @@ class Round:
     @property
     def ratio(self) -> float:
         return self.last_s / self.bare_s
+
+    @property
+    def smallest_share(self) -> float:
+        """The least busy host's part of the wave (1.0 with one host)."""
+        return min(self.host_msgs) * len(self.host_msgs) / self.size
 
     @property
     def rss_max(self) -> float:
@@ -225,6 +238,27 @@ def stop(service: Service) -> None:
         os.killpg(service.proc.pid, signal.SIGKILL)
 
 
+@dataclass
+class WorkerHost:
+    """One `backinstock worker` process tree, with its processes' metrics on its own port."""
+
+    metrics_port: int | None
+    service: Service = field(init=False)
+
+    def messages_sent(self) -> int | None:
+        """backinstock_messages_total{outcome="sent"}, summed over the host's processes
+        (None without a metrics port: the only host, which sent them all)."""
+        if self.metrics_port is None:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        return round(sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("backinstock_messages_total{") and 'outcome="sent"' in line
+        ))  # fmt: skip
+
+
 def fail(service: Service, why: str) -> None:
     tail = service.log.read_text(errors="replace")[-3000:]
     raise RuntimeError(f"{service.name}: {why}\n--- {service.log} (tail) ---\n{tail}")
@@ -252,7 +286,7 @@ def wait_worker(worker: Service, processes: int) -> list[int]:
         if worker.proc.poll() is not None:
             fail(worker, "exited during startup")
         ready = worker.log.read_text(errors="replace").count("is ready for action")
-        kids = children(worker.proc.pid)
+        kids = worker_processes(worker.proc.pid)
         if ready >= processes and len(kids) >= processes:
             return kids
         time.sleep(0.2)
@@ -274,6 +308,12 @@ def children(pid: int) -> list[int]:
     return sorted(kids)
 
 
+def worker_processes(pid: int) -> list[int]:
+    """A host's dramatiq worker processes: its children that run a pool of threads (a
+    metrics exporter, forked beside them with --metrics-port, runs two)."""
+    return [kid for kid in children(pid) if status_mb_or_count(kid, "Threads") > 2]
+
+
 POLL_SEEN: set[str] = set()  # dramatiq_worker_timeout in the worker processes' environments
 
 
@@ -286,9 +326,14 @@ def worker_timeout_of(pid: int) -> str:
 
 
 def status_mb(pid: int, field_name: str) -> float:
+    return status_mb_or_count(pid, field_name) / 1024
+
+
+def status_mb_or_count(pid: int, field_name: str) -> int:
+    """A field of /proc/<pid>/status: kB for sizes, a count for Threads."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1])
     raise LookupError(field_name)
 
 
@@ -356,11 +401,15 @@ def post_restock(port: int, key: str, size: int, event_id: str) -> tuple[float, 
 
 
 def measure(
-    rnd: Round, cur: Any, worker: Service, api: Service, port: int, key: str, timeout: float
-) -> None:
-    kids = children(worker.proc.pid)
+    rnd: Round, cur: Any, hosts: list[WorkerHost], api: Service, port: int, key: str,
+    timeout: float,
+) -> None:  # fmt: skip
+    services = [*(host.service for host in hosts), api]
+    per_host = [worker_processes(host.service.proc.pid) for host in hosts]
+    kids = [pid for pids in per_host for pid in pids]
     rnd.rss_idle_mb = [status_mb(pid, "VmRSS") for pid in kids]
-    cpu0 = sum(cpu_seconds(pid) for pid in kids), cpu_seconds(api.proc.pid)
+    host_cpu0 = [sum(cpu_seconds(pid) for pid in pids) for pids in per_host]
+    cpu0 = sum(host_cpu0), cpu_seconds(api.proc.pid)
     rnd.quiet_wait_s = wait_quiet()
     host0, pg0, self0 = host_ticks(), postgres_cpu(), own_cpu()
     at, rnd.post_ms = post_restock(port, key, rnd.size, f"r-{rnd.size}-{rnd.index}")
@@ -369,17 +418,21 @@ def measure(
     while first is None:  # cheap while the table is empty: poll every 50 ms
         cur.execute("SELECT min(created_at) FROM dev_outbox")
         first = cur.fetchone()[0]
-        check_alive(worker, api, deadline, rnd)
+        check_alive(services, deadline, rnd)
         time.sleep(0.05)
     count = 0
     while count < rnd.size:  # count(*) costs more: every 250 ms (the figure comes from rows)
         time.sleep(0.25)
         cur.execute("SELECT count(*) FROM dev_outbox")
         count = cur.fetchone()[0]
-        check_alive(worker, api, deadline, rnd, count)
+        check_alive(services, deadline, rnd, count)
     host1, pg1 = host_ticks(), postgres_cpu()
     rnd.pg_cpu_s = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
-    rnd.worker_cpu_s = sum(cpu_seconds(pid) for pid in kids) - cpu0[0]
+    rnd.host_cpu_s = [
+        sum(cpu_seconds(pid) for pid in pids) - before
+        for pids, before in zip(per_host, host_cpu0, strict=True)
+    ]
+    rnd.worker_cpu_s = sum(rnd.host_cpu_s)
     rnd.api_cpu_s = cpu_seconds(api.proc.pid) - cpu0[1]
     rnd.host_busy = (host1[0] - host0[0]) / max(host1[1] - host0[1], 1)
     busy_s = (host1[0] - host0[0]) / os.sysconf("SC_CLK_TCK")
@@ -389,7 +442,7 @@ def measure(
     while pending:
         cur.execute("SELECT count(*) FROM notifications WHERE status <> 'sent'")
         pending = cur.fetchone()[0]
-        check_alive(worker, api, deadline, rnd)
+        check_alive(services, deadline, rnd)
         time.sleep(0.1)
     rnd.rss_peak_mb = [status_mb(pid, "VmHWM") for pid in kids]
     cur.execute("SELECT max(created_at) FROM dev_outbox")
@@ -402,12 +455,12 @@ def measure(
     rnd.planned_last_s = planned_last.timestamp() - at
 
 
-def check_alive(worker: Service, api: Service, deadline: float, rnd: Round, n: int = 0) -> None:
-    for service in (worker, api):
+def check_alive(services: list[Service], deadline: float, rnd: Round, n: int = 0) -> None:
+    for service in services:
         if service.proc.poll() is not None:
             fail(service, "exited during the fan-out")
     if time.monotonic() > deadline:
-        fail(worker, f"N={rnd.size}: only {n} messages before the timeout")
+        fail(services[0], f"N={rnd.size}: only {n} messages before the timeout")
 
 
 def check(cur: Any, size: int) -> dict[str, Any]:
@@ -479,6 +532,7 @@ async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
                     product_name=pname or sku,
                     link=f"{base}/r/{keys.tokens.sign(CLICK_TOKEN, nid)}",
                     unsubscribe_url=f"{base}/u/{keys.tokens.sign(UNSUBSCRIBE_TOKEN, sid)}",
+                    page_url=f"{base}/s/{keys.tokens.sign(SHOPPER_PAGE_TOKEN, sid)}",
                     level=level,
                     queue_size=queue_size,
                 )
@@ -525,7 +579,12 @@ def keep_worker_bodies(cur: Any, keys: Keys) -> Opened:
 
 def same_messages(cur: Any, keys: Keys, worker_messages: Opened) -> int:
     bare = opened_outbox(cur, keys)
-    return sum(1 for nid, message in bare.items() if worker_messages.get(nid) == message)
+    differ = [nid for nid, message in bare.items() if worker_messages.get(nid) != message]
+    if differ:  # shown, so that a failed check says how the bodies differ
+        print(f"first of {len(differ)} different messages:\n  worker: "
+              f"{worker_messages.get(differ[0])!r}\n  bare:   {bare[differ[0]]!r}",
+              file=sys.stderr)  # fmt: skip
+    return len(bare) - len(differ)
 
 
 # ---------------------------------------------------------------- one round
@@ -541,7 +600,7 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
               "admin").strip().splitlines()[-1]  # fmt: skip
     flush_redis()
     rnd.seed_s = asyncio.run(seed(keys, rnd.size))
-    port = free_port()
+    port, *metrics_ports = free_ports(1 + args.hosts)
     services: list[Service] = []
     conn = psycopg2.connect(dbname=DATABASE, **PG)
     conn.autocommit = True
@@ -552,15 +611,22 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
                        "--threads", str(args.threads)]  # fmt: skip
         if args.idle_poll_ms:  # the CLI sets dramatiq_worker_timeout from --poll-ms itself
             worker_argv += ["--poll-ms", str(args.idle_poll_ms)]
-        worker = spawn("worker", worker_argv, env)
-        services.append(worker)
+        # One host runs as before; several each serve their metrics, to count their messages.
+        hosts = [WorkerHost(p if args.hosts > 1 else None) for p in metrics_ports]
+        for n, host in enumerate(hosts, start=1):
+            argv = worker_argv + (["--metrics-port", str(host.metrics_port)]
+                                  if host.metrics_port else [])  # fmt: skip
+            host.service = spawn("worker" if args.hosts == 1 else f"worker{n}", argv, env)
+            services.append(host.service)
         wait_api(api, port)
-        for pid in wait_worker(worker, args.processes):
-            POLL_SEEN.add(worker_timeout_of(pid))
+        for host in hosts:
+            for pid in wait_worker(host.service, args.processes):
+                POLL_SEEN.add(worker_timeout_of(pid))
         time.sleep(1.0)  # let the sweepers' first ticks and the imports settle
         with conn.cursor() as cur:
             timeout = args.timeout or 120 + rnd.size / 250  # fails below ~250 msg/s
-            measure(rnd, cur, worker, api, port, key, timeout)
+            measure(rnd, cur, hosts, api, port, key, timeout)
+        rnd.host_msgs = [host.messages_sent() or rnd.size for host in hosts]
     finally:
         for service in reversed(services):
             stop(service)
@@ -573,7 +639,11 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
         rnd.checks["bare_same_bodies"] = same_messages(cur, keys, worker_messages)
     conn.close()
     checks = rnd.checks
-    checks["ok"] = checks["ok"] and written == checks["bare_same_bodies"] == rnd.size
+    checks["messages_per_host"] = rnd.host_msgs
+    every_host_sent = sum(rnd.host_msgs) == rnd.size and min(rnd.host_msgs) > 0
+    checks["ok"] = (
+        checks["ok"] and written == checks["bare_same_bodies"] == rnd.size and every_host_sent
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -589,8 +659,8 @@ def round_table(rounds: list[Round]) -> list[str]:
         "| last msg s | msgs/s | all recorded s "
         "| worker RSS idle MB | worker RSS peak MB | worker CPU s | API CPU s | PG CPU s "
         "| host busy | other CPU s | waited for quiet s "
-        "| bare loop s | fan-out / bare | checks |",
-        "|" + "---:|" * 20 + "---|",
+        "| bare loop s | fan-out / bare | msgs per host | worker CPU per host s | checks |",
+        "|" + "---:|" * 22 + "---|",
     ]
     for r in rounds:
         lines.append(
@@ -601,6 +671,8 @@ def round_table(rounds: list[Round]) -> list[str]:
             f"| {r.pg_cpu_s:.1f} | {100 * r.host_busy:.0f}% | {r.other_cpu_s:.1f} "
             f"| {r.quiet_wait_s:.0f} "
             f"| {r.bare_s:.2f} | {r.ratio:.2f} "
+            f"| {'+'.join(str(n) for n in r.host_msgs)} "
+            f"| {'+'.join(f'{c:.1f}' for c in r.host_cpu_s)} "
             f"| {'ok' if r.checks['ok'] else 'FAILED'} |"
         )
     return lines
@@ -628,6 +700,7 @@ def medians(rounds: list[Round]) -> dict[int, dict[str, float]]:
             "bare_s": med(lambda r: r.bare_s),
             "bare_rate": med(lambda r: r.size / r.bare_s),
             "ratio": med(lambda r: r.ratio),
+            "smallest_share": med(lambda r: r.smallest_share),
         }
     return result
 
@@ -638,8 +711,8 @@ def median_table(meds: dict[int, dict[str, float]]) -> list[str]:
         "| all recorded s | peak RSS / process MB "
         "| peak RSS, all workers MB | worker CPU ms/msg | PG CPU ms/msg | bare loop s "
         "| bare msgs/s "
-        "| fan-out / bare |",
-        "|" + "---:|" * 14,
+        "| fan-out / bare | least busy host's share of an even split |",
+        "|" + "---:|" * 15,
     ]
     for size, m in meds.items():
         lines.append(
@@ -648,12 +721,12 @@ def median_table(meds: dict[int, dict[str, float]]) -> list[str]:
             f"| {m['recorded_s']:.2f} | **{m['rss_max']:.0f}** | {m['rss_sum']:.0f} "
             f"| {m['cpu_ms_per_msg']:.2f} | {m['pg_ms_per_msg']:.2f} | {m['bare_s']:.2f} "
             f"| {m['bare_rate']:.0f} "
-            f"| **{m['ratio']:.2f}** |"
+            f"| **{m['ratio']:.2f}** | {m['smallest_share']:.2f} |"
         )
     return lines
 
 
-def verdicts(meds: dict[int, dict[str, float]]) -> list[str]:
+def verdicts(meds: dict[int, dict[str, float]], hosts: int) -> list[str]:
     def word(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
@@ -668,6 +741,9 @@ def verdicts(meds: dict[int, dict[str, float]]) -> list[str]:
         lines.append(
             f"- {LAST_TARGET_N} messages in <= {LAST_TARGET_S:.0f} s from one worker "
             f"host: {last:.1f} s → **{word(last <= LAST_TARGET_S)}**"
+            if hosts == 1
+            else f"- {LAST_TARGET_N} messages from {hosts} worker hosts: {last:.1f} s (the "
+            f"{LAST_TARGET_S:.0f} s target is for one host)"
         )
     else:
         lines.append(f"- {LAST_TARGET_N} in <= {LAST_TARGET_S:.0f} s: not measured this run")
@@ -690,6 +766,10 @@ def verdicts(meds: dict[int, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _hosts(n: int) -> str:
+    return "ONE worker host" if n == 1 else f"{n} worker hosts (separate process trees), each"
+
+
 def section(
     args: argparse.Namespace, pg: dict[str, str], lines: list[str], source: tuple[str, str]
 ) -> str:
@@ -700,7 +780,8 @@ def section(
     variant = f", --poll-ms {args.idle_poll_ms}" if args.idle_poll_ms else ""
     poll = ", ".join(sorted(POLL_SEEN)) or "?"
     return "\n".join([
-        f"## {now:%Y-%m-%d} — restock fan-out (PostgreSQL + Redis{variant})", "",
+        f"## {now:%Y-%m-%d} — restock fan-out (PostgreSQL + Redis{variant}"
+        + (f", {args.hosts} worker hosts)" if args.hosts > 1 else ")"), "",
         f"- command: `{shlex.join(['.venv/bin/python', 'bench/fanout.py', *sys.argv[1:]])}`",
         f"- date: {now:%Y-%m-%d %H:%M} UTC; source: {source[0]}"
         + ("" if source[0] == source[1] else f" (at the end: {source[1]})"),
@@ -709,7 +790,7 @@ def section(
         f"- PostgreSQL {pg['server_version']} (synchronous_commit={pg['synchronous_commit']}, "
         f"fsync={pg['fsync']}, shared_buffers={pg['shared_buffers']}); Redis broker on "
         f"{REDIS_URL} (flushed per round); all on this host",
-        f"- services: `backinstock serve` (1 uvicorn process) and ONE worker host "
+        f"- services: `backinstock serve` (1 uvicorn process) and {_hosts(args.hosts)} "
         f"`backinstock worker --processes {args.processes} --threads {args.threads}`"
         + (f" --poll-ms {args.idle_poll_ms}" if args.idle_poll_ms else "")
         + " (dramatiq's idle Redis poll: every 0.5-1x worker_timeout; `backinstock worker` "
@@ -728,7 +809,7 @@ def section(
         "N-th dev_outbox row's created_at (first / last msg), and the last notification's "
         "sent_at (\"all recorded\"); msgs/s = N / last msg s",
         "- worker RSS: VmRSS before the POST and VmHWM at the end of each dramatiq worker "
-        "process (children of the worker host's pid), in MB; worker/API CPU = user+system "
+        "process (children of the worker hosts' pids), in MB; worker/API CPU = user+system "
         "seconds, 202 → last message; PG CPU = all postgres processes, same span; host "
         "busy = all cores, same span; other CPU = host busy - (worker + API + PG + this "
         "script): other jobs share this host. Before each POST the script waits "
@@ -749,6 +830,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size")
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument("--hosts", type=int, default=1, help="worker hosts (process trees)")
     parser.add_argument(
         "--idle-poll-ms",
         type=int,
@@ -780,7 +862,7 @@ def main() -> None:
             )
     meds = medians(rounds)
     lines = [*round_table(rounds), "", "Medians:", "", *median_table(meds), "",
-             "Targets:", "", *verdicts(meds)]  # fmt: skip
+             "Targets:", "", *verdicts(meds, args.hosts)]  # fmt: skip
     print("\n" + "\n".join(lines))
     if not all(r.checks["ok"] for r in rounds):
         print("\nCORRECTNESS CHECK FAILED", file=sys.stderr)
