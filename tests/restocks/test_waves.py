@@ -6,14 +6,21 @@ everything due at the clock's now has run."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
+import pytest
 from sqlalchemy import select
 
+from backinstock.dispatch.models import Notification
+from backinstock.flows import restock
 from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
+from backinstock.subscriptions.models import Subscription
 from tests.clock import SteppingClock
 from tests.conftest import WorkerStarter
 from tests.restocks.helpers import outbox_count, outbox_recipients, post_level, subscribe_many
+from tests.restocks.seed import seed_waiting
 from tests.workers import settle, tick
 
 # Longer than any test runs, so that only the test's clock can make a step due.
@@ -135,3 +142,32 @@ async def test_messages_carry_product_links_and_scarcity(
     assert "/r/" in body and "/s/" in body  # an SMS's "Stop" link is the shopper's page
     assert items[0]["to"].startswith("+86 138")
     assert "13800000" not in page.text
+
+
+async def test_a_step_is_written_in_chunks_that_grow_and_keep_the_queue_order(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first chunk small, so that the first messages leave at once; the next ones twice
+    # the last, up to the largest (here 2 -> 4 -> 8 instead of 1,000 -> ... -> 8,000).
+    monkeypatch.setattr(restock, "CHUNK", 2)
+    monkeypatch.setattr(restock, "LARGEST_CHUNK", 8)
+    await seed_waiting(runtime, 25)
+    assert (await post_level(client, api_keys["inventory"], 25)).status_code == 202
+    async with runtime.sessions() as session:
+        wave_id = await session.scalar(select(Wave.id))
+    assert wave_id is not None
+    woken: list[list[uuid.UUID]] = []
+    assert await restock.run(runtime.sessions, runtime.settings, wave_id, woken.append) == 25
+    assert [len(ids) for ids in woken] == [2, 4, 8, 8, 3]
+    async with runtime.sessions() as session:
+        in_queue_order = list(
+            await session.scalars(
+                select(Notification.id)
+                .join(Subscription, Subscription.id == Notification.subscription_id)
+                .order_by(Subscription.priority_rank, Subscription.created_at, Subscription.id)
+            )
+        )
+    assert [i for ids in woken for i in ids] == in_queue_order

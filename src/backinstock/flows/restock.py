@@ -59,10 +59,15 @@ from backinstock.subscriptions.lifecycle import QueueKey
 from backinstock.subscriptions.models import IN_QUEUE, Subscription
 
 log = structlog.get_logger(__name__)
-# Notifications written per transaction; woken in messages of dispatch.BATCH (a multiple of
-# it: no short messages). Larger chunks mean fewer round trips; the transaction stays short
-# because the rows never leave the database.
+# Notifications written per transaction; woken in messages of dispatch.BATCH (multiples of
+# it: no short messages). A step's first chunk is CHUNK, so that its first messages leave
+# at once; each next one is twice the last, up to LARGEST_CHUNK. The writer shares its
+# worker's event loop with the claims sending, so every statement of a chunk waits its turn
+# behind theirs (about 200 ms a chunk of 1,000 during a wave, against 9 ms alone): larger
+# chunks pay that wait for more rows. A transaction stays short: its rows never leave the
+# database.
 CHUNK = 1000
+LARGEST_CHUNK = 8000
 # Tries at a sell-out's compensation coupons while follow-ups race it for the same
 # shoppers: each failed try means one more follow-up committed in that very moment.
 COUPON_ATTEMPTS = 3
@@ -457,15 +462,17 @@ async def _write_step(
 ) -> int:
     written = 0
     after: QueueKey | None = None
+    size = CHUNK
     while True:
         async with db.transaction(sessions) as session:
             ids, after = await _write_chunk(
-                session, settings, wave_id, queue_size, after, clock.now()
+                session, settings, wave_id, queue_size, after, clock.now(), size
             )
             if ids:
                 db.after_commit(session, lambda ids=ids: wake_senders(ids))  # type: ignore[misc]
         if not ids:
             return written
+        size = min(2 * size, LARGEST_CHUNK)
         written += len(ids)
         metrics.WAVE_MESSAGES_PLANNED.inc(len(ids))
         log.info(
@@ -484,11 +491,12 @@ async def _write_chunk(
     queue_size: int,
     after: QueueKey | None,
     now: datetime,
+    size: int,
 ) -> tuple[list[uuid.UUID], QueueKey | None]:
     wave = await waves.lock_for_chunk(session, settings, wave_id, now)
     if wave is None or wave.planned >= wave.target:
         return [], None
-    limit = min(CHUNK, wave.target - wave.planned)
+    limit = min(size, wave.target - wave.planned)
     picked = _next_in_queue(settings, wave.sku, wave_id, after, limit)
     rules = await product_policy.effective(session, settings, wave.sku)
     held_until = now + timedelta(seconds=rules.hold_seconds) if rules.hold_seconds > 0 else None
