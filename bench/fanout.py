@@ -111,6 +111,7 @@ class Round:
     host_busy: float = 0.0  # share of all cores busy, 202 -> last
     bare_s: float = 0.0
     host_msgs: list[int] = field(default_factory=list)  # messages sent, per worker host
+    writer_hosts: int = 0  # leading hosts on the waves queue alone (--writer-host): send none
     host_cpu_s: list[float] = field(default_factory=list)  # per worker host, 202 -> last
     checks: dict[str, Any] = field(default_factory=dict)
 
@@ -124,8 +125,9 @@ class Round:
 
     @property
     def smallest_share(self) -> float:
-        """The least busy host's part of the wave (1.0 with one host)."""
-        return min(self.host_msgs) * len(self.host_msgs) / self.size
+        """The least busy sending host's part of the wave (1.0 with one host)."""
+        senders = self.host_msgs[self.writer_hosts :]
+        return min(senders) * len(senders) / self.size
 
     @property
     def rss_max(self) -> float:
@@ -613,9 +615,12 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
             worker_argv += ["--poll-ms", str(args.idle_poll_ms)]
         # One host runs as before; several each serve their metrics, to count their messages.
         hosts = [WorkerHost(p if args.hosts > 1 else None) for p in metrics_ports]
+        rnd.writer_hosts = 1 if args.writer_host else 0
         for n, host in enumerate(hosts, start=1):
             argv = worker_argv + (["--metrics-port", str(host.metrics_port)]
                                   if host.metrics_port else [])  # fmt: skip
+            if args.writer_host:  # the first host writes the waves, the others send
+                argv += ["--queue", "waves" if n == 1 else "dispatch"]
             host.service = spawn("worker" if args.hosts == 1 else f"worker{n}", argv, env)
             services.append(host.service)
         wait_api(api, port)
@@ -640,7 +645,8 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
     conn.close()
     checks = rnd.checks
     checks["messages_per_host"] = rnd.host_msgs
-    every_host_sent = sum(rnd.host_msgs) == rnd.size and min(rnd.host_msgs) > 0
+    senders = rnd.host_msgs[rnd.writer_hosts :]
+    every_host_sent = sum(rnd.host_msgs) == rnd.size and min(senders) > 0
     checks["ok"] = (
         checks["ok"] and written == checks["bare_same_bodies"] == rnd.size and every_host_sent
     )
@@ -781,7 +787,8 @@ def section(
     poll = ", ".join(sorted(POLL_SEEN)) or "?"
     return "\n".join([
         f"## {now:%Y-%m-%d} — restock fan-out (PostgreSQL + Redis{variant}"
-        + (f", {args.hosts} worker hosts)" if args.hosts > 1 else ")"), "",
+        + (f", {args.hosts} worker hosts" if args.hosts > 1 else "")
+        + (", the first writing waves alone)" if args.writer_host else ")"), "",
         f"- command: `{shlex.join(['.venv/bin/python', 'bench/fanout.py', *sys.argv[1:]])}`",
         f"- date: {now:%Y-%m-%d %H:%M} UTC; source: {source[0]}"
         + ("" if source[0] == source[1] else f" (at the end: {source[1]})"),
@@ -832,6 +839,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
     parser.add_argument("--hosts", type=int, default=1, help="worker hosts (process trees)")
     parser.add_argument(
+        "--writer-host",
+        action="store_true",
+        help="the first host takes the waves queue alone (`--queue waves`), the others "
+        "the dispatch queue: the wave writer gets an event loop no sender shares",
+    )
+    parser.add_argument(
         "--idle-poll-ms",
         type=int,
         help="passed as `backinstock worker --poll-ms`: an idle consumer polls Redis every "
@@ -840,6 +853,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, help="seconds per fan-out (default: 120 + N/250)")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = parser.parse_args()
+    if args.writer_host and args.hosts < 2:
+        parser.error("--writer-host needs --hosts 2 or more")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     OUT.mkdir(exist_ok=True)
     pg: dict[str, str] = {}

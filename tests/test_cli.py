@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from sqlalchemy import select
 from typer.testing import Result
 
@@ -250,3 +251,27 @@ async def test_serve_refuses_generated_keys_with_postgres() -> None:
     result = await run("serve", "--port", "1", env={**env, "BACKINSTOCK_LOG_JSON": "false"})
     assert result.exit_code == 2
     assert "Refusing to start" in result.stderr
+
+
+def test_a_worker_host_can_take_some_queues_only(
+    monkeypatch: pytest.MonkeyPatch,
+    migrated: str,  # the command migrates the suite's database before it starts Dramatiq
+) -> None:
+    started: list[list[str]] = []
+
+    def execv(path: str, args: list[str]) -> None:
+        started.append(args)
+        raise SystemExit(0)  # instead of becoming Dramatiq
+
+    monkeypatch.setattr(os, "execv", execv)
+    redis = {"BACKINSTOCK_REDIS_URL": "redis://127.0.0.1:6379/15"}
+    assert invoke("worker", "--queue", "waves", env=redis).exit_code == 0
+    assert invoke("worker", env=redis).exit_code == 0
+    writers, every_queue = started
+    assert writers[writers.index("--queues") + 1 :] == ["waves"]
+    assert "--queues" not in every_queue  # Dramatiq's default: all of them
+
+    refused = invoke("worker", "--queue", "wave", env=redis)
+    assert refused.exit_code == 2
+    assert "No such queue: wave (queues: dispatch, waves)" in refused.stderr
+    assert len(started) == 2

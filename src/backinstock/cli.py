@@ -187,11 +187,25 @@ def worker(
             "a directory per port under the system's temporary directory)."
         ),
     ] = None,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            help="Take work from this queue only (repeat for several; default: all): "
+            "'waves' writes restock waves, 'dispatch' sends. A host on 'waves' alone gives "
+            "the writers an event loop no sender shares (docs/architecture.md, worker hosts).",
+        ),
+    ] = None,
 ) -> None:
     """Dramatiq workers, each with the sweeper and wave scheduler (production mode)."""
-    from backinstock import migrations
+    from backinstock import migrations, tasks
     from backinstock.crypto import KeyConfigError, load_keys
 
+    known = sorted({task.queue for task in tasks.TASKS})
+    unknown = sorted(set(queues or ()) - set(known))
+    if unknown:
+        err.print(f"[red]No such queue:[/red] {', '.join(unknown)} (queues: {', '.join(known)})")
+        raise typer.Exit(2)
     settings = _settings()
     if not settings.core.redis_url:
         err.print(
@@ -221,6 +235,8 @@ def worker(
     ]
     if metrics_port is not None:
         args += ["--fork-function", _worker_metrics(metrics_port, metrics_host, metrics_dir)]
+    if queues:
+        args += ["--queues", *sorted(set(queues))]
     # Dramatiq's idle consumers poll every 0.5-1x this; its 1 s default alone would eat the
     # "first message within a second" budget twice (the wave, then the first send batch).
     os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112 - dramatiq reads this name
