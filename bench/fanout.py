@@ -631,7 +631,8 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
         with conn.cursor() as cur:
             timeout = args.timeout or 120 + rnd.size / 250  # fails below ~250 msg/s
             measure(rnd, cur, hosts, api, port, key, timeout)
-        rnd.host_msgs = [host.messages_sent() or rnd.size for host in hosts]
+        sent = [host.messages_sent() for host in hosts]
+        rnd.host_msgs = [rnd.size if n is None else n for n in sent]
     finally:
         for service in reversed(services):
             stop(service)
