@@ -63,9 +63,9 @@ log = structlog.get_logger(__name__)
 # it: no short messages). A step's first chunk is CHUNK, so that its first messages leave
 # at once; each next one is twice the last, up to LARGEST_CHUNK. The writer shares its
 # worker's event loop with the claims sending, so every statement of a chunk waits its turn
-# behind theirs (about 200 ms a chunk of 1,000 during a wave, against 9 ms alone): larger
-# chunks pay that wait for more rows. A transaction stays short: its rows never leave the
-# database.
+# behind theirs: larger chunks pay that wait for more rows (a 100,000-row step during a wave
+# on a saturated host: 30.9 s in chunks of 1,000, 19.4 s growing; alone, 8.4 s). A
+# transaction stays short: its rows never leave the database.
 CHUNK = 1000
 LARGEST_CHUNK = 8000
 # Tries at a sell-out's compensation coupons while follow-ups race it for the same
