@@ -166,7 +166,10 @@ async def move_waves(
     - an open wave whose level rose has its next step due at once;
     - a SKU from 0 to more opens a wave whose first step is due at once."""
     skus = sorted(changes)
-    open_now = await waves.open_waves_of(session, skus)
+    # Only a rise or a fall to 0 moves a wave: the others' are neither read nor locked (a
+    # location's sell-out in a sync lowers every SKU's level without moving its wave).
+    moving = [sku for sku in skus if _moves_wave(changes[sku].change)]
+    open_now = await waves.open_waves_of(session, moving)
     due: dict[str, waves.WaveState] = {}
     opening: list[tuple[str, uuid.UUID, int]] = []
     sold_out: list[uuid.UUID] = []
@@ -183,7 +186,9 @@ async def move_waves(
             opening.append((sku, changes[sku].event_id, change.after))
     if sold_out:
         compensations.extend(await sell_out_many(session, settings, sold_out, now))
-    await waves.make_due_all(session, [wave.id for wave in due.values()], now)
+    # A wave due already stays due: only the others are written (a sync's every request
+    # would otherwise rewrite each of its SKUs' waves).
+    await waves.make_due_all(session, [w.id for w in due.values() if w.id not in woken], now)
     for opened in await waves.open_many(session, opening, now):
         due[opened.sku] = opened
     sizes = await _first_steps(
@@ -198,6 +203,10 @@ async def move_waves(
         )
         for sku in skus
     }
+
+
+def _moves_wave(change: stock.LevelChange) -> bool:
+    return change.after == 0 or change.after > change.before
 
 
 async def _first_steps(

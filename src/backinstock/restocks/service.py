@@ -8,20 +8,48 @@ A SKU's level is the sum over its locations of each location's latest event by
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    String,
+    Uuid,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert  # the ON CONFLICT of PostgreSQL's
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog import service as catalog
 from backinstock.catalog.models import Product
-from backinstock.db import dialect_name, insert_for, new_id, one_of, rows_params, rows_table
+from backinstock.db import (
+    UTCDateTime,
+    dialect_name,
+    in_rows,
+    insert_for,
+    new_id,
+    one_of,
+    rows_params,
+    rows_table,
+)
 from backinstock.errors import InvalidField
 from backinstock.restocks.models import RestockEvent, StockLevel
 from backinstock.restocks.schemas import MAX_LEVEL, RestockIn, RestockOut
+
+# The Core tables (no mapper walk per row) of the bulk statements.
+_EVENTS = RestockEvent.metadata.tables[RestockEvent.__tablename__]
+_LEVELS = StockLevel.metadata.tables[StockLevel.__tablename__]
 
 
 @dataclass(frozen=True)
@@ -110,34 +138,71 @@ async def record_events(
 ) -> dict[EventKey, uuid.UUID]:
     """Keep the events in one INSERT; returns the ids of those not recorded before (a key
     absent from the answer is a replay, or a repeat within ``events``)."""
-    rows = [
-        {
-            "id": new_id(),
-            "location": e.payload.location,
-            "event_id": e.payload.event_id,
-            "sku": e.payload.sku,
-            "available": e.payload.available,
-            "occurred_at": e.occurred_at,
-            "received_at": now,
-            "applied": False,
-            "level_after": 0,
-            "waiting": 0,
-            "first_wave": 0,
-        }
-        for e in events
-    ]
-    if not rows:
+    if not events:
         return {}
-    # One statement compiled once and sent with many rows (SQLAlchemy batches them into
-    # multi-row INSERTs, RETURNING included): a 1,000-row VALUES built per request spent
-    # most of a sync's time compiling, and the Core table skips the mapper's walk per value.
-    inserted = await session.execute(
-        insert_for(session, RestockEvent.__table__)
-        .on_conflict_do_nothing(index_elements=[RestockEvent.location, RestockEvent.event_id])
-        .returning(RestockEvent.location, RestockEvent.event_id, RestockEvent.id),
-        rows,
-    )
+    dialect = dialect_name(session)
+    ids = [new_id() for _ in events]
+    if dialect == "postgresql":  # one array per column: no per-row parameters to build
+        params = rows_params(
+            dialect,
+            "events",
+            id=ids,
+            location=[e.payload.location for e in events],
+            event_id=[e.payload.event_id for e in events],
+            sku=[e.payload.sku for e in events],
+            available=[e.payload.available for e in events],
+            occurred_at=[e.occurred_at for e in events],
+        )
+        inserted = await session.execute(_pg_record_events(), {**params, "received_at": now})
+    else:
+        # One statement compiled once and sent with many rows (SQLAlchemy batches them into
+        # multi-row INSERTs, RETURNING included), through the Core table (no mapper walk).
+        inserted = await session.execute(
+            _record_events(insert_for(session, _EVENTS)),
+            [
+                {
+                    "id": id_,
+                    "location": e.payload.location,
+                    "event_id": e.payload.event_id,
+                    "sku": e.payload.sku,
+                    "available": e.payload.available,
+                    "occurred_at": e.occurred_at,
+                    "received_at": now,
+                    **_UNANSWERED,
+                }
+                for id_, e in zip(ids, events, strict=True)
+            ],
+        )
     return {(location, event_id): id_ for location, event_id, id_ in inserted}
+
+
+_UNANSWERED = {"applied": False, "level_after": 0, "waiting": 0, "first_wave": 0}
+
+
+def _record_events(stmt: Any) -> Any:
+    return stmt.on_conflict_do_nothing(
+        index_elements=[RestockEvent.location, RestockEvent.event_id]
+    ).returning(RestockEvent.location, RestockEvent.event_id, RestockEvent.id)
+
+
+@functools.cache
+def _pg_record_events() -> Any:
+    """Built once: ``INSERT … SELECT`` from the events' arrays, in request order (a repeat
+    within the request conflicts with its first occurrence, which is kept)."""
+    given = rows_table(
+        "postgresql",
+        "events",
+        id=Uuid,
+        location=String,
+        event_id=String,
+        sku=String,
+        available=Integer,
+        occurred_at=UTCDateTime,
+    )
+    unanswered = [literal(value) for value in _UNANSWERED.values()]
+    rows = select(*given.c, bindparam("received_at", type_=UTCDateTime), *unanswered)
+    columns = [*given.c.keys(), "received_at", *_UNANSWERED]
+    return _record_events(insert(_EVENTS).from_select(columns, rows))
 
 
 async def stored_answers(
@@ -215,22 +280,61 @@ async def location_levels(
 async def write_levels(
     session: AsyncSession, rows: Sequence[tuple[str, str, int, datetime, uuid.UUID]]
 ) -> None:
-    """Set each (sku, location, available, occurred_at, restock_id) in one upsert."""
+    """Set each (sku, location, available, occurred_at, restock_id) in one upsert: on
+    PostgreSQL one statement of one array per column (a thousand rows sent as an
+    executemany were a thousand upserts for the server to run, under the SKUs' locks)."""
     if not rows:
         return
-    stmt = insert_for(session, StockLevel.__table__)
-    changed = ("available", "occurred_at", "restock_id")
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[StockLevel.sku, StockLevel.location],
-        set_={column: stmt.excluded[column] for column in changed},
-    )
+    dialect = dialect_name(session)
+    if dialect == "postgresql":
+        sku, location, available, occurred_at, restock_id = (
+            list(c) for c in zip(*rows, strict=True)
+        )
+        params = rows_params(
+            dialect,
+            "levels",
+            sku=sku,
+            location=location,
+            available=available,
+            occurred_at=occurred_at,
+            restock_id=restock_id,
+        )
+        await session.execute(_pg_write_levels(), params)
+        return
     await session.execute(  # compiled once, sent with many rows (as record_events)
-        upsert,
+        _upsert_levels(insert_for(session, _LEVELS)),
         [
             {"sku": s, "location": loc, "available": a, "occurred_at": at, "restock_id": r}
             for s, loc, a, at, r in rows
         ],
     )
+
+
+_LEVEL_COLUMNS = ("sku", "location", "available", "occurred_at", "restock_id")
+
+
+def _upsert_levels(stmt: Any) -> Any:
+    changed = ("available", "occurred_at", "restock_id")
+    return stmt.on_conflict_do_update(
+        index_elements=[StockLevel.sku, StockLevel.location],
+        set_={column: stmt.excluded[column] for column in changed},
+    )
+
+
+@functools.cache
+def _pg_write_levels() -> Any:
+    """Built once: ``INSERT … SELECT`` from the rows' arrays, upserting each location."""
+    levels = rows_table(
+        "postgresql",
+        "levels",
+        sku=String,
+        location=String,
+        available=Integer,
+        occurred_at=UTCDateTime,
+        restock_id=Uuid,
+    )
+    given = select(*(levels.c[column] for column in _LEVEL_COLUMNS))
+    return _upsert_levels(insert(_LEVELS).from_select(list(_LEVEL_COLUMNS), given))
 
 
 async def forget_events(session: AsyncSession, ids: Collection[uuid.UUID]) -> None:
@@ -240,32 +344,43 @@ async def forget_events(session: AsyncSession, ids: Collection[uuid.UUID]) -> No
         await session.execute(delete(RestockEvent).where(RestockEvent.id.in_(list(ids))))
 
 
-_ANSWER = (
-    update(RestockEvent.__table__)  # type: ignore[arg-type]  # the Core table: no mapper walk
-    .where(RestockEvent.__table__.c.id == bindparam("answered"))
-    .values(
-        applied=bindparam("applied"),
-        level_after=bindparam("level_after"),
-        waiting=bindparam("waiting"),
-        first_wave=bindparam("first_wave"),
-    )
-)
-
-
 async def answer_events(session: AsyncSession, answers: Sequence[RestockOut]) -> None:
-    """Store each answer with its event: one UPDATE by primary key, compiled once and sent
-    with every row (the ORM's bulk update collected each row through the mapper)."""
-    if answers:
-        await session.execute(
-            _ANSWER,
-            [
-                {
-                    "answered": a.restock_id,
-                    "applied": a.applied,
-                    "level_after": a.available,
-                    "waiting": a.waiting,
-                    "first_wave": a.first_wave,
-                }
-                for a in answers
-            ],
+    """Store each answer with its event: one UPDATE joining the answers bound as one array
+    per column (an executemany by primary key ran one UPDATE per event)."""
+    if not answers:
+        return
+    dialect = dialect_name(session)
+    params = rows_params(
+        dialect,
+        "answers",
+        id=[a.restock_id for a in answers],
+        applied=[a.applied for a in answers],
+        level_after=[a.available for a in answers],
+        waiting=[a.waiting for a in answers],
+        first_wave=[a.first_wave for a in answers],
+    )
+    await session.execute(_answer_statement(dialect), params)
+
+
+@functools.cache
+def _answer_statement(dialect: str) -> Any:
+    """Built once per backend, as Core (no mapper walk)."""
+    answers = rows_table(
+        dialect,
+        "answers",
+        id=Uuid,
+        applied=Boolean,
+        level_after=Integer,
+        waiting=Integer,
+        first_wave=Integer,
+    )
+    return (
+        update(_EVENTS)
+        .where(_EVENTS.c.id == answers.c.id, in_rows(dialect, "answers", _EVENTS.c.id))
+        .values(
+            applied=answers.c.applied,
+            level_after=answers.c.level_after,
+            waiting=answers.c.waiting,
+            first_wave=answers.c.first_wave,
         )
+    )
