@@ -21,6 +21,7 @@ from backinstock.subscriptions.statements import (
     INSERT_SUBSCRIPTION,
     INSERT_SUBSCRIPTION_ON_DRIVER,
 )
+from tests.conftest import BACKEND
 from tests.helpers import phone
 
 
@@ -101,3 +102,18 @@ async def test_a_session_from_the_factory_runs_the_driver_statement_in_its_trans
             assert await INSERT_SUBSCRIPTION_ON_DRIVER.first(session, _row(runtime, 1))
             raise RuntimeError
     assert await _ids(runtime) == set()
+
+
+async def test_a_statement_alone_commits_on_its_own_on_postgresql(runtime: Runtime) -> None:
+    """``alone``: on PostgreSQL the statement commits at once (one round trip); what the
+    session does afterwards is still all-or-nothing. SQLite runs it in the transaction."""
+    row = _row(runtime, 1)
+    with pytest.raises(RuntimeError):
+        async with db.transaction_on_connection(runtime.engine) as session:
+            assert await INSERT_SUBSCRIPTION_ON_DRIVER.first(session, row, alone=True)
+            session.add(Product(sku="P", name="Shirt"))
+            await session.flush()
+            raise RuntimeError
+    assert await _ids(runtime) == ({row["id"]} if BACKEND == "postgres" else set())
+    async with db.transaction(runtime.sessions) as session:
+        assert await session.scalar(select(func.count()).select_from(Product)) == 0

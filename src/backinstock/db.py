@@ -300,9 +300,13 @@ class DriverStatement:
         self._compiled: tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]] | None = None
 
     async def first(
-        self, session: AsyncSession, params: Mapping[str, Any]
+        self, session: AsyncSession, params: Mapping[str, Any], *, alone: bool = False
     ) -> dict[str, Any] | None:
-        """The first row, as a dict of its columns, or None."""
+        """The first row, as a dict of its columns, or None. ``alone``: the caller will do
+        nothing that must be undone with the statement, so on PostgreSQL, when the
+        transaction has not started yet, the statement runs (and commits) on its own: one
+        round trip instead of three; what the session does later is a transaction of its
+        own, committed or rolled back as usual."""
         bind = session.bind
         connection = bind if isinstance(bind, AsyncConnection) else await session.connection()
         if connection.dialect.name != "postgresql":
@@ -312,7 +316,7 @@ class DriverStatement:
         args = [params[n] if f is None else f(params[n]) for n, f in binds]
         raw = await connection.get_raw_connection()
         driver: Any = raw.driver_connection
-        if not driver.is_in_transaction():
+        if not alone and not driver.is_in_transaction():
             # SQLAlchemy's asyncpg adapter sends BEGIN at its first statement, not at
             # begin(): its own BEGIN, so that the connection's commit or rollback ends it.
             await raw.dbapi_connection._start_transaction()  # type: ignore[union-attr]

@@ -181,7 +181,17 @@ async def subscribe(
     indexes = [candidates[0], *(identity.index(keys, f) for f in fallbacks)]
     contact_counter = await _check_limits(terms, limiter, client, indexes)
     new = _NewSubscription.build(keys, payload, primary, candidates[0], terms, now)
-    inserted = await INSERT_SUBSCRIPTION_ON_DRIVER.first(session, new.params)
+    # When nothing after the INSERT could undo it (the contact under its limit, no fallback
+    # to add, no confirmation to plan, the product's details written lately), it commits on
+    # its own: one round trip, not BEGIN, INSERT and COMMIT. Otherwise, and for whatever a
+    # repeat then does, the transaction as usual.
+    alone = (
+        contact_counter.retry_after is None
+        and not fallbacks
+        and not terms.pending
+        and products.known(payload.sku, product, overwrite=terms.overwrite_product)
+    )
+    inserted = await INSERT_SUBSCRIPTION_ON_DRIVER.first(session, new.params, alone=alone)
     if inserted is None and not payload.fallbacks:  # a repeat, or a channel refused
         await _refuse_channel(session, payload, limiter, contact_counter)
     existing: Subscription | None = None
