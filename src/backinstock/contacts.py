@@ -99,4 +99,4 @@ def _split_e164(normalized: str) -> tuple[int, str]:
         if int(digits[:length]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
             return int(digits[:length]), digits[length:]
     number = phonenumbers.parse(normalized)  # not E.164 after all: as before
-    return int(number.country_code), phonenumbers.national_significant_number(number)
+    return number.country_code or 0, phonenumbers.national_significant_number(number)
