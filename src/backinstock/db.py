@@ -314,7 +314,14 @@ class DriverStatement:
             return None if row is None else dict(row)
         sql, binds, columns = self._compiled or self._compile(connection.dialect)
         args = [params[n] if f is None else f(params[n]) for n, f in binds]
-        raw = await connection.get_raw_connection()
+        sync = connection.sync_connection
+        # The checked-out connection as it is (no greenlet needed to read it), unless it
+        # was invalidated, which takes a reconnect.
+        raw = (
+            sync.connection
+            if sync is not None and not sync.invalidated and not sync.closed
+            else await connection.get_raw_connection()
+        )
         driver: Any = raw.driver_connection
         if not alone and not driver.is_in_transaction():
             # SQLAlchemy's asyncpg adapter sends BEGIN at its first statement, not at
