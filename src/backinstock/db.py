@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -46,7 +47,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.elements import ColumnElement, Grouping
-from sqlalchemy.sql.selectable import NamedFromClause
+from sqlalchemy.sql.selectable import NamedFromClause, TextualSelect
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -257,6 +258,91 @@ async def transaction(
             await rollback(session)
             raise
         await commit(session)
+
+
+@asynccontextmanager
+async def transaction_on_connection(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """:func:`transaction` for a hot path: a pooled connection, begun here, and a session
+    that joins its transaction only if it is used. A request whose work is one
+    :class:`DriverStatement` (a new subscription) never runs the ORM session's machinery
+    (its begin, commit and close cost more CPU than the statement); any other statement on
+    the session runs in the same transaction, committed or rolled back with it."""
+    async with engine.connect() as connection:
+        await connection.begin()
+        session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=False)
+        try:
+            try:
+                yield session
+                if session.in_transaction():
+                    await session.flush()
+            except BaseException:
+                session.info.pop(_AFTER_COMMIT, None)
+                await connection.rollback()
+                raise
+            await connection.commit()
+        finally:
+            if session.in_transaction():
+                await session.close()  # lets go of the connection; never closes it
+        for callback in session.info.pop(_AFTER_COMMIT, []):
+            callback()
+
+
+class DriverStatement:
+    """A textual statement (``text(…).bindparams(…).columns(…)``) that, on PostgreSQL, is
+    handed to the driver (asyncpg) itself, in the session's transaction: SQLAlchemy's
+    execution (its context, cursor adapter and result objects) cost more CPU per call than
+    the INSERT of a subscription that runs in it. The parameters go through their types'
+    bind processors as SQLAlchemy's would, and the row through its columns' result
+    processors; elsewhere (SQLite) the session executes the statement as usual."""
+
+    def __init__(self, statement: TextualSelect) -> None:
+        self.statement = statement
+        self._compiled: tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]] | None = None
+
+    async def first(
+        self, session: AsyncSession, params: Mapping[str, Any], *, alone: bool = False
+    ) -> dict[str, Any] | None:
+        """The first row, as a dict of its columns, or None. ``alone``: the caller will do
+        nothing that must be undone with the statement, so on PostgreSQL, when the
+        transaction has not started yet, the statement runs (and commits) on its own: one
+        round trip instead of three; what the session does later is a transaction of its
+        own, committed or rolled back as usual."""
+        bind = session.bind
+        connection = bind if isinstance(bind, AsyncConnection) else await session.connection()
+        if connection.dialect.name != "postgresql":
+            row = (await connection.execute(self.statement, params)).mappings().first()
+            return None if row is None else dict(row)
+        sql, binds, columns = self._compiled or self._compile(connection.dialect)
+        args = [params[n] if f is None else f(params[n]) for n, f in binds]
+        sync = connection.sync_connection
+        # The checked-out connection as it is (no greenlet needed to read it), unless it
+        # was invalidated, which takes a reconnect.
+        raw = (
+            sync.connection
+            if sync is not None and not sync.invalidated and not sync.closed
+            else await connection.get_raw_connection()
+        )
+        driver: Any = raw.driver_connection
+        if not alone and not driver.is_in_transaction():
+            # SQLAlchemy's asyncpg adapter sends BEGIN at its first statement, not at
+            # begin(): its own BEGIN, so that the connection's commit or rollback ends it.
+            await raw.dbapi_connection._start_transaction()  # type: ignore[union-attr]
+        record = await driver.fetchrow(sql, *args)
+        if record is None:
+            return None
+        return {n: record[i] if f is None else f(record[i]) for i, (n, f) in enumerate(columns)}
+
+    def _compile(
+        self, dialect: Dialect
+    ) -> tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]]:
+        compiled = self.statement.compile(dialect=dialect)
+        names = list(dict.fromkeys(compiled.positiontup or ()))  # $n: the n-th name first seen
+        binds = [(n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect))
+                 for n in names]  # fmt: skip
+        columns = [(c.key, c.type.dialect_impl(dialect).result_processor(dialect, None))
+                   for c in self.statement.selected_columns]  # fmt: skip
+        self._compiled = (compiled.string, binds, columns)
+        return self._compiled
 
 
 def sqlite_path(url: str) -> str | None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import db
-from backinstock.auth.service import KeyCache, Principal, Scope, authenticate, request_origin
+from backinstock.auth.service import (
+    KeyCache,
+    Principal,
+    Scope,
+    authenticate,
+    authenticate_cached,
+    request_origin,
+)
 from backinstock.errors import Forbidden, Unauthorized
 from backinstock.runtime import Runtime
 
@@ -40,16 +47,23 @@ _bearer_scheme = HTTPBearer(
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
 
 
-async def bearer_principal(
-    request: Request, session: AsyncSession, credentials: HTTPAuthorizationCredentials | None
-) -> Principal:
+def _bearer_secret(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
-    cache: KeyCache = request.app.state.key_cache
-    principal = await authenticate(session, credentials.credentials.strip(), cache)
+    return credentials.credentials.strip()
+
+
+def _known(principal: Principal | None) -> Principal:
     if principal is None:
         raise Unauthorized("The API key is unknown or revoked.")
     return principal
+
+
+async def bearer_principal(
+    request: Request, session: AsyncSession, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
+    cache: KeyCache = request.app.state.key_cache
+    return _known(await authenticate(session, _bearer_secret(credentials), cache))
 
 
 def check_scope(principal: Principal, scope: Scope) -> Principal:
@@ -85,10 +99,18 @@ def require_any_scope(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-async def subscriber(request: Request, session: SessionDep, credentials: BearerDep) -> Principal:
+async def subscriber(request: Request) -> Principal:
     """A secret key with the ``subscribe`` scope, or a publishable key used from one of its
-    origins (the request's ``Origin``, which browsers set and scripts cannot change)."""
-    principal = await bearer_principal(request, session, credentials)
+    origins (the request's ``Origin``, which browsers set and scripts cannot change).
+
+    The subscribe hot path's door: no dependencies of its own (each costs FastAPI's solving
+    per request), and a session only when the key cache has no entry for the key (one of
+    its own, read and closed before the request's transaction). The route documents the
+    bearer scheme itself (``SUBSCRIBER_SECURITY``)."""
+    runtime: Runtime = request.app.state.runtime
+    cache: KeyCache = request.app.state.key_cache
+    secret = _bearer_secret(await _bearer_scheme(request))
+    principal = _known(await authenticate_cached(runtime.sessions, secret, cache))
     if not principal.publishable:
         return check_scope(principal, Scope.SUBSCRIBE)
     origin = request_origin(request.headers.get("origin"))
@@ -98,6 +120,9 @@ async def subscriber(request: Request, session: SessionDep, credentials: BearerD
         raise Forbidden("This publishable key is not for this origin.")
     return principal
 
+
+# What a route taking SubscriberKey declares in OpenAPI, as a BearerDep would have.
+SUBSCRIBER_SECURITY: dict[str, Any] = {"security": [{_bearer_scheme.scheme_name: []}]}
 
 # Creating subscriptions: a secret key with the subscribe scope, or a publishable key.
 SubscriberKey = Annotated[Principal, Depends(subscriber)]

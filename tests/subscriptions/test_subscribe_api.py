@@ -242,6 +242,21 @@ async def test_rate_limited_request_writes_nothing(
     assert retry.json()["position"] == 1
 
 
+async def test_an_over_limit_contact_writes_nothing_when_the_product_is_known(
+    make_client: ClientFactory, api_keys: dict[str, str]
+) -> None:
+    """A new subscription with nothing to follow its INSERT commits on its own; a contact
+    over its limit keeps the INSERT in the transaction that its 429 rolls back, even when
+    nothing else (here the product's details, written a moment ago) would."""
+    client = make_client(rate_limits=RateLimitSettings(rate_limit_per_contact="1/hour"))
+    key = api_keys["subscribe"]
+    assert (await subscribe(client, key, sku="B", contact=phone(5))).status_code == 201
+    assert (await subscribe(client, key, sku="A")).status_code == 201
+    assert (await subscribe(client, key, sku="B")).status_code == 429
+    retry = await subscribe(client, key, sku="B", contact=phone(6))
+    assert retry.json()["position"] == 2
+
+
 async def test_repeat_at_the_contact_limit_answers_the_same_subscription(
     make_client: ClientFactory, api_keys: dict[str, str]
 ) -> None:

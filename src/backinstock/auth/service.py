@@ -211,6 +211,17 @@ async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> P
     return principal
 
 
+async def authenticate_cached(
+    sessions: async_sessionmaker[AsyncSession], secret: str, cache: KeyCache
+) -> Principal | None:
+    """:func:`authenticate`, opening a session (its own) only when the cache has no entry."""
+    principal = cache.get(hash_key(secret))
+    if principal is not None:
+        return principal
+    async with sessions() as session:
+        return await authenticate(session, secret, cache)
+
+
 async def publishable_origins(session: AsyncSession) -> frozenset[str]:
     """Every origin some publishable key that is not revoked names."""
     rows = await session.scalars(

@@ -204,13 +204,19 @@ class ProductCache:
         self._size = size
         self._written: dict[tuple[str, str | None, bool], tuple[float, ProductInfo]] = {}
 
+    def known(self, sku: str, info: ProductInfo, *, overwrite: bool = True) -> bool:
+        """Whether :meth:`upsert` would write nothing now (empty info, or written lately)."""
+        if info.is_empty():
+            return True
+        seen = self._written.get((sku, info.locale, overwrite))
+        return seen is not None and seen[0] > time.monotonic() and seen[1] == info
+
     async def upsert(
         self, session: AsyncSession, sku: str, info: ProductInfo, *, overwrite: bool = True
     ) -> None:
         key = (sku, info.locale, overwrite)
-        seen = self._written.get(key)
         now = time.monotonic()
-        if seen is not None and seen[0] > now and seen[1] == info:
+        if self.known(sku, info, overwrite=overwrite):
             return
         await upsert_product(session, sku, info, overwrite=overwrite)
         if len(self._written) >= self._size:

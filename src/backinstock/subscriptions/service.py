@@ -41,7 +41,7 @@ from backinstock.subscriptions.schemas import (
     SubscriptionCreate,
     SubscriptionOut,
 )
-from backinstock.subscriptions.statements import COUNT_AHEAD, INSERT_SUBSCRIPTION
+from backinstock.subscriptions.statements import COUNT_AHEAD, INSERT_SUBSCRIPTION_ON_DRIVER
 
 
 def normalize_contact(
@@ -181,7 +181,17 @@ async def subscribe(
     indexes = [candidates[0], *(identity.index(keys, f) for f in fallbacks)]
     contact_counter = await _check_limits(terms, limiter, client, indexes)
     new = _NewSubscription.build(keys, payload, primary, candidates[0], terms, now)
-    inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+    # When nothing after the INSERT could undo it (the contact under its limit, no fallback
+    # to add, no confirmation to plan, the product's details written lately), it commits on
+    # its own: one round trip, not BEGIN, INSERT and COMMIT. Otherwise, and for whatever a
+    # repeat then does, the transaction as usual.
+    alone = (
+        contact_counter.retry_after is None
+        and not fallbacks
+        and not terms.pending
+        and products.known(payload.sku, product, overwrite=terms.overwrite_product)
+    )
+    inserted = await INSERT_SUBSCRIPTION_ON_DRIVER.first(session, new.params, alone=alone)
     if inserted is None and not payload.fallbacks:  # a repeat, or a channel refused
         await _refuse_channel(session, payload, limiter, contact_counter)
     existing: Subscription | None = None
@@ -189,7 +199,7 @@ async def subscribe(
         existing = await _active_for_contact(session, payload.sku, candidates)
         if existing is not None and _unconfirmed_too_long(settings, existing, now):
             await lifecycle.discard(session, [existing.id])  # as retention would have
-            inserted = (await session.execute(INSERT_SUBSCRIPTION, new.params)).first()
+            inserted = await INSERT_SUBSCRIPTION_ON_DRIVER.first(session, new.params)
             if inserted is None:  # a concurrent request made it meanwhile
                 existing = await _active_for_contact(session, payload.sku, candidates)
     if inserted is None:
@@ -213,8 +223,8 @@ async def subscribe(
     if fallbacks:
         _add_fallbacks(session, keys, new.id, fallbacks)
         await session.flush()
-    out.position = int(inserted.ahead) + 1
-    return Subscribed(out, True, candidates[0], bool(inserted.substitutes))
+    out.position = int(inserted["ahead"]) + 1
+    return Subscribed(out, True, candidates[0], bool(inserted["substitutes"]))
 
 
 async def _refuse_channel(

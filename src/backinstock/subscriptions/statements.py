@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
 )
 
-from backinstock.db import UTCDateTime
+from backinstock.db import DriverStatement, UTCDateTime
 from backinstock.subscriptions.models import ACTIVE_SQL, QUEUED
 
 # The queue position (COUNT_AHEAD's count) comes back with the insert: one round trip, not
@@ -80,6 +80,9 @@ INSERT_SUBSCRIPTION = (
     )
     .columns(id=Uuid(), ahead=Integer(), substitutes=Boolean())
 )
+
+# On PostgreSQL, run by asyncpg itself (see db.DriverStatement): the hot path's one statement.
+INSERT_SUBSCRIPTION_ON_DRIVER = DriverStatement(INSERT_SUBSCRIPTION)
 
 # How many queued subscriptions of the SKU come before (rank, created_at, id).
 COUNT_AHEAD = text(
