@@ -4,13 +4,19 @@ own counters beside it in the embedded mode."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
+from backinstock import db
 from backinstock.config import MetricsSettings
+from backinstock.dispatch import service as dispatch
+from backinstock.flows import restock
+from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
 from backinstock.stats import pipeline
 from tests.clock import SteppingClock
@@ -144,3 +150,31 @@ async def test_a_failed_read_keeps_the_last_figures_and_is_counted(
     name = "backinstock_pipeline_refresh_failures_total"
     assert value(failed, name) == value(first, name) + 1
     assert value(failed, "backinstock_waves_open") == 1, "the last figures are kept"
+
+
+async def test_a_claim_left_by_a_dead_worker_shows_as_waiting_from_its_lease_end(
+    make_client: ClientFactory, api_keys: dict[str, str], runtime: Runtime, clock: SteppingClock
+) -> None:
+    # Every message of the wave claimed, and the worker gone before it sent any: nothing is
+    # pending, yet shoppers wait. Until a sweeper hands the claim back, the oldest-due gauge
+    # (what the stall alert reads) counts from the lease's end.
+    client = make_client(metrics=MetricsSettings(metrics_cache_seconds=0))
+    await subscribe_many(client, api_keys["all"], 3)
+    await post_level(client, api_keys["all"], 3)
+    async with runtime.sessions() as session:
+        wave_id = await session.scalar(select(Wave.id))
+    assert wave_id is not None
+    await restock.run(runtime.sessions, runtime.settings, wave_id, lambda ids: None)
+    lease = timedelta(seconds=runtime.settings.waves.claim_lease_seconds)
+    async with db.transaction(runtime.sessions) as session:
+        assert len(await dispatch.claim(session, None, lease, uuid.uuid4(), clock.now())) == 3
+
+    clock.advance(lease.total_seconds() - 1)
+    held = await scrape(client)
+    assert value(held, "backinstock_notifications", status="sending", channel="sms") == 3
+    assert value(held, "backinstock_notifications_due") == 0
+    assert value(held, "backinstock_oldest_due_notification_age_seconds") == 0
+    clock.advance(61)
+    lapsed = await scrape(client)
+    assert value(lapsed, "backinstock_notifications_due") == 0  # nothing pending
+    assert 60 <= value(lapsed, "backinstock_oldest_due_notification_age_seconds") < 61

@@ -121,7 +121,8 @@ async def notification_counts(session: AsyncSession) -> list[tuple[str, str | No
 @dataclass(frozen=True)
 class ScalarFigures:
     due: int  # pending notifications due at the time of the read
-    oldest_due: datetime | None  # since when the oldest of them is due; None: none is
+    # Since when the oldest of them is due, or a claim whose lease lapsed is; None: none.
+    oldest_due: datetime | None
     last_sent: datetime | None  # the last message sent, ever
     open_waves: int
     units_held: int
@@ -134,6 +135,7 @@ async def scalar_figures(session: AsyncSession, now: datetime) -> ScalarFigures:
     (``ix_notifications_sent_at``), the open waves and the running and overdue holds (their
     partial indexes)."""
     pending = Notification.status == Status.PENDING
+    claimed = Notification.status.in_([Status.SENDING, Status.INFLIGHT])
     holding = select(func.count()).select_from(StockHold).where(text(HELD))
     row = (
         await session.execute(
@@ -142,6 +144,12 @@ async def scalar_figures(session: AsyncSession, now: datetime) -> ScalarFigures:
                 .where(pending, Notification.next_attempt_at <= now)
                 .scalar_subquery(),
                 select(func.min(Notification.next_attempt_at)).where(pending).scalar_subquery(),
+                # Claimed by a worker whose lease lapsed (it died) and not yet handed back:
+                # due again since the lease ended, or a wave whose every message was claimed
+                # when its workers died would never show as waiting.
+                select(func.min(Notification.lease_until))
+                .where(claimed, Notification.lease_until <= now)
+                .scalar_subquery(),
                 select(func.max(Notification.sent_at)).scalar_subquery(),
                 select(func.count()).select_from(Wave).where(text(OPEN_WAVE)).scalar_subquery(),
                 holding.where(StockHold.until > now).scalar_subquery(),
@@ -149,9 +157,10 @@ async def scalar_figures(session: AsyncSession, now: datetime) -> ScalarFigures:
             )
         )
     ).one()
-    due, oldest, last_sent, open_waves, held, overdue = row
+    due, oldest, lapsed, last_sent, open_waves, held, overdue = row
     if oldest is not None and oldest > now:
         oldest = None  # the earliest is not due yet (a retry's backoff, quiet hours)
+    oldest = min((t for t in (oldest, lapsed) if t is not None), default=None)
     return ScalarFigures(
         int(due or 0), oldest, last_sent, int(open_waves or 0), int(held or 0), int(overdue or 0)
     )
@@ -361,7 +370,8 @@ def _figures(f: Figures) -> Iterator[Metric]:
     )
     yield _gauge(
         "backinstock_oldest_due_notification_age_seconds",
-        "How long the oldest due notification has waited for a worker (0: none is due)",
+        "How long the oldest due notification has waited for a worker, a claim whose lease "
+        "lapsed counted from its end (0: none is due)",
         f.oldest_due_age,
     )
     if f.last_sent_age is not None:
