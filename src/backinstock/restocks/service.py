@@ -257,9 +257,10 @@ async def levels_of(session: AsyncSession, skus: Collection[str]) -> dict[str, i
 async def location_levels(
     session: AsyncSession, pairs: Collection[tuple[str, str]]
 ) -> dict[tuple[str, str], LocationLevel]:
-    """The level of each (sku, location) that has one, locked until the transaction ends:
-    (sku, location) → (available, occurred_at). Only the locations a request names are
-    read: a catalogue synced from 50 marketplaces has 50 rows per SKU."""
+    """The level of each (sku, location) that has one: (sku, location) → (available,
+    occurred_at). Only the locations a request names are read: a catalogue synced from 50
+    marketplaces has 50 rows per SKU. Not locked: every writer of a SKU's levels holds its
+    product row's lock (:func:`lock_skus`, ``_lock_sku``), which the caller took first."""
     columns = (StockLevel.sku, StockLevel.location, StockLevel.available, StockLevel.occurred_at)
     dialect = dialect_name(session)
     if dialect == "postgresql":  # one array per column, not an IN of a thousand pairs
@@ -273,7 +274,7 @@ async def location_levels(
     else:
         query = select(*columns).where(tuple_(StockLevel.sku, StockLevel.location).in_(list(pairs)))
         params = {}
-    rows = await session.execute(query.with_for_update(of=StockLevel), params)
+    rows = await session.execute(query, params)
     return {(sku, location): (available, at) for sku, location, available, at in rows}
 
 
