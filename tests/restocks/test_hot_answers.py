@@ -44,7 +44,10 @@ async def test_answering_a_syncs_events_is_a_hot_update(runtime: Runtime) -> Non
             )
             for e in events
         ]
+        # Counted as a difference: the view also holds what earlier transactions of this
+        # connection did and the server has not yet added to its totals.
+        before = (await session.execute(UPDATES)).one_or_none() or (0, 0)
         await stock.answer_events(session, answers)
         updates, hot = (await session.execute(UPDATES)).one()
-    assert updates == 1000
-    assert hot == 1000, "every answer found room on its event's page"
+    assert updates - before[0] == 1000
+    assert hot - before[1] == 1000, "every answer found room on its event's page"
