@@ -246,8 +246,11 @@ class Service:
     log: Path
 
 
+ROUND_TAG = [""]  # "-<size>-<round>": each round's logs are kept, not overwritten
+
+
 def spawn(name: str, argv: list[str], env: dict[str, str]) -> Service:
-    log = OUT / f"fanout-{name}.log"
+    log = OUT / f"fanout-{name}{ROUND_TAG[0]}.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             argv, env=env, cwd=OUT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
@@ -295,6 +298,7 @@ class SmtpRelay:
     """bench/smtp_sink.py in a process of its own: the relay the SMTP sender talks to."""
 
     def __init__(self) -> None:
+        self.repeats: dict[str, int] = {}  # as of the last delivered(): see smtp_sink.py
         self.port, self.stats_port = free_ports(2)
         argv = [sys.executable, str(BENCH / "smtp_sink.py"), "--port", str(self.port),
                 "--stats-port", str(self.stats_port)]  # fmt: skip
@@ -325,6 +329,7 @@ class SmtpRelay:
     def delivered(self) -> tuple[int, int]:
         """(messages, distinct recipients)."""
         stats = self.stats()
+        self.repeats = stats["repeats"]
         return stats["messages"], stats["distinct"]
 
     def stop(self) -> None:
@@ -568,6 +573,11 @@ def check(cur: Any, size: int, delivered: Delivered) -> dict[str, Any]:
     rows, distinct = delivered.delivered()
     cur.execute("SELECT status, count(*) FROM notifications GROUP BY status ORDER BY status")
     statuses = dict(cur.fetchall())
+    # Messages a lapsed claim left in doubt (settled by their channel's policy): none is
+    # expected without a crash; with one, a second copy is the policy's resend.
+    cur.execute("SELECT in_doubt, count(*) FROM notifications WHERE in_doubt IS NOT NULL "
+                "GROUP BY in_doubt ORDER BY in_doubt")  # fmt: skip
+    in_doubt = dict(cur.fetchall())
     cur.execute("SELECT count(DISTINCT subscription_id) FROM notifications")
     shoppers = cur.fetchone()[0]
     cur.execute(
@@ -578,6 +588,7 @@ def check(cur: Any, size: int, delivered: Delivered) -> dict[str, Any]:
         "messages": rows,
         "distinct": distinct,  # notifications (dev outbox) or recipients (SMTP)
         "statuses": statuses,
+        "in_doubt": in_doubt,
         "shoppers_told": shoppers,
         "subscriptions_notified": notified,
     }
@@ -737,6 +748,7 @@ def same_messages(cur: Any, keys: Keys, worker_messages: Opened) -> int:
 
 def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> None:
     pg_info.update(fresh_database(DATABASE))
+    ROUND_TAG[0] = f"-{rnd.size}-{rnd.index}"
     relay = SmtpRelay() if args.sink == "smtp" else None
     env = service_env(relay)
     os.environ.update(env)  # this process seals, opens and signs with the same keys
@@ -783,6 +795,8 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
         base_url = Settings.from_env().core.public_base_url
         with conn.cursor() as cur:
             rnd.checks = check(cur, rnd.size, relay or Outbox(cur))
+        if relay is not None:
+            rnd.checks["repeats"] = relay.repeats
         if relay is not None:
             bare_ok = bare_by_smtp(rnd, relay, keys, base_url, args.processes * args.hosts)
         else:

@@ -8,8 +8,10 @@ is reported beside it. The suite's aiosmtpd fake (tests/fakes/smtp.py) checks fa
 costs several times as much per message.
 
 Whoever connects to ``--stats-port`` is sent the counts as one JSON line:
-``messages``, ``distinct`` recipients, ``most`` messages to one recipient, ``first`` and
-``last`` (wall-clock seconds when a message's body was complete).
+``messages``, ``distinct`` recipients, ``most`` messages to one recipient, ``repeats`` (a
+recipient's second and later messages, by whether their Message-ID was the first's:
+``same_id``, a resend that mail stores de-duplicate, or ``other_id``), ``first`` and ``last``
+(wall-clock seconds when a message's body was complete).
 
     .venv/bin/python bench/smtp_sink.py --port 2525 --stats-port 2526
 """
@@ -31,15 +33,22 @@ class Tally:
     def __init__(self) -> None:
         self.messages = 0
         self.recipients: Counter[bytes] = Counter()
+        self.first_id: dict[bytes, bytes] = {}  # recipient -> Message-ID of its first message
+        self.repeats = Counter[str]()  # second messages: "same_id" or "other_id"
         self.first: float | None = None
         self.last: float | None = None
 
-    def record(self, recipients: list[bytes]) -> None:
+    def record(self, recipients: list[bytes], body: bytes) -> None:
         now = time.time()
         self.first = self.first or now
         self.last = now
         self.messages += 1
-        self.recipients.update(recipients)
+        message_id = _message_id(body)
+        for recipient in recipients:
+            self.recipients[recipient] += 1
+            seen = self.first_id.setdefault(recipient, message_id)
+            if self.recipients[recipient] > 1:
+                self.repeats["same_id" if seen == message_id else "other_id"] += 1
 
     def summary(self) -> dict[str, Any]:
         most = max(self.recipients.values(), default=0)
@@ -47,9 +56,19 @@ class Tally:
             "messages": self.messages,
             "distinct": len(self.recipients),
             "most": most,
+            "repeats": dict(self.repeats),
             "first": self.first,
             "last": self.last,
         }
+
+
+def _message_id(body: bytes) -> bytes:
+    """The Message-ID header's value (the sender writes it on a line of its own)."""
+    start = body.find(b"\r\nMessage-ID: ")
+    if start < 0:
+        return b""
+    end = body.find(b"\r\n", start + 2)
+    return body[start + 14 : end]
 
 
 class Session(asyncio.Protocol):
@@ -88,14 +107,16 @@ class Session(asyncio.Protocol):
 
     def _end_of_body(self, replies: list[bytes]) -> bool:
         if self.buffer.startswith(b".\r\n"):  # an empty body
+            body = b""
             del self.buffer[:3]
         else:
             end = self.buffer.find(END_OF_DATA)
             if end < 0:
                 return False
+            body = b"\r\n" + bytes(self.buffer[:end])  # so the first header has a line start
             del self.buffer[: end + len(END_OF_DATA)]
         self.in_data = False
-        self.tally.record(self.recipients)
+        self.tally.record(self.recipients, body)
         self.recipients = []
         replies.append(b"250 2.0.0 queued\r\n")
         return True
