@@ -246,26 +246,17 @@ async def sweep_once(rt: Runtime) -> None:
     plan due follow-ups and substitute offers, and drain forgotten work."""
     stale_after = timedelta(seconds=rt.settings.waves.stale_after_seconds)
     now = rt.clock.now()
-    # Work that waited past stale_after behind a queue of wake-ups is only waiting its
-    # turn: drains for it would race those wake-ups for the same rows with claims that
-    # scan the queue's head (the cost grew with the wave: at 1,000,000 shoppers hundreds
-    # of drains piled up). It is lost only when no wake-up is left to come for it.
-    behind_wake_ups = (tasks.waiting(tasks.SEND) or 0) >= DRAIN_FANOUT
     async with db.transaction(rt.sessions) as session:
         await restock.release_expired_holds(session, now)  # their waves are due now
         due_waves = await waves.due(session, now)
         recovered = await outcomes.recover_expired(session, rt.settings.delivery, now)
-        stale = 0
-        if not behind_wake_ups:  # counted only as far as the drains it can call for
-            cap = DRAIN_FANOUT * dispatch.BATCH
-            stale = await dispatch.stale_pending(session, stale_after, now, cap=cap)
+        stale = await dispatch.stale_pending(session, stale_after, now)
     metrics.SWEEPS.inc()
     _count_recovered(recovered)
     for wave_id in due_waves:
         tasks.wake_wave(wave_id)
     wake_senders(await followups.plan_due(rt.sessions, rt.settings, rt.clock.now()))
     wake_senders(await substitutes.plan_due(rt.sessions, rt.settings, rt.clock.now()))
-    # What a lapsed claim handed back has no wake-up left (its message was taken): drains.
     drains = min(DRAIN_FANOUT, math.ceil((stale + recovered.requeued) / dispatch.BATCH))
     for _ in range(drains):
         tasks.enqueue(tasks.DRAIN)
