@@ -57,10 +57,12 @@ class ScriptedSender:
         self.in_flight: asyncio.Queue[uuid.UUID] = asyncio.Queue()
         self._gated = gated
         self.calls = 0
+        self.journal: Any = UNRECORDED  # the claim's journal, once it sends
 
     async def send_batch(
         self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED
     ) -> list[SendResult]:
+        self.journal = journal
         results = await asyncio.gather(*(self._one(m, journal) for m in messages))
         return [r for r in results if r is not None]
 
@@ -107,6 +109,17 @@ async def _statuses(runtime: Runtime) -> Counter[str]:
         )
 
 
+async def _assert_handed_back_unstarted(runtime: Runtime) -> None:
+    """The pending messages went back unstarted: not an attempt, and no claim holds them."""
+    async with runtime.sessions() as session:
+        back = await session.execute(
+            select(Notification.attempts, Notification.claim_id).where(
+                Notification.status == Status.PENDING
+            )
+        )
+        assert set(back) == {(0, None)}
+
+
 def _senders(runtime: Runtime, sms: Any) -> dict[str, Sender]:
     outbox = {c: DevOutboxSender(c, runtime.sessions, runtime.keys.cipher) for c in ("email",)}
     return {"sms": sms, "wechat": outbox["email"], **outbox}
@@ -123,6 +136,7 @@ async def _deliver(
     sms: Any,
     stopping: asyncio.Event | None = None,
     settings: Settings | None = None,
+    clock: Any = None,
 ) -> int:
     return await dispatch.deliver(
         runtime.sessions,
@@ -132,6 +146,7 @@ async def _deliver(
         None,
         None,
         stopping,
+        clock or runtime.clock,
     )
 
 
@@ -183,14 +198,7 @@ async def test_sigterm_starts_nothing_new_and_hands_back_the_unstarted(
 
     assert sender.calls == 3
     assert await _statuses(runtime) == {"sent": 3, "pending": 17}
-    async with runtime.sessions() as session:
-        back = await session.execute(
-            select(Notification.attempts, Notification.claim_id).where(
-                Notification.status == Status.PENDING
-            )
-        )
-        # Handed back unstarted: not an attempt, and no claim holds them.
-        assert set(back) == {(0, None)}
+    await _assert_handed_back_unstarted(runtime)
 
 
 async def test_a_call_past_the_grace_period_stays_in_doubt(
@@ -232,6 +240,56 @@ async def test_a_claim_taken_over_can_neither_start_nor_record(
     async with runtime.sessions() as session:
         rows = list(await session.execute(select(Notification.status, Notification.claim_id)))
     assert Counter(rows) == {(Status.SENT.value, None): 1, (Status.SENDING.value, other_claim): 5}
+
+
+@pytest.mark.parametrize("lookahead", [0, 4])
+async def test_a_claim_near_the_end_of_its_lease_starts_no_further_call(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    clock: Any,
+    lookahead: int,
+) -> None:
+    """A database too slow to commit the renewal: once two thirds of the lease have gone by
+    with none committed, the sweeper may soon hand the claim's messages to another worker,
+    so no further call starts here, neither one waiting for its mark nor one marked ahead
+    (which another worker would then send too). What never started goes back at once."""
+    await _plan(runtime, client, api_keys["inventory"], 12)
+    settings = _exact(runtime, start_lookahead=lookahead)
+    lease = settings.waves.claim_lease_seconds
+
+    async def run_out(number: int) -> None:
+        if number == 0:
+            clock.advance(lease * 2 / 3)
+
+    sender = ScriptedSender(concurrency=1, inside=run_out)
+    assert await _deliver(runtime, sender, None, settings) == 12
+    assert sender.calls == 1
+    assert await _statuses(runtime) == {"sent": 1, "pending": 11}
+    await _assert_handed_back_unstarted(runtime)
+
+
+async def test_a_renewal_committed_in_time_keeps_the_claim_sending(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime, clock: Any
+) -> None:
+    """The limit follows the lease as each renewal commits it: past the first lease's last
+    third, the claim goes on under the renewed one."""
+    await _plan(runtime, client, api_keys["inventory"], 12)
+    settings = _exact(runtime)  # each start waits for a commit: it carries the renewal
+    lease = settings.waves.claim_lease_seconds
+    sender: ScriptedSender
+
+    async def renew_then_run_on(number: int) -> None:
+        if number == 0:
+            clock.advance(lease / 2)
+            sender.journal.renew(clock.now() + timedelta(seconds=lease))
+        elif number == 1:  # started after that renewal committed
+            clock.advance(lease / 2)
+
+    sender = ScriptedSender(concurrency=1, inside=renew_then_run_on)
+    await _deliver(runtime, sender, None, settings)
+    assert sender.calls == 12
+    assert await _statuses(runtime) == {"sent": 12}
 
 
 @pytest.mark.parametrize(
@@ -309,13 +367,7 @@ async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(
     assert sender.calls == 10
     # The marked-ahead messages that never started went back, as if never claimed.
     assert await _statuses(runtime) == {"sent": 10, "pending": 20}
-    async with runtime.sessions() as session:
-        back = await session.execute(
-            select(Notification.attempts, Notification.claim_id).where(
-                Notification.status == Status.PENDING
-            )
-        )
-        assert set(back) == {(0, None)}
+    await _assert_handed_back_unstarted(runtime)
 
 
 async def test_a_claim_marks_its_first_calls_itself_so_the_first_waits_for_no_commit(

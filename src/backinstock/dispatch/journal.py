@@ -32,6 +32,14 @@ written (a bad value) fails alone.
 
 On SIGTERM (``stopping``) no further call starts; what never started, marked ahead or not,
 is handed back to the queue by :meth:`Journal.close`.
+
+Nor does a call start once the claim's lease, as last committed, is within a third of its
+end (:data:`LEASE_MARGIN`). The sweeper hands a lapsed claim's messages to other workers,
+and settles the ones in flight by policy (email and WeChat: sent again); a database too
+slow to commit the renewal in time must not let this worker start, after that, a message
+it had marked ahead. The claim then winds down as on SIGTERM. The margin leaves a call that
+starts just before it that much time to end before anyone can take its message over, and
+covers clocks that disagree by less than that between worker hosts.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -65,6 +73,11 @@ FLUSH_RESULTS = 64
 # A database that cannot take the results even after this many tries leaves the calls
 # in flight; the sweeper then settles them as in doubt (nothing is lost, see outcomes).
 CLOSE_TRIES = 5
+# The part of the lease, counted back from its end as last committed, in which no call
+# starts. The claim is renewed every third of its lease: in steady state its committed end
+# lies between two thirds and the whole lease ahead, so only a commit later than a third of
+# the lease stops a claim.
+LEASE_MARGIN = 1 / 3
 
 
 @dataclass
@@ -193,9 +206,12 @@ class Journal:
         group_commit: GroupCommit | None = None,
         clock: Clock = SYSTEM_CLOCK,
         marked_with_claim: set[uuid.UUID] | None = None,
+        lease: tuple[datetime, timedelta] | None = None,
     ) -> None:
         """``marked_with_claim``: the ids of :func:`first_marks` that the claim's own
-        transaction marked in flight (their calls start without waiting for a commit)."""
+        transaction marked in flight (their calls start without waiting for a commit).
+        ``lease``: the claim's lease as its transaction committed it (its end, and its
+        length): no call starts once the end is within ``LEASE_MARGIN`` of the length."""
         self._sessions = sessions
         self._clock = clock  # when calls start and end, as recorded
         self._claim_id = claim_id
@@ -222,6 +238,10 @@ class Journal:
         self._calling: Counter[str] = Counter()  # per channel: calls under way now
         self._recorded: set[uuid.UUID] = set()
         self._renew_until: datetime | None = None
+        self._lease_until, self._lease_margin = (
+            (lease[0], lease[1] * LEASE_MARGIN) if lease is not None else (None, timedelta(0))
+        )
+        self._lease_running_out = False
         self.closing = False
         self._failures = 0
         self.released = asyncio.Event()  # the group commit has nothing more of this journal
@@ -233,6 +253,25 @@ class Journal:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def _lease_holds(self) -> bool:
+        """Whether a call may still start under the claim's lease. Once the lease is too
+        near its end it stays so: a renewal committed later would find messages the sweeper
+        had already handed to another worker still marked ahead here."""
+        if self._lease_running_out:
+            return False
+        if self._lease_until is None or self._clock.now() < self._lease_until - self._lease_margin:
+            return True
+        self._lease_running_out = True
+        self._log.warning(
+            "claim_lease_running_out",
+            claim_id=str(self._claim_id),
+            lease_until=self._lease_until.isoformat(),
+        )
+        return False
+
+    def _may_start(self) -> bool:
+        return not (self.stopping or self.closing) and self._lease_holds()
 
     def _take_claim_marks(self, marked: set[uuid.UUID] | None) -> None:
         """Count the claim's own marks as marked ahead: each channel's first messages."""
@@ -347,8 +386,9 @@ class Journal:
         results, self._results = self._results, []
         self.results_since = None
         renew_until, self._renew_until = self._renew_until, None
-        # A deploy stops new calls at once, even those already queued to start.
-        wanted = [] if self.stopping else [m for m, _ in starts] + ahead
+        # A deploy (or a lease near its end) stops new calls at once, even those already
+        # queued to start.
+        wanted = [] if self.stopping or not self._lease_holds() else [m for m, _ in starts] + ahead
         unmarked = {m.notification_id: m for m in wanted if m.notification_id not in self._marked}
         group = _Group(starts, list(unmarked.values()), results, renew_until)
         for notification_id in unmarked:
@@ -374,6 +414,8 @@ class Journal:
 
     def settle(self, group: _Group) -> None:
         self._failures = 0
+        if group.renew_until is not None and self._lease_until is not None:
+            self._lease_until = max(self._lease_until, group.renew_until)
         count_recorded(group.recorded)
         self._marked.update(group.allowed)
         self._forget_unmarked(group)
@@ -407,18 +449,19 @@ class Journal:
 
     def _answer(self, starts: list[tuple[OutgoingMessage, asyncio.Future[bool]]]) -> None:
         for message, waiting in starts:
-            go = not self.stopping and message.notification_id in self._marked
+            marked = message.notification_id in self._marked
+            go = marked and not self.stopping and self._lease_holds()
             with contextlib.suppress(asyncio.InvalidStateError):  # its sender gave up waiting
                 waiting.set_result(go)
 
     # -------------------------------------------------------------------------- internals
     async def _start(self, message: OutgoingMessage) -> bool:
-        if self.stopping or self.closing:
+        if not self._may_start():
             return False
         marking = self._in_commit.get(message.notification_id)
         if marking is not None:  # its mark is being committed: wait for that commit, not
             await marking.wait()  # for one of its own
-            if self.stopping or self.closing:
+            if not self._may_start():
                 return False
         if message.notification_id in self._marked:  # marked ahead: no commit to wait for
             self._started.add(message.notification_id)
@@ -448,7 +491,7 @@ class Journal:
         milliseconds, and marks asked half a window at a time (the earlier design) arrived
         after the senders had reached them, so calls waited for the commit carrying their
         own mark."""
-        if self.stopping or self.closing:
+        if not self._may_start():
             return
         lookahead = self._lookahead.get(channel, 0)
         if self._room(channel) > 0:

@@ -503,6 +503,7 @@ async def deliver(
         group_commit=group_commit,
         clock=clock,
         marked_with_claim=marked,
+        lease=(now + lease, lease),
     )
     renewal = asyncio.create_task(_keep_claimed(journal, lease, clock))
     try:
