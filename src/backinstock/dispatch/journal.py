@@ -238,9 +238,8 @@ class Journal:
         self._calling: Counter[str] = Counter()  # per channel: calls under way now
         self._recorded: set[uuid.UUID] = set()
         self._renew_until: datetime | None = None
-        self._lease_until, self._lease_margin = (
-            (lease[0], lease[1] * LEASE_MARGIN) if lease is not None else (None, timedelta(0))
-        )
+        self._lease_until: datetime | None = lease[0] if lease is not None else None
+        self._lease_margin = lease[1] * LEASE_MARGIN if lease is not None else timedelta(0)
         self._lease_running_out = False
         self.closing = False
         self._failures = 0
