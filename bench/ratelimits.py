@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 
 from backinstock.ratelimit import LocalStorage
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = "redis://127.0.0.1:6379/10"  # below the suite's 15-13 (tests/conftest.py)
 
 # The subscribe limits before ``limits``: INCR each counter, set its expiry on first use,
 # stop at the first over its limit (one round trip for all counters).
