@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from backinstock import db
@@ -263,8 +264,10 @@ async def test_a_claim_near_the_end_of_its_lease_starts_no_further_call(
             clock.advance(lease * 2 / 3)
 
     sender = ScriptedSender(concurrency=1, inside=run_out)
+    cut_short = REGISTRY.get_sample_value("backinstock_claims_cut_short_total") or 0
     assert await _deliver(runtime, sender, None, settings) == 12
     assert sender.calls == 1
+    assert REGISTRY.get_sample_value("backinstock_claims_cut_short_total") == cut_short + 1
     assert await _statuses(runtime) == {"sent": 1, "pending": 11}
     await _assert_handed_back_unstarted(runtime)
 

@@ -262,6 +262,7 @@ class Journal:
         if self._lease_until is None or self._clock.now() < self._lease_until - self._lease_margin:
             return True
         self._lease_running_out = True
+        metrics.CLAIMS_CUT_SHORT.inc()
         self._log.warning(
             "claim_lease_running_out",
             claim_id=str(self._claim_id),

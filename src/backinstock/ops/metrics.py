@@ -86,6 +86,11 @@ QUIET_HOLDS = Counter(
     "Messages held back until the shopper's quiet hours end (not an attempt)",
     ["channel"],
 )
+CLAIMS_CUT_SHORT = Counter(
+    "backinstock_claims_cut_short_total",
+    "Claims that stopped starting calls because their lease, as last committed, was near "
+    "its end (the database too slow to commit a renewal); what never started went back",
+)
 CONSENT_EXHAUSTED = Counter(
     "backinstock_consent_exhausted_total",
     "Messages whose shopper had no WeChat subscribe-message consent left (a fallback "
