@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from backinstock import db
-from backinstock.config import DeliverySettings, InDoubtPolicy, Settings
+from backinstock.config import DeliverySettings, InDoubtPolicy, Settings, SmtpSettings
+from backinstock.contacts import Channel
 from backinstock.dispatch import outcomes
 from backinstock.dispatch import service as dispatch
 from backinstock.dispatch.journal import GroupCommit
@@ -36,6 +38,8 @@ from backinstock.senders.base import (
     SendResult,
 )
 from backinstock.senders.outbox import DevOutboxSender
+from backinstock.senders.registry import build_senders, close_senders
+from tests.fakes.smtp import FakeSMTP
 from tests.restocks.helpers import post_level
 from tests.restocks.seed import seed_waiting
 
@@ -83,9 +87,15 @@ class ScriptedSender:
         return SendResult(message.notification_id, Outcome.SENT, provider_id=f"p{number}")
 
 
-async def _plan(runtime: Runtime, client: httpx.AsyncClient, key: str, shoppers: int) -> None:
-    """A wave's notifications for ``shoppers`` SMS shoppers, written and not yet sent."""
-    await seed_waiting(runtime, shoppers)
+async def _plan(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    key: str,
+    shoppers: int,
+    channel: Channel = Channel.SMS,
+) -> None:
+    """A wave's notifications for ``shoppers`` shoppers, written and not yet sent."""
+    await seed_waiting(runtime, shoppers, channel=channel)
     assert (await post_level(client, key, shoppers)).status_code == 202
     async with runtime.sessions() as session:
         wave_id = await session.scalar(select(Wave.id))
@@ -293,6 +303,51 @@ async def test_a_renewal_committed_in_time_keeps_the_claim_sending(
     await _deliver(runtime, sender, None, settings)
     assert sender.calls == 12
     assert await _statuses(runtime) == {"sent": 12}
+
+
+async def test_a_claim_cut_short_sends_no_email_twice_through_the_smtp_client(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime, clock: Any
+) -> None:
+    """The same on production's path: aiosmtplib, with its pooled connections and the
+    default marking ahead, to the suite's relay, whose first accepted message moves the
+    clock past the lease's last third. The calls already under way (one per connection)
+    end; nothing else starts; what never started goes back and the next claim sends it:
+    every shopper gets one email."""
+    shoppers = 12
+    await _plan(runtime, client, api_keys["inventory"], shoppers, Channel.EMAIL)
+    lease = runtime.settings.waves.claim_lease_seconds
+
+    class RelayThatTakesItsTime(FakeSMTP):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            answer = await super().handle_DATA(server, session, envelope)
+            if len(self.messages) == 1:  # before the first 250 goes back to the worker
+                clock.advance(lease * 2 / 3)
+            return answer
+
+    with RelayThatTakesItsTime() as relay:
+        smtp = SmtpSettings(
+            smtp_host="127.0.0.1",
+            smtp_port=relay.port,
+            smtp_starttls=False,
+            smtp_from="shop@shop.example",
+        )
+        settings = dataclasses.replace(runtime.settings, smtp=smtp)
+        senders = build_senders(settings, runtime.sessions, runtime.keys)
+        deliver = functools.partial(
+            dispatch.deliver, runtime.sessions, settings, runtime.keys, senders, None, None, None
+        )
+        try:
+            await deliver(clock)  # the claim cut short
+            told = len(relay.messages)
+            assert 1 <= told <= smtp.smtp_connections, told
+            assert await _statuses(runtime) == {"sent": told, "pending": shoppers - told}
+            await _assert_handed_back_unstarted(runtime)
+            await deliver(clock)  # the next claim, under a lease of its own
+        finally:
+            await close_senders(senders)
+        recipients = Counter(r for m in relay.messages for r in m.rcpt_tos)
+    assert len(recipients) == shoppers and set(recipients.values()) == {1}, recipients
+    assert await _statuses(runtime) == {"sent": shoppers}
 
 
 @pytest.mark.parametrize(
