@@ -797,7 +797,6 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
             rnd.checks = check(cur, rnd.size, relay or Outbox(cur))
         if relay is not None:
             rnd.checks["repeats"] = relay.repeats
-        if relay is not None:
             bare_ok = bare_by_smtp(rnd, relay, keys, base_url, args.processes * args.hosts)
         else:
             bare_ok = bare_into_outbox(rnd, conn, keys, base_url)

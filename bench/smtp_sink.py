@@ -38,12 +38,11 @@ class Tally:
         self.first: float | None = None
         self.last: float | None = None
 
-    def record(self, recipients: list[bytes], body: bytes) -> None:
+    def record(self, recipients: list[bytes], message_id: bytes) -> None:
         now = time.time()
         self.first = self.first or now
         self.last = now
         self.messages += 1
-        message_id = _message_id(body)
         for recipient in recipients:
             self.recipients[recipient] += 1
             seen = self.first_id.setdefault(recipient, message_id)
@@ -62,13 +61,21 @@ class Tally:
         }
 
 
-def _message_id(body: bytes) -> bytes:
-    """The Message-ID header's value (the sender writes it on a line of its own)."""
-    start = body.find(b"\r\nMessage-ID: ")
-    if start < 0:
-        return b""
-    end = body.find(b"\r\n", start + 2)
-    return body[start + 14 : end]
+MESSAGE_ID = b"Message-ID: "
+
+
+def _message_id(buffer: bytearray, end: int) -> bytes:
+    """The Message-ID header's value in the body ``buffer[:end]`` (the sender writes it on a
+    line of its own), read in place: the body is not copied."""
+    if buffer.startswith(MESSAGE_ID):
+        start = 0
+    else:
+        start = buffer.find(b"\r\n" + MESSAGE_ID, 0, end) + 2
+        if start < 2:
+            return b""
+    value = start + len(MESSAGE_ID)
+    line_end = buffer.find(b"\r\n", value, end)
+    return bytes(buffer[value : end if line_end < 0 else line_end])
 
 
 class Session(asyncio.Protocol):
@@ -107,16 +114,16 @@ class Session(asyncio.Protocol):
 
     def _end_of_body(self, replies: list[bytes]) -> bool:
         if self.buffer.startswith(b".\r\n"):  # an empty body
-            body = b""
+            message_id = b""
             del self.buffer[:3]
         else:
             end = self.buffer.find(END_OF_DATA)
             if end < 0:
                 return False
-            body = b"\r\n" + bytes(self.buffer[:end])  # so the first header has a line start
+            message_id = _message_id(self.buffer, end)
             del self.buffer[: end + len(END_OF_DATA)]
         self.in_data = False
-        self.tally.record(self.recipients, body)
+        self.tally.record(self.recipients, message_id)
         self.recipients = []
         replies.append(b"250 2.0.0 queued\r\n")
         return True
