@@ -76,6 +76,27 @@ def count_rows(table: str) -> int:
         return int(cur.fetchone()[0])
 
 
+def queue_up(per_sku: int) -> None:
+    """``per_sku`` shoppers already waiting on each of the wrk script's 50 SKUs (registered a
+    day ago, so every new one queues behind them), then VACUUM ANALYZE: the queue's length
+    is what a subscribe's place may depend on, not the size of the bench's own runs."""
+    if per_sku <= 0:
+        return
+    with psycopg2.connect(dbname=DATABASE, **PG) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO subscriptions (id, sku, channel, contact_index, locale, priority, "
+            "priority_rank, status, notification_count, created_at, updated_at) "
+            "SELECT gen_random_uuid(), 'TSHIRT-' || lpad(s::text, 2, '0'), 'sms', "
+            "sha256(('queued-' || s || '-' || i)::bytea), 'zh-CN', 'standard', 1, 'waiting', "
+            "0, now() - interval '1 day', now() - interval '1 day' "
+            "FROM generate_series(0, 49) AS s, generate_series(1, %s) AS i",
+            (per_sku,),
+        )
+    with psycopg2.connect(dbname=DATABASE, **PG) as conn:
+        conn.autocommit = True
+        conn.cursor().execute("VACUUM ANALYZE subscriptions")
+
+
 def service_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKINSTOCK_")}
     env.update(
@@ -202,7 +223,8 @@ def section(args: argparse.Namespace, pg: dict[str, str], lines: list[str], rows
         f"- servers: uvicorn, 1 process each, loop/http auto ({loop}/{http}), access log "
         "off; pool_size=10, max_overflow=10 (thin: no pre-ping); fresh database per run",
         f"- subscribe: BACKINSTOCK_LOG_LEVEL=WARNING, rate limits {HIGH_RATE} per IP and per "
-        "contact (checked in Redis, never refusing); every request a new contact, 50 SKUs",
+        "contact (checked in Redis, never refusing); every request a new contact, 50 SKUs"
+        + (f", {args.queued:,} already waiting on each" if args.queued else ""),
         f"- load: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
         f"(bench/subscribe.lua), {args.warmup} s warm-up per server, {args.rounds} alternating "
         "rounds thin/bare/subscribe; the same body for all (thin parses sku, channel and "
@@ -327,6 +349,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=5, help="seconds, once per server")
     parser.add_argument("--part-calls", type=int, default=2000, help="calls per part timed")
+    parser.add_argument(
+        "--queued", type=int, default=0, help="shoppers waiting on each SKU before the rounds"
+    )
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -337,6 +362,7 @@ def main() -> None:
     env = service_env()
     cli(env, "migrate")
     key = cli(env, "keys", "create", "--name", "bench", "--scope", "subscribe").split()[-1]
+    queue_up(args.queued)
     bare = [sys.executable, str(BENCH / "bare_app.py")]
     targets: list[Target] = []
     try:

@@ -27,6 +27,7 @@ from backinstock.ops.logging import configure_logging
 from backinstock.ratelimit import local_limiter
 from backinstock.runtime import Runtime
 from backinstock.stats.pipeline import PipelineCache
+from backinstock.subscriptions.models import QUEUED
 from tests import apps
 from tests.clock import SteppingClock
 from tests.schedule import pytest_collection_modifyitems  # noqa: F401 - the suite's order
@@ -150,6 +151,26 @@ async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     rt.pipeline = PipelineCache()
     rt.clock = SteppingClock()
     yield
+    await assert_queue_counts_hold(rt)
+
+
+# Whatever a test did to subscriptions, the triggers' counts beside the queue still match
+# the queue (subscriptions.models.QueueCount): every path that moves a shopper, checked.
+_QUEUE_BY_COUNT = text(
+    "SELECT sku, priority_rank, sum(waiting) FROM queue_counts GROUP BY sku, priority_rank "
+    "HAVING sum(waiting) <> 0"
+)
+_QUEUE_BY_SCAN = text(
+    f"SELECT sku, priority_rank, count(*) FROM subscriptions WHERE status IN ({QUEUED}) "
+    "GROUP BY sku, priority_rank"
+)
+
+
+async def assert_queue_counts_hold(rt: Runtime) -> None:
+    async with rt.engine.connect() as connection:
+        counted = set((await connection.execute(_QUEUE_BY_COUNT)).tuples())
+        scanned = set((await connection.execute(_QUEUE_BY_SCAN)).tuples())
+    assert counted == scanned, f"queue_counts {sorted(counted)} != the queue {sorted(scanned)}"
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ OWNERS: Mapping[str, str] = {
     "product_policies": "backinstock.catalog",
     "subscriptions": "backinstock.subscriptions",
     "subscription_fallbacks": "backinstock.subscriptions",
+    "queue_counts": "backinstock.subscriptions",
     "restock_events": "backinstock.restocks",
     "stock_levels": "backinstock.restocks",
     "waves": "backinstock.restocks",
@@ -46,6 +47,9 @@ OWNERS: Mapping[str, str] = {
     "substitute_sales": "backinstock.conversions",
     "dashboard_sessions": "backinstock.dashboard",
 }
+# Tables the database alone writes, by triggers on their owner's other table (the
+# migration that made them says which): no module may.
+BY_TRIGGERS = {"queue_counts"}
 # Modules that build a statement for a table their caller names (no table of their own).
 GENERIC = {"backinstock.db"}
 
@@ -171,7 +175,8 @@ def test_only_its_owner_writes_a_table() -> None:
 
 
 def test_the_owners_do_write_their_tables() -> None:
-    """The scan sees each owner's writes (a scan that saw none would pass anything)."""
+    """The scan sees each owner's writes (a scan that saw none would pass anything), and
+    none of a table the triggers keep."""
     models = model_tables()
     written = {
         write.table
@@ -179,7 +184,7 @@ def test_the_owners_do_write_their_tables() -> None:
         for write in writes(module, source, models)
         if write.table is not None
     }
-    assert written == set(OWNERS)
+    assert written == set(OWNERS) - BY_TRIGGERS
 
 
 # The scan itself, on code written to break the rule.

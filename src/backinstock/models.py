@@ -9,7 +9,7 @@ from backinstock.db import Base
 from backinstock.dispatch.models import ConfirmationSent, Notification, SubstituteOffer
 from backinstock.restocks.models import RestockEvent, StockHold, StockLevel, Wave
 from backinstock.senders.models import DevOutboxMessage
-from backinstock.subscriptions.models import Subscription, SubscriptionFallback
+from backinstock.subscriptions.models import QueueCount, Subscription, SubscriptionFallback
 
 __all__ = [
     "ApiKey",
@@ -25,6 +25,7 @@ __all__ = [
     "Product",
     "ProductName",
     "ProductPolicy",
+    "QueueCount",
     "RestockEvent",
     "StockHold",
     "StockLevel",

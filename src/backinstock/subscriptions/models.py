@@ -157,6 +157,27 @@ class Subscription(Base):
     )
 
 
+class QueueCount(Base):
+    """How many subscriptions of a SKU and priority rank are in its queue (IN_QUEUE).
+
+    Written only by the database's triggers on ``subscriptions`` (migration 0024), at every
+    entry to and exit from the queue, whichever statement makes it: a new subscription's
+    place is then the sum at its rank or better (it is the newest of its rank), read in
+    its INSERT's RETURNING instead of counting the queue ahead of it, a scan that grew with
+    the queue. A restock's ``waiting`` -> ``notified`` keeps its shopper in the queue and
+    touches no count. On PostgreSQL a SKU's rank is spread over eight rows, chosen by the
+    subscription's id, so that concurrent subscribes to one product rarely wait for each
+    other's row lock; SQLite, one writer at a time, keeps everything in slot 0.
+    """
+
+    __tablename__ = "queue_counts"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    priority_rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    waiting: Mapped[int] = mapped_column(Integer)
+
+
 class SubscriptionFallback(Base):
     """A further contact to try when the primary one fails permanently."""
 

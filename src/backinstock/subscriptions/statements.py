@@ -23,9 +23,13 @@ from sqlalchemy import (
 from backinstock.db import DriverStatement, UTCDateTime
 from backinstock.subscriptions.models import ACTIVE_SQL, QUEUED
 
-# The queue position (COUNT_AHEAD's count) comes back with the insert: one round trip, not
-# two. The comparison is strict, so whether the subquery sees the new row (SQLite) or not
-# (PostgreSQL's statement snapshot) does not change the count.
+# The queue position comes back with the insert: one round trip, not two. A new
+# subscription is the newest of its rank, so the queue ahead of it is everyone queued at
+# its rank or better: the sum of queue_counts (subscriptions.models.QueueCount), a few rows
+# whatever the queue's length, where counting the queue itself grew with it. The count the
+# INSERT's own trigger adds is not seen by the subquery, on either database (PostgreSQL's
+# statement snapshot; SQLite evaluates RETURNING before the row's AFTER trigger): the sum
+# is those ahead. COUNT_AHEAD, below, counts an existing subscription's place.
 # The statuses are the Status enum's own constants, interpolated once, at import: no input
 # ever reaches the SQL text (hence the noqa). A new subscription is ``waiting``, or
 # ``pending`` until its shopper confirms; the position of a pending one is the place it
@@ -50,10 +54,8 @@ INSERT_SUBSCRIPTION = (
         "AND rule.channels IS NOT NULL "
         "AND ',' || rule.channels || ',' NOT LIKE '%,' || :channel || ',%') "
         f"ON CONFLICT (sku, contact_index) WHERE status IN ({ACTIVE_SQL}) DO NOTHING "
-        "RETURNING id, (SELECT count(*) FROM subscriptions AS ahead "
-        f"WHERE ahead.sku = :sku AND ahead.status IN ({QUEUED}) "
-        "AND (ahead.priority_rank, ahead.created_at, ahead.id) < (:priority_rank, :created_at, :id)"
-        ") AS ahead, "
+        "RETURNING id, (SELECT coalesce(sum(ahead.waiting), 0) FROM queue_counts AS ahead "
+        "WHERE ahead.sku = :sku AND ahead.priority_rank <= :priority_rank) AS ahead, "
         "EXISTS (SELECT 1 FROM product_substitutes AS s WHERE s.sku = :sku) AS substitutes"
     )
     .bindparams(

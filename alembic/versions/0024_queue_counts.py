@@ -1,0 +1,169 @@
+"""queue_counts: how many wait per SKU and priority rank, kept by triggers on subscriptions
+
+Revision ID: 0024
+Revises: 0023
+Create Date: 2026-12-06 21:00:00.000000
+
+A new subscription's place in its queue was a count of every queued subscription of the SKU
+ahead of it, in its INSERT's RETURNING: a scan that grew with the queue (0.3 ms for 944
+waiting on a vacuumed table, 1.3 ms on rows written since the last vacuum, tens of
+milliseconds at 100,000). The counts now sit beside the queue, per SKU and priority rank, so
+the place is a sum over a few rows.
+
+The database keeps them, at every entry to and exit from the queue (``status`` becoming or
+leaving ``waiting``/``notified``), whichever statement makes it: the subscribe INSERT, a
+confirmation, a withdrawal, an unsubscribe, an expiry, a conversion, a deletion, a bulk
+seed. A restock's ``waiting`` -> ``notified`` stays in the queue and fires nothing.
+
+- PostgreSQL: an INSERT or DELETE adds or removes its rows in one grouped statement (a
+  statement-level trigger over the transition table: a thousand-row insert updates each
+  count once, not a thousand times); an UPDATE that moves a row into or out of the queue, a
+  row-level trigger whose WHEN clause skips every other row. A SKU's rank is spread over
+  eight rows (the id's last byte, modulo 8) so that concurrent subscribes to one product
+  rarely wait for each other's row lock; counts are taken in key order.
+- SQLite (one writer at a time): row-level triggers, everything in slot 0.
+
+A later migration that rebuilds ``subscriptions`` on SQLite (a batch operation) drops its
+triggers and must create them again.
+"""
+
+# ruff: noqa: S608 - every piece of SQL here is built from this file's constants, never input
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0024"
+down_revision: str | None = "0023"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+IN_QUEUE = "('waiting', 'notified')"
+PG_SLOT = "get_byte(uuid_send({row}.id), 15) % 8"
+COUNT_KEY = "(sku, priority_rank, slot)"
+TRIGGERS = ("subscriptions_enter_queue", "subscriptions_leave_queue", "subscriptions_move_in_queue")
+
+POSTGRES = [
+    f"""
+    CREATE FUNCTION queue_counts_entered() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO queue_counts AS c (sku, priority_rank, slot, waiting)
+        SELECT sku, priority_rank, {PG_SLOT.format(row="entered")}, count(*)
+        FROM entered WHERE status IN {IN_QUEUE}
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT {COUNT_KEY} DO UPDATE SET waiting = c.waiting + excluded.waiting;
+        RETURN NULL;
+    END $$
+    """,
+    f"""
+    CREATE FUNCTION queue_counts_left() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE queue_counts AS c SET waiting = c.waiting - gone.n
+        FROM (
+            SELECT sku, priority_rank, {PG_SLOT.format(row="gone")} AS slot, count(*) AS n
+            FROM gone WHERE status IN {IN_QUEUE} GROUP BY 1, 2, 3
+        ) AS gone
+        WHERE (c.sku, c.priority_rank, c.slot) = (gone.sku, gone.priority_rank, gone.slot);
+        RETURN NULL;
+    END $$
+    """,
+    f"""
+    CREATE FUNCTION queue_counts_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF OLD.status IN {IN_QUEUE} THEN
+            UPDATE queue_counts SET waiting = waiting - 1
+            WHERE sku = OLD.sku AND priority_rank = OLD.priority_rank
+            AND slot = {PG_SLOT.format(row="OLD")};
+        END IF;
+        IF NEW.status IN {IN_QUEUE} THEN
+            INSERT INTO queue_counts AS c (sku, priority_rank, slot, waiting)
+            VALUES (NEW.sku, NEW.priority_rank, {PG_SLOT.format(row="NEW")}, 1)
+            ON CONFLICT {COUNT_KEY} DO UPDATE SET waiting = c.waiting + 1;
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+    """
+    CREATE TRIGGER subscriptions_enter_queue AFTER INSERT ON subscriptions
+    REFERENCING NEW TABLE AS entered FOR EACH STATEMENT
+    EXECUTE FUNCTION queue_counts_entered()
+    """,
+    """
+    CREATE TRIGGER subscriptions_leave_queue AFTER DELETE ON subscriptions
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+    EXECUTE FUNCTION queue_counts_left()
+    """,
+    f"""
+    CREATE TRIGGER subscriptions_move_in_queue
+    AFTER UPDATE OF status, sku, priority_rank ON subscriptions FOR EACH ROW
+    WHEN ((OLD.status IN {IN_QUEUE}) <> (NEW.status IN {IN_QUEUE})
+          OR (NEW.status IN {IN_QUEUE}
+              AND (OLD.sku, OLD.priority_rank) IS DISTINCT FROM (NEW.sku, NEW.priority_rank)))
+    EXECUTE FUNCTION queue_counts_moved()
+    """,
+]
+
+_SQLITE_ADD = (
+    "INSERT INTO queue_counts (sku, priority_rank, slot, waiting) "
+    f"SELECT NEW.sku, NEW.priority_rank, 0, 1 WHERE NEW.status IN {IN_QUEUE} "
+    f"ON CONFLICT {COUNT_KEY} DO UPDATE SET waiting = waiting + 1;"
+)
+_SQLITE_REMOVE = (
+    f"UPDATE queue_counts SET waiting = waiting - 1 WHERE OLD.status IN {IN_QUEUE} "
+    "AND sku = OLD.sku AND priority_rank = OLD.priority_rank AND slot = 0;"
+)
+SQLITE = [
+    f"""
+    CREATE TRIGGER subscriptions_enter_queue AFTER INSERT ON subscriptions
+    WHEN NEW.status IN {IN_QUEUE}
+    BEGIN {_SQLITE_ADD} END
+    """,
+    f"""
+    CREATE TRIGGER subscriptions_leave_queue AFTER DELETE ON subscriptions
+    WHEN OLD.status IN {IN_QUEUE}
+    BEGIN {_SQLITE_REMOVE} END
+    """,
+    f"""
+    CREATE TRIGGER subscriptions_move_in_queue
+    AFTER UPDATE OF status, sku, priority_rank ON subscriptions
+    WHEN (OLD.status IN {IN_QUEUE}) <> (NEW.status IN {IN_QUEUE})
+         OR (NEW.status IN {IN_QUEUE}
+             AND (OLD.sku <> NEW.sku OR OLD.priority_rank <> NEW.priority_rank))
+    BEGIN {_SQLITE_REMOVE} {_SQLITE_ADD} END
+    """,
+]
+
+
+def _slot(dialect: str) -> str:
+    return PG_SLOT.format(row="subscriptions") if dialect == "postgresql" else "0"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "queue_counts",
+        sa.Column("sku", sa.String(128), nullable=False),
+        sa.Column("priority_rank", sa.SmallInteger(), nullable=False),
+        sa.Column("slot", sa.SmallInteger(), nullable=False),
+        sa.Column("waiting", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("sku", "priority_rank", "slot", name=op.f("pk_queue_counts")),
+    )
+    dialect = op.get_bind().dialect.name
+    for statement in POSTGRES if dialect == "postgresql" else SQLITE:
+        op.execute(statement)
+    # The queue as it stands (the triggers keep it from here; the migration's transaction
+    # holds the table's writers back until both are in place).
+    op.execute(
+        "INSERT INTO queue_counts (sku, priority_rank, slot, waiting) "
+        f"SELECT sku, priority_rank, {_slot(dialect)}, count(*) FROM subscriptions "
+        f"WHERE status IN {IN_QUEUE} GROUP BY 1, 2, 3"
+    )
+
+
+def downgrade() -> None:
+    for trigger in TRIGGERS:
+        on = " ON subscriptions" if op.get_bind().dialect.name == "postgresql" else ""
+        op.execute(f"DROP TRIGGER IF EXISTS {trigger}{on}")
+    if op.get_bind().dialect.name == "postgresql":
+        for function in ("queue_counts_entered", "queue_counts_left", "queue_counts_moved"):
+            op.execute(f"DROP FUNCTION IF EXISTS {function}()")
+    op.drop_table("queue_counts")
