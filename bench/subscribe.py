@@ -92,9 +92,12 @@ def queue_up(per_sku: int) -> None:
             "FROM generate_series(0, 49) AS s, generate_series(1, %s) AS i",
             (per_sku,),
         )
-    with psycopg2.connect(dbname=DATABASE, **PG) as conn:
-        conn.autocommit = True
+    conn = psycopg2.connect(dbname=DATABASE, **PG)
+    try:
+        conn.autocommit = True  # VACUUM runs outside a transaction block
         conn.cursor().execute("VACUUM ANALYZE subscriptions")
+    finally:
+        conn.close()
 
 
 def service_env() -> dict[str, str]:

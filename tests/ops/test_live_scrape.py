@@ -10,10 +10,13 @@ whose worker host is stopped in the middle: the "pipeline stalled" expression tu
 and the alert is pending; a replacement host finishes it and the stall is over. The
 worker's log lines join up by request id, wave id and notification id, and carry no contact.
 
-Most of its time is the stall: the shipped rule needs 30 s without a message sent, then a
-scrape and a rule evaluation (5 s each). Everything that does not depend on the stall is
-done before it (both waves' shoppers are seeded while the worker host starts) or during
-it (the dashboard's queries).
+The shipped rule needs 30 s without a message sent while one is due. Rather than wait them
+out, the test moves the stalled wave's times 40 s into the past once its worker host is
+stopped (the due messages' ``next_attempt_at`` and every ``sent_at``, the two figures the
+rule's gauges are read from): the API's gauges, Prometheus' scrape and the shipped rule's
+evaluation are the real ones, and what is left to wait is a scrape and an evaluation (5 s
+each). Everything else is done while something else is under way (both waves' shoppers are
+seeded while the worker host starts).
 
 One test, PostgreSQL + Redis only (production's shape: workers are separate processes)."""
 
@@ -29,15 +32,16 @@ import subprocess
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import Interval, literal, select, update
 
 from backinstock.contacts import Channel
-from backinstock.dispatch.models import Notification
+from backinstock.dispatch.models import Notification, Status
 from backinstock.runtime import Runtime
 from tests.conftest import BACKEND
 from tests.crashkit import start_provider, until_settled
@@ -191,6 +195,7 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
             for target in panel["targets"]:
                 prometheus.query(target["expr"])
 
+        await _as_if_stalled_for(runtime, seconds=40)
         stalled = _rule("BackinstockPipelineStalled")
         await eventually(
             lambda: bool(prometheus and prometheus.query(stalled)),
@@ -228,6 +233,23 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
     # The host summed its two Dramatiq processes: both counted, in files of their own.
     pids = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "worker-1-metrics").glob("counter_*.db")}
     assert len(pids) >= 2, pids
+
+
+async def _as_if_stalled_for(runtime: Runtime, seconds: int) -> None:
+    """The stopped host's wave as it would stand ``seconds`` later: its messages due that
+    much longer, the last one sent that long ago (what the pipeline gauges read)."""
+    back = literal(timedelta(seconds=seconds), Interval())
+    async with runtime.sessions() as session, session.begin():
+        await session.execute(
+            update(Notification)
+            .where(Notification.status == Status.PENDING)
+            .values(next_attempt_at=Notification.next_attempt_at - back)
+        )
+        await session.execute(
+            update(Notification)
+            .where(Notification.sent_at.is_not(None))
+            .values(sent_at=Notification.sent_at - back)
+        )
 
 
 def _status() -> str:
