@@ -15,12 +15,14 @@ leaving ``waiting``/``notified``), whichever statement makes it: the subscribe I
 confirmation, a withdrawal, an unsubscribe, an expiry, a conversion, a deletion, a bulk
 seed. A restock's ``waiting`` -> ``notified`` stays in the queue and fires nothing.
 
-- PostgreSQL: an INSERT or DELETE adds or removes its rows in one grouped statement (a
-  statement-level trigger over the transition table: a thousand-row insert updates each
-  count once, not a thousand times); an UPDATE that moves a row into or out of the queue, a
-  row-level trigger whose WHEN clause skips every other row. A SKU's rank is spread over
-  eight rows (the id's last byte, modulo 8) so that concurrent subscribes to one product
-  rarely wait for each other's row lock; counts are taken in key order.
+- PostgreSQL: an INSERT or DELETE adds or removes its rows once per SKU and rank (a
+  statement-level trigger over the transition table: a thousand-row insert changes a count
+  once, not a thousand times); an UPDATE that moves a row into or out of the queue, a
+  row-level trigger whose WHEN clause skips every other row. A SKU's rank may have several
+  count rows (slots), summed: a change goes to the first one no other transaction holds,
+  or to a new one when all are held, so no transaction ever waits for a count (two orders
+  converting shoppers of the same two products in opposite orders would otherwise wait for
+  each other); slots appear only while writers overlap.
 - SQLite (one writer at a time): row-level triggers, everything in slot 0.
 
 A later migration that rebuilds ``subscriptions`` on SQLite (a batch operation) drops its
@@ -39,31 +41,60 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 IN_QUEUE = "('waiting', 'notified')"
-PG_SLOT = "get_byte(uuid_send({row}.id), 15) % 8"
 COUNT_KEY = "(sku, priority_rank, slot)"
 TRIGGERS = ("subscriptions_enter_queue", "subscriptions_leave_queue", "subscriptions_move_in_queue")
+FUNCTIONS = ("queue_counts_entered", "queue_counts_left", "queue_counts_moved")
 
 POSTGRES = [
+    # Adds to the first of the SKU's counts at that rank that no other transaction holds
+    # (one this transaction holds is not skipped), or, when every one is held, to a new
+    # one in a slot of its own: a count is never waited for, so no two transactions can wait
+    # for each other through these rows, whatever order they move shoppers in.
+    """
+    CREATE FUNCTION queue_counts_add(p_sku text, p_rank smallint, p_delta integer)
+    RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        free smallint;
+    BEGIN
+        LOOP
+            SELECT slot INTO free FROM queue_counts
+            WHERE sku = p_sku AND priority_rank = p_rank
+            ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                UPDATE queue_counts SET waiting = waiting + p_delta
+                WHERE sku = p_sku AND priority_rank = p_rank AND slot = free;
+                RETURN;
+            END IF;
+            INSERT INTO queue_counts (sku, priority_rank, slot, waiting)
+            VALUES (p_sku, p_rank, 1 + floor(random() * 32766)::smallint, p_delta)
+            ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                RETURN;
+            END IF;
+        END LOOP;
+    END $$
+    """,
     f"""
     CREATE FUNCTION queue_counts_entered() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        g record;
     BEGIN
-        INSERT INTO queue_counts AS c (sku, priority_rank, slot, waiting)
-        SELECT sku, priority_rank, {PG_SLOT.format(row="entered")}, count(*)
-        FROM entered WHERE status IN {IN_QUEUE}
-        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-        ON CONFLICT {COUNT_KEY} DO UPDATE SET waiting = c.waiting + excluded.waiting;
+        FOR g IN SELECT sku, priority_rank, count(*)::integer AS n FROM entered
+                 WHERE status IN {IN_QUEUE} GROUP BY 1, 2 LOOP
+            PERFORM queue_counts_add(g.sku, g.priority_rank, g.n);
+        END LOOP;
         RETURN NULL;
     END $$
     """,
     f"""
     CREATE FUNCTION queue_counts_left() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        g record;
     BEGIN
-        UPDATE queue_counts AS c SET waiting = c.waiting - gone.n
-        FROM (
-            SELECT sku, priority_rank, {PG_SLOT.format(row="gone")} AS slot, count(*) AS n
-            FROM gone WHERE status IN {IN_QUEUE} GROUP BY 1, 2, 3
-        ) AS gone
-        WHERE (c.sku, c.priority_rank, c.slot) = (gone.sku, gone.priority_rank, gone.slot);
+        FOR g IN SELECT sku, priority_rank, count(*)::integer AS n FROM gone
+                 WHERE status IN {IN_QUEUE} GROUP BY 1, 2 LOOP
+            PERFORM queue_counts_add(g.sku, g.priority_rank, -g.n);
+        END LOOP;
         RETURN NULL;
     END $$
     """,
@@ -71,14 +102,10 @@ POSTGRES = [
     CREATE FUNCTION queue_counts_moved() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF OLD.status IN {IN_QUEUE} THEN
-            UPDATE queue_counts SET waiting = waiting - 1
-            WHERE sku = OLD.sku AND priority_rank = OLD.priority_rank
-            AND slot = {PG_SLOT.format(row="OLD")};
+            PERFORM queue_counts_add(OLD.sku, OLD.priority_rank, -1);
         END IF;
         IF NEW.status IN {IN_QUEUE} THEN
-            INSERT INTO queue_counts AS c (sku, priority_rank, slot, waiting)
-            VALUES (NEW.sku, NEW.priority_rank, {PG_SLOT.format(row="NEW")}, 1)
-            ON CONFLICT {COUNT_KEY} DO UPDATE SET waiting = c.waiting + 1;
+            PERFORM queue_counts_add(NEW.sku, NEW.priority_rank, 1);
         END IF;
         RETURN NULL;
     END $$
@@ -134,10 +161,6 @@ SQLITE = [
 ]
 
 
-def _slot(dialect: str) -> str:
-    return PG_SLOT.format(row="subscriptions") if dialect == "postgresql" else "0"
-
-
 def upgrade() -> None:
     op.create_table(
         "queue_counts",
@@ -147,15 +170,15 @@ def upgrade() -> None:
         sa.Column("waiting", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("sku", "priority_rank", "slot", name=op.f("pk_queue_counts")),
     )
-    dialect = op.get_bind().dialect.name
-    for statement in POSTGRES if dialect == "postgresql" else SQLITE:
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in POSTGRES if postgres else SQLITE:
         op.execute(statement)
     # The queue as it stands (the triggers keep it from here; the migration's transaction
     # holds the table's writers back until both are in place).
     op.execute(
         "INSERT INTO queue_counts (sku, priority_rank, slot, waiting) "
-        f"SELECT sku, priority_rank, {_slot(dialect)}, count(*) FROM subscriptions "
-        f"WHERE status IN {IN_QUEUE} GROUP BY 1, 2, 3"
+        f"SELECT sku, priority_rank, 0, count(*) FROM subscriptions "
+        f"WHERE status IN {IN_QUEUE} GROUP BY sku, priority_rank"
     )
 
 
@@ -164,6 +187,7 @@ def downgrade() -> None:
         on = " ON subscriptions" if op.get_bind().dialect.name == "postgresql" else ""
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}{on}")
     if op.get_bind().dialect.name == "postgresql":
-        for function in ("queue_counts_entered", "queue_counts_left", "queue_counts_moved"):
+        for function in FUNCTIONS:
             op.execute(f"DROP FUNCTION IF EXISTS {function}()")
+        op.execute("DROP FUNCTION IF EXISTS queue_counts_add(text, smallint, integer)")
     op.drop_table("queue_counts")

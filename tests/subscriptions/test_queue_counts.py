@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from alembic import command
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Update, func, insert, select, text, update
 
 from backinstock import db, migrations
 from backinstock.runtime import Runtime
 from backinstock.subscriptions import lifecycle
-from backinstock.subscriptions.models import QueueCount
+from backinstock.subscriptions.models import QueueCount, Subscription
 from tests.conftest import BACKEND, assert_queue_counts_hold
 from tests.helpers import bearer, phone, subscription_body
 from tests.restocks.seed import seed_waiting
@@ -97,6 +97,31 @@ async def test_concurrent_subscribes_to_one_product_keep_the_count(
     await asyncio.gather(*(_subscribe(client, key, n) for n in range(60)))
     await assert_queue_counts_hold(runtime)
     assert (await _subscribe(client, key, 99))["position"] == 61
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="concurrent writers: PostgreSQL")
+async def test_no_transaction_waits_for_a_count(runtime: Runtime) -> None:
+    """Two transactions take shoppers of the same two products out of the queue in
+    opposite orders (two orders converting, or retention beside an order): each finds the
+    other holding a count it needs and writes to another, rather than waiting for it (with
+    one row per product and rank they would deadlock). A wait fails the statement."""
+    first_sku = await seed_waiting(runtime, 2, sku="SKU-1")
+    second_sku = await seed_waiting(runtime, 2, sku="SKU-2")
+
+    def out(sub_id: uuid.UUID) -> Update:
+        return update(Subscription).where(Subscription.id == sub_id).values(status="expired")
+
+    async with runtime.engine.connect() as one, runtime.engine.connect() as other:
+        for connection in (one, other):
+            await connection.begin()
+            await connection.execute(text("SET LOCAL lock_timeout = '5s'"))
+        await one.execute(out(first_sku[0]))
+        await other.execute(out(second_sku[0]))
+        await other.execute(out(first_sku[1]))  # SKU-1's count is held by the first
+        await one.execute(out(second_sku[1]))  # SKU-2's by the second
+        await one.commit()
+        await other.commit()
+    await assert_queue_counts_hold(runtime)
 
 
 def test_revision_0024_counts_the_queue_as_it_stands_and_goes_down(tmp_path: Path) -> None:

@@ -165,9 +165,10 @@ class QueueCount(Base):
     place is then the sum at its rank or better (it is the newest of its rank), read in
     its INSERT's RETURNING instead of counting the queue ahead of it, a scan that grew with
     the queue. A restock's ``waiting`` -> ``notified`` keeps its shopper in the queue and
-    touches no count. On PostgreSQL a SKU's rank is spread over eight rows, chosen by the
-    subscription's id, so that concurrent subscribes to one product rarely wait for each
-    other's row lock; SQLite, one writer at a time, keeps everything in slot 0.
+    touches no count. A SKU's rank may have several rows (slots), summed: on PostgreSQL a
+    change goes to the first one no other transaction holds, or to a new one, so that no
+    transaction ever waits for a count (and none can deadlock on them); SQLite, one writer
+    at a time, keeps everything in slot 0.
     """
 
     __tablename__ = "queue_counts"
