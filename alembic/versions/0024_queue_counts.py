@@ -45,6 +45,24 @@ COUNT_KEY = "(sku, priority_rank, slot)"
 TRIGGERS = ("subscriptions_enter_queue", "subscriptions_leave_queue", "subscriptions_move_in_queue")
 FUNCTIONS = ("queue_counts_entered", "queue_counts_left", "queue_counts_moved")
 
+
+def _grouped(function: str, rows: str, delta: str) -> str:
+    """A statement-level trigger's function: the statement's rows (its transition table
+    ``rows``) counted once per SKU and rank."""
+    return f"""
+    CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        g record;
+    BEGIN
+        FOR g IN SELECT sku, priority_rank, count(*)::integer AS n FROM {rows}
+                 WHERE status IN {IN_QUEUE} GROUP BY 1, 2 LOOP
+            PERFORM queue_counts_add(g.sku, g.priority_rank, {delta});
+        END LOOP;
+        RETURN NULL;
+    END $$
+    """
+
+
 POSTGRES = [
     # Adds to the first of the SKU's counts at that rank that no other transaction holds
     # (one this transaction holds is not skipped), or, when every one is held, to a new
@@ -74,30 +92,8 @@ POSTGRES = [
         END LOOP;
     END $$
     """,
-    f"""
-    CREATE FUNCTION queue_counts_entered() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        g record;
-    BEGIN
-        FOR g IN SELECT sku, priority_rank, count(*)::integer AS n FROM entered
-                 WHERE status IN {IN_QUEUE} GROUP BY 1, 2 LOOP
-            PERFORM queue_counts_add(g.sku, g.priority_rank, g.n);
-        END LOOP;
-        RETURN NULL;
-    END $$
-    """,
-    f"""
-    CREATE FUNCTION queue_counts_left() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        g record;
-    BEGIN
-        FOR g IN SELECT sku, priority_rank, count(*)::integer AS n FROM gone
-                 WHERE status IN {IN_QUEUE} GROUP BY 1, 2 LOOP
-            PERFORM queue_counts_add(g.sku, g.priority_rank, -g.n);
-        END LOOP;
-        RETURN NULL;
-    END $$
-    """,
+    _grouped("queue_counts_entered", "entered", "g.n"),
+    _grouped("queue_counts_left", "gone", "-g.n"),
     f"""
     CREATE FUNCTION queue_counts_moved() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
