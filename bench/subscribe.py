@@ -13,6 +13,10 @@ service's own functions: parsing and validation, contact normalisation, sealing,
 index, the rate-limit call to Redis, and the database statements.
 
     .venv/bin/python bench/subscribe.py --rounds 5 --duration 10 --write
+    .venv/bin/python bench/subscribe.py --rounds 5 --duration 10 --queued 2000 --write
+
+The second starts with 2,000 shoppers already waiting on each SKU: a new subscription's
+place must not cost more as its queue grows.
 """
 
 from __future__ import annotations
