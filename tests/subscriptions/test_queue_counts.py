@@ -124,6 +124,39 @@ async def test_no_transaction_waits_for_a_count(runtime: Runtime) -> None:
     await assert_queue_counts_hold(runtime)
 
 
+def _operations_sql() -> tuple[str, list[str]]:
+    """docs/operations.md's check, and its rebuild's statements inside BEGIN ... COMMIT."""
+    text_ = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = text_[text_.index("## Queue counts") :]
+    block = section[
+        section.index("```sql") + len("```sql") : section.index("```", section.index("```sql") + 6)
+    ]
+    lines = [ln for ln in block.splitlines() if not ln.strip().startswith("--")]
+    statements = [st.strip() for st in "\n".join(lines).split(";") if st.strip()]
+    check, rebuild = statements[0], statements[1:]
+    assert rebuild[0] == "BEGIN" and rebuild[-1] == "COMMIT", rebuild
+    return check, rebuild[1:-1]
+
+
+async def test_the_operations_guide_finds_drifted_counts_and_rebuilds_them(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    check, rebuild = _operations_sql()
+    await seed_waiting(runtime, 5, sku="SKU-1")
+    async with runtime.engine.begin() as connection:
+        assert (await connection.exec_driver_sql(check)).all() == []
+        await connection.execute(text("UPDATE queue_counts SET waiting = waiting + 7"))
+        assert (await connection.exec_driver_sql(check)).all() == [("SKU-1", 1, 7)]
+    async with runtime.engine.begin() as connection:
+        for statement in rebuild:
+            if statement.startswith("LOCK") and BACKEND != "postgres":
+                continue  # as the guide says: SQLite has no LOCK TABLE
+            await connection.exec_driver_sql(statement)
+    async with runtime.engine.connect() as connection:
+        assert (await connection.exec_driver_sql(check)).all() == []
+    assert (await _subscribe(client, api_keys["subscribe"], 5001, sku="SKU-1"))["position"] == 6
+
+
 def test_revision_0024_counts_the_queue_as_it_stands_and_goes_down(tmp_path: Path) -> None:
     with scratch_database(tmp_path, "queue_counts_migration") as (url, engine):
         command.upgrade(migrations.alembic_config(url), "0023")
