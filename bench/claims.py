@@ -11,13 +11,16 @@ lease; the claims from the queue's head then step over rows claimed and not yet 
 Both are run here on the schema as migrated, in alternating rounds on a fresh copy of the
 same pending messages, claims of 200 each followed by its result (sent, by id), until every
 message is sent: by key (``--shape key``, a wake-up's claim, the statement's shape in
-dispatch/service.py) or from the queue's head (``--shape head``, a drain's). Reported: wall
+dispatch/service.py), from the queue's head (``--shape head``, a drain's), or from past the
+last row claimed (``--shape watermark``: a drain that remembers where it stopped, with
+``id`` added to the work index so the bound is the index's own). Reported: wall
 time and WAL written (``pg_current_wal_lsn``), per message. The statements alone, from one
 connection: a wave's other costs (writing it, sending, the subscription's update) are the
 same either way.
 
     .venv/bin/python bench/claims.py --messages 100000 --rounds 3 --shape key --write
     .venv/bin/python bench/claims.py --messages 100000 --rounds 3 --shape head --write
+    .venv/bin/python bench/claims.py --messages 100000 --rounds 3 --shape watermark --write
 """
 
 from __future__ import annotations
@@ -59,7 +62,14 @@ DUE = {
     "key": "WHERE id = ANY(%(ids)s::uuid[]) AND (status = 'pending') IS TRUE "
     "AND next_attempt_at <= now() {live}",
     "head": HEAD,
+    # A drain that starts past the last row it claimed (needs id in the index: WATERMARK_INDEX).
+    "watermark": "WHERE status = 'pending' AND next_attempt_at <= now() {live} "
+    "AND (next_attempt_at, id) > (%(after_t)s, %(after_id)s::uuid) ORDER BY next_attempt_at, id",
 }
+WATERMARK_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_notifications_work_id ON notifications "
+    "(status, next_attempt_at, id)"
+)
 LIVE = {"status": "", "hot": "AND (lease_until IS NULL OR lease_until < now())"}
 # The status claim is the worker's (a non-HOT update); the HOT claim changes no indexed
 # column, and a live lease marks the row taken.
@@ -75,12 +85,16 @@ def claim_statement(claim: str, shape: str) -> str:
     due = DUE[shape].format(live=LIVE[claim])
     return (
         f"UPDATE notifications SET {SET[claim]} WHERE id IN (SELECT id FROM notifications "
-        f"{due} LIMIT %(batch)s FOR UPDATE SKIP LOCKED) RETURNING id"
+        f"{due} LIMIT %(batch)s FOR UPDATE SKIP LOCKED) RETURNING id, next_attempt_at"
     )
 
 
 CLAIMS = ("status", "hot")
-SHAPES = {"key": "by key, as a wake-up names them", "head": "from the queue's head, a drain's"}
+SHAPES = {
+    "key": "by key, as a wake-up names them",
+    "head": "from the queue's head, a drain's",
+    "watermark": "from past the last row claimed, a drain with a watermark; id in the index",
+}
 RESULT = (
     "UPDATE notifications SET status = 'sent', sent_at = now(), lease_until = NULL "
     "WHERE id = ANY(%(ids)s::uuid[]) AND claim_id = %(claim)s"
@@ -107,11 +121,16 @@ def one_round(
         named = [row[0] for row in cur.fetchall()]  # what the wave's wake-ups name, in order
         statement = claim_statement(claim, shape)
         wal, start, sent = wal_bytes(cur), time.perf_counter(), 0
+        after: dict[str, object] = {"after_t": "-infinity", "after_id": str(uuid.UUID(int=0))}
         while sent < n:
             claim_id = str(uuid.uuid4())
             wake_up = named[sent : sent + BATCH]
-            cur.execute(statement, {"claim": claim_id, "batch": BATCH, "ids": wake_up})
-            ids = [str(row[0]) for row in cur.fetchall()]
+            cur.execute(statement, {"claim": claim_id, "batch": BATCH, "ids": wake_up, **after})
+            rows = cur.fetchall()
+            ids = [str(row[0]) for row in rows]
+            if rows:
+                last = max((row[1], str(row[0])) for row in rows)
+                after = {"after_t": last[0], "after_id": last[1]}
             conn.commit()
             if not ids:
                 raise SystemExit(f"{claim}: nothing claimed with {n - sent} unsent")
@@ -135,6 +154,8 @@ def main() -> None:
     conn = psycopg2.connect(dbname=DATABASE, **PG)
     with conn.cursor() as cur:
         cur.execute(SEED, {"n": args.messages})
+        if args.shape == "watermark":
+            cur.execute(WATERMARK_INDEX)
     conn.commit()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in CLAIMS}
     for r in range(args.rounds):
