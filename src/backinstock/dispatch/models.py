@@ -166,9 +166,7 @@ class Notification(Base):
 
     __table_args__ = (
         UniqueConstraint("subscription_id", "wave_id", "kind"),
-        # Due work in order, the id last: a drain's claim starts past (next_attempt_at, id)
-        # of the last message its process' drains claimed (dispatch.service._DrainMark).
-        Index("ix_notifications_work", "status", "next_attempt_at", "id"),
+        Index("ix_notifications_work", "status", "next_attempt_at"),
         # A wave's progress: open messages, first and last sent (stats/pipeline.py).
         Index("ix_notifications_wave_progress", "wave_id", "status", "sent_at"),
         # Open and failed messages by channel, for /metrics: sent history is not in it.

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, Uuid, any_, bindparam, func, select, true, tuple_, update
+from sqlalchemy import Select, Uuid, any_, bindparam, func, select, true, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
@@ -34,7 +34,6 @@ from backinstock.config import InDoubtPolicy, Settings
 from backinstock.contacts import Channel
 from backinstock.coupons.models import Coupon, CouponPool
 from backinstock.crypto import Keys, Sealed
-from backinstock.db import UTCDateTime
 from backinstock.dispatch.journal import GroupCommit, Journal, first_marks
 from backinstock.dispatch.models import (
     CANCELLING,
@@ -100,78 +99,24 @@ async def claim(
     now: datetime,
     limit: int = BATCH,
 ) -> list[uuid.UUID]:
-    """Take up to ``limit`` notifications due at ``now`` (among ``ids`` when given; else,
-    a drain's, past where this process' drains last stopped, then from the start)."""
+    """Take up to ``limit`` notifications due at ``now`` (among ``ids`` when given)."""
     params: dict[str, Any] = {
         "b_now": now,
         "b_limit": limit,
         "b_claim": claim_id,
         "b_until": now + lease,
     }
-    dialect = db.dialect_name(session)
     if ids is not None:
         params["b_ids"] = ids
-        return [row[0] for row in await session.execute(_claim_statement(True, dialect), params)]
-    taken: list[uuid.UUID] = []
-    mark = _DRAINS.stopped_at
-    if mark is not None:
-        params["b_after_t"], params["b_after_id"] = mark
-        taken = _DRAINS.took(await session.execute(_drain_statement(True, dialect), params))
-    if len(taken) < limit:  # nothing more past the mark: from the start, once
-        _DRAINS.stopped_at = None
-        params["b_limit"] = limit - len(taken)
-        taken += _DRAINS.took(await session.execute(_drain_statement(False, dialect), params))
-    return taken
-
-
-@dataclass
-class _DrainMark:
-    """Where this process' drains stopped: the last (next_attempt_at, id) one claimed.
-
-    A drain's claim takes the due messages from the head of ``ix_notifications_work``,
-    where every message claimed before it left an entry (its ``pending`` version, dead once
-    claimed) that the B-tree keeps until a page split or VACUUM: each drain walked all of
-    them, a cost growing with the square of a wave's messages between two vacuums (a claim
-    of 200 and its result: 305 µs a message from the head, 89 past the mark, 80 by key;
-    ``bench/claims.py``). So a drain starts past the last message this process' drains
-    claimed, and from the start once nothing is due past it: a message left below the mark
-    (a claim that rolled back, a clock behind this one) waits one pass at most. Messages
-    handed back or retried are due later than any message claimed before: past it."""
-
-    stopped_at: tuple[datetime, uuid.UUID] | None = None
-
-    def took(self, rows: Any) -> list[uuid.UUID]:
-        taken = [(due, row_id) for row_id, due in rows]
-        if taken:
-            last = max(taken)
-            self.stopped_at = last if self.stopped_at is None else max(self.stopped_at, last)
-        return [row_id for _, row_id in taken]
-
-
-_DRAINS = _DrainMark()
+    statement = _claim_statement(ids is not None, db.dialect_name(session))
+    return list(await session.scalars(statement, params))
 
 
 @functools.cache
 def _claim_statement(among_ids: bool, dialect: str) -> ReturningUpdate[Any]:
     """Built once: a Core statement with bound values. Built per claim as an ORM update, its
     cache key and the session's bookkeeping of the returned rows cost more than its run."""
-    return _claiming(_due(among_ids, dialect))
-
-
-@functools.cache
-def _drain_statement(past_mark: bool, dialect: str) -> ReturningUpdate[Any]:
-    due = _first_due(False)
-    if past_mark:
-        due = due.where(
-            tuple_(_NOTIFICATIONS.c.next_attempt_at, _NOTIFICATIONS.c.id)
-            > tuple_(
-                bindparam("b_after_t", type_=UTCDateTime()), bindparam("b_after_id", type_=Uuid())
-            )
-        )
-    return _claiming(due)
-
-
-def _claiming(due: Select[Any]) -> ReturningUpdate[Any]:
+    due = _due(among_ids, dialect)
     return (
         update(_NOTIFICATIONS)
         .where(_NOTIFICATIONS.c.id.in_(due.scalar_subquery()))
@@ -182,7 +127,7 @@ def _claiming(due: Select[Any]) -> ReturningUpdate[Any]:
             call_started_at=None,
             attempts=_NOTIFICATIONS.c.attempts + 1,
         )
-        .returning(_NOTIFICATIONS.c.id, _NOTIFICATIONS.c.next_attempt_at)
+        .returning(_NOTIFICATIONS.c.id)
     )
 
 
