@@ -179,10 +179,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
     for trigger in TRIGGERS:
-        on = " ON subscriptions" if op.get_bind().dialect.name == "postgresql" else ""
-        op.execute(f"DROP TRIGGER IF EXISTS {trigger}{on}")
-    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP TRIGGER IF EXISTS {trigger}{' ON subscriptions' if postgres else ''}")
+    if postgres:
         for function in FUNCTIONS:
             op.execute(f"DROP FUNCTION IF EXISTS {function}()")
         op.execute("DROP FUNCTION IF EXISTS queue_counts_add(text, smallint, integer)")
