@@ -59,7 +59,6 @@ STOP_AFTER = 200  # messages of the second wave accepted when the worker host is
 WITHIN = 600  # a deadline against a hang on a busy host, not a measure
 SENT_SERIES = 'backinstock_messages_total{channel="sms",outcome="sent"}'
 SENT = f"sum by (channel) ({SENT_SERIES})"
-FIRST_HOST = {"BACKINSTOCK_SWEEP_INTERVAL_SECONDS": "300"}
 LATENCY_COUNT = 'backinstock_provider_call_seconds_count{channel="sms"}'
 LATENCY_BUCKETS = 'backinstock_provider_call_seconds_bucket{channel="sms"}'
 
@@ -106,10 +105,7 @@ async def test_prometheus_sees_a_wave_finish_then_a_stall(
     provider = start_provider(Channel.SMS, rate=RATE, accept_delay=0)
     env = {**provider.env, "BACKINSTOCK_LOG_LEVEL": "INFO"}
     first_port, second_port = free_port(), free_port()
-    # The first host sweeps only after both waves have begun: a sweep that found the new
-    # wave due before the API's wake-up reached the host would run its first step without
-    # the request's id (the sweeper knows none), and its log lines would not join up.
-    first = _worker({**env, **FIRST_HOST}, tmp_path, "worker-1", first_port)
+    first = _worker(env, tmp_path, "worker-1", first_port)
     second = _worker(env, tmp_path, "worker-2", second_port)
     api = ServerProcess(env, tmp_path / "api.log")
     prometheus: PrometheusServer | None = None

@@ -14,12 +14,13 @@ import structlog
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from backinstock import worker as worker_module
 from backinstock.dispatch.models import Notification
 from backinstock.runtime import Runtime
 from tests.conftest import WorkerStarter
 from tests.helpers import bearer
 from tests.restocks.helpers import at, subscribe_many
-from tests.workers import settle
+from tests.workers import settle, tick
 
 
 @contextlib.contextmanager
@@ -72,3 +73,32 @@ async def test_a_restock_can_be_followed_by_request_wave_and_notification(
         assert len(answered) == 1 and answered[0]["outcome"] == "sent", notification_id
     text = repr(lines)
     assert not re.search(r"\+86138\d{8}|mailbox\.example", text), "a contact in the logs"
+
+
+async def test_a_wave_the_sweeper_starts_logs_with_the_request_that_opened_it(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    start_worker: WorkerStarter,
+) -> None:
+    """The webhook's wake-up is lost (a flushed broker), or a sweep finds the new wave first:
+    the wave itself keeps the request's id, so its step's lines still carry it."""
+    key = api_keys["all"]
+    await subscribe_many(client, key, 3)
+    body = {"event_id": "trail-2", "sku": "SKU-1", "available": 10, "location": "tmall"}
+    with at_info(), capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
+        answer = await client.post(
+            "/v1/restocks",
+            json={**body, "occurred_at": at(0)},
+            headers={**bearer(key), "X-Request-ID": "trail-request-2"},
+        )
+        assert answer.status_code == 202
+        worker_module.broker.flush_all()  # the wake-up, with the request's id, is gone
+        start_worker()
+        await tick()
+    worker = [line for line in lines if line.get("actor")]
+    events = {line["event"] for line in worker if line.get("request_id") == "trail-request-2"}
+    assert {"wave_step_begun", "wave_chunk_planned", "batch_claimed", "provider_answered"} <= events
+    answered = [line for line in worker if line["event"] == "provider_answered"]
+    assert len(answered) == 3
+    assert structlog.contextvars.get_contextvars().get("request_id") is None

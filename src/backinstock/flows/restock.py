@@ -49,6 +49,7 @@ from backinstock.coupons import service as coupons
 from backinstock.dispatch import notifications
 from backinstock.dispatch.models import Kind, Notification
 from backinstock.fields import refuse_future
+from backinstock.ops import logging as ops_logging
 from backinstock.ops import metrics
 from backinstock.restocks import holds, waves
 from backinstock.restocks import service as stock
@@ -188,8 +189,11 @@ async def move_waves(
         compensations.extend(await sell_out_many(session, settings, sold_out, now))
     # A wave due already stays due: only the others are written (a sync's every request
     # would otherwise rewrite each of its SKUs' waves).
-    await waves.make_due_all(session, [w.id for w in due.values() if w.id not in woken], now)
-    for opened in await waves.open_many(session, opening, now):
+    request = ops_logging.request_id()
+    await waves.make_due_all(
+        session, [w.id for w in due.values() if w.id not in woken], now, request
+    )
+    for opened in await waves.open_many(session, opening, now, request):
         due[opened.sku] = opened
     sizes = await _first_steps(
         session, settings, due, {s: changes[s].change.after for s in due}, now
@@ -414,17 +418,22 @@ async def run(
     wake_senders: Callable[[list[uuid.UUID]], None],
     clock: Clock = SYSTEM_CLOCK,
 ) -> int:
-    """Run every step of the wave that is due now; returns how many notifications it wrote."""
+    """Run every step of the wave that is due now; returns how many notifications it wrote.
+    Each step's lines, and the messages it wakes, carry the id of the request that made the
+    step due, from the wave's row: the sweeper's wake-up knows none."""
     written = 0
-    while True:
-        async with db.transaction(sessions) as session:
-            wave = await _begin_step(session, settings, wave_id, clock.now(), wake_senders)
-            if wave is None:
-                return written
-            queue_size = await queue_length(session, wave.sku)
-        written += await _write_step(sessions, settings, wave_id, queue_size, wake_senders, clock)
-        async with db.transaction(sessions) as session:
-            await waves.release(session, wave_id)
+    with ops_logging.keeping_request_id():
+        while True:
+            async with db.transaction(sessions) as session:
+                wave = await _begin_step(session, settings, wave_id, clock.now(), wake_senders)
+                if wave is None:
+                    return written
+                queue_size = await queue_length(session, wave.sku)
+            written += await _write_step(
+                sessions, settings, wave_id, queue_size, wake_senders, clock
+            )
+            async with db.transaction(sessions) as session:
+                await waves.release(session, wave_id)
 
 
 async def _begin_step(
@@ -436,6 +445,8 @@ async def _begin_step(
 ) -> Wave | None:
     """Take the wave's lease; size a due step on the level of now (0: sold out)."""
     wave = await waves.take_lease(session, settings, wave_id, now)
+    if wave is not None:
+        ops_logging.serve_request(wave.request_id)
     if wave is None or not waves.step_due(wave, now):
         return wave
     level = await stock.current_level(session, wave.sku)

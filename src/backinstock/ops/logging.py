@@ -11,9 +11,11 @@ refused, an address).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -42,6 +44,33 @@ class WholeLines:
         out.flush()
 
     debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def request_id() -> str | None:
+    """The id of the request this code serves: bound per HTTP request by the middleware,
+    and in a worker from what its message carries (``tasks.CARRIED_LOG_CONTEXT``)."""
+    bound = structlog.contextvars.get_contextvars().get("request_id")
+    return str(bound) if bound else None
+
+
+def serve_request(request_id: str | None) -> None:
+    """From here on this code's lines carry ``request_id`` (if there is one): for work that
+    learns which request it serves from the database, a wave's step from its wave."""
+    if request_id:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+
+@contextlib.contextmanager
+def keeping_request_id() -> Iterator[None]:
+    """On leaving the block, the request id bound before it (or none) is bound again."""
+    before = request_id()
+    try:
+        yield
+    finally:
+        if before is None:
+            structlog.contextvars.unbind_contextvars("request_id")
+        else:
+            structlog.contextvars.bind_contextvars(request_id=before)
 
 
 def configure_logging(

@@ -76,6 +76,9 @@ class Wave(Base):
     level: Mapped[int] = mapped_column(Integer, default=0)
     next_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The request that opened the wave or last made its step due (its X-Request-ID): the
+    # step's log lines carry it whichever wake-up, the request's or the sweeper's, runs it.
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index(

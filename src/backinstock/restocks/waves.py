@@ -101,19 +101,30 @@ async def open_waves_of(session: AsyncSession, skus: Sequence[str]) -> dict[str,
     return {row.sku: WaveState(*row) for row in rows}
 
 
-async def make_due_all(session: AsyncSession, wave_ids: Sequence[uuid.UUID], now: datetime) -> None:
-    """The level rose while these waves are open: their next step is due at once."""
+async def make_due_all(
+    session: AsyncSession,
+    wave_ids: Sequence[uuid.UUID],
+    now: datetime,
+    request_id: str | None = None,
+) -> None:
+    """The level rose while these waves are open (by ``request_id``'s event): their next
+    step is due at once."""
     if wave_ids:
         await session.execute(
-            update(Wave).where(one_of(session, Wave.id, wave_ids)).values(next_step_at=now)
+            update(Wave)
+            .where(one_of(session, Wave.id, wave_ids))
+            .values(next_step_at=now, request_id=request_id)
         )
 
 
 async def open_many(
-    session: AsyncSession, opening: Sequence[tuple[str, uuid.UUID, int]], now: datetime
+    session: AsyncSession,
+    opening: Sequence[tuple[str, uuid.UUID, int]],
+    now: datetime,
+    request_id: str | None = None,
 ) -> list[WaveState]:
-    """A wave for each (sku, restock_id, level) back from nothing, its first step due at
-    once: one statement, compiled once, sent with every row."""
+    """A wave for each (sku, restock_id, level) back from nothing, opened by ``request_id``,
+    its first step due at once: one statement, compiled once, sent with every row."""
     if not opening:
         return []
     made = [WaveState(new_id(), sku, now, 0, 0) for sku, _, _ in opening]
@@ -131,6 +142,7 @@ async def open_many(
                 "planned": 0,
                 "level": level,
                 "next_step_at": now,
+                "request_id": request_id,
             }
             for wave, (_, restock_id, level) in zip(made, opening, strict=True)
         ],
