@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,7 +69,8 @@ RESTOCKED = 30  # units of the first product that come back
 CLICKERS = 14  # of the 30 told, how many follow the link
 BUYERS = 6  # of the clickers, how many buy
 COUPON_BUYERS = 2  # of the shoppers who got a follow-up coupon, how many use it
-FOLLOWUP_AFTER_SECONDS = 2  # the demo's follow-up delay (72 h by default)
+FOLLOWUP_AFTER_SECONDS = 2  # the demo's follow-up delay (72 h by default), skipped, not waited
+POLL_SECONDS = 0.05  # how often the demo looks whether the workers have sent what it expects
 SWEEP_INTERVAL_SECONDS = 0.25  # how often its workers look for due work (1 s by default)
 
 
@@ -156,6 +158,21 @@ class DemoInstance:
 Advance = Callable[[str], None]
 
 
+class DemoClock:
+    """The system's time, which the demo moves past the follow-up delay once its shoppers
+    have bought, instead of waiting it out: its API and workers read this clock, so the
+    follow-ups go out at once, and only to the shoppers who had not bought by then."""
+
+    def __init__(self) -> None:
+        self._ahead = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._ahead
+
+    def skip(self, seconds: float) -> None:
+        self._ahead += timedelta(seconds=seconds)
+
+
 def create_instance(database: Path, port: int | None, user: Settings) -> DemoInstance:
     """The demo's own instance, emptied of any earlier demo. Refuses a file that is the
     user's database or that holds anything but demo data."""
@@ -240,16 +257,17 @@ async def run(settings: Settings, advance: Advance) -> DemoResult:
         raise DemoRefused("the demo fills its own embedded (SQLite) instance only")
     from backinstock.worker import start_embedded_worker
 
-    runtime = Runtime.create(settings)
-    worker = start_embedded_worker(settings.waves.embedded_worker_threads)
+    clock = DemoClock()
+    runtime = Runtime.create(settings, clock)
+    worker = start_embedded_worker(settings.waves.embedded_worker_threads, clock=clock)
     try:
-        return await _fill(runtime, advance)
+        return await _fill(runtime, clock, advance)
     finally:
         worker.stop()
         await runtime.close()
 
 
-async def _fill(runtime: Runtime, advance: Advance) -> DemoResult:
+async def _fill(runtime: Runtime, clock: DemoClock, advance: Advance) -> DemoResult:
     suffix = secrets.token_hex(3)
     writer_name = f"demo-writer-{suffix}"
     async with db.transaction(runtime.sessions) as session:
@@ -257,7 +275,7 @@ async def _fill(runtime: Runtime, advance: Advance) -> DemoResult:
         stats_key = await auth.create_key(session, f"demo-stats-{suffix}", [Scope.STATS])
         admin_key = await auth.create_key(session, f"demo-admin-{suffix}", [Scope.ADMIN])
     try:
-        counts = await _act(runtime, writer, suffix, advance)
+        counts = await _act(runtime, clock, writer, suffix, advance)
     finally:
         # The all-scope key was for writing the demo's data; nobody is to keep using it.
         async with db.transaction(runtime.sessions) as session:
@@ -267,7 +285,7 @@ async def _fill(runtime: Runtime, advance: Advance) -> DemoResult:
 
 
 async def _act(
-    runtime: Runtime, writer: str, suffix: str, advance: Advance
+    runtime: Runtime, clock: DemoClock, writer: str, suffix: str, advance: Advance
 ) -> tuple[int, int, int, int]:
     transport = httpx.ASGITransport(app=create_app(runtime=runtime))
     headers = {"Authorization": f"Bearer {writer}"}
@@ -293,6 +311,7 @@ async def _act(
         advance(f"{clicks} shoppers followed their link")
         orders = await _buy(api, runtime, told[:BUYERS], suffix)
         advance(f"{orders} of them bought")
+        clock.skip(FOLLOWUP_AFTER_SECONDS)
         coupons = await _wait_for(runtime, Kind.FOLLOWUP, sku, RESTOCKED - BUYERS)
         advance(f"{coupons} follow-up coupons for those who did not buy")
         orders += await _redeem(api, runtime, sku, suffix)
@@ -369,7 +388,7 @@ async def _wait_for(runtime: Runtime, kind: str, sku: str, expected: int) -> int
     deadline = time.monotonic() + 60
     sent = len(await _notifications(runtime, kind, sku))
     while sent < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(POLL_SECONDS)
         sent = len(await _notifications(runtime, kind, sku))
     return sent
 
