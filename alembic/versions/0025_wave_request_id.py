@@ -13,7 +13,6 @@ this revision, and steps made due by the sweeper (a hold's release), have none.
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0025"
