@@ -1,4 +1,4 @@
-"""waves.request_id: the request that opened the wave or last made its step due
+"""waves.request_id: the request that opened the wave or last raised its level
 
 Revision ID: 0025
 Revises: 0024
@@ -7,7 +7,7 @@ Create Date: 2026-12-07 00:00:00.000000
 A wave's step runs on whichever wake-up reaches a worker first: the webhook's own (which
 carries the request's id in its log context) or the sweeper's (which knows none). Kept on
 the wave, the id reaches the step's log lines either way. Nullable: waves opened before
-this revision, and steps made due by the sweeper (a hold's release), have none.
+this revision have none (a step a hold's release makes due keeps the wave's id).
 """
 
 from collections.abc import Sequence

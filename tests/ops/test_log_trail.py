@@ -10,12 +10,14 @@ import re
 from collections.abc import Iterator
 
 import httpx
+import pytest
 import structlog
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from backinstock import worker as worker_module
 from backinstock.dispatch.models import Notification
+from backinstock.restocks.models import Wave
 from backinstock.runtime import Runtime
 from tests.conftest import WorkerStarter
 from tests.helpers import bearer
@@ -102,3 +104,41 @@ async def test_a_wave_the_sweeper_starts_logs_with_the_request_that_opened_it(
     answered = [line for line in worker if line["event"] == "provider_answered"]
     assert len(answered) == 3
     assert structlog.contextvars.get_contextvars().get("request_id") is None
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "r" * 64,  # the longest id admitted: kept as given
+        "r" * 65,
+        "trail\r\nX-Injected: 1",
+        "trail\x00id",
+        "=?utf-8?q?trail=0D=0A?=",
+        "trail id",
+        "",
+    ],
+    ids=["64", "65", "crlf", "nul", "encoded-word", "space", "empty"],
+)
+async def test_the_wave_keeps_only_an_admitted_request_id(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime, given: str
+) -> None:
+    """The id reaches a column and the worker's log lines: a value the middleware does not
+    admit is replaced by a generated one before anything stores it."""
+    key = api_keys["all"]
+    await subscribe_many(client, key, 1)
+    try:
+        answer = await client.post(
+            "/v1/restocks",
+            json={"event_id": "trail-3", "sku": "SKU-1", "available": 1, "location": "tmall",
+                  "occurred_at": at(0)},
+            headers={**bearer(key), "X-Request-ID": given},
+        )  # fmt: skip
+    except (httpx.LocalProtocolError, ValueError):
+        pytest.skip("the client refuses to send this header at all")
+    assert answer.status_code == 202
+    echoed = answer.headers["x-request-id"]
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", echoed)
+    assert (echoed == given) == (given == "r" * 64)
+    async with runtime.sessions() as session:
+        stored = list(await session.scalars(select(Wave.request_id)))
+    assert stored == [echoed]

@@ -76,8 +76,9 @@ class Wave(Base):
     level: Mapped[int] = mapped_column(Integer, default=0)
     next_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # The request that opened the wave or last made its step due (its X-Request-ID): the
-    # step's log lines carry it whichever wake-up, the request's or the sweeper's, runs it.
+    # The request that opened the wave or last raised its level (its X-Request-ID, which
+    # the middleware admits only as 1-64 of [A-Za-z0-9._-]): the step's log lines carry it
+    # whichever wake-up, the request's or the sweeper's, runs the step.
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (

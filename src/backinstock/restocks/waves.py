@@ -105,7 +105,7 @@ async def make_due_all(
     session: AsyncSession,
     wave_ids: Sequence[uuid.UUID],
     now: datetime,
-    request_id: str | None = None,
+    request_id: str | None,
 ) -> None:
     """The level rose while these waves are open (by ``request_id``'s event): their next
     step is due at once."""
@@ -121,7 +121,7 @@ async def open_many(
     session: AsyncSession,
     opening: Sequence[tuple[str, uuid.UUID, int]],
     now: datetime,
-    request_id: str | None = None,
+    request_id: str | None,
 ) -> list[WaveState]:
     """A wave for each (sku, restock_id, level) back from nothing, opened by ``request_id``,
     its first step due at once: one statement, compiled once, sent with every row."""
