@@ -36,6 +36,17 @@ def at_info() -> Iterator[None]:
         structlog.configure(**saved)
 
 
+async def _restock(
+    client: httpx.AsyncClient, key: str, event_id: str, available: int, request_id: str
+) -> httpx.Response:
+    body = {"event_id": event_id, "sku": "SKU-1", "available": available, "location": "tmall"}
+    return await client.post(
+        "/v1/restocks",
+        json={**body, "occurred_at": at(0)},
+        headers={**bearer(key), "X-Request-ID": request_id},
+    )
+
+
 async def test_a_restock_can_be_followed_by_request_wave_and_notification(
     client: httpx.AsyncClient,
     api_keys: dict[str, str],
@@ -46,13 +57,8 @@ async def test_a_restock_can_be_followed_by_request_wave_and_notification(
     await subscribe_many(client, key, 3)
     await subscribe_many(client, key, 1, start=9, channel="email", contact="b@mailbox.example")
     start_worker()
-    body = {"event_id": "trail-1", "sku": "SKU-1", "available": 10, "location": "tmall"}
     with at_info(), capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
-        answer = await client.post(
-            "/v1/restocks",
-            json={**body, "occurred_at": at(0)},
-            headers={**bearer(key), "X-Request-ID": "trail-request-1"},
-        )
+        answer = await _restock(client, key, "trail-1", 10, "trail-request-1")
         assert answer.status_code == 202
         await settle()
     async with runtime.sessions() as session:
@@ -87,13 +93,8 @@ async def test_a_wave_the_sweeper_starts_logs_with_the_request_that_opened_it(
     the wave itself keeps the request's id, so its step's lines still carry it."""
     key = api_keys["all"]
     await subscribe_many(client, key, 3)
-    body = {"event_id": "trail-2", "sku": "SKU-1", "available": 10, "location": "tmall"}
     with at_info(), capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
-        answer = await client.post(
-            "/v1/restocks",
-            json={**body, "occurred_at": at(0)},
-            headers={**bearer(key), "X-Request-ID": "trail-request-2"},
-        )
+        answer = await _restock(client, key, "trail-2", 10, "trail-request-2")
         assert answer.status_code == 202
         worker_module.broker.flush_all()  # the wake-up, with the request's id, is gone
         start_worker()
@@ -127,12 +128,7 @@ async def test_the_wave_keeps_only_an_admitted_request_id(
     key = api_keys["all"]
     await subscribe_many(client, key, 1)
     try:
-        answer = await client.post(
-            "/v1/restocks",
-            json={"event_id": "trail-3", "sku": "SKU-1", "available": 1, "location": "tmall",
-                  "occurred_at": at(0)},
-            headers={**bearer(key), "X-Request-ID": given},
-        )  # fmt: skip
+        answer = await _restock(client, key, "trail-3", 1, given)
     except (httpx.LocalProtocolError, ValueError):
         pytest.skip("the client refuses to send this header at all")
     assert answer.status_code == 202
