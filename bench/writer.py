@@ -42,6 +42,7 @@ from sqlalchemy import func, select
 
 from backinstock import db
 from backinstock.config import CryptoSettings, Settings
+from backinstock.contacts import Channel
 from backinstock.crypto import load_keys
 from backinstock.dispatch.models import Notification
 from backinstock.flows import restock
@@ -86,13 +87,13 @@ async def write_wave(rnd: Round) -> None:
 
 def one_round(rnd: Round, size: int) -> dict[str, str]:
     pg = fresh_database(DATABASE)
-    env = service_env()
+    env = service_env(None)
     os.environ.update(env)
     keys = load_keys(CryptoSettings(), production=True)
     cli(env, "migrate")
     key = cli(env, "keys", "create", "--name", "bench", "--scope", "inventory").strip()
     flush_redis()
-    asyncio.run(seed(keys, size))
+    asyncio.run(seed(keys, size, Channel.SMS))
     port = free_port()
     api = spawn("writer-api", [BACKINSTOCK, "serve", "--host", "127.0.0.1", "--port", str(port)],
                 env)  # fmt: skip

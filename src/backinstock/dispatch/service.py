@@ -16,7 +16,7 @@ import functools
 import json
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -175,7 +175,7 @@ def _named_due() -> Select[Any]:
     )
 
 
-def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> list[Contact]:
+def contacts_from(sub: _Shopper, fallbacks: list[SubscriptionFallback]) -> list[Contact]:
     """The shopper's usable contacts in the order to try them."""
     found: list[Contact] = []
     # A WeChat subscribe message spends one of the shopper's consents; none left, no message.
@@ -188,21 +188,104 @@ def contacts_from(sub: Subscription, fallbacks: list[SubscriptionFallback]) -> l
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A claimed message's row as making it reads it: plain values, not an ORM object.
+    Loading 200 rows as ORM objects and reading their attributes cost as much as making
+    the messages (``bench/prepare.py``)."""
+
+    id: uuid.UUID
+    sku: str
+    kind: str
+    attempts: int
+    created_at: datetime
+    in_doubt: str | None
+    wave_id: uuid.UUID | None
+    contact_rank: int
+    level: int
+    queue_size: int
+    place: int | None
+    held_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Shopper:
+    """The claimed message's subscription, as making the message reads it."""
+
+    id: uuid.UUID
+    sku: str
+    channel: str
+    status: str
+    locale: str
+    timezone: str | None
+    wechat_consents: int
+    contact_failed_at: datetime | None
+    contact_key_id: str | None
+    contact_blob: bytes | None
+    profile_key_id: str | None
+    profile_blob: bytes | None
+    last_notified_at: datetime | None
+    attributes: dict[str, str] | None
+
+
+_SUBSCRIPTIONS = Subscription.metadata.tables[Subscription.__tablename__]
+_PRODUCTS = Product.metadata.tables[Product.__tablename__]
+_PLANNED = len(fields(_Planned))
+_SHOPPER = len(fields(_Shopper))
+
+
+@functools.cache
+def _claimed_rows(dialect: str) -> Select[Any]:
+    """The claimed messages with their shoppers and products, in the order they were
+    planned (ids are time-ordered; the join's plan changes with the tables' shape and size).
+    Each shape's columns are read by its field names, so the two cannot drift apart. The
+    ids are one bound array on PostgreSQL: an ``IN`` of 200 is rendered anew each time."""
+    if dialect == "postgresql":
+        named = _NOTIFICATIONS.c.id == any_(bindparam("b_ids", type_=postgresql.ARRAY(Uuid)))
+    else:
+        named = _NOTIFICATIONS.c.id.in_(bindparam("b_ids", expanding=True))
+    return (
+        select(
+            *(_NOTIFICATIONS.c[f.name] for f in fields(_Planned)),
+            *(_SUBSCRIPTIONS.c[f.name] for f in fields(_Shopper)),
+            _PRODUCTS.c.name,
+            _PRODUCTS.c.url,
+        )
+        .join_from(
+            _NOTIFICATIONS,
+            _SUBSCRIPTIONS,
+            _SUBSCRIPTIONS.c.id == _NOTIFICATIONS.c.subscription_id,
+        )
+        .outerjoin(_PRODUCTS, _PRODUCTS.c.sku == _NOTIFICATIONS.c.sku)
+        .where(named)
+        .order_by(_NOTIFICATIONS.c.id)
+    )
+
+
+async def _claimed(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> list[tuple[_Planned, _Shopper, str | None, str | None]]:
+    """(message, shopper, product's default name, product's URL) for each claimed id."""
+    found = []
+    shopper_end = _PLANNED + _SHOPPER
+    statement = _claimed_rows(db.dialect_name(session))
+    for row in await session.execute(statement, {"b_ids": ids}):
+        found.append(
+            (
+                _Planned(*row[:_PLANNED]),
+                _Shopper(*row[_PLANNED:shopper_end]),
+                row[shopper_end],
+                row[shopper_end + 1],
+            )
+        )
+    return found
+
+
 async def prepare(
     session: AsyncSession, settings: Settings, keys: Keys, ids: list[uuid.UUID], now: datetime
 ) -> list[Delivery]:
     """What to do with each claimed message at ``now`` (send, hold for quiet hours, skip)."""
-    rows = list(
-        await session.execute(
-            select(Notification, Subscription, Product.name, Product.url)
-            .join(Subscription, Subscription.id == Notification.subscription_id)
-            .outerjoin(Product, Product.sku == Notification.sku)
-            .where(Notification.id.in_(ids))
-            # Sent in the order they were planned (ids are time-ordered), not in whatever
-            # order the join's plan gives: that changes with the tables' shape and size.
-            .order_by(Notification.id)
-        )
-    )
+    rows = await _claimed(session, ids)
     coupons = await _coupons_of(session, [n.id for n, *_ in rows if n.kind in CARRY_COUPONS])
     offers = await _offers_of(session, [n.id for n, *_ in rows if n.kind == Kind.SUBSTITUTE])
     offered_skus = [o.sku for listed in offers.values() for o in listed]
@@ -210,7 +293,7 @@ async def prepare(
     fallbacks: dict[uuid.UUID, list[SubscriptionFallback]] = defaultdict(list)
     for fallback in await session.scalars(
         select(SubscriptionFallback).where(
-            SubscriptionFallback.subscription_id.in_([s.id for _, s, _, _ in rows])
+            db.among(session, SubscriptionFallback.subscription_id, [s.id for _, s, _, _ in rows])
         )
     ):
         fallbacks[fallback.subscription_id].append(fallback)
@@ -289,8 +372,8 @@ async def _coupons_of(
 def _delivery(
     settings: Settings,
     keys: Keys,
-    notification: Notification,
-    sub: Subscription,
+    notification: _Planned,
+    sub: _Shopper,
     product_name: str | None,
     product_url: str | None,
     fallbacks: list[SubscriptionFallback],
@@ -352,7 +435,7 @@ def _delivery(
 
 
 def _not_wanted(
-    notification: Notification, sub: Subscription, coupon: tuple[str, str | None] | None
+    notification: _Planned, sub: _Shopper, coupon: tuple[str, str | None] | None
 ) -> Reason | None:
     """Why a claimed message is no longer to be sent, if it is not."""
     if notification.kind == Kind.CONFIRMATION:
@@ -366,7 +449,7 @@ def _not_wanted(
     return None
 
 
-def _told_since(notification: Notification, sub: Subscription) -> bool:
+def _told_since(notification: _Planned, sub: _Shopper) -> bool:
     # A restock message planned after the offer: what the shopper waits for is back, and
     # an offer of something else would now only compete with it.
     told = sub.last_notified_at
@@ -376,8 +459,8 @@ def _told_since(notification: Notification, sub: Subscription) -> bool:
 def _message(
     settings: Settings,
     keys: Keys,
-    notification: Notification,
-    sub: Subscription,
+    notification: _Planned,
+    sub: _Shopper,
     contact: Contact,
     product_name: str | None,
     product_url: str | None,
@@ -437,12 +520,12 @@ def _message(
     )
 
 
-def _zone(settings: Settings, sub: Subscription) -> str:
+def _zone(settings: Settings, sub: _Shopper) -> str:
     return sub.timezone or settings.quiet_hours.default_timezone
 
 
 def _reserved(
-    settings: Settings, notification: Notification, sub: Subscription, now: datetime
+    settings: Settings, notification: _Planned, sub: _Shopper, now: datetime
 ) -> tuple[str, str] | None:
     """Until when the message's unit is reserved, as the copy says it (the shopper's wall
     clock) and as a WeChat ``time`` field takes it; None when nothing is held, or no longer
@@ -454,7 +537,7 @@ def _reserved(
     return wall_time(until, now, zone, sub.locale), wechat_time(until, zone)
 
 
-def _name(keys: Keys, sub: Subscription) -> str | None:
+def _name(keys: Keys, sub: _Shopper) -> str | None:
     if sub.profile_blob is None or sub.profile_key_id is None:
         return None
     profile: dict[str, Any] = json.loads(
