@@ -24,6 +24,8 @@ from backinstock.senders.models import DevOutboxMessage
 
 log = structlog.get_logger(__name__)
 
+_OUTBOX = DevOutboxMessage.metadata.tables[DevOutboxMessage.__tablename__]
+
 
 @dataclass(frozen=True)
 class OutboxContent:
@@ -102,9 +104,11 @@ class DevOutboxSender:
         return [_stored(row) for row in rows]
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        # A Core INSERT of the table: given the mapped class, SQLAlchemy takes its ORM bulk
+        # path, which handles every row's dict again before the same executemany.
         async with transaction(self._sessions) as session:
-            stmt = insert_for(session, DevOutboxMessage).on_conflict_do_nothing(
-                index_elements=[DevOutboxMessage.notification_id]
+            stmt = insert_for(session, _OUTBOX).on_conflict_do_nothing(
+                index_elements=[_OUTBOX.c.notification_id]
             )
             await session.execute(stmt, rows)
 
