@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from backinstock import db
 from backinstock.config import DeliverySettings, InDoubtPolicy, Settings, SmtpSettings
@@ -402,6 +402,51 @@ async def test_the_sweeper_settles_lapsed_claims_by_state_and_policy(
     unstarted = ("pending", None, None)
     in_doubt = (*expected, None)
     assert [rows[i] for i in ids] == [unstarted, unstarted, in_doubt, in_doubt, unstarted]
+
+
+async def _claim_all(runtime: Runtime, status: str, lease_until: Any) -> None:
+    async with db.transaction(runtime.sessions) as session:
+        await session.execute(
+            update(Notification).values(
+                status=status, channel="sms", claim_id=uuid.uuid4(), lease_until=lease_until
+            )
+        )
+
+
+async def test_a_sweep_with_no_lapsed_claim_reads_the_claimed_rows_once(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 5)
+    await _claim_all(runtime, "sending", runtime.clock.now() + timedelta(seconds=60))
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with db.transaction(runtime.sessions) as session:
+            recovered = await outcomes.recover_expired(
+                session, DeliverySettings(), runtime.clock.now()
+            )
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", seen)
+    assert recovered == outcomes.Recovered()
+    assert len([s for s in statements if "notifications" in s]) == 1
+    assert await _statuses(runtime) == {"sending": 5}
+
+
+async def test_a_lapsed_claim_written_by_an_older_worker_is_found_on_its_own(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], 2)
+    await _claim_all(runtime, "inflight", runtime.clock.now() - timedelta(seconds=1))
+    async with db.transaction(runtime.sessions) as session:
+        recovered = await outcomes.recover_expired(
+            session, DeliverySettings(), runtime.clock.now()
+        )
+    assert recovered.in_doubt == {"sms": 2}
+    assert await _statuses(runtime) == {"pending": 2}
 
 
 async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(

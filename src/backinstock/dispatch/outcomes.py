@@ -404,6 +404,8 @@ async def recover_expired(
     a message whose call was in flight is in doubt and goes where its channel's policy
     says: back to the queue to be looked up or resent, or failed (``drop``)."""
     lapsed = (Notification.lease_until < now,)
+    if not await _any_lapsed(session, now):
+        return Recovered()
     back = await session.execute(
         update(Notification)
         .where(_UNSTARTED, *lapsed)
@@ -446,6 +448,17 @@ async def recover_expired(
             recovered.requeued += count
             recovered.in_doubt[channel.value] = count
     return recovered
+
+
+async def _any_lapsed(session: AsyncSession, now: datetime) -> bool:
+    """Whether any claim's lease has lapsed. Every sweep asks, and it almost never has: one
+    pass over the claimed rows instead of the four the settling statements make (during a
+    big wave thousands of rows are claimed at once, and every worker process sweeps)."""
+    claimed = Notification.status.in_([Status.SENDING, Status.INFLIGHT])
+    found = await session.scalar(
+        select(Notification.id).where(claimed, Notification.lease_until < now).limit(1)
+    )
+    return found is not None
 
 
 async def settle_by_callback(
