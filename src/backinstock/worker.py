@@ -50,6 +50,10 @@ from backinstock.senders.base import Sender
 from backinstock.senders.registry import build_senders, close_senders, load_configured
 
 log = structlog.get_logger(__name__)
+# Drains a sweep sends at most: one a batch of stale work. So a sweep counts the stale work
+# only that far; during a big wave the backlog is always stale, and counting all of it
+# (up to 100,000 rows, in every sweep of every worker process) was a pass over the queue's
+# head each second for a figure of which only "at least 800" was read.
 DRAIN_FANOUT = 4
 # Retention work is slow-moving (days); once a minute per worker, at a random phase, is plenty.
 RETENTION_EVERY_SECONDS = 60
@@ -250,7 +254,9 @@ async def sweep_once(rt: Runtime) -> None:
         await restock.release_expired_holds(session, now)  # their waves are due now
         due_waves = await waves.due(session, now)
         recovered = await outcomes.recover_expired(session, rt.settings.delivery, now)
-        stale = await dispatch.stale_pending(session, stale_after, now)
+        stale = await dispatch.stale_pending(
+            session, stale_after, now, cap=DRAIN_FANOUT * dispatch.BATCH
+        )
     metrics.SWEEPS.inc()
     _count_recovered(recovered)
     for wave_id in due_waves:

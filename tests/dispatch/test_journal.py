@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select, update
 
-from backinstock import db
+from backinstock import db, tasks, worker
 from backinstock.config import DeliverySettings, InDoubtPolicy, Settings, SmtpSettings
 from backinstock.contacts import Channel
 from backinstock.dispatch import outcomes
@@ -442,11 +442,28 @@ async def test_a_lapsed_claim_written_by_an_older_worker_is_found_on_its_own(
     await _plan(runtime, client, api_keys["inventory"], 2)
     await _claim_all(runtime, "inflight", runtime.clock.now() - timedelta(seconds=1))
     async with db.transaction(runtime.sessions) as session:
-        recovered = await outcomes.recover_expired(
-            session, DeliverySettings(), runtime.clock.now()
-        )
+        recovered = await outcomes.recover_expired(session, DeliverySettings(), runtime.clock.now())
     assert recovered.in_doubt == {"sms": 2}
     assert await _statuses(runtime) == {"pending": 2}
+
+
+@pytest.mark.parametrize(("stale", "drains"), [(150, 1), (1_000, worker.DRAIN_FANOUT)])
+async def test_the_sweeper_sends_a_drain_a_batch_of_stale_work_up_to_its_fan_out(
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    stale: int,
+    drains: int,
+) -> None:
+    await _plan(runtime, client, api_keys["inventory"], stale)
+    enqueued: list[str] = []
+    monkeypatch.setattr(tasks, "enqueue", lambda name, *_: enqueued.append(name))
+    await worker.sweep_once(runtime)
+    assert enqueued.count(tasks.DRAIN) == 0  # nothing has waited long enough yet
+    runtime.clock.advance(runtime.settings.waves.stale_after_seconds + 1)
+    await worker.sweep_once(runtime)
+    assert enqueued.count(tasks.DRAIN) == drains
 
 
 async def test_marking_ahead_bounds_the_doubt_and_hands_back_what_never_started(

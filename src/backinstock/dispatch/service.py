@@ -735,10 +735,10 @@ async def _settle_in_doubt(
 
 
 async def stale_pending(
-    session: AsyncSession, older_than: timedelta, now: datetime, cap: int = 100_000
+    session: AsyncSession, older_than: timedelta, now: datetime, cap: int
 ) -> int:
-    """Due pending work nobody has claimed for a while: a wake-up was lost, or is queued
-    behind a long backlog (a drain then helps either way)."""
+    """Due pending work nobody has claimed for a while (a wake-up was lost, or is queued
+    behind a long backlog: a drain then helps either way), counted up to ``cap``."""
     cutoff = now - older_than
     inner = (
         select(Notification.id)
