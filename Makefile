@@ -46,6 +46,7 @@ lint: $(DEV)
 
 typecheck: $(DEV)
 	$(BIN)/mypy
+	$(BIN)/mypy bench/*.py
 
 ## openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
 openapi: $(DEV)

@@ -8,13 +8,14 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "RESULTS.md"
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+PG: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 PG_SETTINGS = ("server_version", "synchronous_commit", "fsync", "shared_buffers")
 
 

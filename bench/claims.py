@@ -103,7 +103,9 @@ RESULT = (
 
 def wal_bytes(cur: psycopg2.extensions.cursor) -> int:
     cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-    return int(cur.fetchone()[0])
+    row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def one_round(

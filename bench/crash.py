@@ -261,7 +261,7 @@ async def seed(runtime: Runtime, n: int, channel: Channel) -> None:
     """N waiting shoppers built by the service's own row builder (as
     tests/restocks/seed.py::seed_waiting), inserted in chunks: its INSERT with the queue
     position in RETURNING costs a scan of the queue per row, minutes at 20,000."""
-    table = Subscription.__table__
+    table = Subscription.metadata.tables[Subscription.__tablename__]
     # The baseline's schema is older: leave out the columns its migrations never made
     # (the current design's later migrations add them, nullable).
     async with runtime.sessions() as session:
@@ -510,7 +510,7 @@ def problems(run: Run, provider: Provider) -> list[str]:
         found.append(f"statuses {run.statuses}")
     if run.kind == "throughput" and t.duplicates:
         found.append(f"{t.duplicates} duplicates without a fault")
-    if run.kind == "throughput" and sum(t.in_doubt.values()):
+    if run.kind == "throughput" and t.in_doubt.total():
         # Nothing was killed: a claim lapsed under a live worker.
         found.append(f"in doubt without a fault: {dict(t.in_doubt)}")
     if run.channel is Channel.SMS and t.duplicates:
@@ -565,7 +565,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def throughput_rows(runs: list[Run], designs: list[Design]) -> tuple[list[str], list[dict]]:
+def throughput_rows(
+    runs: list[Run], designs: list[Design]
+) -> tuple[list[str], list[dict[str, Any]]]:
     rounds = max((r.round for r in runs), default=0)
     lines = [
         "| channel | provider latency | design | shoppers | "
@@ -645,7 +647,7 @@ def faulted_rows(runs: list[Run], ratios: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def verdicts(faulted: list[Run], scenario: list[Run], ratios: list[dict]) -> list[str]:
+def verdicts(faulted: list[Run], scenario: list[Run], ratios: list[dict[str, Any]]) -> list[str]:
     def word(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
@@ -689,7 +691,7 @@ def problem_lines(runs: list[Run]) -> list[str]:
 
 
 def summary_rows(
-    faulted: list[Run], scenario: list[Run], ratios: list[dict], throughput: list[Run]
+    faulted: list[Run], scenario: list[Run], ratios: list[dict[str, Any]], throughput: list[Run]
 ) -> list[str]:
     rows = []
 

@@ -81,7 +81,7 @@ def checks(redis: Redis, run: str) -> dict[str, Check]:
     storage = RedisStorage(
         "async+redis://",
         implementation="redispy",
-        connection_pool=redis.connection_pool,
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]  # options typed as scalars; a pool is accepted
         key_prefix=f"bench:{run}",
     )
     fixed = FixedWindowRateLimiter(storage)

@@ -134,7 +134,9 @@ async def seed(base: str, key: str, skus: int, waiting: int) -> None:
         await gather_limited(16, [one(n) for n in range(skus * waiting)])
 
 
-def sync_requests(args: argparse.Namespace, label: str, zero: bool, at: float) -> list[list[dict]]:
+def sync_requests(
+    args: argparse.Namespace, label: str, zero: bool, at: float
+) -> list[list[dict[str, Any]]]:
     occurred = (T0 + timedelta(seconds=at)).isoformat()
     levels = [
         {
@@ -153,11 +155,13 @@ def sync_requests(args: argparse.Namespace, label: str, zero: bool, at: float) -
     return [levels[i : i + PER_REQUEST] for i in range(0, len(levels), PER_REQUEST)]
 
 
-async def post_sync(base: str, key: str, requests: list[list[dict]], clients: int) -> float:
+async def post_sync(
+    base: str, key: str, requests: list[list[dict[str, Any]]], clients: int
+) -> float:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=300) as client:
 
-        async def one(levels: list[dict]) -> None:
+        async def one(levels: list[dict[str, Any]]) -> None:
             response = await client.post("/v1/restocks/batch", json={"levels": levels})
             body = response.json()
             if response.status_code != 200 or body["recorded"] != len(levels):
@@ -190,7 +194,9 @@ async def post_singles(base: str, key: str, count: int, label: str) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def measure(args: argparse.Namespace, base: str, keys: dict[str, str], pid: int) -> dict:
+async def measure(
+    args: argparse.Namespace, base: str, keys: dict[str, str], pid: int
+) -> dict[str, Any]:
     print(f"seeding {args.skus * args.waiting} shoppers on {args.skus} SKUs", flush=True)
     await seed(base, keys["subscribe"], args.skus, args.waiting)
     size = args.skus * args.locations
@@ -222,7 +228,7 @@ async def measure(args: argparse.Namespace, base: str, keys: dict[str, str], pid
     return figures
 
 
-def section(args: argparse.Namespace, pg: dict[str, str], figures: dict) -> str:
+def section(args: argparse.Namespace, pg: dict[str, str], figures: dict[str, Any]) -> str:
     size = args.skus * args.locations
     med = {name: statistics.median(values) for name, values in figures.items()}
     per_round = "\n".join(

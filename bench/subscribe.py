@@ -370,11 +370,11 @@ def main() -> None:
     cli(env, "migrate")
     key = cli(env, "keys", "create", "--name", "bench", "--scope", "subscribe").split()[-1]
     queue_up(args.queued)
-    bare = [sys.executable, str(BENCH / "bare_app.py")]
+    bare_app = [sys.executable, str(BENCH / "bare_app.py")]
     targets: list[Target] = []
     try:
-        targets.append(start("thin", "/thin", None, bare, env))
-        targets.append(start("bare", "/bare", None, bare, env))
+        targets.append(start("thin", "/thin", None, bare_app, env))
+        targets.append(start("bare", "/bare", None, bare_app, env))
         targets.append(start("subscribe", "/v1/subscriptions", key, [BACKINSTOCK, "serve"], env))
         runs = 0
         for target in targets:

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
@@ -314,7 +314,7 @@ def twilio_client_for(fake: FakeTwilio, http_client: Any = None) -> Client:
 def _matches(message: TwilioMessage, query: Mapping[str, str]) -> bool:
     """Twilio's list filters. Accepted messages count as sent on the day they came in."""
     day = message.created_at.date()
-    checks = {
+    checks: dict[str, Callable[[str], bool]] = {
         "To": lambda v: message.to == v,
         "From": lambda v: message.from_ == v,
         "DateSent": lambda v: day == _day(v),
