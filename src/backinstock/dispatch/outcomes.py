@@ -98,6 +98,8 @@ _UNSTARTED = (Notification.status == Status.SENDING) & Notification.call_started
 _IN_FLIGHT = (
     (Notification.status == Status.SENDING) & Notification.call_started_at.is_not(None)
 ) | (Notification.status == Status.INFLIGHT)
+# Either: a claimed row, whatever its call's state.
+_CLAIMED = Notification.status.in_([Status.SENDING, Status.INFLIGHT])
 
 
 def _held_by(claim_id: uuid.UUID) -> ColumnElement[bool]:
@@ -202,7 +204,7 @@ async def release(
     await session.execute(
         update(Notification)
         .where(Notification.id.in_(ids), _held_by(claim_id))
-        .where(Notification.status.in_([Status.SENDING, Status.INFLIGHT]))
+        .where(_CLAIMED)
         .values(
             status=Status.PENDING,
             attempts=Notification.attempts - 1,
@@ -454,9 +456,8 @@ async def _any_lapsed(session: AsyncSession, now: datetime) -> bool:
     """Whether any claim's lease has lapsed. Every sweep asks, and it almost never has: one
     pass over the claimed rows instead of the four the settling statements make (during a
     big wave thousands of rows are claimed at once, and every worker process sweeps)."""
-    claimed = Notification.status.in_([Status.SENDING, Status.INFLIGHT])
     found = await session.scalar(
-        select(Notification.id).where(claimed, Notification.lease_until < now).limit(1)
+        select(Notification.id).where(_CLAIMED, Notification.lease_until < now).limit(1)
     )
     return found is not None
 
