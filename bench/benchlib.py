@@ -34,10 +34,14 @@ def fresh_database(name: str, show: tuple[str, ...] = PG_SETTINGS) -> dict[str, 
     return info
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat)."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time of a process (fields 14 and 15 of /proc/PID/stat), with
+    ``children`` that of its children it has reaped too (fields 16 and 17)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -43,7 +43,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,6 +128,8 @@ class Round:
     other_cpu_s: float = 0.0  # CPU used by everything else on the host (other jobs), 202 -> last
     host_busy: float = 0.0  # share of all cores busy, 202 -> last
     bare_s: float = 0.0
+    bare_cpu_s: float = 0.0  # the bare loop's own CPU (this process), start -> end
+    bare_pg_cpu_s: float = 0.0  # all postgres processes, the same span
     host_msgs: list[int] = field(default_factory=list)  # messages sent, per worker host
     writer_hosts: int = 0  # leading hosts on the waves queue alone (--writer-host): send none
     host_cpu_s: list[float] = field(default_factory=list)  # per worker host, 202 -> last
@@ -140,6 +142,15 @@ class Round:
     @property
     def ratio(self) -> float:
         return self.last_s / self.bare_s
+
+    @property
+    def cpu_s(self) -> float:
+        """What the wave cost the host: workers, API and PostgreSQL (the sink left out)."""
+        return self.worker_cpu_s + self.api_cpu_s + self.pg_cpu_s
+
+    @property
+    def bare_total_cpu_s(self) -> float:
+        return self.bare_cpu_s + self.bare_pg_cpu_s
 
     @property
     def smallest_share(self) -> float:
@@ -444,16 +455,24 @@ def status_mb_or_count(pid: int, field_name: str) -> int:
 
 
 def postgres_cpu() -> dict[int, float]:
-    """CPU seconds of every postgres process (server and backends) by pid."""
+    """CPU seconds of every postgres process (server and backends) by pid, each with the
+    CPU of its children that have exited: a backend whose connection closed is counted in
+    the postmaster's (the bare loop closes its connections before it is measured)."""
     result = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    result[int(entry.name)] = cpu_seconds(int(entry.name))
+                    result[int(entry.name)] = cpu_seconds(int(entry.name), children=True)
             except OSError:
                 continue
     return result
+
+
+def postgres_cpu_since(before: dict[int, float]) -> float:
+    """PostgreSQL's CPU since ``before``: totals, so that a backend that exited in between
+    counts what it used after ``before`` (through its parent's reaped time) and no more."""
+    return sum(postgres_cpu().values()) - sum(before.values())
 
 
 def own_cpu() -> float:
@@ -532,9 +551,8 @@ def measure(
         time.sleep(0.25)
         count = delivered.count()
         check_alive(services, deadline, rnd, count)
-    host1, pg1 = host_ticks(), postgres_cpu()
+    host1, rnd.pg_cpu_s = host_ticks(), postgres_cpu_since(pg0)
     rnd.sink_cpu_s = cpu_seconds(relay) - sink0 if relay else 0.0
-    rnd.pg_cpu_s = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
     rnd.host_cpu_s = [
         sum(cpu_seconds(pid) for pid in pids) - before
         for pids, before in zip(per_host, host_cpu0, strict=True)
@@ -813,11 +831,22 @@ def one_round(rnd: Round, args: argparse.Namespace, pg_info: dict[str, str]) -> 
     checks["ok"] = checks["ok"] and bare_ok and every_host_sent
 
 
+@contextlib.contextmanager
+def bare_cpu(rnd: Round) -> Iterator[None]:
+    """The bare loop's CPU and PostgreSQL's while it runs: what the same messages cost
+    the host without the pipeline (the wave's own figure is ``Round.cpu_s``)."""
+    own0, pg0 = own_cpu(), postgres_cpu()
+    yield
+    rnd.bare_cpu_s = own_cpu() - own0
+    rnd.bare_pg_cpu_s = postgres_cpu_since(pg0)
+
+
 def bare_into_outbox(rnd: Round, conn: Any, keys: Keys, base_url: str) -> bool:
     """The bare loop into an emptied dev outbox; its bodies must equal the worker's."""
     with conn.cursor() as cur:
         worker_messages = keep_worker_bodies(cur, keys)
-    rnd.bare_s, written = asyncio.run(bare_loop(keys, base_url))
+    with bare_cpu(rnd):
+        rnd.bare_s, written = asyncio.run(bare_loop(keys, base_url))
     with conn.cursor() as cur:
         rnd.checks["bare_rows"] = written
         rnd.checks["bare_same_bodies"] = same_messages(cur, keys, worker_messages)
@@ -830,9 +859,10 @@ def bare_by_smtp(rnd: Round, relay: SmtpRelay, keys: Keys, base_url: str, proces
     relay.stop()
     fresh = SmtpRelay()
     try:
-        rnd.bare_s = asyncio.run(
-            bare_smtp_loop(keys, base_url, fresh, processes * SMTP_CONNECTIONS)
-        )
+        with bare_cpu(rnd):
+            rnd.bare_s = asyncio.run(
+                bare_smtp_loop(keys, base_url, fresh, processes * SMTP_CONNECTIONS)
+            )
         messages, distinct = fresh.delivered()
     finally:
         fresh.stop()
@@ -853,9 +883,9 @@ def round_table(rounds: list[Round]) -> list[str]:
         "| last msg s | msgs/s | all recorded s "
         "| worker RSS idle MB | worker RSS peak MB | worker CPU s | API CPU s | PG CPU s "
         "| host busy | other CPU s | waited for quiet s "
-        "| bare loop s | fan-out / bare | msgs per host | worker CPU per host s | sink CPU s "
-        "| checks |",
-        "|" + "---:|" * 23 + "---|",
+        "| bare loop s | bare CPU s | bare PG CPU s | fan-out / bare | msgs per host "
+        "| worker CPU per host s | sink CPU s | checks |",
+        "|" + "---:|" * 25 + "---|",
     ]
     for r in rounds:
         lines.append(
@@ -865,7 +895,7 @@ def round_table(rounds: list[Round]) -> list[str]:
             f"| {mb(r.rss_peak_mb)} | {r.worker_cpu_s:.1f} | {r.api_cpu_s:.2f} "
             f"| {r.pg_cpu_s:.1f} | {100 * r.host_busy:.0f}% | {r.other_cpu_s:.1f} "
             f"| {r.quiet_wait_s:.0f} "
-            f"| {r.bare_s:.2f} | {r.ratio:.2f} "
+            f"| {r.bare_s:.2f} | {r.bare_cpu_s:.1f} | {r.bare_pg_cpu_s:.1f} | {r.ratio:.2f} "
             f"| {'+'.join(str(n) for n in r.host_msgs)} "
             f"| {'+'.join(f'{c:.1f}' for c in r.host_cpu_s)} | {r.sink_cpu_s:.1f} "
             f"| {'ok' if r.checks['ok'] else 'FAILED'} |"
@@ -893,6 +923,9 @@ def medians(rounds: list[Round]) -> dict[int, dict[str, float]]:
             "cpu_ms_per_msg": med(lambda r: 1000 * r.worker_cpu_s / r.size),
             "pg_ms_per_msg": med(lambda r: 1000 * r.pg_cpu_s / r.size),
             "bare_s": med(lambda r: r.bare_s),
+            "wave_cpu_ms_per_msg": med(lambda r: 1000 * r.cpu_s / r.size),
+            "bare_cpu_ms_per_msg": med(lambda r: 1000 * r.bare_total_cpu_s / r.size),
+            "cpu_ratio": med(lambda r: r.cpu_s / r.bare_total_cpu_s),
             "bare_rate": med(lambda r: r.size / r.bare_s),
             "ratio": med(lambda r: r.ratio),
             "smallest_share": med(lambda r: r.smallest_share),
@@ -905,9 +938,9 @@ def median_table(meds: dict[int, dict[str, float]]) -> list[str]:
         "| N | wave start s | wave written s | first msg s | last msg s | msgs/s "
         "| all recorded s | peak RSS / process MB "
         "| peak RSS, all workers MB | worker CPU ms/msg | PG CPU ms/msg | bare loop s "
-        "| bare msgs/s "
-        "| fan-out / bare | least busy host's share of an even split |",
-        "|" + "---:|" * 15,
+        "| bare msgs/s | CPU ms/msg, wave (workers + API + PG) | CPU ms/msg, bare (its own + PG) "
+        "| CPU, wave / bare | fan-out / bare | least busy host's share of an even split |",
+        "|" + "---:|" * 18,
     ]
     for size, m in meds.items():
         lines.append(
@@ -915,7 +948,8 @@ def median_table(meds: dict[int, dict[str, float]]) -> list[str]:
             f"| **{m['first_s']:.2f}** | **{m['last_s']:.2f}** | **{m['rate']:.0f}** "
             f"| {m['recorded_s']:.2f} | **{m['rss_max']:.0f}** | {m['rss_sum']:.0f} "
             f"| {m['cpu_ms_per_msg']:.2f} | {m['pg_ms_per_msg']:.2f} | {m['bare_s']:.2f} "
-            f"| {m['bare_rate']:.0f} "
+            f"| {m['bare_rate']:.0f} | {m['wave_cpu_ms_per_msg']:.2f} "
+            f"| {m['bare_cpu_ms_per_msg']:.2f} | {m['cpu_ratio']:.2f} "
             f"| **{m['ratio']:.2f}** | {m['smallest_share']:.2f} |"
         )
     return lines
@@ -1043,11 +1077,11 @@ def section(
         "rows" if args.sink == "smtp" else "- all messages go to the dev outbox",
         "- worker RSS: VmRSS before the POST and VmHWM at the end of each dramatiq worker "
         "process (children of the worker hosts' pids), in MB; worker/API CPU = user+system "
-        "seconds, 202 → last message; PG CPU = all postgres processes, same span; host "
-        "busy = all cores, same span; other CPU = host busy - (worker + API + PG + this "
-        "script): other jobs share this host. Before each POST the script waits "
-        "(up to 180 s) for the host to be under 30% busy over 2 s; other CPU also leaves "
-        "out the SMTP relay's",
+        "seconds, 202 → last message; PG CPU = all postgres processes (with the backends "
+        "that exited), same span; host busy = all cores, same span; other CPU = host "
+        "busy - (worker + API + PG + this script): other jobs share this host. Before "
+        "each POST the script waits (up to 180 s) for the host to be under 30% busy over "
+        "2 s; other CPU also leaves out the SMTP relay's",
         f"- bare loop: after the services stop, this script reads the same notifications "
         f"(200 per query, joined to subscription and product), decrypts contact and name, "
         f"renders with backinstock.dispatch.render, seals the recipient and inserts the "
@@ -1055,6 +1089,11 @@ def section(
         "broker, no claims, no status writes. Its bodies are compared with the worker's "
         "(must be identical)" + (" — with `--sink smtp`, the SMTP bare loop described "
                                  "above instead" if args.sink == "smtp" else ""),
+        "- CPU, wave / bare: what the wave cost the host (workers + API + PG, 202 → last "
+        "message) against what the bare loop cost it (this script's CPU + PG's, while it "
+        "runs); the sink's CPU is in neither. On a host of C cores the wave cannot finish "
+        "in under its CPU / C seconds, so fan-out / bare <= 1.5 needs CPU, wave / bare "
+        "<= 1.5 x C / u, u being the cores the bare loop keeps busy (its CPU / its seconds)",
         "", "Per round:", "", *lines, "",
     ])  # fmt: skip
 

@@ -32,6 +32,7 @@ from fanout import (
     flush_redis,
     post_restock,
     postgres_cpu,
+    postgres_cpu_since,
     seed,
     service_env,
     spawn,
@@ -77,7 +78,7 @@ async def write_wave(rnd: Round) -> None:
         rnd.rows = await restock.run(sessions, settings, wave_id, lambda ids: woken.append(1))
         rnd.seconds = time.perf_counter() - started
         rnd.own_cpu_s = cpu_seconds(os.getpid()) - cpu0
-        rnd.pg_cpu_s = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in postgres_cpu().items())
+        rnd.pg_cpu_s = postgres_cpu_since(pg0)
         rnd.chunks = len(woken)
         async with sessions() as session:
             assert await session.scalar(select(func.count()).select_from(Notification)) == rnd.rows
