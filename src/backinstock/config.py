@@ -85,7 +85,8 @@ class WaveSettings(_Section):
     hold_seconds: int = Field(default=0, ge=0, le=2_592_000)
     # How often each worker process looks for lost or due work (waves, expired claims).
     sweep_interval_seconds: float = Field(default=1.0, gt=0)
-    # Pending notifications unclaimed for this long get a drain wake-up.
+    # Pending notifications unclaimed for this long get a drain wake-up (once no wake-ups
+    # wait ahead of them: worker.sweep_once).
     stale_after_seconds: float = Field(default=3.0, gt=0)
     embedded_worker_threads: int = Field(default=4, ge=1)
     # A claimed batch or wave step not finished within this is taken over by another worker.

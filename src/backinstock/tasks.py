@@ -106,5 +106,21 @@ def enqueue(task: Task, *args: Any) -> None:
         log.warning("enqueue_failed", actor=task.name, error_type=type(exc).__name__)
 
 
+def waiting(task: Task) -> int | None:
+    """Messages in ``task``'s queue that no worker has fetched yet (not those a worker has
+    prefetched or is running, nor delayed ones), or None when the broker cannot say."""
+    current = broker()
+    try:
+        if isinstance(current, RedisBroker):
+            # Dramatiq's Redis layout: a queue is the list "<namespace>:<queue>" of the ids
+            # of its waiting messages (a worker that fetches one moves it to its own set).
+            return int(current.client.llen(f"{current.namespace}:{task.queue}"))
+        queue = current.queues.get(task.queue)
+        return 0 if queue is None else int(queue.qsize())
+    except Exception as exc:
+        log.warning("queue_length_unknown", queue=task.queue, error_type=type(exc).__name__)
+        return None
+
+
 def wake_wave(wave_id: uuid.UUID) -> None:
     enqueue(RUN_WAVE, str(wave_id))
