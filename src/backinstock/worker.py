@@ -254,7 +254,8 @@ async def sweep_once(rt: Runtime) -> None:
     # turn, not lost: during a big wave the whole backlog does, and drains then raced the
     # wake-ups for the same rows (half of a 100,000-shopper wave's messages were claimed by
     # drains, and a wake-up in two found its rows taken). It is lost only once no wake-up
-    # is left to come for it: a flushed broker empties the queue.
+    # is left to come for it: a flushed broker empties the queue. The bar is one sweep's
+    # drains, so drains a sweep sent that no worker has taken yet hold back the next ones.
     behind_wake_ups = (tasks.waiting(tasks.SEND) or 0) >= DRAIN_FANOUT
     async with db.transaction(rt.sessions) as session:
         await restock.release_expired_holds(session, now)  # their waves are due now
