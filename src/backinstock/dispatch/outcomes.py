@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Update,
     Uuid,
+    and_,
     bindparam,
     case,
     func,
@@ -177,8 +178,12 @@ def _start_statement(dialect: str) -> ReturningUpdate[Any]:
         .where(
             _TABLE.c.id == starting.c.id,
             db.in_rows(dialect, "starting", _TABLE.c.id),
-            _TABLE.c.claim_id == bindparam("b_claim"),
-            _TABLE.c.status == Status.SENDING.value,
+            db.unestimated(
+                and_(
+                    _TABLE.c.claim_id == bindparam("b_claim"),
+                    _TABLE.c.status == Status.SENDING.value,
+                )
+            ),
         )
         .values(
             call_started_at=bindparam("b_now"),
@@ -303,7 +308,7 @@ def _sent_statement(dialect: str) -> Update:
         .where(
             _TABLE.c.id == accepted.c.id,
             db.in_rows(dialect, "accepted", _TABLE.c.id),
-            _TABLE.c.claim_id == bindparam("b_claim"),
+            db.unestimated(_TABLE.c.claim_id == bindparam("b_claim")),
         )
         .values(
             status=Status.SENT.value,
