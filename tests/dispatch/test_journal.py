@@ -49,6 +49,7 @@ class ScriptedSender:
     call while it is in flight (to look at the database at that very moment)."""
 
     channel = "sms"
+    marks_starts = True
 
     def __init__(
         self,
@@ -507,6 +508,32 @@ async def test_a_claim_marks_its_first_calls_itself_so_the_first_waits_for_no_co
     assert in_flight[0] == 4
     assert max(in_flight) <= 1 + 4 + 4
     assert await _statuses(runtime) == {"sent": 12}
+
+
+async def test_a_claim_marks_nothing_in_flight_for_a_sender_that_records_no_starts(
+    client: httpx.AsyncClient, api_keys: dict[str, str], runtime: Runtime
+) -> None:
+    """The dev outbox's writes are harmless to repeat: it records results only, so its
+    claims mark none of their messages in flight (a row written for nothing, and a doubt
+    after a crash about messages that cannot be in doubt)."""
+    await _plan(runtime, client, api_keys["inventory"], 12)
+    outbox = DevOutboxSender("sms", runtime.sessions, runtime.keys.cipher)
+    started: list[int] = []
+    write = outbox._write
+
+    async def counted(messages: list[Any]) -> list[Any]:
+        started.append((await _statuses(runtime))["inflight"])
+        return await write(messages)
+
+    outbox._write = counted  # type: ignore[method-assign]
+    await _deliver(runtime, outbox, None, _exact(runtime, start_lookahead=4))
+    assert started == [0]
+    assert await _statuses(runtime) == {"sent": 12}
+    async with runtime.sessions() as session:
+        marked = await session.scalar(
+            select(func.count()).where(Notification.call_started_at.is_not(None))
+        )
+    assert marked == 0
 
 
 async def _marks_per_commit(

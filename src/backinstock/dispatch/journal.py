@@ -22,7 +22,8 @@ crash those N may be in doubt although they never left (a worker process's claim
 have up to N of them);
 their channel's policy settles them as it would a real doubt (SMS: looked up, absent, sent;
 email and WeChat: sent), so nobody is lost or told twice. A channel whose policy is
-``drop`` never marks ahead: a message dropped there must have really been in flight.
+``drop`` never marks ahead: a message dropped there must have really been in flight; nor
+does a sender that records no starts (the dev outbox: ``Sender.marks_starts``).
 
 A worker process works several claims at once (one per Dramatiq thread), and each group
 commit costs a transaction on both sides, so the journals of one process share one

@@ -565,7 +565,7 @@ async def deliver(
         return 0  # shutting down: claim nothing, another worker will
     lease = timedelta(seconds=settings.waves.claim_lease_seconds)
     claim_id = uuid.uuid4()
-    lookahead = {c.value: settings.delivery.lookahead(c.value) for c in Channel}
+    lookahead = _lookahead(settings, senders)
     # Claim, read, settle what needs no provider call and mark the first calls in flight,
     # in one transaction.
     async with db.transaction(sessions) as session:
@@ -596,6 +596,17 @@ async def deliver(
         renewal.cancel()
         await journal.close()
     return len(claimed)
+
+
+def _lookahead(settings: Settings, senders: dict[str, Sender]) -> dict[str, int]:
+    """How many of each channel's messages a claim marks in flight ahead of their calls:
+    none where the channel's sender records no starts (``Sender.marks_starts``)."""
+    return {
+        c.value: settings.delivery.lookahead(c.value)
+        if c.value not in senders or senders[c.value].marks_starts
+        else 0
+        for c in Channel
+    }
 
 
 def _observe_claim(claim_id: uuid.UUID, deliveries: list[Delivery]) -> None:

@@ -81,9 +81,16 @@ UNRECORDED = Unrecorded()
 
 class Sender(Protocol):
     """Sends a batch, reporting every provider call to ``journal`` as it happens; returns
-    the results of the messages it sent (a message the journal refused has none)."""
+    the results of the messages it sent (a message the journal refused has none).
+
+    ``marks_starts``: whether its calls go through ``Journal.call``, which records each
+    start before the call. A sender whose writes are harmless to repeat (the dev outbox,
+    ``Journal.call_idempotent``) records only results, so a claim marks none of its
+    messages in flight ahead: such a mark would be a row written for nothing, and a doubt
+    after a crash about a message that needs none."""
 
     channel: str
+    marks_starts: bool
 
     async def send_batch(
         self, messages: list[OutgoingMessage], journal: Journal = UNRECORDED

@@ -94,6 +94,7 @@ class _Batch:
 
 class SmtpEmailSender:
     channel = "email"
+    marks_starts = True
 
     def __init__(
         self,

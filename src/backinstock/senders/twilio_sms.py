@@ -69,6 +69,7 @@ LOOKUP_LIMIT = 100
 
 class TwilioSmsSender:
     channel = "sms"
+    marks_starts = True
 
     def __init__(
         self,

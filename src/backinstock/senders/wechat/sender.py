@@ -74,6 +74,7 @@ class WeChatSender:
     have delivered the message, and what happens to it is ``IN_DOUBT_WECHAT``'s choice."""
 
     channel = "wechat"
+    marks_starts = True
 
     def __init__(
         self,
