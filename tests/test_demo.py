@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def test_the_demo_fills_its_own_instance_and_its_command_serves_it(tmp_path: Pat
     assert first.returncode == 0, first.stderr[-3000:]
     port = free_port()
     done = _demo(tmp_path, "--port", str(port), env=USER_SMTP)  # a second run starts afresh
+    finished = datetime.now(UTC)
     assert done.returncode == 0, done.stderr[-3000:]
     stats_key = done.stdout.strip().splitlines()[-1]
     found = re.search(r"outbox:.*Bearer (bis_\S+)'", done.stdout)
@@ -97,6 +99,11 @@ def test_the_demo_fills_its_own_instance_and_its_command_serves_it(tmp_path: Pat
     assert env["BACKINSTOCK_KEY_FILE"] == str(tmp_path / "backinstock-demo.keys.json")
     assert env["BACKINSTOCK_PUBLIC_BASE_URL"] == f"http://127.0.0.1:{port}"
     assert env["BACKINSTOCK_SMTP_HOST"] == "", "the user's provider stays off for the demo"
+    # Nothing the demo wrote lies in the future of the clock its command serves on: a
+    # funnel's period ends now, and would leave out coupons issued ahead of it.
+    for sql in ("SELECT max(issued_at) FROM coupons", "SELECT max(sent_at) FROM notifications"):
+        latest = datetime.fromisoformat(_demo_rows(database, sql)[0][0]).replace(tzinfo=UTC)
+        assert latest <= finished, sql
     assert env["BACKINSTOCK_ENCRYPTION_KEYS"] == "", "the user's keys are not the demo's"
     assert argv[:3] == [sys.executable, "-m", "backinstock"]
     assert argv[3:] == ["serve", "--port", str(port)]

@@ -161,10 +161,15 @@ Advance = Callable[[str], None]
 class DemoClock:
     """The system's time, which the demo moves past the follow-up delay once its shoppers
     have bought, instead of waiting it out: its API and workers read this clock, so the
-    follow-ups go out at once, and only to the shoppers who had not bought by then."""
+    follow-ups go out at once, and only to the shoppers who had not bought by then.
 
-    def __init__(self) -> None:
-        self._ahead = timedelta(0)
+    It starts as far behind the system's time as it will skip, so it never runs ahead: the
+    instance the demo prints is served on the system's clock, and nothing the demo wrote
+    may lie in that clock's future. Started level, the follow-ups' coupons were issued 2 s
+    ahead, and a funnel asked for within those 2 s (its period ends now) left them out."""
+
+    def __init__(self, skips: float = 0.0) -> None:
+        self._ahead = -timedelta(seconds=skips)
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self._ahead
@@ -257,7 +262,7 @@ async def run(settings: Settings, advance: Advance) -> DemoResult:
         raise DemoRefused("the demo fills its own embedded (SQLite) instance only")
     from backinstock.worker import start_embedded_worker
 
-    clock = DemoClock()
+    clock = DemoClock(skips=FOLLOWUP_AFTER_SECONDS)
     runtime = Runtime.create(settings, clock)
     worker = start_embedded_worker(settings.waves.embedded_worker_threads, clock=clock)
     try:
