@@ -28,6 +28,7 @@ from backinstock.dispatch.models import (
     SubstituteOffer,
 )
 
+_NOTIFICATIONS = Notification.metadata.tables[Notification.__tablename__]  # Core, for speed
 # Nobody is sent more than one confirmation per SKU within this.
 CONFIRMATION_INTERVAL = timedelta(days=1)
 
@@ -121,12 +122,14 @@ async def _one_each(
     # The n-th id by subscript, not by joining a numbered list (which PostgreSQL ran as a
     # nested loop: count² comparisons). WHERE true: SQLite needs a WHERE before ON CONFLICT.
     rows = select(*columns.values()).where(true())
-    target = [Notification.subscription_id, Notification.wave_id, Notification.kind]
+    target = ["subscription_id", "wave_id", "kind"]
+    # Core, on the table: given the mapped class, SQLAlchemy took its ORM path and handled
+    # every returned row again (a wave chunk's 8,000, on the writer's path).
     stmt = (
-        insert_for(session, Notification)
-        .from_select(list(columns), rows, include_defaults=False)
+        insert_for(session, _NOTIFICATIONS)
+        .from_select([c.key for c in columns], rows, include_defaults=False)
         .on_conflict_do_nothing(index_elements=None if any_conflict else target)
-        .returning(Notification.id, Notification.subscription_id)
+        .returning(_NOTIFICATIONS.c.id, _NOTIFICATIONS.c.subscription_id)
     )
     return [(r[0], r[1]) for r in await session.execute(stmt)]
 

@@ -85,18 +85,22 @@ async def mark_notified(
     session: AsyncSession, subscription_ids: list[uuid.UUID], now: datetime
 ) -> QueueKey:
     """A message was planned for each of these shoppers: it counts against their budget.
-    Returns the last queue key among them (where the next chunk of the step continues)."""
+    Returns the last queue key among them (where the next chunk of the step continues).
+
+    A Core statement of the table: as an ORM update, SQLAlchemy looked each returned row up
+    in the session's identity map afterwards (a chunk's 8,000, for no object loaded), on
+    the writer's path between two statements."""
     told = db.numbered(session, subscription_ids)
     keys = await session.execute(
-        update(Subscription)
-        .where(Subscription.id.in_(select(told.c.id)))
+        update(_SUBSCRIPTIONS)
+        .where(_SUBSCRIPTIONS.c.id.in_(select(told.c.id)))
         .values(
             status=Status.NOTIFIED.value,
-            notification_count=Subscription.notification_count + 1,
+            notification_count=_SUBSCRIPTIONS.c.notification_count + 1,
             last_notified_at=now,
             updated_at=now,
         )
-        .returning(Subscription.priority_rank, Subscription.created_at, Subscription.id)
+        .returning(_SUBSCRIPTIONS.c.priority_rank, _SUBSCRIPTIONS.c.created_at, _SUBSCRIPTIONS.c.id)
     )
     return max((r[0], r[1], r[2]) for r in keys)
 
