@@ -443,6 +443,15 @@ def among(session: AsyncSession, key: Any, ids: list[uuid.UUID]) -> Any:
     return key.in_(select(type_coerce(each.c.value, Uuid)))
 
 
+def bound_among(dialect: str, key: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+    """``key`` among the values bound as ``name`` at each execution, for a statement built
+    once and kept: one array on PostgreSQL (``= ANY``: one text and one plan whatever the
+    length), an expanding ``IN`` on SQLite."""
+    if dialect == "postgresql":
+        return key == any_(bindparam(name, type_=postgresql.ARRAY(key.type)))
+    return key.in_(bindparam(name, expanding=True))
+
+
 def one_of(session: AsyncSession, key: Any, values: Sequence[Any]) -> Any:
     """``key IN values`` for a column of any type: one bound array on PostgreSQL (``= ANY``:
     the statement's text, and so its compiled form, is the same for any number of values;

@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import Select, Uuid, any_, bindparam, func, select, true, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Select, bindparam, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -133,10 +132,10 @@ def _claim_statement(among_ids: bool, dialect: str) -> ReturningUpdate[Any]:
 
 def _due(among_ids: bool, dialect: str) -> Select[Any]:
     """The messages a claim takes (locked, skipping those another claim holds)."""
-    return _named_due() if among_ids and dialect == "postgresql" else _first_due(among_ids)
+    return _named_due() if among_ids and dialect == "postgresql" else _first_due(among_ids, dialect)
 
 
-def _first_due(among_ids: bool) -> Select[Any]:
+def _first_due(among_ids: bool, dialect: str) -> Select[Any]:
     """The due messages in the order they fell due (a drain's claim: the work index)."""
     due = (
         select(_NOTIFICATIONS.c.id)
@@ -149,7 +148,7 @@ def _first_due(among_ids: bool) -> Select[Any]:
         .with_for_update(skip_locked=True)
     )
     if among_ids:
-        due = due.where(_NOTIFICATIONS.c.id.in_(bindparam("b_ids", expanding=True)))
+        due = due.where(db.bound_among(dialect, _NOTIFICATIONS.c.id, "b_ids"))
     return due
 
 
@@ -166,7 +165,7 @@ def _named_due() -> Select[Any]:
     return (
         select(_NOTIFICATIONS.c.id)
         .where(
-            _NOTIFICATIONS.c.id == any_(bindparam("b_ids", type_=postgresql.ARRAY(Uuid))),
+            db.bound_among("postgresql", _NOTIFICATIONS.c.id, "b_ids"),
             (_NOTIFICATIONS.c.status == Status.PENDING.value).is_(true()),
             _NOTIFICATIONS.c.next_attempt_at <= bindparam("b_now"),
         )
@@ -252,10 +251,7 @@ def _claimed_rows(dialect: str) -> Select[Any]:
     planned (ids are time-ordered; the join's plan changes with the tables' shape and size).
     Each shape's columns are read by its field names, so the two cannot drift apart. The
     ids are one bound array on PostgreSQL: an ``IN`` of 200 is rendered anew each time."""
-    if dialect == "postgresql":
-        named = _NOTIFICATIONS.c.id == any_(bindparam("b_ids", type_=postgresql.ARRAY(Uuid)))
-    else:
-        named = _NOTIFICATIONS.c.id.in_(bindparam("b_ids", expanding=True))
+    named = db.bound_among(dialect, _NOTIFICATIONS.c.id, "b_ids")
     return (
         select(
             *(_NOTIFICATIONS.c[name] for name in _Planned._fields),
@@ -279,12 +275,7 @@ def _fallbacks_statement(dialect: str) -> Select[Any]:
     """The claimed shoppers' fallback contacts, built once. As an ORM select of the mapped
     class it set up the loading of entities for every claim: about 1 ms a claim, most
     claims finding none."""
-    if dialect == "postgresql":
-        named = _FALLBACKS.c.subscription_id == any_(
-            bindparam("b_ids", type_=postgresql.ARRAY(Uuid))
-        )
-    else:
-        named = _FALLBACKS.c.subscription_id.in_(bindparam("b_ids", expanding=True))
+    named = db.bound_among(dialect, _FALLBACKS.c.subscription_id, "b_ids")
     return select(*(_FALLBACKS.c[name] for name in _Fallback._fields)).where(named)
 
 
