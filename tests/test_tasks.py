@@ -9,7 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+from dramatiq.common import dq_name
+
 from backinstock import tasks
+from backinstock.config import Settings
 
 # Counts every Dramatiq broker constructed (each broker class calls Broker.__init__), imports
 # the app and builds one; then builds the process's broker, to show that the count works.
@@ -101,3 +105,22 @@ def test_the_task_names_are_the_workers_actors() -> None:
     }
     assert declared == {task.name: task.queue for task in tasks.TASKS}
     assert worker.broker is tasks.broker()
+
+
+def test_delay_queues_are_polled_less_often_than_their_queues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only retries go through the delay queues: their idle consumers look at most every
+    DELAY_QUEUE_POLL_MS, while the queues keep the worker's ``--poll-ms``."""
+    monkeypatch.setenv("BACKINSTOCK_REDIS_URL", "redis://127.0.0.1:6379/15")
+    broker = tasks.make_broker(Settings.from_env())  # builds no connection
+
+    def polled_every(queue_name: str, poll_ms: int) -> int:
+        # As Dramatiq's consumer threads ask for a consumer (dramatiq.worker.ConsumerThread)
+        consumer = broker.consume(queue_name=queue_name, prefetch=16, timeout=poll_ms)
+        return int(consumer.timeout)  # type: ignore[attr-defined]
+
+    for task in tasks.TASKS:
+        assert polled_every(task.queue, 100) == 100
+        assert polled_every(dq_name(task.queue), 100) == tasks.DELAY_QUEUE_POLL_MS
+        assert polled_every(dq_name(task.queue), 5000) == 5000  # never more often than asked
