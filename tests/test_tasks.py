@@ -85,7 +85,7 @@ def test_importing_the_app_builds_no_broker() -> None:
     assert report["built_by_app"] == []
     assert report["global_broker_set"] is False
     assert report["worker_imported"] is False
-    kind = "RedisBroker" if os.environ.get("BACKINSTOCK_REDIS_URL") else "StubBroker"
+    kind = "PolledRedisBroker" if os.environ.get("BACKINSTOCK_REDIS_URL") else "StubBroker"
     assert report["built_on_first_use"] == [kind]
     assert report["is_the_global_broker"] is True
 

@@ -34,7 +34,7 @@ BROKER_SOCKET_TIMEOUT = 5.0
 DELAY_QUEUE_POLL_MS = 1000
 
 
-class _RedisBroker(RedisBroker):
+class PolledRedisBroker(RedisBroker):
     """Dramatiq's Redis broker, its delay queues polled less often than its queues.
 
     Every queue has a delay queue, and each gets a consumer in every worker process that
@@ -81,7 +81,7 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
             socket_connect_timeout=timeout,
             socket_timeout=max(BROKER_SOCKET_TIMEOUT, timeout),
         )
-        broker = _RedisBroker(client=client, namespace="backinstock")  # type: ignore[no-untyped-call]
+        broker = PolledRedisBroker(client=client, namespace="backinstock")  # type: ignore[no-untyped-call]
     else:
         broker = StubBroker()
     broker.add_middleware(AsyncIO())
