@@ -34,7 +34,7 @@ from functools import partial
 
 import asyncpg
 from benchlib import source_state, write_results
-from fanout import BARE_INSERT, BARE_READ, DSN, bare_message
+from fanout import BARE_INSERT, BARE_READ, DSN, bare_message, bare_outbox_rows
 from prepare import cpu_per_message
 from writer import Round as WriterRound
 from writer import one_round as write_wave
@@ -42,12 +42,9 @@ from writer import one_round as write_wave
 from backinstock import db
 from backinstock.config import CryptoSettings, Settings
 from backinstock.crypto import Keys, load_keys
-from backinstock.db import new_id
 from backinstock.dispatch import service
 from backinstock.dispatch.journal import GroupCommit
-from backinstock.identity import outbox_aad
 from backinstock.ops.logging import configure_logging
-from backinstock.senders.outbox import seal_content
 from backinstock.senders.registry import build_senders
 
 BY_IDS = BARE_READ.replace("WHERE n.id > $1", "WHERE n.id = ANY($1::uuid[])")
@@ -71,17 +68,8 @@ class Size:
 
 async def bare(conn: asyncpg.Connection, keys: Keys, base: str, ids: list[uuid.UUID]) -> int:
     """`bench/fanout.py`'s bare loop for these messages: read, make, seal, insert."""
-    rows = []
-    for row in await conn.fetch(BY_IDS, ids, len(ids)):
-        message = bare_message(keys, base, row)
-        row_id = new_id()
-        sealed = keys.cipher.seal(message.to, outbox_aad(row_id.bytes))
-        content = seal_content(keys.cipher, row_id, message.subject, message.text)
-        rows.append((
-            row_id, message.notification_id, message.channel, message.to_masked,
-            sealed.key_id, sealed.blob, content["content_key_id"], content["content_blob"],
-            datetime.now(UTC),
-        ))  # fmt: skip
+    messages = [bare_message(keys, base, row) for row in await conn.fetch(BY_IDS, ids, len(ids))]
+    rows = bare_outbox_rows(keys, messages)
     await conn.executemany(BARE_INSERT, rows)
     return len(rows)
 
@@ -106,18 +94,20 @@ async def run(args: argparse.Namespace) -> list[Size]:
         # wave was written) falls on every size alike.
         for pair in range(WARMUP + args.claims):
             for size in sizes:
-                claim, after = pending[: size.claim], pending[size.claim : 2 * size.claim]
+                claim, other = pending[: size.claim], pending[size.claim : 2 * size.claim]
                 del pending[: 2 * size.claim]
-                if pair % 2:  # alternate which runs first
-                    claim, after = after, claim
-                delivered = await cpu_per_message(
-                    partial(
-                        service.deliver,
-                        *(sessions, settings, keys, senders, claim),
-                        group_commit=group_commit,
-                    )
+                delivering = partial(
+                    service.deliver,
+                    *(sessions, settings, keys, senders, claim),
+                    group_commit=group_commit,
                 )
-                made = await cpu_per_message(partial(bare, conn, keys, base, after))
+                making = partial(bare, conn, keys, base, other)
+                if pair % 2:  # alternate which runs first
+                    made = await cpu_per_message(making)
+                    delivered = await cpu_per_message(delivering)
+                else:
+                    delivered = await cpu_per_message(delivering)
+                    made = await cpu_per_message(making)
                 if pair >= WARMUP:
                     size.deliver_us.append(delivered)
                     size.bare_us.append(made)

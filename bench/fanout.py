@@ -683,6 +683,22 @@ async def bare_batches(keys: Keys, base_url: str) -> AsyncIterator[list[Outgoing
         await conn.close()
 
 
+def bare_outbox_rows(keys: Keys, messages: list[OutgoingMessage]) -> list[tuple[Any, ...]]:
+    """The dev outbox's rows for these messages (BARE_INSERT's values), recipient and
+    content sealed as the dev outbox seals them."""
+    rows = []
+    for message in messages:
+        row_id = new_id()
+        sealed = keys.cipher.seal(message.to, outbox_aad(row_id.bytes))
+        content = seal_content(keys.cipher, row_id, message.subject, message.text)
+        rows.append((
+            row_id, message.notification_id, message.channel, message.to_masked,
+            sealed.key_id, sealed.blob, content["content_key_id"], content["content_blob"],
+            datetime.now(UTC),
+        ))  # fmt: skip
+    return rows
+
+
 async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
     """The same messages, one process, no broker, no claims: read 200, decrypt, render,
     seal (recipient and content, as the dev outbox does), insert 200. Returns (seconds,
@@ -692,16 +708,7 @@ async def bare_loop(keys: Keys, base_url: str) -> tuple[float, int]:
     try:
         started = time.perf_counter()
         async for batch in bare_batches(keys, base_url):
-            rows = []
-            for message in batch:
-                row_id = new_id()
-                sealed = keys.cipher.seal(message.to, outbox_aad(row_id.bytes))
-                content = seal_content(keys.cipher, row_id, message.subject, message.text)
-                rows.append((
-                    row_id, message.notification_id, message.channel, message.to_masked,
-                    sealed.key_id, sealed.blob, content["content_key_id"],
-                    content["content_blob"], datetime.now(UTC),
-                ))  # fmt: skip
+            rows = bare_outbox_rows(keys, batch)
             await conn.executemany(BARE_INSERT, rows)
             written += len(rows)
         return time.perf_counter() - started, written
