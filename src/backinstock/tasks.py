@@ -42,8 +42,8 @@ class PolledRedisBroker(RedisBroker):
     fetches a second for an idle host of two processes, 5-6 % of a core. Only retries go
     through the delay queues, after a backoff of at least 500 ms, so polling them at most
     every ``DELAY_QUEUE_POLL_MS`` costs a retry up to that much more wait and halves the
-    fetches. The queues themselves keep ``--poll-ms``: the first message's second rests
-    on them."""
+    fetches (and a worker's stop, which joins its consumers, up to that much more time).
+    The queues themselves keep ``--poll-ms``: the first message's second rests on them."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         if dq_name(queue_name) == queue_name:
