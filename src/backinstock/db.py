@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Index,
     Interval,
     MetaData,
     String,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     true,
     type_coerce,
 )
@@ -62,6 +64,17 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index of only the rows meeting ``where`` (SQL text), on both databases."""
+    return Index(
+        name,
+        *columns,
+        unique=unique,
+        postgresql_where=text(where),
+        sqlite_where=text(where),
+    )
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -4,10 +4,10 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Uuid, text
+from sqlalchemy import ForeignKey, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from backinstock.db import Base, UTCDateTime, new_id, utcnow
+from backinstock.db import Base, UTCDateTime, new_id, partial_index, utcnow
 
 
 class Redemption(enum.StrEnum):
@@ -63,13 +63,7 @@ class Coupon(Base):
 
     __table_args__ = (
         # The next free code of a pool, in upload order, without scanning issued ones.
-        Index(
-            "ix_coupons_available",
-            "pool_id",
-            "id",
-            postgresql_where=text("issued_at IS NULL"),
-            sqlite_where=text("issued_at IS NULL"),
-        ),
+        partial_index("ix_coupons_available", "pool_id", "id", where="issued_at IS NULL"),
         Index("ix_coupons_issued_at", "issued_at"),
         Index("ix_coupons_redeemed_at", "redeemed_at"),
     )

@@ -13,11 +13,10 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     Uuid,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from backinstock.db import Base, UTCDateTime, new_id, utcnow
+from backinstock.db import Base, UTCDateTime, new_id, partial_index, utcnow
 
 
 class Kind(enum.StrEnum):
@@ -91,6 +90,10 @@ class DeliveryReport(enum.StrEnum):
 OPEN_OR_FAILED = (
     f"status IN ('{Status.PENDING}', '{Status.SENDING}', '{Status.INFLIGHT}', '{Status.FAILED}')"
 )
+# Claims, drains and the sweeper read only open messages: a sent one leaves the work index.
+OPEN = f"status IN ('{Status.PENDING}', '{Status.SENDING}', '{Status.INFLIGHT}')"
+SENT_AT_SET = "sent_at IS NOT NULL"
+PROVIDER_ID_SET = "provider_id IS NOT NULL"
 ONE_SUBSTITUTE = f"kind = '{Kind.SUBSTITUTE}'"
 FOLLOWUP_PENDING = (
     f"kind = '{Kind.RESTOCK}' AND status = '{Status.SENT}' AND followed_up_at IS NULL"
@@ -153,7 +156,7 @@ class Notification(Base):
     call_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    provider_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # What the provider later reported (DeliveryReport; None: no report).
     delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -166,50 +169,33 @@ class Notification(Base):
 
     __table_args__ = (
         UniqueConstraint("subscription_id", "wave_id", "kind"),
-        Index("ix_notifications_work", "status", "next_attempt_at"),
+        # Partial indexes leave out the rows no reader looks up through them (finished
+        # messages, NULLs): each of a message's three versions (planned, claimed, sent) is
+        # written to every index whose predicate it meets (docs/architecture.md, "Indexes
+        # a message is written to").
+        partial_index("ix_notifications_work", "status", "next_attempt_at", where=OPEN),
         # A wave's progress: open messages, first and last sent (stats/pipeline.py).
         Index("ix_notifications_wave_progress", "wave_id", "status", "sent_at"),
         # Open and failed messages by channel, for /metrics: sent history is not in it.
-        Index(
-            "ix_notifications_status_channel",
-            "status",
-            "channel",
-            postgresql_where=text(OPEN_OR_FAILED),
-            sqlite_where=text(OPEN_OR_FAILED),
-        ),
+        partial_index("ix_notifications_status_channel", "status", "channel", where=OPEN_OR_FAILED),
         # Crash resolutions, for /metrics: only the few rows a crash touched.
-        Index(
-            "ix_notifications_in_doubt",
-            "in_doubt",
-            postgresql_where=text("in_doubt IS NOT NULL"),
-            sqlite_where=text("in_doubt IS NOT NULL"),
-        ),
+        partial_index("ix_notifications_in_doubt", "in_doubt", where="in_doubt IS NOT NULL"),
         # Figures filter on when messages left, overall and per SKU.
-        Index("ix_notifications_sent_at", "sent_at"),
-        Index("ix_notifications_sku_sent_at", "sku", "sent_at"),
+        partial_index("ix_notifications_sent_at", "sent_at", where=SENT_AT_SET),
+        partial_index("ix_notifications_sku_sent_at", "sku", "sent_at", where=SENT_AT_SET),
+        # A provider's status callback finds its message by the provider's id.
+        partial_index("ix_notifications_provider_id", "provider_id", where=PROVIDER_ID_SET),
         # Messages that never left count by created_at: a period reads only its own ones.
-        Index(
-            "ix_notifications_failed_created_at",
-            "created_at",
-            postgresql_where=text(f"status = '{Status.FAILED}'"),
-            sqlite_where=text(f"status = '{Status.FAILED}'"),
+        partial_index(
+            "ix_notifications_failed_created_at", "created_at", where=f"status = '{Status.FAILED}'"
         ),
         # One substitute message per subscription, ever: the unique (subscription, wave,
         # kind) key does not hold where wave_id is NULL.
-        Index(
-            "uq_notifications_one_substitute",
-            "subscription_id",
-            unique=True,
-            postgresql_where=text(ONE_SUBSTITUTE),
-            sqlite_where=text(ONE_SUBSTITUTE),
+        partial_index(
+            "uq_notifications_one_substitute", "subscription_id", unique=True, where=ONE_SUBSTITUTE
         ),
         # Restock messages still owed a follow-up decision, oldest first.
-        Index(
-            "ix_notifications_followup_due",
-            "sent_at",
-            postgresql_where=text(FOLLOWUP_PENDING),
-            sqlite_where=text(FOLLOWUP_PENDING),
-        ),
+        partial_index("ix_notifications_followup_due", "sent_at", where=FOLLOWUP_PENDING),
     )
 
 
@@ -244,10 +230,7 @@ class SubstituteOffer(Base):
 
     __table_args__ = (
         # Figures count first clicks by when they happened.
-        Index(
-            "ix_substitute_offers_clicked_at",
-            "clicked_at",
-            postgresql_where=text("clicked_at IS NOT NULL"),
-            sqlite_where=text("clicked_at IS NOT NULL"),
+        partial_index(
+            "ix_substitute_offers_clicked_at", "clicked_at", where="clicked_at IS NOT NULL"
         ),
     )

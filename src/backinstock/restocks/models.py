@@ -4,10 +4,10 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, Uuid, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from backinstock.db import Base, UTCDateTime, new_id, utcnow
+from backinstock.db import Base, UTCDateTime, new_id, partial_index, utcnow
 
 
 class StockLevel(Base):
@@ -82,13 +82,7 @@ class Wave(Base):
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
-        Index(
-            "uq_waves_open_sku",
-            "sku",
-            unique=True,
-            postgresql_where=text(OPEN_WAVE),
-            sqlite_where=text(OPEN_WAVE),
-        ),
+        partial_index("uq_waves_open_sku", "sku", unique=True, where=OPEN_WAVE),
         Index("ix_waves_due", "status", "next_step_at"),
     )
 
@@ -117,15 +111,9 @@ class StockHold(Base):
 
     __table_args__ = (
         # A SKU's units held now (the stock figure, a step's size).
-        Index(
-            "ix_holds_held_sku",
-            "sku",
-            "until",
-            postgresql_where=text(HELD),
-            sqlite_where=text(HELD),
-        ),
+        partial_index("ix_holds_held_sku", "sku", "until", where=HELD),
         # Holds that expired and still wait for the sweeper.
-        Index("ix_holds_held_until", "until", postgresql_where=text(HELD), sqlite_where=text(HELD)),
+        partial_index("ix_holds_held_until", "until", where=HELD),
         # A sell-out ends its wave's holds.
         Index("ix_holds_wave", "wave_id"),
     )

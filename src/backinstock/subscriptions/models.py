@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from backinstock.db import Base, UTCDateTime, new_id, utcnow
+from backinstock.db import Base, UTCDateTime, new_id, partial_index, utcnow
 
 
 class Status(enum.StrEnum):
@@ -132,28 +132,16 @@ class Subscription(Base):
             sqlite_where=IN_QUEUE_PREDICATE,
         ),
         Index("ix_subscriptions_contact_index", "contact_index"),
-        Index("ix_subscriptions_customer_id", "customer_id"),
-        Index("ix_subscriptions_segment", "segment"),
+        # Most shoppers have neither: their rows stay out of these two.
+        partial_index(
+            "ix_subscriptions_customer_id", "customer_id", where="customer_id IS NOT NULL"
+        ),
+        partial_index("ix_subscriptions_segment", "segment", where="segment IS NOT NULL"),
         # Retention: notified shoppers who may expire, stopped ones whose contact is kept.
-        Index(
-            "ix_subscriptions_expiry",
-            "last_notified_at",
-            postgresql_where=text(EXPIRY_CANDIDATE),
-            sqlite_where=text(EXPIRY_CANDIDATE),
-        ),
+        partial_index("ix_subscriptions_expiry", "last_notified_at", where=EXPIRY_CANDIDATE),
         # Unconfirmed requests, oldest first: erased once CONFIRM_WINDOW_SECONDS have passed.
-        Index(
-            "ix_subscriptions_unconfirmed",
-            "created_at",
-            postgresql_where=text(UNCONFIRMED),
-            sqlite_where=text(UNCONFIRMED),
-        ),
-        Index(
-            "ix_subscriptions_erasure",
-            "stopped_at",
-            postgresql_where=text(ERASURE_CANDIDATE),
-            sqlite_where=text(ERASURE_CANDIDATE),
-        ),
+        partial_index("ix_subscriptions_unconfirmed", "created_at", where=UNCONFIRMED),
+        partial_index("ix_subscriptions_erasure", "stopped_at", where=ERASURE_CANDIDATE),
     )
 
 
