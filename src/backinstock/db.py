@@ -12,11 +12,11 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -49,9 +49,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ColumnElement, Grouping
-from sqlalchemy.sql.selectable import NamedFromClause, TextualSelect
+from sqlalchemy.sql.selectable import NamedFromClause, Select, TextualSelect
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import greenlet_spawn
+
+_T = TypeVar("_T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -301,17 +305,25 @@ async def transaction_on_connection(engine: AsyncEngine) -> AsyncIterator[AsyncS
             callback()
 
 
-class DriverStatement:
-    """A textual statement (``text(…).bindparams(…).columns(…)``) that, on PostgreSQL, is
-    handed to the driver (asyncpg) itself, in the session's transaction: SQLAlchemy's
-    execution (its context, cursor adapter and result objects) cost more CPU per call than
-    the INSERT of a subscription that runs in it. The parameters go through their types'
-    bind processors as SQLAlchemy's would, and the row through its columns' result
-    processors; elsewhere (SQLite) the session executes the statement as usual."""
+# What a DriverStatement runs: a query, or an INSERT, UPDATE or DELETE.
+Statement = Select[Any] | TextualSelect | UpdateBase
 
-    def __init__(self, statement: TextualSelect) -> None:
+
+class DriverStatement:
+    """A Core statement built once (a textual one, a ``select``, or an ``insert`` or
+    ``update``, with or without RETURNING) that, on PostgreSQL, is handed to the driver
+    (asyncpg) itself, in the session's transaction: SQLAlchemy's execution (its context,
+    cursor adapter, result objects and, for many rows, each row's parameters handled again)
+    cost more CPU per call than the statements of the hot paths that use it (a new
+    subscription; a claim's statements, ``docs/architecture.md``). The parameters go
+    through their types' bind processors as SQLAlchemy's would, and each returned value
+    through its column's result processor; elsewhere (SQLite) the session's connection
+    executes the statement as usual, so both run the same statement and the same code
+    around it."""
+
+    def __init__(self, statement: Statement) -> None:
         self.statement = statement
-        self._compiled: tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]] | None = None
+        self._compiled: _Compiled | None = None
 
     async def first(
         self, session: AsyncSession, params: Mapping[str, Any], *, alone: bool = False
@@ -321,42 +333,129 @@ class DriverStatement:
         transaction has not started yet, the statement runs (and commits) on its own: one
         round trip instead of three; what the session does later is a transaction of its
         own, committed or rolled back as usual."""
-        bind = session.bind
-        connection = bind if isinstance(bind, AsyncConnection) else await session.connection()
+        connection = await _connection_of(session)
         if connection.dialect.name != "postgresql":
             row = (await connection.execute(self.statement, params)).mappings().first()
             return None if row is None else dict(row)
-        sql, binds, columns = self._compiled or self._compile(connection.dialect)
-        args = [params[n] if f is None else f(params[n]) for n, f in binds]
-        sync = connection.sync_connection
-        # The checked-out connection as it is (no greenlet needed to read it), unless it
-        # was invalidated, which takes a reconnect.
-        raw = (
-            sync.connection
-            if sync is not None and not sync.invalidated and not sync.closed
-            else await connection.get_raw_connection()
-        )
-        driver: Any = raw.driver_connection
-        if not alone and not driver.is_in_transaction():
-            # SQLAlchemy's asyncpg adapter sends BEGIN at its first statement, not at
-            # begin(): its own BEGIN, so that the connection's commit or rollback ends it.
-            await raw.dbapi_connection._start_transaction()  # type: ignore[union-attr]
-        record = await driver.fetchrow(sql, *args)
+        compiled = self._compiled or self._compile(connection.dialect)
+        driver = await _driver_of(connection, in_transaction=not alone)
+        args = compiled.arguments(params)
+        record = await _on_driver(connection, compiled.sql, driver.fetchrow(compiled.sql, *args))
         if record is None:
             return None
-        return {n: record[i] if f is None else f(record[i]) for i, (n, f) in enumerate(columns)}
+        return dict(zip(compiled.keys, compiled.row(record), strict=True))
 
-    def _compile(
-        self, dialect: Dialect
-    ) -> tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]]:
-        compiled = self.statement.compile(dialect=dialect)
-        names = list(dict.fromkeys(compiled.positiontup or ()))  # $n: the n-th name first seen
-        binds = [(n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect))
-                 for n in names]  # fmt: skip
-        columns = [(c.key, c.type.dialect_impl(dialect).result_processor(dialect, None))
-                   for c in self.statement.selected_columns]  # fmt: skip
-        self._compiled = (compiled.string, binds, columns)
+    async def all(self, session: AsyncSession, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row the statement returns, as tuples in the order of its columns."""
+        connection = await _connection_of(session)
+        if connection.dialect.name != "postgresql":
+            return [tuple(row) for row in await connection.execute(self.statement, params)]
+        compiled = self._compiled or self._compile(connection.dialect)
+        driver = await _driver_of(connection, in_transaction=True)
+        args = compiled.arguments(params)
+        records = await _on_driver(connection, compiled.sql, driver.fetch(compiled.sql, *args))
+        return [compiled.row(record) for record in records]
+
+    async def execute(self, session: AsyncSession, params: Mapping[str, Any]) -> None:
+        """The statement, for what it writes (it returns no rows)."""
+        connection = await _connection_of(session)
+        if connection.dialect.name != "postgresql":
+            await connection.execute(self.statement, params)
+            return
+        compiled = self._compiled or self._compile(connection.dialect)
+        driver = await _driver_of(connection, in_transaction=True)
+        args = compiled.arguments(params)
+        await _on_driver(connection, compiled.sql, driver.execute(compiled.sql, *args))
+
+    async def many(self, session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The statement once for each row of parameters (asyncpg's ``executemany``: one
+        round trip), in the session's transaction."""
+        connection = await _connection_of(session)
+        if connection.dialect.name != "postgresql":
+            await connection.execute(self.statement, list(rows))
+            return
+        compiled = self._compiled or self._compile(connection.dialect)
+        driver = await _driver_of(connection, in_transaction=True)
+        many = [compiled.arguments(row) for row in rows]
+        await _on_driver(connection, compiled.sql, driver.executemany(compiled.sql, many))
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        self._compiled = _Compiled(self.statement, dialect)
         return self._compiled
+
+
+class _Compiled:
+    """A statement as PostgreSQL's driver takes it: its text, how to make its positional
+    arguments from named parameters, and how to read each returned column."""
+
+    def __init__(self, statement: Statement, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        names = list(dict.fromkeys(compiled.positiontup or ()))  # $n: the n-th name first seen
+        # Values the statement carries itself (a status it sets), by name; a parameter the
+        # caller must give and did not is a KeyError, as SQLAlchemy would refuse it.
+        given = compiled.construct_params(_check=False)
+        self._given = {n: given[n] for n in names if not compiled.binds[n].required}
+        self._binds = [(n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect))
+                       for n in names]  # fmt: skip
+        columns = list(getattr(statement, "exported_columns", ()))
+        self.keys = [c.key for c in columns]
+        processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+        self._processed = [(i, f) for i, f in enumerate(processors) if f is not None]
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        values = [params[n] if n in params else self._given[n] for n, _ in self._binds]
+        return [v if f is None else f(v) for v, (_, f) in zip(values, self._binds, strict=True)]
+
+    def row(self, record: Any) -> tuple[Any, ...]:
+        if not self._processed:
+            return tuple(record)
+        values = list(record)
+        for i, process in self._processed:
+            values[i] = process(values[i])
+        return tuple(values)
+
+
+async def _on_driver(connection: AsyncConnection, sql: str, call: Awaitable[_T]) -> _T:
+    """``call``'s result; its error raised as SQLAlchemy raises a driver's errors (the
+    adapter's DB-API error wrapped in ``sqlalchemy.exc.DBAPIError``: ``IntegrityError`` for
+    a broken constraint; a lost connection invalidated), so that callers that catch
+    SQLAlchemy's errors, and the pool, see it as they would any other statement's."""
+    try:
+        return await call
+    except Exception as error:
+        sync = connection.sync_connection
+        if sync is None or sync.connection.dbapi_connection is None:
+            raise
+        try:
+            sync.connection.dbapi_connection._handle_exception(error)
+        except Exception as adapted:
+            await greenlet_spawn(sync._handle_dbapi_exception, adapted, sql, None, None, None)
+        raise
+
+
+async def _connection_of(session: AsyncSession) -> AsyncConnection:
+    bind = session.bind
+    return bind if isinstance(bind, AsyncConnection) else await session.connection()
+
+
+async def _driver_of(connection: AsyncConnection, *, in_transaction: bool) -> Any:
+    """The asyncpg connection under ``connection``; ``in_transaction``: with the
+    transaction SQLAlchemy's adapter would have begun at its first statement begun."""
+    sync = connection.sync_connection
+    # The checked-out connection as it is (no greenlet needed to read it), unless it was
+    # invalidated, which takes a reconnect.
+    raw = (
+        sync.connection
+        if sync is not None and not sync.invalidated and not sync.closed
+        else await connection.get_raw_connection()
+    )
+    driver: Any = raw.driver_connection
+    if in_transaction and not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN at its first statement, not at begin():
+        # its own BEGIN, so that the connection's commit or rollback ends it.
+        await raw.dbapi_connection._start_transaction()  # type: ignore[union-attr]
+    return driver
 
 
 def sqlite_path(url: str) -> str | None:

@@ -10,6 +10,7 @@ the same language, else the default (:func:`name_for`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock.catalog.models import Product, ProductName
 from backinstock.config import CoreSettings
-from backinstock.db import dialect_name, insert_for, utcnow
+from backinstock.db import DriverStatement, bound_among, dialect_name, insert_for, utcnow
 from backinstock.errors import InvalidField
 
 
@@ -78,17 +79,25 @@ def name_for(locale: str, names: Sequence[tuple[str, str]], default: str | None)
     return same if same is not None else default
 
 
+@functools.cache
+def _names_statement(dialect: str) -> DriverStatement:
+    """Built once: a claim reads its SKUs' names each time (as an ORM select built per
+    call, 0.2 ms a claim before it ran)."""
+    names = ProductName.metadata.tables[ProductName.__tablename__]
+    return DriverStatement(
+        select(names.c.sku, names.c.locale, names.c.name)
+        .where(bound_among(dialect, names.c.sku, "b_skus"))
+        .order_by(names.c.sku, names.c.created_at, names.c.locale)
+    )
+
+
 async def names_of(session: AsyncSession, skus: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
     """Each SKU's names by locale, oldest first."""
     found: dict[str, list[tuple[str, str]]] = {}
     if not skus:
         return found
-    rows = await session.execute(
-        select(ProductName.sku, ProductName.locale, ProductName.name)
-        .where(ProductName.sku.in_(sorted(set(skus))))
-        .order_by(ProductName.sku, ProductName.created_at, ProductName.locale)
-    )
-    for sku, locale, name in rows:
+    statement = _names_statement(dialect_name(session))
+    for sku, locale, name in await statement.all(session, {"b_skus": sorted(set(skus))}):
         found.setdefault(sku, []).append((locale, name))
     return found
 

@@ -289,7 +289,13 @@ async def _record_sent(
         rank=[d.contact.rank for _, d in sent],
         resolution=[_resolution(r).value for r, _ in sent],
     )
-    await session.execute(_sent_statement(dialect), {**rows, "b_claim": claim_id, "b_now": now})
+    params = {**rows, "b_claim": claim_id, "b_now": now}
+    await _sent_on_driver(dialect).execute(session, params)
+
+
+@functools.cache
+def _sent_on_driver(dialect: str) -> db.DriverStatement:
+    return db.DriverStatement(_sent_statement(dialect))
 
 
 @functools.cache

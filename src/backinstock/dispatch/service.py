@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 import structlog
 from sqlalchemy import Select, bindparam, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.dml import ReturningUpdate
 
 from backinstock import contacts, db
 from backinstock.catalog import service as catalog
@@ -108,15 +107,16 @@ async def claim(
     if ids is not None:
         params["b_ids"] = ids
     statement = _claim_statement(ids is not None, db.dialect_name(session))
-    return list(await session.scalars(statement, params))
+    return [row[0] for row in await statement.all(session, params)]
 
 
 @functools.cache
-def _claim_statement(among_ids: bool, dialect: str) -> ReturningUpdate[Any]:
-    """Built once: a Core statement with bound values. Built per claim as an ORM update, its
-    cache key and the session's bookkeeping of the returned rows cost more than its run."""
+def _claim_statement(among_ids: bool, dialect: str) -> db.DriverStatement:
+    """Built once: a Core statement with bound values, run by the driver on PostgreSQL.
+    Built per claim as an ORM update, its cache key and the session's bookkeeping of the
+    returned rows cost more than its run."""
     due = _due(among_ids, dialect)
-    return (
+    return db.DriverStatement(
         update(_NOTIFICATIONS)
         .where(_NOTIFICATIONS.c.id.in_(due.scalar_subquery()))
         .values(
@@ -246,13 +246,13 @@ _SHOPPER = len(_Shopper._fields)
 
 
 @functools.cache
-def _claimed_rows(dialect: str) -> Select[Any]:
+def _claimed_rows(dialect: str) -> db.DriverStatement:
     """The claimed messages with their shoppers and products, in the order they were
     planned (ids are time-ordered; the join's plan changes with the tables' shape and size).
     Each shape's columns are read by its field names, so the two cannot drift apart. The
     ids are one bound array on PostgreSQL: an ``IN`` of 200 is rendered anew each time."""
     named = db.bound_among(dialect, _NOTIFICATIONS.c.id, "b_ids")
-    return (
+    return db.DriverStatement(
         select(
             *(_NOTIFICATIONS.c[name] for name in _Planned._fields),
             *(_SUBSCRIPTIONS.c[name] for name in _Shopper._fields),
@@ -271,12 +271,14 @@ def _claimed_rows(dialect: str) -> Select[Any]:
 
 
 @functools.cache
-def _fallbacks_statement(dialect: str) -> Select[Any]:
+def _fallbacks_statement(dialect: str) -> db.DriverStatement:
     """The claimed shoppers' fallback contacts, built once. As an ORM select of the mapped
     class it set up the loading of entities for every claim: about 1 ms a claim, most
     claims finding none."""
     named = db.bound_among(dialect, _FALLBACKS.c.subscription_id, "b_ids")
-    return select(*(_FALLBACKS.c[name] for name in _Fallback._fields)).where(named)
+    return db.DriverStatement(
+        select(*(_FALLBACKS.c[name] for name in _Fallback._fields)).where(named)
+    )
 
 
 async def _claimed(
@@ -286,7 +288,7 @@ async def _claimed(
     found = []
     shopper_end = _PLANNED + _SHOPPER
     statement = _claimed_rows(db.dialect_name(session))
-    for row in await session.execute(statement, {"b_ids": ids}):
+    for row in await statement.all(session, {"b_ids": ids}):
         found.append(
             (
                 _Planned._make(row[:_PLANNED]),
@@ -309,7 +311,7 @@ async def prepare(
     names = await catalog.names_of(session, [n.sku for n, *_ in rows] + offered_skus)
     fallbacks: dict[uuid.UUID, list[_Fallback]] = defaultdict(list)
     shoppers = {"b_ids": [s.id for _, s, _, _ in rows]}
-    for row in await session.execute(_fallbacks_statement(db.dialect_name(session)), shoppers):
+    for row in await _fallbacks_statement(db.dialect_name(session)).all(session, shoppers):
         fallback = _Fallback._make(row)
         fallbacks[fallback.subscription_id].append(fallback)
     deliveries: list[Delivery] = []
