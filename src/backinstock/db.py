@@ -337,10 +337,8 @@ class DriverStatement:
         if connection.dialect.name != "postgresql":
             row = (await connection.execute(self.statement, params)).mappings().first()
             return None if row is None else dict(row)
-        compiled = self._compiled or self._compile(connection.dialect)
-        driver = await _driver_of(connection, in_transaction=not alone)
-        args = compiled.arguments(params)
-        record = await _on_driver(connection, compiled.sql, driver.fetchrow(compiled.sql, *args))
+        compiled = self._compiled_for(connection)
+        record = await self._call(connection, "fetchrow", compiled.arguments(params), alone=alone)
         if record is None:
             return None
         return dict(zip(compiled.keys, compiled.row(record), strict=True))
@@ -350,10 +348,8 @@ class DriverStatement:
         connection = await _connection_of(session)
         if connection.dialect.name != "postgresql":
             return [tuple(row) for row in await connection.execute(self.statement, params)]
-        compiled = self._compiled or self._compile(connection.dialect)
-        driver = await _driver_of(connection, in_transaction=True)
-        args = compiled.arguments(params)
-        records = await _on_driver(connection, compiled.sql, driver.fetch(compiled.sql, *args))
+        compiled = self._compiled_for(connection)
+        records = await self._call(connection, "fetch", compiled.arguments(params))
         return [compiled.row(record) for record in records]
 
     async def execute(self, session: AsyncSession, params: Mapping[str, Any]) -> None:
@@ -362,10 +358,7 @@ class DriverStatement:
         if connection.dialect.name != "postgresql":
             await connection.execute(self.statement, params)
             return
-        compiled = self._compiled or self._compile(connection.dialect)
-        driver = await _driver_of(connection, in_transaction=True)
-        args = compiled.arguments(params)
-        await _on_driver(connection, compiled.sql, driver.execute(compiled.sql, *args))
+        await self._call(connection, "execute", self._compiled_for(connection).arguments(params))
 
     async def many(self, session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
         """The statement once for each row of parameters (asyncpg's ``executemany``: one
@@ -374,14 +367,23 @@ class DriverStatement:
         if connection.dialect.name != "postgresql":
             await connection.execute(self.statement, list(rows))
             return
-        compiled = self._compiled or self._compile(connection.dialect)
-        driver = await _driver_of(connection, in_transaction=True)
-        many = [compiled.arguments(row) for row in rows]
-        await _on_driver(connection, compiled.sql, driver.executemany(compiled.sql, many))
+        compiled = self._compiled_for(connection)
+        await self._call(connection, "executemany", [[compiled.arguments(row) for row in rows]])
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
-        self._compiled = _Compiled(self.statement, dialect)
+    def _compiled_for(self, connection: AsyncConnection) -> _Compiled:
+        if self._compiled is None:
+            self._compiled = _Compiled(self.statement, connection.dialect)
         return self._compiled
+
+    async def _call(
+        self, connection: AsyncConnection, method: str, args: Sequence[Any], *, alone: bool = False
+    ) -> Any:
+        """asyncpg's ``method`` (fetchrow, fetch, execute, executemany) with the statement
+        and ``args``, in the session's transaction unless ``alone``; its error raised as
+        SQLAlchemy's (:func:`_on_driver`)."""
+        driver = await _driver_of(connection, in_transaction=not alone)
+        sql = self._compiled_for(connection).sql
+        return await _on_driver(connection, sql, getattr(driver, method)(sql, *args))
 
 
 class _Compiled:

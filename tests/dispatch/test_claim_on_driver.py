@@ -98,18 +98,15 @@ async def test_a_driver_statements_error_is_sqlalchemys(runtime: Runtime) -> Non
     DBAPIError): a statement run by the driver raises them too, and its transaction rolls
     back as any other's."""
     orphan = {
-        f"{outbox_module.ROW}{name}": value
-        for name, value in {
-            "id": uuid.uuid4(),
-            "notification_id": uuid.uuid4(),  # no such message: the foreign key refuses it
-            "channel": "sms",
-            "recipient_masked": "+86 138****0000",
-            "recipient_key_id": "k",
-            "recipient_blob": b"x",
-            "content_key_id": "k",
-            "content_blob": b"x",
-            "created_at": utcnow(),
-        }.items()
+        "id": uuid.uuid4(),
+        "notification_id": uuid.uuid4(),  # no such message: the foreign key refuses it
+        "channel": "sms",
+        "recipient_masked": "+86 138****0000",
+        "recipient_key_id": "k",
+        "recipient_blob": b"x",
+        "content_key_id": "k",
+        "content_blob": b"x",
+        "created_at": utcnow(),
     }
     with pytest.raises(IntegrityError):
         async with db.transaction(runtime.sessions) as session:

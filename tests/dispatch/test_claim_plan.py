@@ -71,7 +71,7 @@ async def test_a_claims_marks_and_results_are_joined_to_their_rows_once(
     )
     for statement, rows in (
         (outcomes._start_statement("postgresql"), starting),
-        (outcomes._sent_statement("postgresql"), accepted),
+        (outcomes._sent_statement("postgresql").statement, accepted),
     ):
         plan = await _explain(runtime, statement, {**rows, **common})
         # Each row meets its array entry by a hash or by the key, never by comparing it

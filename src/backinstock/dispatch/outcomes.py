@@ -18,7 +18,6 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     String,
-    Update,
     Uuid,
     and_,
     bindparam,
@@ -290,16 +289,11 @@ async def _record_sent(
         resolution=[_resolution(r).value for r, _ in sent],
     )
     params = {**rows, "b_claim": claim_id, "b_now": now}
-    await _sent_on_driver(dialect).execute(session, params)
+    await _sent_statement(dialect).execute(session, params)
 
 
 @functools.cache
-def _sent_on_driver(dialect: str) -> db.DriverStatement:
-    return db.DriverStatement(_sent_statement(dialect))
-
-
-@functools.cache
-def _sent_statement(dialect: str) -> Update:
+def _sent_statement(dialect: str) -> db.DriverStatement:
     accepted = db.rows_table(
         dialect,
         "accepted",
@@ -309,7 +303,7 @@ def _sent_statement(dialect: str) -> Update:
         rank=Integer,
         resolution=String,
     )
-    return (
+    return db.DriverStatement(
         update(_TABLE)
         .where(
             _TABLE.c.id == accepted.c.id,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import Select, bindparam, delete
+from sqlalchemy import Select, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -28,7 +28,6 @@ from backinstock.senders.models import DevOutboxMessage
 log = structlog.get_logger(__name__)
 
 _OUTBOX = DevOutboxMessage.metadata.tables[DevOutboxMessage.__tablename__]
-ROW = "row_"  # the INSERT's parameter for column c is named ROW + c
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,7 @@ class DevOutboxSender:
         # SQLAlchemy's own executemany handled every row's parameters again (as the ORM's
         # bulk path did before it), more CPU than the sealing of the row.
         async with transaction(self._sessions) as session:
-            statement = _insert_statement(dialect_name(session))
-            # The statement's parameters are named apart from its columns (SQLAlchemy
-            # reserves the columns' own names for the values it binds itself).
-            await statement.many(session, [{ROW + k: v for k, v in row.items()} for row in rows])
+            await _insert_statement(dialect_name(session)).many(session, rows)
 
     async def _write_alone(self, row: dict[str, Any]) -> SendResult:
         try:
@@ -136,13 +132,11 @@ class DevOutboxSender:
 
 @functools.cache
 def _insert_statement(dialect: str) -> DriverStatement:
-    """A row of the outbox, unless the message has one (a repeated write is harmless)."""
-    values = {c.name: bindparam(f"{ROW}{c.name}", type_=c.type) for c in _OUTBOX.columns}
+    """A row of the outbox, unless the message has one (a repeated write is harmless):
+    every column a parameter of its own name, so each row gives them all."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return DriverStatement(
-        insert(_OUTBOX)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=[_OUTBOX.c.notification_id])
+        insert(_OUTBOX).on_conflict_do_nothing(index_elements=[_OUTBOX.c.notification_id])
     )
 
 
