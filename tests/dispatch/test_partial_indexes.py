@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backinstock import db, migrations
 from backinstock.db import utcnow
-from backinstock.dispatch import notifications
+from backinstock.dispatch import notifications, service
 from backinstock.dispatch.models import DeliveryReport
 from backinstock.runtime import Runtime
 from backinstock.stats import pipeline
@@ -69,6 +69,24 @@ def test_revision_0026_makes_the_indexes_partial_and_back(scratch: tuple[str, En
         assert " WHERE " not in before[name], before[name]
 
 
+def test_revision_0027_folds_the_status_and_channel_index_into_the_work_index(
+    scratch: tuple[str, Engine],
+) -> None:
+    url, engine = scratch
+    migrations.upgrade(url, "0027")
+    after = _definitions(engine)
+    assert "ix_notifications_status_channel" not in after
+    work = after["ix_notifications_work"]
+    assert re.search(r"status.+next_attempt_at.+channel", work), work
+    assert "failed" in work and "pending" in work, work
+
+    command.downgrade(migrations.alembic_config(url), "0026")
+    before = _definitions(engine)
+    assert "channel" not in before["ix_notifications_work"]
+    assert "failed" not in before["ix_notifications_work"]
+    assert "failed" in before["ix_notifications_status_channel"]
+
+
 @pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL's planner")
 async def test_the_readers_of_the_partial_indexes_still_use_them(
     runtime: Runtime, client: httpx.AsyncClient, api_keys: dict[str, str]
@@ -95,13 +113,25 @@ async def test_the_readers_of_the_partial_indexes_still_use_them(
         # /metrics: what is due and since when, and the last message sent.
         return pipeline.scalar_figures(session, now)
 
+    def counts(session: AsyncSession) -> Awaitable[list[tuple[str, str | None, int]]]:
+        # /metrics: open and failed messages by status and channel.
+        return pipeline.notification_counts(session)
+
     for reader, indexes in (
         (delivery_report, ["ix_notifications_provider_id"]),
         (figures, ["ix_notifications_work", "ix_notifications_sent_at"]),
+        (counts, ["ix_notifications_work"]),
     ):
         plans = await _plans_of(runtime, reader)
         for index in indexes:
             assert any(index in plan for plan in plans), (index, plans)
+    # A drain's claim (run by the driver, so not seen above): the queue's head, oldest due
+    # first, from the work index.
+    drain = service._due(False, "postgresql").compile(dialect=runtime.engine.dialect)
+    values = drain.construct_params({"b_now": now, "b_limit": service.BATCH})
+    parameters = tuple(values[name] for name in drain.positiontup or [])
+    [plan] = await _explain_all(runtime, [(str(drain), parameters)])
+    assert "ix_notifications_work" in plan, plan
 
 
 async def _plans_of(runtime: Runtime, reader: Any) -> list[str]:
@@ -118,6 +148,10 @@ async def _plans_of(runtime: Runtime, reader: Any) -> list[str]:
             await reader(session)
     finally:
         event.remove(runtime.engine.sync_engine, "before_cursor_execute", seen)
+    return await _explain_all(runtime, statements)
+
+
+async def _explain_all(runtime: Runtime, statements: list[tuple[str, Any]]) -> list[str]:
     plans = []
     async with runtime.engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection

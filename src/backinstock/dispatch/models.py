@@ -87,11 +87,10 @@ class DeliveryReport(enum.StrEnum):
     FAILED = "failed"
 
 
+# The work index's rows: a sent message leaves it.
 OPEN_OR_FAILED = (
     f"status IN ('{Status.PENDING}', '{Status.SENDING}', '{Status.INFLIGHT}', '{Status.FAILED}')"
 )
-# Claims, drains and the sweeper read only open messages: a sent one leaves the work index.
-OPEN = f"status IN ('{Status.PENDING}', '{Status.SENDING}', '{Status.INFLIGHT}')"
 SENT_AT_SET = "sent_at IS NOT NULL"
 PROVIDER_ID_SET = "provider_id IS NOT NULL"
 ONE_SUBSTITUTE = f"kind = '{Kind.SUBSTITUTE}'"
@@ -173,11 +172,14 @@ class Notification(Base):
         # messages, NULLs): each of a message's three versions (planned, claimed, sent) is
         # written to every index whose predicate it meets (docs/architecture.md, "Indexes
         # a message is written to").
-        partial_index("ix_notifications_work", "status", "next_attempt_at", where=OPEN),
+        # Claims, drains and the sweeper read its open messages by status and due time;
+        # /metrics counts its open and failed ones by status and channel (an index-only
+        # read: the channel is its last column). The sent history is not in it.
+        partial_index(
+            "ix_notifications_work", "status", "next_attempt_at", "channel", where=OPEN_OR_FAILED
+        ),
         # A wave's progress: open messages, first and last sent (stats/pipeline.py).
         Index("ix_notifications_wave_progress", "wave_id", "status", "sent_at"),
-        # Open and failed messages by channel, for /metrics: sent history is not in it.
-        partial_index("ix_notifications_status_channel", "status", "channel", where=OPEN_OR_FAILED),
         # Crash resolutions, for /metrics: only the few rows a crash touched.
         partial_index("ix_notifications_in_doubt", "in_doubt", where="in_doubt IS NOT NULL"),
         # Figures filter on when messages left, overall and per SKU.

@@ -4,9 +4,9 @@
 Every figure is an index look-up or an index-only count, never a scan of the sent history
 (revision 0014 adds what they need; ``bench/pipeline.py`` measures them on a million rows):
 
-- notifications pending, sending and failed by channel: ``ix_notifications_status_channel``,
-  a partial index without the sent rows;
-- due and the oldest due: ``ix_notifications_work`` (status, next_attempt_at);
+- notifications pending, sending and failed by channel: ``ix_notifications_work`` (status,
+  next_attempt_at, channel), a partial index without the sent rows, read index-only;
+- due and the oldest due: the same index;
 - the last message sent: ``ix_notifications_sent_at``;
 - a wave's first and last message and whether it still has open messages:
   ``ix_notifications_wave_progress`` (wave_id, status, sent_at);
