@@ -89,9 +89,11 @@ async def mark_notified(
 
     A Core statement of the table: as an ORM update, SQLAlchemy looked each returned row up
     in the session's identity map afterwards (a chunk's 8,000, for no object loaded), on
-    the writer's path between two statements."""
+    the writer's path between two statements. On PostgreSQL the database picks the last
+    key (the update in a WITH), so the chunk's keys are not sent back to be compared here;
+    SQLite allows no update in a WITH."""
     told = db.numbered(session, subscription_ids)
-    keys = await session.execute(
+    marked = (
         update(_SUBSCRIPTIONS)
         .where(_SUBSCRIPTIONS.c.id.in_(select(told.c.id)))
         .values(
@@ -102,7 +104,12 @@ async def mark_notified(
         )
         .returning(_SUBSCRIPTIONS.c.priority_rank, _SUBSCRIPTIONS.c.created_at, _SUBSCRIPTIONS.c.id)
     )
-    return max((r[0], r[1], r[2]) for r in keys)
+    if db.dialect_name(session) != "postgresql":
+        return max((r[0], r[1], r[2]) for r in await session.execute(marked))
+    keys = marked.cte("marked")
+    key = (keys.c.priority_rank, keys.c.created_at, keys.c.id)
+    last = (await session.execute(select(*key).order_by(*(k.desc() for k in key)).limit(1))).one()
+    return (last[0], last[1], last[2])
 
 
 async def withdraw(session: AsyncSession, subscription_ids: Sequence[uuid.UUID]) -> None:
