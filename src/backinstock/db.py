@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -303,6 +303,17 @@ async def transaction_on_connection(engine: AsyncEngine) -> AsyncIterator[AsyncS
                 await session.close()  # lets go of the connection; never closes it
         for callback in session.info.pop(_AFTER_COMMIT, []):
             callback()
+
+
+def hot_transaction(
+    factory: async_sessionmaker[AsyncSession],
+) -> AbstractAsyncContextManager[AsyncSession]:
+    """:func:`transaction_on_connection` on the engine ``factory``'s sessions use: for a
+    transaction of the wave's path whose statements are all :class:`DriverStatement`s (a
+    claim; the outbox's write; the results of claims), where the session's begin, commit
+    and close are most of the transaction's CPU outside the database."""
+    engine: AsyncEngine = factory.kw["bind"]
+    return transaction_on_connection(engine)
 
 
 # What a DriverStatement runs: a query, or an INSERT, UPDATE or DELETE.

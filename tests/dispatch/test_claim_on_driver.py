@@ -9,8 +9,9 @@ from datetime import datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from backinstock import db
 from backinstock.catalog import service as catalog
@@ -113,3 +114,30 @@ async def test_a_driver_statements_error_is_sqlalchemys(runtime: Runtime) -> Non
             await outbox_module._insert_statement(db.dialect_name(session)).many(session, [orphan])
     async with db.transaction(runtime.sessions) as session:
         assert await session.scalar(select(func.count()).select_from(DevOutboxMessage)) == 0
+
+
+async def test_a_claim_to_the_outbox_begins_no_orm_session(
+    runtime: Runtime, client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    """The claim, the outbox's write and the results are each a transaction of driver
+    statements on a pooled connection (db.hot_transaction): the ORM session, whose begin,
+    commit and close cost more CPU than those statements, is never begun."""
+    await _plan(runtime, client, api_keys["inventory"], 5)
+    senders = {"sms": DevOutboxSender("sms", runtime.sessions, runtime.keys.cipher)}
+    begun: list[object] = []
+
+    def session_begun(session: object, *_: object) -> None:
+        begun.append(session)
+
+    event.listen(Session, "after_begin", session_begun)
+    try:
+        claimed = await dispatch.deliver(
+            runtime.sessions, runtime.settings, runtime.keys, senders, None
+        )
+    finally:
+        event.remove(Session, "after_begin", session_begun)
+    assert claimed == 5 and begun == []
+    async with db.transaction(runtime.sessions) as session:
+        statuses = await session.scalars(select(Notification.status))
+        assert set(statuses) == {Status.SENT.value}
+        assert await session.scalar(select(func.count()).select_from(DevOutboxMessage)) == 5

@@ -183,7 +183,7 @@ class GroupCommit:
             journal.settle(group)
 
     async def _write(self, parts: list[tuple[Journal, _Group]]) -> None:
-        async with db.transaction(self._sessions) as session:
+        async with db.hot_transaction(self._sessions) as session:
             for journal, group in parts:
                 group.allowed = await journal.write(session, group)
 

@@ -585,7 +585,7 @@ async def deliver(
     lookahead = _lookahead(settings, senders)
     # Claim, read, settle what needs no provider call and mark the first calls in flight,
     # in one transaction.
-    async with db.transaction(sessions) as session:
+    async with db.hot_transaction(sessions) as session:
         now = clock.now()
         claimed = await claim(session, ids, lease, claim_id, now)
         deliveries = await prepare(session, settings, keys, claimed, now) if claimed else []

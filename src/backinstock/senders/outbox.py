@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.crypto import FieldCipher, Sealed
-from backinstock.db import DriverStatement, dialect_name, new_id, transaction, utcnow
+from backinstock.db import DriverStatement, dialect_name, hot_transaction, new_id, utcnow
 from backinstock.identity import content_aad, outbox_aad
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 from backinstock.senders.models import DevOutboxMessage
@@ -114,7 +114,7 @@ class DevOutboxSender:
         # One executemany of a statement built once, run by the driver on PostgreSQL:
         # SQLAlchemy's own executemany handled every row's parameters again (as the ORM's
         # bulk path did before it), more CPU than the sealing of the row.
-        async with transaction(self._sessions) as session:
+        async with hot_transaction(self._sessions) as session:
             await _insert_statement(dialect_name(session)).many(session, rows)
 
     async def _write_alone(self, row: dict[str, Any]) -> SendResult:
