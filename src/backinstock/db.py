@@ -371,15 +371,20 @@ class DriverStatement:
             return
         await self._call(connection, "execute", self._compiled_for(connection).arguments(params))
 
-    async def many(self, session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def many(
+        self, session: AsyncSession, rows: Sequence[Mapping[str, Any]], *, alone: bool = False
+    ) -> None:
         """The statement once for each row of parameters (asyncpg's ``executemany``: one
-        round trip), in the session's transaction."""
+        round trip), in the session's transaction. ``alone`` as for :meth:`first`: the
+        rows are written all or none (asyncpg runs them in one implicit transaction) and
+        committed at once, without the BEGIN and COMMIT round trips."""
         connection = await _connection_of(session)
         if connection.dialect.name != "postgresql":
             await connection.execute(self.statement, list(rows))
             return
         compiled = self._compiled_for(connection)
-        await self._call(connection, "executemany", [[compiled.arguments(row) for row in rows]])
+        arguments = [compiled.arguments(row) for row in rows]
+        await self._call(connection, "executemany", [arguments], alone=alone)
 
     def _compiled_for(self, connection: AsyncConnection) -> _Compiled:
         if self._compiled is None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import event, func, select
@@ -24,6 +26,7 @@ from backinstock.senders import outbox as outbox_module
 from backinstock.senders.models import DevOutboxMessage
 from backinstock.senders.outbox import DevOutboxSender
 from backinstock.subscriptions.models import Subscription
+from tests.conftest import BACKEND
 from tests.dispatch.test_journal import _plan
 
 
@@ -141,3 +144,30 @@ async def test_a_claim_to_the_outbox_begins_no_orm_session(
         statuses = await session.scalars(select(Notification.status))
         assert set(statuses) == {Status.SENT.value}
         assert await session.scalar(select(func.count()).select_from(DevOutboxMessage)) == 5
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="asyncpg's executemany")
+async def test_the_outbox_writes_a_batch_without_a_transaction_of_its_own(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncpg's executemany is all or nothing by itself (one implicit transaction), so
+    the outbox's INSERT is sent alone: no BEGIN and COMMIT round trips around it."""
+    await _plan(runtime, client, api_keys["inventory"], 4)
+    in_transaction: list[bool] = []
+    executemany = asyncpg.Connection.executemany
+
+    async def watched(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
+        in_transaction.append(self.is_in_transaction())
+        return await executemany(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "executemany", watched)
+    senders = {"sms": DevOutboxSender("sms", runtime.sessions, runtime.keys.cipher)}
+    assert (
+        await dispatch.deliver(runtime.sessions, runtime.settings, runtime.keys, senders, None) == 4
+    )
+    assert in_transaction == [False]
+    async with db.transaction(runtime.sessions) as session:
+        assert await session.scalar(select(func.count()).select_from(DevOutboxMessage)) == 4

@@ -113,9 +113,10 @@ class DevOutboxSender:
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         # One executemany of a statement built once, run by the driver on PostgreSQL:
         # SQLAlchemy's own executemany handled every row's parameters again (as the ORM's
-        # bulk path did before it), more CPU than the sealing of the row.
+        # bulk path did before it), more CPU than the sealing of the row. Alone: all the
+        # rows or none, committed without a BEGIN and a COMMIT of their own.
         async with hot_transaction(self._sessions) as session:
-            await _insert_statement(dialect_name(session)).many(session, rows)
+            await _insert_statement(dialect_name(session)).many(session, rows, alone=True)
 
     async def _write_alone(self, row: dict[str, Any]) -> SendResult:
         try:
