@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import Subquery
 
 from backinstock import db
-from backinstock.db import UTCDateTime, insert_for, new_id
+from backinstock.db import UTCDateTime, insert_for, new_id, new_ids
 from backinstock.dispatch.models import (
     ConfirmationSent,
     DeliveryReport,
@@ -106,7 +106,7 @@ async def _one_each(
     the queue) and paired with the shoppers by position. The unique (subscription, wave,
     kind) key keeps it to one message of a kind per shopper and wave; with ``any_conflict``
     every unique index of the table does (a kind that belongs to no wave has its own)."""
-    nth_id = db.nth_of(session, [new_id() for _ in range(count)])
+    nth_id = db.nth_of(session, new_ids(count))
     columns = {
         Notification.id: nth_id(shoppers.c.n),
         Notification.subscription_id: shoppers.c.id,

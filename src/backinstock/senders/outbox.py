@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.crypto import FieldCipher, Sealed
-from backinstock.db import DriverStatement, dialect_name, hot_transaction, new_id, utcnow
+from backinstock.db import DriverStatement, dialect_name, hot_transaction, new_ids, utcnow
 from backinstock.identity import content_aad, outbox_aad
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 from backinstock.senders.models import DevOutboxMessage
@@ -88,8 +88,7 @@ class DevOutboxSender:
             return []
         rows = []
         now = utcnow()
-        for message in messages:
-            row_id = new_id()
+        for message, row_id in zip(messages, new_ids(len(messages)), strict=True):
             sealed = self._cipher.seal(message.to, outbox_aad(row_id.bytes))
             rows.append(
                 {
