@@ -43,7 +43,6 @@ from backinstock.dispatch.models import (
     SubstituteOffer,
 )
 from backinstock.dispatch.outcomes import (
-    Claimed,
     Contact,
     Delivery,
     Hold,
@@ -398,28 +397,30 @@ def _delivery(
     coupon: tuple[str, str | None] | None = None,
     offers: list[tuple[int, str]] | None = None,
 ) -> Delivery:
-    claimed = Claimed(
-        notification.id,
-        sub.id,
-        notification.attempts,
-        notification.created_at,
-        notification.in_doubt,
-        wave_id=notification.wave_id,
-        consent_exhausted=(
+    # What every outcome says of the claimed message (the fields of ``Claimed``), given
+    # straight to the one made: a ``Claimed`` first, copied into it, cost a second object.
+    claimed: dict[str, Any] = {
+        "notification_id": notification.id,
+        "subscription_id": sub.id,
+        "attempts": notification.attempts,
+        "created_at": notification.created_at,
+        "in_doubt": notification.in_doubt,
+        "wave_id": notification.wave_id,
+        "consent_exhausted": (
             sub.channel == Channel.WECHAT.value
             and sub.wechat_consents <= 0
             and notification.contact_rank == 0
         ),
-    )
+    }
     reason = _not_wanted(notification, sub, coupon)
     if reason is not None:
-        return Skip(**vars(claimed), reason=reason)
+        return Skip(**claimed, reason=reason)
     confirming = notification.kind == Kind.CONFIRMATION
     # A confirmation goes to the contact that asked for it, never to a fallback.
     candidates = contacts_from(sub, [] if confirming else fallbacks)
     usable = [c for c in candidates if c.rank >= notification.contact_rank]
     if not usable:
-        return Skip(**vars(claimed), reason=Reason.NO_CONTACT)
+        return Skip(**claimed, reason=Reason.NO_CONTACT)
     contact = usable[0]
     # Quiet hours hold what we decided to say; a confirmation answers what the shopper
     # asked for a moment ago, and its window is running.
@@ -427,7 +428,7 @@ def _delivery(
         zone = _zone(settings, sub)
         held = hold_until(now, zone, settings.quiet_hours.window)
         if held is not None:
-            return Hold(**vars(claimed), contact=contact, until=held)
+            return Hold(**claimed, contact=contact, until=held)
     try:
         message = _message(
             settings,
@@ -447,8 +448,8 @@ def _delivery(
             notification_id=str(notification.id),
             error_type=type(exc).__name__,
         )
-        return Skip(**vars(claimed), reason=Reason.RENDER_FAILED)
-    return Send(**vars(claimed), contact=contact, message=message)
+        return Skip(**claimed, reason=Reason.RENDER_FAILED)
+    return Send(**claimed, contact=contact, message=message)
 
 
 def _not_wanted(
