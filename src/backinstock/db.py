@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -418,10 +418,15 @@ class DriverStatement:
     ) -> Any:
         """asyncpg's ``method`` (fetchrow, fetch, execute, executemany) with the statement
         and ``args``, in the session's transaction unless ``alone``; its error raised as
-        SQLAlchemy's (:func:`_on_driver`)."""
-        driver = await _driver_of(connection, in_transaction=not alone)
+        SQLAlchemy's (:func:`_on_driver`), the transaction's BEGIN's too: a connection the
+        server has closed fails there first, and must be invalidated like any other."""
         sql = self._compiled_for(connection).sql
-        return await _on_driver(connection, sql, getattr(driver, method)(sql, *args))
+
+        async def run() -> Any:
+            driver = await _driver_of(connection, in_transaction=not alone)
+            return await getattr(driver, method)(sql, *args)
+
+        return await _on_driver(connection, sql, run())
 
 
 class _Compiled:
@@ -463,6 +468,8 @@ async def _on_driver(connection: AsyncConnection, sql: str, call: Awaitable[_T])
     SQLAlchemy's errors, and the pool, see it as they would any other statement's."""
     try:
         return await call
+    except SQLAlchemyError:
+        raise  # SQLAlchemy's own already (a connection it could not get back)
     except Exception as error:
         sync = connection.sync_connection
         if sync is None or sync.connection.dbapi_connection is None:

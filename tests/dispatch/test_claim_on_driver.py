@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from backinstock import db
@@ -171,3 +171,29 @@ async def test_the_outbox_writes_a_batch_without_a_transaction_of_its_own(
     assert in_transaction == [False]
     async with db.transaction(runtime.sessions) as session:
         assert await session.scalar(select(func.count()).select_from(DevOutboxMessage)) == 4
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a PostgreSQL backend terminated")
+async def test_a_connection_lost_under_a_driver_statement_is_invalidated(
+    runtime: Runtime, client: httpx.AsyncClient, api_keys: dict[str, str]
+) -> None:
+    """The server ends the connection while a claim holds it (a restart, a failover): the
+    driver statement raises SQLAlchemy's DBAPIError with the connection invalidated, so the
+    pool drops it, and the next claim, on a fresh connection, takes the messages."""
+    await _plan(runtime, client, api_keys["inventory"], 3)
+    with pytest.raises(DBAPIError) as raised:
+        async with db.hot_transaction(runtime.sessions) as session:
+            connection = await session.connection()
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            backend = driver.get_server_pid()
+            async with runtime.engine.connect() as other:
+                # Returns once the backend has exited (or after 5 s): the claim below
+                # always meets a closed connection.
+                ended = text("SELECT pg_terminate_backend(:pid, 5000)")
+                assert (await other.execute(ended, {"pid": backend})).scalar() is True
+            await dispatch.claim(session, None, timedelta(minutes=1), uuid.uuid4(), utcnow())
+    assert raised.value.connection_invalidated
+    async with db.hot_transaction(runtime.sessions) as session:
+        claimed = await dispatch.claim(session, None, timedelta(minutes=1), uuid.uuid4(), utcnow())
+    assert len(claimed) == 3
