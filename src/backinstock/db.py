@@ -331,9 +331,10 @@ def hot_transaction(
     factory: async_sessionmaker[AsyncSession],
 ) -> AbstractAsyncContextManager[AsyncSession]:
     """:func:`transaction_on_connection` on the engine ``factory``'s sessions use: for a
-    transaction of the wave's path whose statements are all :class:`DriverStatement`s (a
-    claim; the outbox's write; the results of claims), where the session's begin, commit
-    and close are most of the transaction's CPU outside the database."""
+    transaction of the wave's path whose statements are, as a rule, all
+    :class:`DriverStatement`s (a claim; the outbox's write; the results of claims), where
+    the session's begin, commit and close are most of the transaction's CPU outside the
+    database. A statement through the session (a skip, a mark in flight) joins it."""
     engine: AsyncEngine = factory.kw["bind"]
     return transaction_on_connection(engine)
 
@@ -519,7 +520,12 @@ def dialect_name(session: AsyncSession) -> str:
 
 def insert_for(session: AsyncSession, table: Any) -> Any:
     """An INSERT that knows ON CONFLICT on both backends (their syntax is the same)."""
-    if dialect_name(session) == "postgresql":
+    return insert_of(dialect_name(session), table)
+
+
+def insert_of(dialect: str, table: Any) -> Any:
+    """:func:`insert_for` by the dialect's name, for a statement built once per dialect."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table)

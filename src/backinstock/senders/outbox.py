@@ -14,13 +14,18 @@ from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Select, delete
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backinstock.crypto import FieldCipher, Sealed
-from backinstock.db import DriverStatement, dialect_name, hot_transaction, new_ids, utcnow
+from backinstock.db import (
+    DriverStatement,
+    dialect_name,
+    hot_transaction,
+    insert_of,
+    new_ids,
+    utcnow,
+)
 from backinstock.identity import content_aad, outbox_aad
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 from backinstock.senders.models import DevOutboxMessage
@@ -134,9 +139,10 @@ class DevOutboxSender:
 def _insert_statement(dialect: str) -> DriverStatement:
     """A row of the outbox, unless the message has one (a repeated write is harmless):
     every column a parameter of its own name, so each row gives them all."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return DriverStatement(
-        insert(_OUTBOX).on_conflict_do_nothing(index_elements=[_OUTBOX.c.notification_id])
+        insert_of(dialect, _OUTBOX).on_conflict_do_nothing(
+            index_elements=[_OUTBOX.c.notification_id]
+        )
     )
 
 
