@@ -41,10 +41,21 @@ async def test_a_claim_by_ids_uses_the_key_on_statistics_that_lag_the_wave(
         await conn.execute(text("UPDATE notifications SET status = 'pending'"))
     async with runtime.sessions() as session:
         ids = list(await session.scalars(select(Notification.id).limit(dispatch.BATCH)))
-    params = {"b_now": utcnow(), "b_limit": dispatch.BATCH, "b_ids": ids}
-    plan = await _explain(runtime, dispatch._due(True, "postgresql"), params)
+    now = utcnow()
+    params = {
+        "b_now": now,
+        "b_limit": dispatch.BATCH,
+        "b_ids": ids,
+        "b_claim": uuid.uuid4(),
+        "b_until": now + timedelta(minutes=1),
+    }
+    plan = await _explain(runtime, dispatch._claim_statement(True, "postgresql").statement, params)
     # The key alone: no index of status (the work index, the open-messages index) is walked.
     assert set(re.findall(r"(?:using|on) ((?:ix|pk|uq)_\w+)", plan)) == {"pk_notifications"}, plan
+    # Found once and locked by the update itself: no locking SELECT below it, whose rows
+    # the update would look up by their key a second time.
+    assert "LockRows" not in plan, plan
+    assert plan.count("pk_notifications") == 1, plan
 
 
 async def test_a_claims_marks_and_results_are_joined_to_their_rows_once(

@@ -127,7 +127,7 @@ async def test_the_readers_of_the_partial_indexes_still_use_them(
             assert any(index in plan for plan in plans), (index, plans)
     # A drain's claim (run by the driver, so not seen above): the queue's head, oldest due
     # first, from the work index.
-    drain = service._due(False, "postgresql").compile(dialect=runtime.engine.dialect)
+    drain = service._first_due(False, "postgresql").compile(dialect=runtime.engine.dialect)
     values = drain.construct_params({"b_now": now, "b_limit": service.BATCH})
     parameters = tuple(values[name] for name in drain.positiontup or [])
     [plan] = await _explain_all(runtime, [(str(drain), parameters)])
