@@ -122,10 +122,10 @@ class Notification(Base):
     subscription_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("subscriptions.id", ondelete="CASCADE")
     )
-    # The wave of a restock message and its follow-up; NULL for a confirmation.
-    wave_id: Mapped[uuid.UUID | None] = mapped_column(
-        Uuid, ForeignKey("waves.id", ondelete="CASCADE"), nullable=True
-    )
+    # The wave of a restock message and its follow-up; NULL for a confirmation. Not a
+    # checked foreign key on PostgreSQL (revision 0028): the writer inserts its own wave's
+    # id, and waves are never deleted, but the check ran a query of ``waves`` each row.
+    wave_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     sku: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(
         String(16), default=Kind.RESTOCK.value, server_default=Kind.RESTOCK.value
