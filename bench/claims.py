@@ -1,4 +1,4 @@
-"""What a claim costs PostgreSQL, as the worker makes it and as a HOT update would.
+"""What a claim costs PostgreSQL: under a locking select, by key alone, or as a HOT update.
 
 A wave's message is claimed (``status`` pending -> sending, with the claim's id, its lease
 and one more attempt), then recorded (sending -> sent). ``status`` is in three of the
@@ -8,12 +8,17 @@ goes in a wave") leaves ``status`` alone at the claim (``claim_id``, ``lease_unt
 ``attempts`` only: no indexed column, so a HOT update) and tells a claimed row by its live
 lease; the claims from the queue's head then step over rows claimed and not yet recorded.
 
+``--compare direct`` instead sets the claim as locked before against the wake-up's claim as
+the worker now writes it on PostgreSQL (``--shape key`` only): one ``UPDATE … WHERE id =
+ANY(…) AND status = 'pending'`` whose update takes the row locks, with no ``SELECT … FOR
+UPDATE SKIP LOCKED`` below it.
+
 Both are run here on the schema as migrated, in alternating rounds on a fresh copy of the
 same pending messages, claims of 200 each followed by its result (sent, by id), until every
-message is sent: by key (``--shape key``, a wake-up's claim, the statement's shape in
-dispatch/service.py), from the queue's head (``--shape head``, a drain's), or from past the
-last row claimed (``--shape watermark``: a drain that remembers where it stopped, with
-``id`` added to the work index so the bound is the index's own). Reported: wall
+message is sent: by key (``--shape key``, a wake-up's claim as dispatch/service.py wrote
+it before it became one UPDATE), from the queue's head (``--shape head``, a drain's), or
+from past the last row claimed (``--shape watermark``: a drain that remembers where it
+stopped, with ``id`` added to the work index so the bound is the index's own). Reported: wall
 time and WAL written (``pg_current_wal_lsn``), per message. The statements alone, from one
 connection: a wave's other costs (writing it, sending, the subscription's update) are the
 same either way.
@@ -21,6 +26,7 @@ same either way.
     .venv/bin/python bench/claims.py --messages 100000 --rounds 3 --shape key --write
     .venv/bin/python bench/claims.py --messages 100000 --rounds 3 --shape head --write
     .venv/bin/python bench/claims.py --messages 100000 --rounds 3 --shape watermark --write
+    .venv/bin/python bench/claims.py --messages 100000 --rounds 5 --compare direct --write
 """
 
 from __future__ import annotations
@@ -82,6 +88,11 @@ SET = {
 
 
 def claim_statement(claim: str, shape: str) -> str:
+    if claim == "direct":  # the wake-up's claim by key, locked by the update alone
+        return (
+            f"UPDATE notifications SET {SET['status']} "
+            f"{DUE['key'].format(live='')} RETURNING id, next_attempt_at"
+        )
     due = DUE[shape].format(live=LIVE[claim])
     return (
         f"UPDATE notifications SET {SET[claim]} WHERE id IN (SELECT id FROM notifications "
@@ -89,7 +100,7 @@ def claim_statement(claim: str, shape: str) -> str:
     )
 
 
-CLAIMS = ("status", "hot")
+COMPARED = {"hot": ("status", "hot"), "direct": ("status", "direct")}
 SHAPES = {
     "key": "by key, as a wake-up names them",
     "head": "from the queue's head, a drain's",
@@ -149,8 +160,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shape", choices=sorted(DUE), default="key", help="whose claims")
+    parser.add_argument(
+        "--compare",
+        choices=sorted(COMPARED),
+        default="hot",
+        help="the status claim against: a HOT claim, or the claim by key without SKIP LOCKED",
+    )
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = parser.parse_args()
+    if args.compare == "direct" and args.shape != "key":
+        parser.error("--compare direct is a wake-up's claim: --shape key")
+    claims = COMPARED[args.compare]
     pg = fresh_database(DATABASE)
     migrations.upgrade(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}")
     conn = psycopg2.connect(dbname=DATABASE, **PG)
@@ -159,9 +179,9 @@ def main() -> None:
         if args.shape == "watermark":
             cur.execute(WATERMARK_INDEX)
     conn.commit()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CLAIMS}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in claims}
     for r in range(args.rounds):
-        for name in CLAIMS:
+        for name in claims if r % 2 == 0 else claims[::-1]:
             runs[name].append(one_round(conn, name, args.shape, args.messages))
             got = runs[name][-1]
             print(f"round {r + 1} {name:>6}: {got['us_per_msg']:.1f} us/msg, "
@@ -176,18 +196,21 @@ def main() -> None:
     for name, got in med.items():
         lines.append(f"| {name} | median | **{got['us_per_msg']:.1f}** | "
                      f"**{got['wal_per_msg']:.0f}** |")  # fmt: skip
-    ratio = med["hot"]["us_per_msg"] / med["status"]["us_per_msg"]
-    summary = f"HOT claim / status claim: {ratio:.2f}x the time, " + (
-        f"{med['hot']['wal_per_msg'] / med['status']['wal_per_msg']:.2f}x the WAL"
+    other = claims[1]
+    ratio = med[other]["us_per_msg"] / med["status"]["us_per_msg"]
+    label = {"hot": "HOT claim", "direct": "claim by key without SKIP LOCKED"}[other]
+    summary = f"{label} / status claim: {ratio:.2f}x the time, " + (
+        f"{med[other]['wal_per_msg'] / med['status']['wal_per_msg']:.2f}x the WAL"
     )
     print("\n".join(lines) + "\n" + summary)
     if args.write:
         now = datetime.now(UTC)
         write_results("\n".join([
-            f"## {now:%Y-%m-%d} — a claim and its result, as the worker writes them and as a "
-            "HOT update (PostgreSQL)", "",
+            f"## {now:%Y-%m-%d} — a claim and its result: the status claim against "
+            f"{'a HOT update' if other == 'hot' else 'the claim by key without SKIP LOCKED'}"
+            " (PostgreSQL)", "",
             f"- command: `.venv/bin/python bench/claims.py --messages {args.messages} "
-            f"--rounds {args.rounds} --shape {args.shape} --write`",
+            f"--rounds {args.rounds} --shape {args.shape} --compare {args.compare} --write`",
             f"- date: {now:%Y-%m-%d %H:%M} UTC; PostgreSQL {pg['server_version']} "
             f"(synchronous_commit={pg['synchronous_commit']}); one connection, claims of "
             f"{BATCH} ({SHAPES[args.shape]}), each followed by its result; rounds alternate",
