@@ -3,7 +3,8 @@
 No ``FOR UPDATE SKIP LOCKED``: a named row another transaction holds is waited for, then
 tested again as that transaction left it. Taken there, it is not taken twice; given back
 (the other claim rolled back), it is taken, where skipping it would have left it with no
-wake-up until the sweeper's drains found it."""
+wake-up until the sweeper's drains found it. It waits ``NAMED_CLAIM_LOCK_TIMEOUT_MS`` at
+most, then gives way."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from backinstock import db
 from backinstock.db import utcnow
@@ -31,8 +33,13 @@ LEASE = timedelta(minutes=1)
 
 @pytest.mark.parametrize("first_commits", [True, False], ids=["taken", "given-back"])
 async def test_a_named_claim_waits_for_rows_another_claim_holds(
-    runtime: Runtime, client: httpx.AsyncClient, api_keys: dict[str, str], first_commits: bool
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    first_commits: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(dispatch, "NAMED_CLAIM_LOCK_TIMEOUT_MS", 60_000)  # waits it out here
     await _plan(runtime, client, api_keys["inventory"], 5)
     async with runtime.sessions() as session:
         ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
@@ -47,6 +54,28 @@ async def test_a_named_claim_waits_for_rows_another_claim_holds(
     taken = await second
     # Never a row both claims hold; never a row neither took.
     assert sorted(taken) == (ids[3:] if first_commits else ids)
+
+
+async def test_a_named_claim_gives_way_to_a_lock_held_longer_than_its_timeout(
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    api_keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The side of a cycle of waits that fails is the claim (Dramatiq delivers it again),
+    never the sell-out or the eraser that holds the row: it stops waiting first."""
+    monkeypatch.setattr(dispatch, "NAMED_CLAIM_LOCK_TIMEOUT_MS", 50)
+    await _plan(runtime, client, api_keys["inventory"], 5)
+    async with runtime.sessions() as session:
+        ids = list(await session.scalars(select(Notification.id).order_by(Notification.id)))
+    async with runtime.sessions() as holder, holder.begin():
+        await holder.execute(text("SELECT 1 FROM notifications WHERE id = :id FOR UPDATE"),
+                             {"id": ids[2]})  # fmt: skip
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            await asyncio.wait_for(_claim_alone(runtime, ids), 10)
+        await holder.rollback()
+    # Nothing was taken by the claim that gave way; delivered again, it takes all five.
+    assert sorted(await _claim_alone(runtime, ids)) == ids
 
 
 async def _claim_alone(runtime: Runtime, ids: list[uuid.UUID]) -> list[uuid.UUID]:

@@ -82,6 +82,12 @@ CARRY_COUPONS = frozenset({Kind.FOLLOWUP, Kind.COMPENSATION})
 # Twilio's clock against ours, when looking for a message a crash left in doubt.
 LOOKUP_SKEW = timedelta(minutes=5)
 LOOKUPS_AT_ONCE = 8
+# How long a wake-up's claim waits for a named row another transaction holds (_named_due)
+# before it gives way: an error, and Dramatiq delivers the wake-up again. Shorter than
+# PostgreSQL's deadlock check (deadlock_timeout, 1 s by default), so that in a cycle of
+# waits with a sell-out's cancel or an eraser the claim is the side that fails, never the
+# request: a claim waits inside its UPDATE for milliseconds, the other side for seconds.
+NAMED_CLAIM_LOCK_TIMEOUT_MS = 500
 # Messages made (decrypted, signed, rendered: ~0.06 ms each) between two turns of the event
 # loop. The loop is shared with the other claims' provider connections; a whole claim's
 # messages at once held every connection's next command back for ~12 ms.
@@ -104,10 +110,20 @@ async def claim(
         "b_claim": claim_id,
         "b_until": now + lease,
     }
+    dialect = db.dialect_name(session)
     if ids is not None:
         params["b_ids"] = ids[:limit]
-    statement = _claim_statement(ids is not None, db.dialect_name(session))
+        if dialect == "postgresql":  # it waits for a named row, but not for long
+            timeout = {"b_timeout": f"{NAMED_CLAIM_LOCK_TIMEOUT_MS}ms"}
+            await _lock_timeout_statement().execute(session, timeout)
+    statement = _claim_statement(ids is not None, dialect)
     return [row[0] for row in await statement.all(session, params)]
+
+
+@functools.cache
+def _lock_timeout_statement() -> db.DriverStatement:
+    """``SET LOCAL lock_timeout``: for the rest of the claim's transaction."""
+    return db.DriverStatement(select(func.set_config("lock_timeout", bindparam("b_timeout"), True)))
 
 
 @functools.cache
@@ -166,9 +182,11 @@ def _named_due() -> tuple[ColumnElement[bool], ...]:
     transaction holds is waited for, and PostgreSQL then tests the committed row again: one
     that claim took is no longer pending and is left, one it gave back is taken. The locking
     SELECT found each row a second time by its key and wrote a lock record of its own before
-    the update (12 % of the claim's time, and one WAL record in six). Two deliveries of one
-    wake-up waiting on each other's rows would be a deadlock PostgreSQL breaks by failing
-    one claim, which Dramatiq retries; neither sends what the other took."""
+    the update (12 % of the claim's time, and one WAL record in six). A claim that waits
+    can be part of a cycle (a sell-out's cancel locking the wave's pending rows in another
+    order, two deliveries of one wake-up): it gives way after ``NAMED_CLAIM_LOCK_TIMEOUT_MS``,
+    before PostgreSQL's deadlock check would pick a side, and Dramatiq delivers it again;
+    neither side ever sends what the other took."""
     return (
         db.bound_among("postgresql", _NOTIFICATIONS.c.id, "b_ids"),
         (_NOTIFICATIONS.c.status == Status.PENDING.value).is_(true()),
