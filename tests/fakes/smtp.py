@@ -12,6 +12,10 @@ MAIL (``530`` otherwise; wrong credentials get ``535``). Failure injection:
 raises ``SMTPRecipientsRefused`` when every recipient is refused) and a seeded
 ``transient_error_rate`` answers DATA with ``451`` (``SMTPDataError``, a
 ``SMTPResponseException`` with ``code == 451``); neither is recorded.
+
+It offers PIPELINING (RFC 2920) in its EHLO reply, as the relays a shop sends through do;
+``pipelining=False`` leaves it out. aiosmtpd reads commands one line at a time either way,
+so commands written together are answered in order.
 """
 
 from __future__ import annotations
@@ -106,8 +110,10 @@ class FakeSMTP:
         starttls: bool = False,
         require_starttls: bool = False,
         accept_delay: float = 0.0,
+        pipelining: bool = True,
         seed: int = 0,
     ) -> None:
+        self.pipelining = pipelining
         # Seconds between queueing a message and answering DATA: a client killed meanwhile
         # never learns the relay has it.
         self.accept_delay = accept_delay
@@ -194,6 +200,19 @@ class FakeSMTP:
         )
         # handled=False lets aiosmtpd send the standard 535 reply on failure.
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # a handler that defines handle_EHLO must set it
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+        return responses
 
     async def handle_MAIL(
         self,

@@ -23,6 +23,9 @@ from tests.fakes.smtp import FakeSMTP
 
 FROM_ADDRESS = "shop@shop.example"
 POOL = 4
+# Against a relay that offers PIPELINING (MAIL, RCPT and DATA written together) and one that
+# does not (each command waits for the reply to the one before).
+BOTH_WAYS = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -150,9 +153,10 @@ def _abort(pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
 
 
 # ----------------------------------------------------------------- message and pooling
-async def test_batch_arrives_with_both_parts_and_headers() -> None:
+@BOTH_WAYS
+async def test_batch_arrives_with_both_parts_and_headers(pipelining: bool) -> None:
     messages = _batch(30)
-    with FakeSMTP() as fake:
+    with FakeSMTP(pipelining=pipelining) as fake:
         async with _sender(_settings(fake.port)) as sender:
             results = await sender.send_batch(messages)
     assert [r.notification_id for r in results] == [m.notification_id for m in messages]
@@ -192,8 +196,9 @@ async def test_text_only_and_non_ascii_content() -> None:
     assert got.raw.isascii()  # 7-bit on the wire: no relay needs 8BITMIME
 
 
-async def test_internationalized_address_goes_out_with_smtputf8() -> None:
-    with FakeSMTP() as fake:
+@BOTH_WAYS
+async def test_internationalized_address_goes_out_with_smtputf8(pipelining: bool) -> None:
+    with FakeSMTP(pipelining=pipelining) as fake:
         async with _sender(_settings(fake.port)) as sender:
             [result] = await sender.send_batch([_message(1, to="顾客@例子.广告")])
     assert result.outcome is Outcome.SENT
@@ -201,8 +206,9 @@ async def test_internationalized_address_goes_out_with_smtputf8() -> None:
     assert got.rcpt_tos == ["顾客@例子.广告"] and got.message["To"] == "顾客@例子.广告"
 
 
-async def test_connections_are_reused_across_batches() -> None:
-    with FakeSMTP() as fake:
+@BOTH_WAYS
+async def test_connections_are_reused_across_batches(pipelining: bool) -> None:
+    with FakeSMTP(pipelining=pipelining) as fake:
         async with _sender(_settings(fake.port)) as sender:
             first = await sender.send_batch(_batch(30))
             second = await sender.send_batch(_batch(30, start=30))
@@ -220,9 +226,14 @@ async def test_empty_batch_opens_nothing() -> None:
 
 
 # ------------------------------------------------------------------------ TLS and AUTH
-async def test_auth_over_starttls() -> None:
+@BOTH_WAYS
+async def test_auth_over_starttls(pipelining: bool) -> None:
     with FakeSMTP(
-        starttls=True, require_starttls=True, username="mailer", password="s3cret"
+        starttls=True,
+        require_starttls=True,
+        username="mailer",
+        password="s3cret",
+        pipelining=pipelining,
     ) as fake:
         settings = _settings(
             fake.port, smtp_username="mailer", smtp_password="s3cret", smtp_starttls=True
@@ -268,9 +279,14 @@ async def test_implicit_tls_against_a_plaintext_server_fails_closed() -> None:
 
 
 # ----------------------------------------------------------------------- classification
-async def test_refused_recipient_is_permanent_and_transient_data_error_is_not_resent() -> None:
+@BOTH_WAYS
+async def test_refused_recipient_is_permanent_and_transient_data_error_is_not_resent(
+    pipelining: bool,
+) -> None:
     messages = [*_batch(20), _message(99, to="gone@example.com")]
-    with FakeSMTP(rejected_recipients={"gone@example.com"}, transient_error_rate=0.3) as fake:
+    with FakeSMTP(
+        rejected_recipients={"gone@example.com"}, transient_error_rate=0.3, pipelining=pipelining
+    ) as fake:
         async with _sender(_settings(fake.port)) as sender:
             results = await sender.send_batch(messages)
         # The refusals were RSET away, so every connection stayed usable.
@@ -362,8 +378,9 @@ async def test_failures_never_mention_the_address() -> None:
 
 
 # ------------------------------------------------------------------ dropped connections
-async def test_relay_restart_between_batches_reconnects() -> None:
-    with FakeSMTP() as before, FakeSMTP() as after:
+@BOTH_WAYS
+async def test_relay_restart_between_batches_reconnects(pipelining: bool) -> None:
+    with FakeSMTP(pipelining=pipelining) as before, FakeSMTP(pipelining=pipelining) as after:
         async with _Relay(before.port) as relay, _sender(_settings(relay.port)) as sender:
             first = await sender.send_batch(_batch(10))
             # The relay restarts: every pooled connection dies, the next ones land elsewhere.
@@ -377,8 +394,9 @@ async def test_relay_restart_between_batches_reconnects() -> None:
     assert len(set(_recipients(before) + _recipients(after))) == 30
 
 
-async def test_drop_before_data_is_retried_once_without_duplicates() -> None:
-    with FakeSMTP() as fake:
+@BOTH_WAYS
+async def test_drop_before_data_is_retried_once_without_duplicates(pipelining: bool) -> None:
+    with FakeSMTP(pipelining=pipelining) as fake:
         async with _Relay(fake.port) as relay, _sender(_settings(relay.port)) as sender:
             await sender.send_batch([_message(0)])  # an open, pooled connection
             relay.cut_on = b"MAIL FROM"
@@ -389,8 +407,9 @@ async def test_drop_before_data_is_retried_once_without_duplicates() -> None:
         assert fake.connection_count == 2
 
 
-async def test_drop_during_data_is_transient_and_not_resent() -> None:
-    with FakeSMTP() as fake:
+@BOTH_WAYS
+async def test_drop_during_data_is_transient_and_not_resent(pipelining: bool) -> None:
+    with FakeSMTP(pipelining=pipelining) as fake:
         async with _Relay(fake.port) as relay, _sender(_settings(relay.port)) as sender:
             relay.cut_on = b"\r\n.\r\n"  # the end of the message data
             [lost] = await sender.send_batch([_message(1)])

@@ -21,18 +21,30 @@ import asyncio
 import enum
 import re
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parseaddr
 
 import aiosmtplib
 import structlog
+from aiosmtplib import SMTPResponse
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    PERIOD_REGEX,
+    normalize_message_line_endings,
+)
 
 from backinstock.config import SmtpSettings
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 from backinstock.senders.mime import needs_smtputf8, render_email
+from backinstock.senders.smtp_wire import Wire, envelope_address, take_over
 
 log = structlog.get_logger(__name__)
+
+CRLF = b"\r\n"
+DATA = b"DATA\r\n"
+COMPLETED, START_INPUT = 250, 354
+QUEUED = frozenset({COMPLETED})  # the body's reply
 
 DEFAULT_TIMEOUT = 10.0  # per SMTP command; a batch must finish well within its claim lease
 
@@ -67,21 +79,53 @@ class StageError(Exception):
         return dropped and self.stage is not Stage.DATA
 
 
+# What each envelope command's reply must be, in the order they are sent (251 to RCPT:
+# "not local, will forward"; 354 to DATA: send the body).
+_ENVELOPE = (
+    (Stage.MAIL, frozenset({COMPLETED})),
+    (Stage.RCPT, frozenset({COMPLETED, 251})),
+    (Stage.DATA, frozenset({START_INPUT})),
+)
+
+
 @dataclass(frozen=True)
 class _Envelope:
+    """A message as it goes on the wire: its three commands and its dot-stuffed body."""
+
     message: OutgoingMessage
-    to: str
-    data: bytes
-    utf8: bool  # a non-ASCII address needs SMTPUTF8 (RFC 6531)
+    mail: bytes  # MAIL FROM:<...> [SMTPUTF8] CRLF
+    rcpt: bytes  # RCPT TO:<...> CRLF
+    body: bytes  # normalized, dot-stuffed and ended with CRLF . CRLF, as aiosmtplib sends it
     message_id: str
 
-    @property
-    def options(self) -> list[str]:
-        return ["SMTPUTF8"] if self.utf8 else []
+
+class _Connection:
+    """A pooled connection: aiosmtplib opens it, its transactions run on a Wire."""
+
+    def __init__(self, open_client: Callable[[], aiosmtplib.SMTP]) -> None:
+        self._open_client = open_client
+        self.wire: Wire | None = None
 
     @property
-    def encoding(self) -> str:
-        return "utf-8" if self.utf8 else "ascii"
+    def is_connected(self) -> bool:
+        return self.wire is not None and self.wire.is_open
+
+    async def open(self) -> Wire:
+        if self.wire is None or not self.wire.is_open:
+            self.close()
+            client = self._open_client()
+            try:
+                await client.connect()
+                self.wire = await take_over(client)
+            except BaseException:
+                client.close()
+                raise
+        return self.wire
+
+    def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+            self.wire = None
 
 
 @dataclass
@@ -116,9 +160,10 @@ class SmtpEmailSender:
         self._use_tls = use_tls
         self._timeout = timeout
         self._envelope_from = envelope_from
+        self._quoted_from = envelope_address(envelope_from)
         self._msgid_domain = envelope_from.rpartition("@")[2].encode("idna").decode("ascii")
-        self._clients: list[aiosmtplib.SMTP] = []
-        self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
+        self._connections: list[_Connection] = []
+        self._idle: asyncio.Queue[_Connection] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def send_batch(
@@ -132,23 +177,25 @@ class SmtpEmailSender:
 
     async def close(self) -> None:
         """QUIT the pooled connections; call once no batch is in flight."""
-        clients, loop = self._clients, self._loop
-        self._clients, self._idle, self._loop = [], None, None
+        connections, loop = self._connections, self._loop
+        self._connections, self._idle, self._loop = [], None, None
         # Connections left on another loop cannot be used from this one; they are dropped.
         if loop is asyncio.get_running_loop():
-            await asyncio.gather(*(_quit(c) for c in clients if c.is_connected))
+            await asyncio.gather(*(self._quit(c) for c in connections if c.is_connected))
+        for connection in connections:
+            connection.close()
 
-    def _pool_for_running_loop(self) -> asyncio.Queue[aiosmtplib.SMTP]:
+    def _pool_for_running_loop(self) -> asyncio.Queue[_Connection]:
         """One pool per event loop, built lazily: connections and the queue belong to the
         loop they were made on."""
         loop = asyncio.get_running_loop()
         if self._idle is None or self._loop is not loop:
-            self._clients = [self._new_client() for _ in range(self._pool_size)]
+            self._connections = [_Connection(self._new_client) for _ in range(self._pool_size)]
             # Last in, first out: the warmest connection goes first, so a small batch
             # reuses one connection instead of opening a new one on every slot.
             self._idle = asyncio.LifoQueue()
-            for client in self._clients:
-                self._idle.put_nowait(client)
+            for connection in self._connections:
+                self._idle.put_nowait(connection)
             self._loop = loop
         return self._idle
 
@@ -169,7 +216,7 @@ class SmtpEmailSender:
 
     async def _send(
         self,
-        idle: asyncio.Queue[aiosmtplib.SMTP],
+        idle: asyncio.Queue[_Connection],
         batch: _Batch,
         message: OutgoingMessage,
         journal: Journal,
@@ -178,56 +225,111 @@ class SmtpEmailSender:
             envelope = self._envelope(message)
         except ValueError as exc:  # e.g. a line break in a header: the same on every retry
             return _failed(message, Outcome.PERMANENT, "smtp:invalid-message", exc)
-        client = await idle.get()  # in flight: at most one message per pooled connection
+        connection = await idle.get()  # in flight: at most one message per connection
         try:
-            return await journal.call(message, lambda: self._send_on(client, batch, envelope))
+            return await journal.call(message, lambda: self._send_on(connection, batch, envelope))
         finally:
-            idle.put_nowait(client)
+            idle.put_nowait(connection)
 
     async def _send_on(
-        self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope
+        self, connection: _Connection, batch: _Batch, envelope: _Envelope
     ) -> SendResult:
         message = envelope.message
         try:
-            await self._deliver(client, batch, envelope)
+            await self._deliver(connection, batch, envelope)
         except StageError as failure:
             if failure.stage is Stage.CONNECT:
                 batch.relay_failure = failure
             return _failed(message, *classify(failure), failure)
         except asyncio.CancelledError:
-            client.close()  # stopped mid-transaction: the connection's state is unknown
+            connection.close()  # stopped mid-transaction: the connection's state is unknown
             raise
         return SendResult(message.notification_id, Outcome.SENT, provider_id=envelope.message_id)
 
     def _envelope(self, message: OutgoingMessage) -> _Envelope:
+        """Raises ValueError for a message that cannot be written safely: a header or an
+        address that would break its line (aiosmtplib's own checks for the addresses)."""
         utf8 = needs_smtputf8(message.to, self._envelope_from)
         data, message_id = render_email(
             message, self._settings.smtp_from, self._msgid_domain, utf8=utf8
         )
-        return _Envelope(message, message.to, data=data, utf8=utf8, message_id=message_id)
+        encoding = "utf-8" if utf8 else "ascii"
+        mail = b"MAIL FROM:" + self._quoted_from.encode(encoding)
+        rcpt = b"RCPT TO:" + envelope_address(message.to).encode(encoding)
+        if COMMAND_INJECTION_REGEX.search(mail) or COMMAND_INJECTION_REGEX.search(rcpt):
+            raise ValueError("a control character in an envelope address")
+        body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+        options = b" SMTPUTF8" if utf8 else b""
+        return _Envelope(message, mail + options + CRLF, rcpt + CRLF, body, message_id)
 
-    async def _deliver(self, client: aiosmtplib.SMTP, batch: _Batch, envelope: _Envelope) -> None:
+    async def _deliver(self, connection: _Connection, batch: _Batch, envelope: _Envelope) -> None:
         # Only a message that would need a new connection gets the batch's connect failure:
         # connections already open keep working (say the relay refused just one more).
-        if batch.relay_failure is not None and not client.is_connected:
+        if batch.relay_failure is not None and not connection.is_connected:
             raise StageError(Stage.CONNECT, batch.relay_failure.cause)
         try:
-            await self._transaction(client, envelope)
+            await self._transaction(connection, envelope)
         except StageError as failure:
             if not failure.retryable:
                 raise
             # Typically a pooled connection the relay closed while idle (a restart, an
             # idle timeout) before we noticed: reconnect once.
-            await self._transaction(client, envelope)
+            await self._transaction(connection, envelope)
 
-    async def _transaction(self, client: aiosmtplib.SMTP, envelope: _Envelope) -> None:
-        await _step(Stage.CONNECT, client, _connect(client))
-        mail = client.mail(
-            self._envelope_from, options=envelope.options, encoding=envelope.encoding
-        )
-        await _step(Stage.MAIL, client, mail)
-        await _step(Stage.RCPT, client, client.rcpt(envelope.to, encoding=envelope.encoding))
-        await _step(Stage.DATA, client, client.data(envelope.data))
+    async def _transaction(self, connection: _Connection, envelope: _Envelope) -> None:
+        try:
+            wire = await connection.open()
+        except Exception as exc:
+            connection.close()
+            raise StageError(Stage.CONNECT, exc) from exc
+        try:
+            await self._envelope_accepted(wire, envelope)
+            wire.write(envelope.body)
+            _check(Stage.DATA, QUEUED, await wire.read(1), wire)
+        except StageError as failure:
+            await self._recover(connection, wire, failure)
+            raise
+
+    async def _envelope_accepted(self, wire: Wire, envelope: _Envelope) -> None:
+        """MAIL, RCPT and DATA: in one write when the relay pipelines, else one by one,
+        each reply checked in order; returns once DATA is answered 354 (send the body)."""
+        commands = (envelope.mail, envelope.rcpt, DATA)
+        if wire.pipelining:
+            wire.write(b"".join(commands))
+            replies = await wire.read(len(commands))
+            try:
+                for index, (stage, accepted) in enumerate(_ENVELOPE):
+                    _check(stage, accepted, replies[index : index + 1], wire)
+            except StageError:
+                if len(replies) == 3 and replies[2].code == START_INPUT:
+                    # RFC 2920: a relay that accepted DATA after refusing the envelope
+                    # gets an empty message, which it must refuse for want of recipients.
+                    wire.write(b".\r\n")
+                    await wire.read(1)
+                raise
+            return
+        for (stage, accepted), command in zip(_ENVELOPE, commands, strict=True):
+            wire.write(command)
+            _check(stage, accepted, await wire.read(1), wire)
+
+    async def _recover(self, connection: _Connection, wire: Wire, failure: StageError) -> None:
+        """Leave the connection ready for the next message, or closed (to be reopened).
+        After a refusal the relay may still hold our envelope; a MAIL FROM on top of it
+        would be answered 503, so clear it (RFC 5321 4.1.1.5)."""
+        refused = isinstance(failure.cause, aiosmtplib.SMTPResponseException)
+        if refused and wire.is_open:
+            wire.write(b"RSET\r\n")
+            reset = await wire.read(1)
+            if reset and reset[0].code == COMPLETED:
+                return
+        connection.close()
+
+    async def _quit(self, connection: _Connection) -> None:
+        wire = connection.wire
+        if wire is not None and wire.is_open:
+            wire.write(b"QUIT\r\n")
+            await wire.read(1)  # 221, or a relay already gone
+        connection.close()
 
 
 def classify(failure: StageError) -> tuple[Outcome, str]:
@@ -260,44 +362,21 @@ def _classify_reply(stage: Stage, code: int, text: str) -> Outcome:
     return Outcome.TRANSIENT
 
 
-async def _step(stage: Stage, client: aiosmtplib.SMTP, action: Awaitable[object]) -> None:
-    try:
-        await action
-    except Exception as exc:
-        await _recover(stage, client, exc)
-        raise StageError(stage, exc) from exc
-
-
-async def _recover(stage: Stage, client: aiosmtplib.SMTP, exc: Exception) -> None:
-    """Leave the connection ready for the next message, or closed (to be reopened)."""
-    refused = isinstance(exc, aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused)
-    # After a refusal the relay may still hold our envelope; a MAIL FROM on top of it
-    # would be answered 503, so clear it (RFC 5321 4.1.1.5).
-    if refused and stage is not Stage.CONNECT and client.is_connected and await _reset(client):
+def _check(stage: Stage, accepted: frozenset[int], replies: list[SMTPResponse], wire: Wire) -> None:
+    """Raise StageError unless ``replies`` holds an ``accepted`` reply; no reply means the
+    connection failed first (dropped, timed out, or not speaking SMTP). The errors are
+    aiosmtplib's for the same replies, without the address (its replies may quote it)."""
+    if not replies:
+        lost = wire.failure or aiosmtplib.SMTPServerDisconnected("Connection lost")
+        raise StageError(stage, lost)
+    code, text = replies[0]
+    if code in accepted:
         return
-    client.close()
-
-
-async def _connect(client: aiosmtplib.SMTP) -> None:
-    if not client.is_connected:
-        await client.connect()
-
-
-async def _reset(client: aiosmtplib.SMTP) -> bool:
-    try:
-        await client.rset()
-    except (aiosmtplib.SMTPException, OSError):
-        return False
-    return True
-
-
-async def _quit(client: aiosmtplib.SMTP) -> None:
-    try:
-        await client.quit()
-    except (aiosmtplib.SMTPException, OSError):
-        pass  # already gone; closing below is all that is left to do
-    finally:
-        client.close()
+    if stage is Stage.MAIL:
+        raise StageError(stage, aiosmtplib.SMTPSenderRefused(code, text, ""))
+    if stage is Stage.RCPT:
+        raise StageError(stage, aiosmtplib.SMTPRecipientRefused(code, text, ""))
+    raise StageError(stage, aiosmtplib.SMTPDataError(code, text))
 
 
 def _failed(message: OutgoingMessage, outcome: Outcome, error: str, exc: Exception) -> SendResult:
