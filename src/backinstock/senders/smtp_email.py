@@ -1,8 +1,11 @@
-"""Email through an SMTP relay, with aiosmtplib.
+"""Email through an SMTP relay: aiosmtplib opens the connections, smtp_wire sends on them.
 
 A small pool of SMTP connections is kept open across batches: opening one costs a TCP and
 TLS handshake plus AUTH, more than sending a message. Each connection serves one message
-at a time; a batch is spread over the pool.
+at a time; a batch is spread over the pool. aiosmtplib connects, secures and authenticates
+a connection; its transport then goes to a :class:`~backinstock.senders.smtp_wire.Wire`,
+which writes MAIL, RCPT and DATA together when the relay offers PIPELINING (two round trips
+a message instead of aiosmtplib's four) and one by one when it does not.
 
 Each transaction is reported to the dispatcher's journal as it starts and ends. SMTP has no
 idempotency key: a message whose transaction was in flight when a worker died is resent with
