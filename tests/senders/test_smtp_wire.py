@@ -17,16 +17,18 @@ from typing import Any
 import aiosmtplib
 import pytest
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backinstock.config import SmtpSettings
 from backinstock.senders.base import Outcome, OutgoingMessage
+from backinstock.senders.mime import render_email
 from backinstock.senders.smtp_email import SmtpEmailSender
 from backinstock.senders.smtp_wire import (
     _DOT_ATOM_MAILBOX,
     MAX_LINE_LENGTH,
+    data_section,
     envelope_address,
     parse_replies,
 )
@@ -133,6 +135,34 @@ def test_envelope_addresses_are_written_as_aiosmtplib_writes_them(address: str) 
     assert _quoted(envelope_address, address) == _quoted(quote_address, address)
 
 
+# ------------------------------------------------------------ message data, by fuzzing
+def _library_data(message: bytes) -> bytes:
+    """What aiosmtplib's execute_data_command writes after the 354."""
+    return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+
+
+_data_pieces = st.sampled_from(
+    [b"\r\n", b"\r", b"\n", b".", b"..", b"\r\n.", b"\n.\r", b"a", b"\x00"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=60), st.lists(_data_pieces, max_size=20).map(b"".join)))
+def test_message_data_is_written_as_aiosmtplib_writes_it(message: bytes) -> None:
+    assert data_section(message) == _library_data(message)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=40))
+def test_rendered_messages_are_written_as_aiosmtplib_writes_them(text: str, html: str) -> None:
+    message = _message("shopper@example.com", text="." + text, html=html or None)
+    try:
+        data, _ = render_email(message, "Shop <shop@shop.example>", "shop.example")
+    except ValueError:
+        return  # refused before it reaches the wire
+    assert data_section(data) == _library_data(data)
+
+
 # ------------------------------------------------------- pipelining, on scripted relays
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]], Awaitable[None]]
 EHLO_PIPELINING = b"250-relay\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
@@ -179,8 +209,8 @@ def _sender(port: int, **kwargs: Any) -> SmtpEmailSender:
     return SmtpEmailSender(settings, pool_size=1, **kwargs)
 
 
-def _message(to: str) -> OutgoingMessage:
-    return OutgoingMessage(uuid.uuid4(), "email", to, "s***@example.com", text="Back in stock")
+def _message(to: str, text: str = "Back in stock", html: str | None = None) -> OutgoingMessage:
+    return OutgoingMessage(uuid.uuid4(), "email", to, "s***@example.com", text=text, html=html)
 
 
 async def _quit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

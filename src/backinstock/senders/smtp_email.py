@@ -31,16 +31,12 @@ from email.utils import parseaddr
 import aiosmtplib
 import structlog
 from aiosmtplib import SMTPResponse
-from aiosmtplib.protocol import (
-    COMMAND_INJECTION_REGEX,
-    PERIOD_REGEX,
-    normalize_message_line_endings,
-)
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX
 
 from backinstock.config import SmtpSettings
 from backinstock.senders.base import UNRECORDED, Journal, Outcome, OutgoingMessage, SendResult
 from backinstock.senders.mime import needs_smtputf8, render_email
-from backinstock.senders.smtp_wire import Wire, envelope_address, take_over
+from backinstock.senders.smtp_wire import Wire, data_section, envelope_address, take_over
 
 log = structlog.get_logger(__name__)
 
@@ -261,7 +257,7 @@ class SmtpEmailSender:
         rcpt = b"RCPT TO:" + envelope_address(message.to).encode(encoding)
         if COMMAND_INJECTION_REGEX.search(mail) or COMMAND_INJECTION_REGEX.search(rcpt):
             raise ValueError("a control character in an envelope address")
-        body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+        body = data_section(data)
         options = b" SMTPUTF8" if utf8 else b""
         return _Envelope(message, mail + options + CRLF, rcpt + CRLF, body, message_id)
 
