@@ -261,11 +261,7 @@ async def test_a_lax_relay_accepting_data_after_refusing_the_recipient_gets_no_b
         writer.write(b"554 no valid recipients\r\n")
         seen.append(await reader.readline())  # and clears the envelope
         writer.write(b"250 reset\r\n")
-        await _three_commands(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
-        seen.append(await _body(reader))
-        writer.write(b"250 queued\r\n")
-        await _quit(reader, writer)
+        await _accept_one(reader, writer, seen)
 
     async with _relay(lax) as (port, seen):
         sender = _sender(port, timeout=5)
@@ -277,56 +273,49 @@ async def test_a_lax_relay_accepting_data_after_refusing_the_recipient_gets_no_b
     assert later.outcome is Outcome.SENT and b"To: here@example.com" in seen[2]
 
 
-async def test_a_relay_that_stops_answering_times_out_and_the_connection_is_replaced() -> None:
+async def _accept_one(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """A pipelined message taken as a relay takes it, then QUIT."""
+    await _three_commands(reader)
+    writer.write(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+    seen.append(await _body(reader))
+    writer.write(b"250 queued\r\n")
+    await _quit(reader, writer)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"", "smtp:timeout"),  # the relay stops answering
+        (b"hello there\r\n", "smtp:-1"),  # a reply that is not SMTP's
+    ],
+    ids=["silent", "garbled"],
+)
+async def test_a_relay_that_fails_to_answer_fails_the_message_and_loses_the_connection(
+    answer: bytes, error: str
+) -> None:
     connections: list[int] = []
 
-    async def silent_once(
+    async def failing_once(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
         connections.append(1)
-        await _three_commands(reader)
-        if len(connections) == 1:
-            await reader.read()  # never answers; the client gives up and closes
+        if len(connections) > 1:
+            await _accept_one(reader, writer, seen)
             return
-        writer.write(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
-        seen.append(await _body(reader))
-        writer.write(b"250 queued\r\n")
-        await _quit(reader, writer)
+        await _three_commands(reader)
+        writer.write(answer)
+        await reader.read()  # until the client gives up on this connection and closes it
 
-    async with _relay(silent_once) as (port, seen):
+    async with _relay(failing_once) as (port, seen):
         sender = _sender(port, timeout=0.2)
-        [slow] = await sender.send_batch([_message("a@example.com")])
+        [failed] = await sender.send_batch([_message("a@example.com")])
         sender._timeout = 5  # the next connection may take its time
         [later] = await sender.send_batch([_message("b@example.com")])
         await sender.close()
-    assert (slow.outcome, slow.error) == (Outcome.TRANSIENT, "smtp:timeout")
+    assert (failed.outcome, failed.error) == (Outcome.TRANSIENT, error)
     assert later.outcome is Outcome.SENT and len(connections) == 2 and len(seen) == 1
-
-
-async def test_a_reply_that_is_not_smtp_fails_the_message_and_closes_the_connection() -> None:
-    connections: list[int] = []
-
-    async def garbled_once(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
-    ) -> None:
-        connections.append(1)
-        await _three_commands(reader)
-        if len(connections) == 1:
-            writer.write(b"hello there\r\n")
-            await reader.read()
-            return
-        writer.write(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
-        seen.append(await _body(reader))
-        writer.write(b"250 queued\r\n")
-        await _quit(reader, writer)
-
-    async with _relay(garbled_once) as (port, _):
-        sender = _sender(port, timeout=5)
-        [garbled] = await sender.send_batch([_message("a@example.com")])
-        [later] = await sender.send_batch([_message("b@example.com")])
-        await sender.close()
-    assert (garbled.outcome, garbled.error) == (Outcome.TRANSIENT, "smtp:-1")
-    assert later.outcome is Outcome.SENT and len(connections) == 2
 
 
 @pytest.mark.parametrize("hostile", ["a@example.com\r\nRCPT TO:<b@x.example>", "a\x00@example.com"])
