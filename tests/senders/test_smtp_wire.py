@@ -28,6 +28,7 @@ from backinstock.senders.smtp_email import SmtpEmailSender
 from backinstock.senders.smtp_wire import (
     _DOT_ATOM_MAILBOX,
     MAX_LINE_LENGTH,
+    Wire,
     data_section,
     envelope_address,
     parse_replies,
@@ -133,6 +134,35 @@ _address_characters = st.sampled_from(
 )
 def test_envelope_addresses_are_written_as_aiosmtplib_writes_them(address: str) -> None:
     assert _quoted(envelope_address, address) == _quoted(quote_address, address)
+
+
+# ------------------------------------------------------------------ a failed connection
+class _ClosedTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+
+@pytest.mark.parametrize("hung_up", [True, False], ids=["eof-seen", "closing"])
+async def test_a_write_on_a_failed_connection_is_reported_by_the_read_that_follows(
+    hung_up: bool,
+) -> None:
+    """A relay may answer 354 and hang up before the body is written: the write must not
+    raise (the sender classifies what a read reports), and the read must not wait."""
+    transport = _ClosedTransport()
+    wire = Wire(transport, pipelining=True, reply_timeout=60)
+    if hung_up:
+        wire.eof_received()
+    wire.write(b"the body\r\n.\r\n")
+    assert await wire.read(1) == []
+    assert isinstance(wire.failure, aiosmtplib.SMTPServerDisconnected)
+    assert transport.written == []
 
 
 # ------------------------------------------------------------ message data, by fuzzing
@@ -289,8 +319,11 @@ async def _accept_one(
     [
         (b"", "smtp:timeout"),  # the relay stops answering
         (b"hello there\r\n", "smtp:-1"),  # a reply that is not SMTP's
+        # The relay says "go ahead" and hangs up: the body is written to a closed
+        # connection, or not at all if the hang-up was seen first; either way no reply.
+        (b"250 ok\r\n250 ok\r\n354 go ahead\r\n", "smtp:connection"),
     ],
-    ids=["silent", "garbled"],
+    ids=["silent", "garbled", "gone-after-354"],
 )
 async def test_a_relay_that_fails_to_answer_fails_the_message_and_loses_the_connection(
     answer: bytes, error: str
@@ -306,6 +339,9 @@ async def test_a_relay_that_fails_to_answer_fails_the_message_and_loses_the_conn
             return
         await _three_commands(reader)
         writer.write(answer)
+        if answer.endswith(b"354 go ahead\r\n"):
+            writer.transport.abort()
+            return
         await reader.read()  # until the client gives up on this connection and closes it
 
     async with _relay(failing_once) as (port, seen):

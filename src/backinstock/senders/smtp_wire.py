@@ -127,12 +127,15 @@ class Wire(asyncio.Protocol):
         return self.failure is None and not self.transport.is_closing()
 
     def write(self, data: bytes) -> None:
-        if not self.is_open:
-            raise self.failure or aiosmtplib.SMTPServerDisconnected("Connection lost")
-        self.transport.write(data)
+        """Nothing is written on a connection that has failed: the read that follows
+        returns no reply, and ``failure`` says why."""
+        if self.is_open:
+            self.transport.write(data)
 
     async def read(self, count: int) -> list[SMTPResponse]:
         """The next ``count`` replies, or fewer if the connection failed first."""
+        if self.failure is None and self.transport.is_closing():
+            self.failure = aiosmtplib.SMTPServerDisconnected("Connection lost")
         if len(self._replies) < count and self.failure is None:
             self._wanted = count
             self._waiter = waiter = self._loop.create_future()
