@@ -16,10 +16,12 @@ With several hosts, each host's messages come from its own /metrics (`--metrics-
 the round's checks, as a duplicate does.
 
 ``--sink smtp`` takes the real client path instead of the dev outbox: the shoppers wait by
-email, the workers send through the SMTP sender (aiosmtplib, its pooled connections) to a
-local relay (bench/smtp_sink.py, a process of its own), and the times are the relay's. The
-bare loop then sends the same messages with aiosmtplib over as many connections as the
-worker host has, with no broker, claims or status writes, to a fresh relay.
+email, the workers send through the SMTP sender (its pooled connections, opened by
+aiosmtplib, MAIL, RCPT and DATA pipelined) to a local relay (bench/smtp_sink.py, a process
+of its own), and the times are the relay's. The bare loop then sends the same messages with
+aiosmtplib's sendmail (the library's client, one command at a time) over as many
+connections as the worker host has, with no broker, claims or status writes, to a fresh
+relay.
 
     .venv/bin/python bench/fanout.py --sink smtp --sizes 100000,1000000 --rounds 1 --write
 """
@@ -1053,8 +1055,9 @@ def _hosts(n: int) -> str:
 
 
 SMTP_SECTION = (
-    "email shoppers, sent by the SMTP sender (aiosmtplib, {connections} pooled connections "
-    "per worker process, no STARTTLS on loopback) to bench/smtp_sink.py, a process of its "
+    "email shoppers, sent by the SMTP sender ({connections} pooled connections per worker "
+    "process opened by aiosmtplib, MAIL, RCPT and DATA pipelined, no STARTTLS on loopback) "
+    "to bench/smtp_sink.py, a process of its "
     "own answering every command at once (PIPELINING offered); the times are the relay's "
     '(first / N-th message\'s body complete), its CPU is the "sink CPU" column and is '
     "not in the worker's. Bare loop: after the services stop, this script reads the same "
