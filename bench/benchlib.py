@@ -1,16 +1,23 @@
 """What the benchmark scripts share: the PostgreSQL they measure on, a fresh database per
-run, process CPU time, a free port, where the source stood, and the results file."""
+run, process CPU time, a free port, where the source stood, the results file, and
+aiosmtplib's own client as the baseline for email."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import psycopg2
+
+from backinstock.senders.base import OutgoingMessage
+from backinstock.senders.mime import render_email
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -82,3 +89,32 @@ def set_summary_rows(prefix: str, rows: list[str]) -> None:
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     kept = [line for line in lines[start:end] if not line.startswith(f"| {prefix}")]
     RESULTS.write_text("\n".join([*lines[:start], *kept, *rows, *lines[end:]]))
+
+
+@contextlib.asynccontextmanager
+async def library_smtp(
+    port: int, connections: int, from_header: str
+) -> AsyncIterator[Callable[[OutgoingMessage], Awaitable[None]]]:
+    """``send(message)`` with aiosmtplib's ``sendmail`` over ``connections`` connections to a
+    relay on loopback, one message on each at a time: the library's client, the email
+    baselines' (rendered by backinstock.senders.mime, as the sender renders). QUIT at the
+    end."""
+    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+               for _ in range(connections)]  # fmt: skip
+    idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+    for client in clients:
+        await client.connect()
+        idle.put_nowait(client)
+    envelope_from = from_header.rpartition("<")[2].rstrip(">")
+    domain = envelope_from.rpartition("@")[2]
+
+    async def send(message: OutgoingMessage) -> None:
+        data, _ = render_email(message, from_header, domain)
+        client = await idle.get()
+        try:
+            await client.sendmail(envelope_from, [message.to], data)
+        finally:
+            idle.put_nowait(client)
+
+    yield send
+    await asyncio.gather(*(client.quit() for client in clients))

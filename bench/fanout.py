@@ -52,7 +52,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiosmtplib
 import asyncpg
 import psycopg2
 import redis
@@ -63,6 +62,7 @@ from benchlib import (
     cpu_seconds,
     free_ports,
     fresh_database,
+    library_smtp,
     source_state,
     write_results,
 )
@@ -82,7 +82,6 @@ from backinstock.identity import (
     profile_aad,
 )
 from backinstock.senders.base import OutgoingMessage
-from backinstock.senders.mime import render_email
 from backinstock.senders.outbox import open_content, seal_content
 
 OUT = BENCH / "out"  # service logs (git-ignored)
@@ -741,26 +740,11 @@ async def bare_smtp_loop(keys: Keys, base_url: str, relay: SmtpRelay, connection
     """The same messages by SMTP, one process, no broker, no claims, no status writes:
     read 200, decrypt, render (backinstock.senders.mime, as the sender does), send them
     over ``connections`` aiosmtplib connections to ``relay``. Returns the seconds."""
-    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
-               for _ in range(connections)]  # fmt: skip
-    idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
-    for client in clients:
-        await client.connect()
-        idle.put_nowait(client)
-
-    async def send(message: OutgoingMessage) -> None:
-        data, _ = render_email(message, SMTP_FROM, "shop.example")
-        client = await idle.get()
-        try:
-            await client.sendmail("shop@shop.example", [message.to], data)
-        finally:
-            idle.put_nowait(client)
-
-    started = time.perf_counter()
-    async for batch in bare_batches(keys, base_url):
-        await asyncio.gather(*(send(message) for message in batch))
-    seconds = time.perf_counter() - started
-    await asyncio.gather(*(client.quit() for client in clients))
+    async with library_smtp(relay.port, connections, SMTP_FROM) as send:
+        started = time.perf_counter()
+        async for batch in bare_batches(keys, base_url):
+            await asyncio.gather(*(send(message) for message in batch))
+        seconds = time.perf_counter() - started
     return seconds
 
 

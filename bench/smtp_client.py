@@ -31,24 +31,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
-from benchlib import write_results
+from benchlib import free_port, library_smtp, write_results
 
 from backinstock.config import SmtpSettings
 from backinstock.senders.base import OutgoingMessage
-from backinstock.senders.mime import render_email
 from backinstock.senders.smtp_email import SmtpEmailSender
 
 BENCH = Path(__file__).resolve().parent
 FROM = "Shop <shop@shop.example>"
 BATCH = 200
 CONNECTIONS = 4  # the sender's default pool (smtp_connections)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def messages(n: int) -> list[OutgoingMessage]:
@@ -78,24 +70,9 @@ async def by_sender(port: int, batch: list[OutgoingMessage]) -> None:
 
 
 async def by_library(port: int, batch: list[OutgoingMessage]) -> None:
-    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-               for _ in range(CONNECTIONS)]  # fmt: skip
-    idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
-    for client in clients:
-        await client.connect()
-        idle.put_nowait(client)
-
-    async def send(message: OutgoingMessage) -> None:
-        data, _ = render_email(message, FROM, "shop.example")
-        client = await idle.get()
-        try:
-            await client.sendmail("shop@shop.example", [message.to], data)
-        finally:
-            idle.put_nowait(client)
-
-    for start in range(0, len(batch), BATCH):
-        await asyncio.gather(*(send(m) for m in batch[start : start + BATCH]))
-    await asyncio.gather(*(client.quit() for client in clients))
+    async with library_smtp(port, CONNECTIONS, FROM) as send:
+        for start in range(0, len(batch), BATCH):
+            await asyncio.gather(*(send(m) for m in batch[start : start + BATCH]))
 
 
 CLIENTS: dict[str, Callable[[int, list[OutgoingMessage]], Coroutine[Any, Any, None]]] = {

@@ -354,7 +354,11 @@ async def test_a_relay_that_fails_to_answer_fails_the_message_and_loses_the_conn
     assert later.outcome is Outcome.SENT and len(connections) == 2 and len(seen) == 1
 
 
-@pytest.mark.parametrize("hostile", ["a@example.com\r\nRCPT TO:<b@x.example>", "a\x00@example.com"])
+@pytest.mark.parametrize(
+    "hostile",
+    ["a@example.com\r\nRCPT TO:<b@x.example>", "a\x00@example.com", "a\ud800@example.com"],
+    ids=["crlf", "nul", "lone-surrogate"],
+)
 async def test_an_address_that_would_break_the_command_line_is_never_written(
     hostile: str,
 ) -> None:

@@ -277,9 +277,8 @@ class SmtpEmailSender:
 
     async def _transaction(self, connection: _Connection, envelope: _Envelope) -> None:
         try:
-            wire = await connection.open()
+            wire = await connection.open()  # closes what it opened if it fails
         except Exception as exc:
-            connection.close()
             raise StageError(Stage.CONNECT, exc) from exc
         try:
             await self._envelope_accepted(wire, envelope)
